@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Builds the pinned control-plane tools from the Go module proxy and caches them outside the repo.
+#
+#   hack/install-tools.sh [TOOL...]     TOOL: etcd kube-apiserver kubectl kube-controller-manager
+#                                             kube-scheduler helm kwok   (default: the test set:
+#                                             etcd kube-apiserver kubectl)
+#   hack/install-tools.sh --print-dir   the directory the tools land in (KUBEBUILDER_ASSETS)
+#
+# Cache: $CRAWLER_TOOLS_CACHE (default ~/.cache/crawler-operator), one directory per pinned
+# version set, so a second run builds nothing and changing a pin in hack/versions.env rebuilds.
+# A tool that the environment already names (TEST_ASSET_ETCD, TEST_ASSET_KUBE_APISERVER,
+# TEST_ASSET_KUBECTL, TEST_ASSET_HELM, ...) is taken as it is and not built.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=hack/versions.env
+source "$here/versions.env"
+
+cache=${CRAWLER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crawler-operator}
+dir="$cache/k8s-v$KUBE_VERSION-etcd-v$ETCD_VERSION-helm-v$HELM_VERSION-kwok-v$KWOK_VERSION"
+
+if [[ ${1:-} == --print-dir ]]; then
+  echo "$dir"
+  exit 0
+fi
+
+tools=("$@")
+[[ ${#tools[@]} -gt 0 ]] || tools=(etcd kube-apiserver kubectl)
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "install-tools: 'go' is not on PATH. The control-plane tools are built from the Go module" >&2
+  echo "proxy and need Go >= 1.26 (see docs/development.md)." >&2
+  exit 1
+fi
+
+mkdir -p "$dir"
+# The Go caches (~7 GB for all tools) live outside the repo and are shared between version sets.
+export GOFLAGS="${GOFLAGS:+$GOFLAGS }-trimpath"
+
+kube_ldflags() {
+  local minor=${KUBE_VERSION#*.}; minor=${minor%%.*}
+  local major=${KUBE_VERSION%%.*} f=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $pkg.gitVersion=v$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    f+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "-s -w$f"
+}
+
+env_override() { # tool name -> the TEST_ASSET_* variable that may name a binary for it
+  local v=${1^^}; v=${v//-/_}; echo "TEST_ASSET_$v"
+}
+
+build() { # name, out, command...
+  local name=$1 out=$2; shift 2
+  local start=$SECONDS
+  echo "install-tools: building $name (first time on a fresh machine: minutes; see docs/development.md)" >&2
+  "$@"
+  echo "install-tools: built $name in $((SECONDS - start))s -> $out" >&2
+}
+
+for tool in "${tools[@]}"; do
+  var=$(env_override "$tool")
+  if [[ -n ${!var:-} ]]; then
+    [[ -x ${!var} ]] || { echo "install-tools: $var=${!var} is not an executable file" >&2; exit 1; }
+    echo "install-tools: $tool from $var=${!var}" >&2
+    continue
+  fi
+  out="$dir/$tool"
+  if [[ -x $out ]]; then
+    echo "install-tools: $tool cached at $out" >&2
+    continue
+  fi
+  tmp="$out.tmp.$$"
+  case $tool in
+    kube-apiserver|kubectl|kube-controller-manager|kube-scheduler)
+      pkg=k8s.io/kubernetes/cmd/$tool
+      build "$tool v$KUBE_VERSION" "$out" \
+        bash -c 'cd "$1" && go build -o "$2" -ldflags "$3" "$4"' _ \
+        "$here/tools/kubernetes" "$tmp" "$(kube_ldflags)" "$pkg" ;;
+    etcd)
+      build "etcd v$ETCD_VERSION" "$out" \
+        bash -c 'cd "$1" && go build -o "$2" -ldflags "-s -w" .' _ "$here/tools/etcd" "$tmp" ;;
+    helm)
+      gobin=$(mktemp -d)
+      build "helm v$HELM_VERSION" "$out" \
+        env GOBIN="$gobin" go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" \
+        "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
+      mv "$gobin/helm" "$tmp"; rmdir "$gobin" ;;
+    kwok)
+      gobin=$(mktemp -d)
+      build "kwok v$KWOK_VERSION" "$out" \
+        env GOBIN="$gobin" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
+      mv "$gobin/kwok" "$tmp"; rmdir "$gobin" ;;
+    *)
+      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok)" >&2
+      exit 2 ;;
+  esac
+  mv "$tmp" "$out"
+done

@@ -1,0 +1,1 @@
+//! crawler-operator: a distributed web crawler whose control plane is Kubernetes.
