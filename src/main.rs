@@ -1,1 +1,223 @@
-fn main() {}
+//! `crawler-operator`: one binary, one subcommand per role.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use crawler_operator::{
+    controller,
+    crd::CrawlerResource,
+    leader::{LeaderElector, LeaseSettings},
+    scheduler::PolicyKind,
+};
+use kube::CustomResourceExt;
+use tokio::sync::watch;
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+#[derive(Parser)]
+#[command(
+    name = "crawler-operator",
+    version,
+    about = "A distributed web crawler whose control plane is Kubernetes"
+)]
+struct Cli {
+    /// Log format: human-readable text, or one JSON object per line. Level: RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CRAWLER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Elect a leader and assign every CrawlerResource to a worker Pod (run 2 replicas for HA).
+    Controller(ControllerArgs),
+    /// Print the CrawlerResource CustomResourceDefinition as YAML (what crds/ holds).
+    Crdgen,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Label selector that makes a Pod a worker.
+    #[arg(long, default_value = "app.kubernetes.io/component=crawler-worker")]
+    worker_selector: String,
+    /// Port of the worker process; `status.assignedAddress` is podIP:port.
+    #[arg(long, default_value_t = 8080)]
+    worker_port: u16,
+    /// Placement policy: least-loaded (spread) or bin-pack (fill the fullest worker that fits).
+    #[arg(long, default_value = "least-loaded")]
+    policy: PolicyKind,
+    /// Status writes in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    concurrency: u16,
+    /// Bound on each status write.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    write_timeout: Duration,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "crawler-operator-leader")]
+    lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else --namespace, else "default").
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: $POD_NAME, else hostname-pid).
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long standbys wait after the leader's last renewal before taking over.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long a leader keeps acting without a successful renewal (< lease duration).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// Interval between renewals / acquisition attempts (< renew deadline).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Crdgen => crdgen(),
+        Command::Controller(args) => tokio::runtime::Runtime::new()
+            .context("cannot start the Tokio runtime")
+            .and_then(|rt| rt.block_on(run_controller(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+fn crdgen() -> anyhow::Result<()> {
+    let yaml =
+        serde_yaml::to_string(&CrawlerResource::crd()).context("cannot render the CRD as YAML")?;
+    print!("{yaml}");
+    Ok(())
+}
+
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    let mut lease = LeaseSettings::new(lease_namespace, &args.lease_name, &identity);
+    lease.lease_duration = args.lease_duration;
+    lease.renew_deadline = args.renew_deadline;
+    lease.retry_period = args.retry_period;
+    lease.validate().context("invalid leader-election flags")?;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in a Pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config)")?;
+    let settings = controller::Settings {
+        namespace: args.namespace,
+        worker_selector: args.worker_selector,
+        worker_port: args.worker_port,
+        policy: args.policy,
+        concurrency: usize::from(args.concurrency),
+        write_timeout: args.write_timeout,
+        instance: identity,
+    };
+
+    let elector =
+        LeaderElector::new(client.clone(), lease).context("invalid leader-election flags")?;
+    let leadership = elector.subscribe();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let mut election = tokio::spawn(elector.run(stopped(stop_rx.clone())));
+    let signals = tokio::spawn({
+        let stop_tx = std::sync::Arc::clone(&stop_tx);
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        }
+    });
+
+    let controller = controller::run(client, settings, leadership, stopped(stop_rx));
+    tokio::pin!(controller);
+    let result = tokio::select! {
+        r = &mut controller => {
+            // The controller stopped (shutdown or failure): release the Lease so a standby takes
+            // over at once rather than after the lease duration.
+            signals.abort();
+            let _ = stop_tx.send(true);
+            r
+        }
+        r = &mut election => match r {
+            // The elector only returns Ok on shutdown; the controller got the same signal.
+            Ok(Ok(())) => controller.await,
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("leader election failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("leader election task failed")),
+        },
+    };
+    if !election.is_finished() {
+        // Wake the elector (if the controller ended on its own) and let it release the Lease.
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    }
+    result
+}
+
+/// Resolves once `rx` turns true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
+
+fn default_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "crawler-operator".to_owned());
+        format!("{host}-{}", std::process::id())
+    })
+}

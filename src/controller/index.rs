@@ -1,0 +1,744 @@
+//! The controller's in-memory view of one cluster: worker Pods and CrawlerResources, fed by
+//! watches (apply / delete / reset), converted to domain structs on the way in.
+//!
+//! It owns two things nothing else may compute: the load of every worker, derived from the
+//! resources' own assignments (plus decisions in flight), and the decision for one resource,
+//! made and "assumed" under the same lock so that two reconciles running at once never see the
+//! same stale load. Every method is synchronous and free of I/O: the reconciler takes the lock,
+//! asks for a [`Plan`], releases the lock, and only then talks to the API server.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::ResourceExt;
+
+use crate::{
+    crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase},
+    scheduler::{self, Load, NotReady, Policy, Readiness, Request, Worker, WorkerSelector},
+};
+
+/// Annotation on a worker Pod declaring how many load units it may carry.
+pub const CAPACITY_ANNOTATION: &str = "crawler.dev/capacity";
+
+/// A resource, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A worker Pod as placement sees it, plus its address.
+#[derive(Clone, Debug)]
+struct WorkerEntry {
+    worker: Worker,
+    ip: Option<String>,
+}
+
+/// A resource as the controller needs it: its placement inputs and the status it last showed.
+#[derive(Clone, Debug)]
+struct ResourceEntry {
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    weight: Load,
+    /// What placement needs; an error message when `spec.workerSelector` cannot be parsed.
+    request: Result<Request, String>,
+    suspend: bool,
+    status: CrawlerResourceStatus,
+    /// A decision made and being (or just) written, counted in the loads until the watch shows it.
+    assumed: Option<Assumption>,
+}
+
+#[derive(Clone, Debug)]
+struct Assumption {
+    worker: String,
+    /// resourceVersion the write returned; `None` while the write is in flight.
+    written_version: Option<String>,
+}
+
+impl ResourceEntry {
+    /// The worker this resource counts against: the assumed decision, else the observed one.
+    fn effective_worker(&self) -> Option<&str> {
+        match &self.assumed {
+            Some(a) => Some(&a.worker),
+            None => self.status.assigned_worker.as_deref(),
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Namespace {
+    workers: BTreeMap<String, WorkerEntry>,
+    resources: BTreeMap<String, ResourceEntry>,
+    /// Sum of the weights of the resources whose effective worker is the key. Maintained only by
+    /// `put_resource` / `remove_resource`, so it always equals that sum (see `check_loads`).
+    loads: HashMap<String, Load>,
+}
+
+/// Everything the controller knows; see the module documentation.
+#[derive(Default, Debug)]
+pub struct Index {
+    namespaces: HashMap<String, Namespace>,
+    workers_synced: bool,
+    resources_synced: bool,
+}
+
+/// What the reconciler should do for one resource.
+#[derive(Debug, PartialEq)]
+pub enum Plan {
+    /// The status already says what it should: write nothing.
+    Nothing,
+    /// The resource is unknown (deleted) or a write of ours is not yet visible: wait for the watch.
+    Wait,
+    /// Write this status (the controller's fields only), fenced on `resource_version`.
+    Write(Write),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Write {
+    pub key: Key,
+    pub resource_version: String,
+    pub status: CrawlerResourceStatus,
+    /// Whether this write places the resource (so a failed write must forget the assumption).
+    pub assumes: Option<String>,
+    /// The Event to publish once the write succeeded.
+    pub event: Option<PlanEvent>,
+}
+
+/// An Event for `kubectl describe`: (type Normal/Warning, reason, note).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlanEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Settings that shape decisions.
+pub struct PlanContext<'a> {
+    pub policy: &'a dyn Policy,
+    /// Port appended to a worker's podIP in `status.assignedAddress`.
+    pub worker_port: u16,
+    pub now: Timestamp,
+}
+
+impl Index {
+    // === Pods ===
+
+    /// A worker Pod was added or changed. Returns the resources to reconcile.
+    pub fn apply_pod(&mut self, pod: &Pod) -> Vec<Key> {
+        let Some(ns_name) = pod.namespace() else {
+            return Vec::new();
+        };
+        let entry = worker_from_pod(pod);
+        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let before = ns.workers.insert(entry.worker.name.clone(), entry);
+        let after = &ns.workers[&pod.name_any()];
+        triggers_for_worker_change(&ns_name, ns, before.as_ref(), Some(after))
+    }
+
+    /// A worker Pod is gone. Returns the resources to reconcile.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Vec<Key> {
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
+        let before = ns.workers.remove(name);
+        triggers_for_worker_change(namespace, ns, before.as_ref(), None)
+    }
+
+    /// The Pod watch (re)listed: replace every worker, so a Pod deleted while the watch was down is
+    /// removed too. Returns the resources to reconcile.
+    pub fn reset_pods(&mut self, pods: &[Pod]) -> Vec<Key> {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        let mut keys = Vec::new();
+        for pod in pods {
+            if let Some(ns) = pod.namespace() {
+                seen.entry(ns).or_default().push(pod.name_any());
+                keys.extend(self.apply_pod(pod));
+            }
+        }
+        let gone: Vec<(String, String)> = self
+            .namespaces
+            .iter()
+            .flat_map(|(ns, n)| {
+                n.workers
+                    .keys()
+                    .filter(|w| !seen.get(ns).is_some_and(|s| s.contains(w)))
+                    .map(|w| (ns.clone(), w.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (ns, w) in gone {
+            keys.extend(self.delete_pod(&ns, &w));
+        }
+        self.workers_synced = true;
+        keys
+    }
+
+    // === CrawlerResources ===
+
+    /// A resource was added or changed (spec or status). Returns the resources to reconcile.
+    pub fn apply_resource(&mut self, resource: &CrawlerResource) -> Vec<Key> {
+        let Some(ns_name) = resource.namespace() else {
+            return Vec::new();
+        };
+        let name = resource.name_any();
+        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let previous = ns.resources.get(&name);
+        let status = resource.status.clone().unwrap_or_default();
+        // Keep an assumption until the watch shows our write (or anything placing it there).
+        let assumed = previous.and_then(|p| p.assumed.clone()).filter(|a| {
+            let confirmed = a.written_version.is_some()
+                && (a.written_version == resource.metadata.resource_version
+                    || status.assigned_worker.as_deref() == Some(&a.worker));
+            !confirmed
+        });
+        let old_weight = previous.map(|p| p.weight);
+        let entry = ResourceEntry {
+            resource_version: resource.metadata.resource_version.clone(),
+            generation: resource.metadata.generation,
+            weight: Load::from(resource.spec.load_units()),
+            request: request_for(resource),
+            suspend: resource.spec.suspend,
+            status,
+            assumed,
+        };
+        let lighter = old_weight.is_some_and(|w| w > entry.weight) || entry.suspend;
+        ns.put_resource(name.clone(), entry);
+        let mut keys = vec![Key::new(ns_name.clone(), name)];
+        if lighter {
+            keys.extend(ns.waiting(&ns_name));
+        }
+        keys
+    }
+
+    /// A resource is gone. Returns those that may now fit where it was.
+    pub fn delete_resource(&mut self, namespace: &str, name: &str) -> Vec<Key> {
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
+        if ns.remove_resource(name).is_none() {
+            return Vec::new();
+        }
+        ns.waiting(namespace)
+    }
+
+    /// The resource watch (re)listed: replace every resource. Returns the resources to reconcile.
+    pub fn reset_resources(&mut self, resources: &[CrawlerResource]) -> Vec<Key> {
+        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        let mut keys = Vec::new();
+        for r in resources {
+            if let Some(ns) = r.namespace() {
+                seen.entry(ns).or_default().push(r.name_any());
+                keys.extend(self.apply_resource(r));
+            }
+        }
+        let gone: Vec<(String, String)> = self
+            .namespaces
+            .iter()
+            .flat_map(|(ns, n)| {
+                n.resources
+                    .keys()
+                    .filter(|r| !seen.get(ns).is_some_and(|s| s.contains(r)))
+                    .map(|r| (ns.clone(), r.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (ns, r) in gone {
+            keys.extend(self.delete_resource(&ns, &r));
+        }
+        self.resources_synced = true;
+        keys
+    }
+
+    /// Both watches have listed once: decisions before this could mistake an unlisted worker for
+    /// a lost one and move resources that are well placed.
+    pub fn synced(&self) -> bool {
+        self.workers_synced && self.resources_synced
+    }
+
+    /// Every resource known, for a full pass (on becoming leader).
+    pub fn all_keys(&self) -> Vec<Key> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, n)| n.resources.keys().map(|r| Key::new(ns.clone(), r.clone())))
+            .collect()
+    }
+
+    /// Load of a worker as decisions see it (for tests, metrics and diagnostics).
+    pub fn load(&self, namespace: &str, worker: &str) -> Load {
+        self.namespaces
+            .get(namespace)
+            .and_then(|n| n.loads.get(worker).copied())
+            .unwrap_or(0)
+    }
+
+    // === Decisions ===
+
+    /// Decide what `key`'s status should be and, if that places it, assume the decision (count
+    /// its weight on the chosen worker) before returning, all under the caller's lock.
+    pub fn plan(&mut self, key: &Key, ctx: &PlanContext<'_>) -> Plan {
+        let Some(ns) = self.namespaces.get_mut(&key.namespace) else {
+            return Plan::Wait;
+        };
+        let Some(entry) = ns.resources.get(&key.name) else {
+            return Plan::Wait;
+        };
+        if entry.assumed.is_some() {
+            // Our last write for it is in flight or not yet seen: deciding again now would decide
+            // on a status we already changed.
+            return Plan::Wait;
+        }
+        let Some(resource_version) = entry.resource_version.clone() else {
+            return Plan::Wait;
+        };
+        let current = &entry.status;
+        let mut desired = controller_fields(current);
+        desired.observed_generation = entry.generation;
+        let mut event = None;
+        let mut assumes = None;
+
+        let keep = current
+            .assigned_worker
+            .as_deref()
+            .and_then(|w| ns.workers.get(w))
+            .filter(|w| w.worker.readiness == Readiness::Ready)
+            .filter(|w| matches!(&entry.request, Ok(r) if r.selector.matches(&w.worker.labels)));
+
+        if entry.suspend {
+            set_unassigned(&mut desired, Phase::Suspended);
+            set_assigned_condition(
+                &mut desired,
+                current,
+                false,
+                "Suspended",
+                "spec.suspend is true: the task does not run anywhere",
+                ctx.now,
+            );
+            if current.phase != Some(Phase::Suspended) {
+                event = Some(PlanEvent {
+                    warning: false,
+                    reason: "Suspended",
+                    note: stop_note(current, "spec.suspend is true"),
+                });
+            }
+        } else if let Err(e) = &entry.request {
+            set_unassigned(&mut desired, Phase::Unschedulable);
+            let message =
+                format!("spec.workerSelector is invalid: {e}; fix it with kubectl edit or apply");
+            if current
+                .condition(CONDITION_ASSIGNED)
+                .is_none_or(|c| c.message != message)
+            {
+                event = Some(PlanEvent {
+                    warning: true,
+                    reason: "InvalidWorkerSelector",
+                    note: message.clone(),
+                });
+            }
+            set_assigned_condition(
+                &mut desired,
+                current,
+                false,
+                "InvalidWorkerSelector",
+                &message,
+                ctx.now,
+            );
+        } else if let Some(kept) = keep {
+            desired.phase = Some(Phase::Assigned);
+            desired.assigned_address = kept.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
+            if current
+                .condition(CONDITION_ASSIGNED)
+                .is_none_or(|c| c.status != "True")
+            {
+                let message = format!("running on worker {}", kept.worker.name);
+                set_assigned_condition(&mut desired, current, true, "Assigned", &message, ctx.now);
+            }
+        } else {
+            let Ok(request) = &entry.request else {
+                unreachable!("handled above")
+            };
+            let workers: Vec<Worker> = ns
+                .workers
+                .values()
+                .map(|w| {
+                    let mut worker = w.worker.clone();
+                    worker.load = ns.loads.get(&worker.name).copied().unwrap_or(0);
+                    worker
+                })
+                .collect();
+            match scheduler::place(ctx.policy, &workers, request) {
+                Ok(placement) => {
+                    let chosen = placement.worker.name.clone();
+                    let worker = &ns.workers[&chosen];
+                    let previous = current.assigned_worker.clone();
+                    desired.phase = Some(Phase::Assigned);
+                    desired.assigned_worker = Some(chosen.clone());
+                    desired.assigned_address =
+                        worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
+                    desired.assigned_at = Some(Time(ctx.now));
+                    desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
+                    let load = ns.loads.get(&chosen).copied().unwrap_or(0);
+                    let capacity = worker
+                        .worker
+                        .capacity
+                        .map_or_else(|| "unbounded".to_owned(), |c| c.to_string());
+                    let (reason, note) = match previous {
+                        Some(old) => {
+                            let why = lost_reason(ns.workers.get(&old), request);
+                            (
+                                "Reassigned",
+                                format!(
+                                    "moved from worker {old} ({why}) to {chosen} by {}: load {load} -> {} of {capacity}",
+                                    ctx.policy.name(),
+                                    load + entry.weight
+                                ),
+                            )
+                        }
+                        None => (
+                            "Assigned",
+                            format!(
+                                "placed on worker {chosen} by {}: load {load} -> {} of {capacity}",
+                                ctx.policy.name(),
+                                load + entry.weight
+                            ),
+                        ),
+                    };
+                    set_assigned_condition(&mut desired, current, true, reason, &note, ctx.now);
+                    event = Some(PlanEvent {
+                        warning: false,
+                        reason,
+                        note,
+                    });
+                    assumes = Some(chosen);
+                }
+                Err(diagnosis) => {
+                    set_unassigned(&mut desired, Phase::Unschedulable);
+                    let message = diagnosis.to_string();
+                    if current
+                        .condition(CONDITION_ASSIGNED)
+                        .is_none_or(|c| c.message != message)
+                    {
+                        event = Some(PlanEvent {
+                            warning: true,
+                            reason: "Unschedulable",
+                            note: message.clone(),
+                        });
+                    }
+                    set_assigned_condition(
+                        &mut desired,
+                        current,
+                        false,
+                        diagnosis.reason(),
+                        &message,
+                        ctx.now,
+                    );
+                }
+            }
+        }
+
+        for condition in &mut desired.conditions {
+            condition.observed_generation = desired.observed_generation;
+        }
+        if desired == controller_fields(current) {
+            return Plan::Nothing;
+        }
+        if let Some(worker) = &assumes {
+            ns.assume(&key.name, worker.clone());
+        }
+        Plan::Write(Write {
+            key: key.clone(),
+            resource_version,
+            status: desired,
+            assumes,
+            event,
+        })
+    }
+
+    /// The write of a decision succeeded; keep counting it until the watch shows that version.
+    pub fn written(&mut self, key: &Key, resource_version: Option<String>) {
+        if let Some(entry) = self.entry_mut(key) {
+            if let Some(a) = &mut entry.assumed {
+                a.written_version = resource_version;
+            }
+        }
+    }
+
+    /// The write of a decision failed: forget it, so the load is what the resources say again.
+    pub fn forget(&mut self, key: &Key) {
+        if let Some(ns) = self.namespaces.get_mut(&key.namespace) {
+            if let Some(mut entry) = ns.remove_resource(&key.name) {
+                entry.assumed = None;
+                ns.put_resource(key.name.clone(), entry);
+            }
+        }
+    }
+
+    fn entry_mut(&mut self, key: &Key) -> Option<&mut ResourceEntry> {
+        self.namespaces
+            .get_mut(&key.namespace)?
+            .resources
+            .get_mut(&key.name)
+    }
+
+    /// Panics if a load differs from the sum of the weights it is derived from (tests only).
+    #[cfg(test)]
+    pub fn check_loads(&self) {
+        for (ns_name, ns) in &self.namespaces {
+            let mut sums: HashMap<&str, Load> = HashMap::new();
+            for r in ns.resources.values() {
+                if let Some(w) = r.effective_worker() {
+                    *sums.entry(w).or_default() += r.weight;
+                }
+            }
+            for (w, load) in &ns.loads {
+                assert_eq!(
+                    sums.get(w.as_str()).copied().unwrap_or(0),
+                    *load,
+                    "load of {ns_name}/{w}"
+                );
+            }
+            for (w, sum) in sums {
+                assert_eq!(
+                    ns.loads.get(w).copied().unwrap_or(0),
+                    sum,
+                    "load of {ns_name}/{w}"
+                );
+            }
+        }
+    }
+}
+
+// === impl Namespace ===
+
+impl Namespace {
+    fn put_resource(&mut self, name: String, entry: ResourceEntry) {
+        self.remove_resource(&name);
+        if let Some(w) = entry.effective_worker() {
+            *self.loads.entry(w.to_owned()).or_default() += entry.weight;
+        }
+        self.resources.insert(name, entry);
+    }
+
+    fn remove_resource(&mut self, name: &str) -> Option<ResourceEntry> {
+        let entry = self.resources.remove(name)?;
+        if let Some(w) = entry.effective_worker() {
+            if let Some(load) = self.loads.get_mut(w) {
+                *load -= entry.weight;
+                if *load == 0 {
+                    self.loads.remove(w);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    fn assume(&mut self, name: &str, worker: String) {
+        if let Some(mut entry) = self.remove_resource(name) {
+            entry.assumed = Some(Assumption {
+                worker,
+                written_version: None,
+            });
+            self.put_resource(name.to_owned(), entry);
+        }
+    }
+
+    /// Resources waiting for a worker (not assigned, not suspended).
+    fn waiting(&self, namespace: &str) -> Vec<Key> {
+        self.resources
+            .iter()
+            .filter(|(_, r)| !r.suspend && r.effective_worker().is_none())
+            .map(|(name, _)| Key::new(namespace, name.clone()))
+            .collect()
+    }
+
+    /// Resources counting against `worker`.
+    fn on_worker(&self, namespace: &str, worker: &str) -> Vec<Key> {
+        self.resources
+            .iter()
+            .filter(|(_, r)| {
+                r.effective_worker() == Some(worker)
+                    || r.status.assigned_worker.as_deref() == Some(worker)
+            })
+            .map(|(name, _)| Key::new(namespace, name.clone()))
+            .collect()
+    }
+}
+
+/// What a change of one worker means for the resources: a worker that can no longer keep work
+/// releases its resources; one that can take more (new, ready again, relabelled, bigger) is offered
+/// the waiting ones.
+fn triggers_for_worker_change(
+    namespace: &str,
+    ns: &Namespace,
+    before: Option<&WorkerEntry>,
+    after: Option<&WorkerEntry>,
+) -> Vec<Key> {
+    let ready = |w: Option<&WorkerEntry>| w.is_some_and(|w| w.worker.readiness == Readiness::Ready);
+    let mut keys = Vec::new();
+    let name = before
+        .or(after)
+        .map(|w| w.worker.name.as_str())
+        .unwrap_or_default();
+    let labels_changed = before.map(|w| &w.worker.labels) != after.map(|w| &w.worker.labels);
+    let address_changed = before.map(|w| &w.ip) != after.map(|w| &w.ip);
+    if (ready(before) && !ready(after)) || labels_changed || address_changed || after.is_none() {
+        keys.extend(ns.on_worker(namespace, name));
+    }
+    let more_room = ready(after)
+        && (!ready(before)
+            || labels_changed
+            || before.map(|w| w.worker.capacity) != after.map(|w| w.worker.capacity));
+    if more_room {
+        keys.extend(ns.waiting(namespace));
+    }
+    keys
+}
+
+fn worker_from_pod(pod: &Pod) -> WorkerEntry {
+    let status = pod.status.as_ref();
+    let ip = status
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty());
+    let pod_ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let readiness = if pod.metadata.deletion_timestamp.is_some() {
+        Readiness::NotReady(NotReady::Terminating)
+    } else if !pod_ready {
+        Readiness::NotReady(NotReady::PodNotReady)
+    } else if ip.is_none() {
+        Readiness::NotReady(NotReady::NoAddress)
+    } else {
+        Readiness::Ready
+    };
+    let capacity = pod.annotations().get(CAPACITY_ANNOTATION).and_then(|v| match v.trim().parse::<Load>() {
+        Ok(c) if c > 0 => Some(c),
+        _ => {
+            tracing::warn!(pod = %pod.name_any(), value = %v, "ignoring annotation {CAPACITY_ANNOTATION}: expected a whole number of load units >= 1");
+            None
+        }
+    });
+    WorkerEntry {
+        worker: Worker {
+            name: pod.name_any(),
+            labels: pod.labels().clone(),
+            readiness,
+            capacity,
+            load: 0,
+        },
+        ip,
+    }
+}
+
+/// Why a resource's worker can no longer keep it, for the Reassigned event.
+fn lost_reason(worker: Option<&WorkerEntry>, request: &Request) -> &'static str {
+    match worker.map(|w| {
+        (
+            w.worker.readiness,
+            request.selector.matches(&w.worker.labels),
+        )
+    }) {
+        None => "its Pod is gone",
+        Some((Readiness::NotReady(NotReady::PodNotReady), _)) => "its Pod is not ready",
+        Some((Readiness::NotReady(NotReady::Terminating), _)) => "its Pod is terminating",
+        Some((Readiness::NotReady(NotReady::NoAddress), _)) => "its Pod has no IP",
+        Some((Readiness::NotReady(NotReady::HeartbeatExpired), _)) => "its heartbeat expired",
+        Some((Readiness::Ready, false)) => "it no longer matches spec.workerSelector",
+        Some((Readiness::Ready, true)) => "it cannot keep it",
+    }
+}
+
+/// The placement request of a resource, or why its selector cannot be used.
+fn request_for(resource: &CrawlerResource) -> Result<Request, String> {
+    let weight = std::num::NonZeroU64::new(Load::from(resource.spec.load_units()))
+        .unwrap_or(std::num::NonZeroU64::MIN);
+    let request = Request::new(weight);
+    match &resource.spec.worker_selector {
+        None => Ok(request),
+        Some(selector) => WorkerSelector::try_from(selector)
+            .map(|s| request.with_selector(s))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn stop_note(current: &CrawlerResourceStatus, why: &str) -> String {
+    match &current.assigned_worker {
+        Some(w) => format!("{why}: unassigned from worker {w}"),
+        None => why.to_owned(),
+    }
+}
+
+fn address(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The status fields the controller owns (what its server-side apply sends).
+fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResourceStatus {
+    CrawlerResourceStatus {
+        phase: status.phase,
+        assigned_worker: status.assigned_worker.clone(),
+        assigned_address: status.assigned_address.clone(),
+        assigned_at: status.assigned_at.clone(),
+        assignments: status.assignments,
+        observed_generation: status.observed_generation,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == CONDITION_ASSIGNED)
+            .cloned()
+            .collect(),
+    }
+}
+
+fn set_unassigned(status: &mut CrawlerResourceStatus, phase: Phase) {
+    status.phase = Some(phase);
+    status.assigned_worker = None;
+    status.assigned_address = None;
+    status.assigned_at = None;
+}
+
+/// Set the `Assigned` condition; `lastTransitionTime` moves only when the status flips.
+fn set_assigned_condition(
+    desired: &mut CrawlerResourceStatus,
+    current: &CrawlerResourceStatus,
+    assigned: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let status = if assigned { "True" } else { "False" };
+    let last_transition_time = current
+        .condition(CONDITION_ASSIGNED)
+        .filter(|c| c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    desired.conditions = vec![Condition {
+        type_: CONDITION_ASSIGNED.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time,
+        observed_generation: desired.observed_generation,
+    }];
+}

@@ -1,0 +1,406 @@
+//! The controller: watches worker Pods and CrawlerResources into an [`Index`], and, while this
+//! replica leads, places every resource that needs a worker and writes the decision into its
+//! status, one fenced write per decision.
+//!
+//! ```text
+//!  watch Pods ──────┐                        ┌── reconcile task ×N ──┐
+//!  (label selector) ├─> Index (loads, plan) ─┤  plan under the lock  ├─> SSA status write
+//!  watch Resources ─┘     │ keys to redo     │  write without it     │   (resourceVersion fence)
+//!                         └──> WorkQueue ────┘                       └─> Events (best effort)
+//!  Leadership (Lease) ── full pass on becoming leader; no write unless leading now
+//! ```
+
+pub mod index;
+pub mod queue;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::TryStreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+pub use self::index::{Index, Key, Plan, PlanContext};
+use self::queue::WorkQueue;
+use crate::{
+    crd::CrawlerResource,
+    leader::Leadership,
+    scheduler::{Policy, PolicyKind},
+};
+
+/// Server-side apply field manager of the controller's status fields.
+pub const FIELD_MANAGER: &str = "crawler-operator";
+
+/// How the controller runs (the `controller` subcommand's flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch one namespace only; `None`: all namespaces.
+    pub namespace: Option<String>,
+    /// Label selector that makes a Pod a worker.
+    pub worker_selector: String,
+    /// Port of the worker process, shown in `status.assignedAddress`.
+    pub worker_port: u16,
+    pub policy: PolicyKind,
+    /// Reconciles (and so status writes) in flight at once.
+    pub concurrency: usize,
+    /// Bound on each status write, so a hung API server cannot hold a decision forever.
+    pub write_timeout: Duration,
+    /// Name of this replica in Events.
+    pub instance: String,
+}
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "status write of {key} refused: it changed since the decision (409 Conflict); deciding again"
+    )]
+    Conflict { key: Key },
+    #[error("cannot write the status of {key}: {source}")]
+    Write {
+        key: Key,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("status write of {key} timed out after {timeout:?}")]
+    Timeout { key: Key, timeout: Duration },
+}
+
+impl Error {
+    /// Bounded label for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Conflict { .. } => "conflict",
+            Error::Write { .. } => "write",
+            Error::Timeout { .. } => "timeout",
+        }
+    }
+}
+
+/// Shared state of the running controller.
+struct Context {
+    client: Client,
+    settings: Settings,
+    index: Mutex<Index>,
+    queue: WorkQueue<Key>,
+    policy: Box<dyn Policy>,
+    leadership: watch::Receiver<Leadership>,
+    events: mpsc::Sender<(Key, index::PlanEvent, CrawlerResource)>,
+}
+
+/// Runs the controller until `shutdown` resolves. Watches run whether or not this replica leads, so
+/// a standby takes over with warm caches; decisions and writes happen only while it leads.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    leadership: watch::Receiver<Leadership>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        policy: settings.policy.build(),
+        settings,
+        index: Mutex::new(Index::default()),
+        queue: WorkQueue::new(),
+        leadership,
+        events: events_tx,
+    });
+    tracing::info!(policy = ctx.policy.name(), namespace = ?ctx.settings.namespace, workers = %ctx.settings.worker_selector, "controller starting");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_pods(Arc::clone(&ctx)));
+    tasks.spawn(watch_resources(Arc::clone(&ctx)));
+    tasks.spawn(follow_leadership(Arc::clone(&ctx)));
+    tasks.spawn(publish_events(
+        client,
+        ctx.settings.instance.clone(),
+        events_rx,
+    ));
+    for _ in 0..ctx.settings.concurrency.max(1) {
+        tasks.spawn(reconcile_loop(Arc::clone(&ctx)));
+    }
+
+    tokio::select! {
+        () = shutdown => tracing::info!("controller stopping"),
+        Some(ended) = tasks.join_next() => {
+            tasks.abort_all();
+            anyhow::bail!("a controller task ended unexpectedly: {ended:?}");
+        }
+    }
+    ctx.queue.close();
+    tasks.abort_all();
+    Ok(())
+}
+
+fn resource_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Feeds one watch into the index (apply / delete / reset, the kubert pattern: a relist becomes
+/// one reset, so objects deleted while the watch was down are removed too) and queues the keys
+/// each change makes worth reconciling.
+async fn feed<K, A, D, R>(
+    ctx: &Context,
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    apply: A,
+    delete: D,
+    reset: R,
+) where
+    K: Resource + Clone,
+    A: Fn(&mut Index, &K) -> Vec<Key>,
+    D: Fn(&mut Index, &K) -> Vec<Key>,
+    R: Fn(&mut Index, &[K]) -> Vec<Key>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut buffer: Vec<K> = Vec::new();
+    loop {
+        let keys = match stream.try_next().await {
+            Ok(Some(watcher::Event::Apply(obj))) => apply(&mut ctx.index.lock(), &obj),
+            Ok(Some(watcher::Event::Delete(obj))) => delete(&mut ctx.index.lock(), &obj),
+            Ok(Some(watcher::Event::Init)) => {
+                buffer.clear();
+                continue;
+            }
+            Ok(Some(watcher::Event::InitApply(obj))) => {
+                buffer.push(obj);
+                continue;
+            }
+            Ok(Some(watcher::Event::InitDone)) => {
+                reset(&mut ctx.index.lock(), &std::mem::take(&mut buffer))
+            }
+            Ok(None) => return,
+            Err(e) => {
+                // The watcher backs off and re-lists by itself; keep going.
+                tracing::warn!(error = %e, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        if ctx.leadership.borrow().is_leading_now() {
+            ctx.queue.add_all(keys);
+        }
+    }
+}
+
+async fn watch_pods(ctx: Arc<Context>) {
+    let api: Api<Pod> = resource_api(&ctx.client, ctx.settings.namespace.as_deref());
+    let config = watcher::Config::default().labels(&ctx.settings.worker_selector);
+    let stream = watcher(api, config)
+        .default_backoff()
+        .map_ok(|ev| ev.modify(strip_pod));
+    feed(
+        &ctx,
+        stream,
+        Index::apply_pod,
+        |idx, pod: &Pod| idx.delete_pod(&pod.namespace().unwrap_or_default(), &pod.name_any()),
+        Index::reset_pods,
+    )
+    .await;
+}
+
+/// Drop what the index never reads, so memory does not grow with Pod specs.
+fn strip_pod(pod: &mut Pod) {
+    pod.spec = None;
+    pod.metadata.managed_fields = None;
+}
+
+async fn watch_resources(ctx: Arc<Context>) {
+    let api: Api<CrawlerResource> = resource_api(&ctx.client, ctx.settings.namespace.as_deref());
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map_ok(|ev| ev.modify(|r: &mut CrawlerResource| r.metadata.managed_fields = None));
+    feed(
+        &ctx,
+        stream,
+        Index::apply_resource,
+        |idx, r: &CrawlerResource| {
+            idx.delete_resource(&r.namespace().unwrap_or_default(), &r.name_any())
+        },
+        Index::reset_resources,
+    )
+    .await;
+}
+
+/// On becoming leader (and once both watches have listed), reconcile everything: resources whose
+/// worker went away while no one led get placed, and nothing well placed is written.
+async fn follow_leadership(ctx: Arc<Context>) {
+    let mut rx = ctx.leadership.clone();
+    loop {
+        if crate::leader::until_leading(&mut rx).await.is_err() {
+            return;
+        }
+        // Wait for the first full list of both watches before the full pass.
+        while !ctx.index.lock().synced() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let keys = ctx.index.lock().all_keys();
+        tracing::info!(
+            resources = keys.len(),
+            "leading: full pass over all resources"
+        );
+        ctx.queue.add_all(keys);
+        crate::leader::until_lost(&mut rx).await;
+        tracing::info!("no longer leading: decisions stop");
+    }
+}
+
+async fn reconcile_loop(ctx: Arc<Context>) {
+    while let Some(key) = ctx.queue.next().await {
+        match reconcile(&ctx, &key).await {
+            Ok(()) => ctx.queue.forget(&key),
+            Err(e @ Error::Conflict { .. }) => {
+                tracing::debug!(error = %e, "conflict");
+                // The watch brings the newer object and queues it; this is only a safety net.
+                ctx.queue.add_after(key.clone(), Duration::from_secs(1));
+            }
+            Err(e) => {
+                let delay = ctx.queue.retry(
+                    key.clone(),
+                    Duration::from_millis(200),
+                    Duration::from_secs(60),
+                );
+                tracing::warn!(error = %e, category = e.category(), retry_in = ?delay, "reconcile failed");
+            }
+        }
+        ctx.queue.done(&key);
+    }
+}
+
+/// Decide under the index lock, write without it.
+async fn reconcile(ctx: &Context, key: &Key) -> Result<(), Error> {
+    if !ctx.leadership.borrow().is_leading_now() {
+        return Ok(());
+    }
+    let now = Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| Timestamp::now());
+    let plan = {
+        let mut index = ctx.index.lock();
+        if !index.synced() {
+            return Ok(());
+        }
+        index.plan(
+            key,
+            &PlanContext {
+                policy: ctx.policy.as_ref(),
+                worker_port: ctx.settings.worker_port,
+                now,
+            },
+        )
+    };
+    let Plan::Write(write) = plan else {
+        return Ok(());
+    };
+    // Leadership may have ended while we decided: a decision is only written by a leader.
+    if !ctx.leadership.borrow().is_leading_now() {
+        ctx.index.lock().forget(key);
+        return Ok(());
+    }
+    let api: Api<CrawlerResource> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    // Server-side apply of the controller's fields only, carrying the resourceVersion the decision
+    // was made on: the API server refuses it (409) if the object changed meanwhile.
+    let patch = json!({
+        "apiVersion": "crawler.dev/v1alpha1",
+        "kind": "CrawlerResource",
+        "metadata": { "name": key.name, "resourceVersion": write.resource_version },
+        "status": write.status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let result = tokio::time::timeout(
+        ctx.settings.write_timeout,
+        api.patch_status(&key.name, &params, &Patch::Apply(&patch)),
+    )
+    .await;
+    match result {
+        Ok(Ok(written)) => {
+            ctx.index
+                .lock()
+                .written(key, written.metadata.resource_version.clone());
+            if let Some(event) = write.event {
+                tracing::info!(resource = %key, reason = event.reason, "{}", event.note);
+                // Best effort: a full channel drops the Event, never the decision.
+                let _ = ctx.events.try_send((key.clone(), event, written));
+            }
+            Ok(())
+        }
+        Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
+            ctx.index.lock().forget(key);
+            Err(Error::Conflict { key: key.clone() })
+        }
+        Ok(Err(source)) => {
+            ctx.index.lock().forget(key);
+            Err(Error::Write {
+                key: key.clone(),
+                source,
+            })
+        }
+        Err(_) => {
+            // The write may still land; forgetting is safe because its watch event will be applied.
+            ctx.index.lock().forget(key);
+            Err(Error::Timeout {
+                key: key.clone(),
+                timeout: ctx.settings.write_timeout,
+            })
+        }
+    }
+}
+
+/// Publishes Events off the decision path, so an assignment costs one write on its critical path.
+async fn publish_events(
+    client: Client,
+    instance: String,
+    mut rx: mpsc::Receiver<(Key, index::PlanEvent, CrawlerResource)>,
+) {
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(instance),
+        },
+    );
+    while let Some((key, event, resource)) = rx.recv().await {
+        let ev = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_owned(),
+            note: Some(truncate(event.note, 1000)),
+            action: "Schedule".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, &resource.object_ref(&())).await {
+            tracing::debug!(resource = %key, error = %e, "cannot publish event");
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

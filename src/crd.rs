@@ -1,0 +1,287 @@
+//! The `CrawlerResource` API: the contract users write (`spec`) and read (`status`).
+//!
+//! Validation lives in the generated OpenAPI schema and CEL rules, so the API server itself refuses a
+//! bad spec at `kubectl apply` with a message that names the field. Field ownership of `status` is
+//! split by server-side apply field managers: the controller owns the assignment fields and the
+//! `Assigned` condition; the worker (a later addition) owns what it reports about the crawl.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every crawler-operator resource.
+pub const GROUP: &str = "crawler.dev";
+/// Condition type the controller owns: is this resource placed on a worker?
+pub const CONDITION_ASSIGNED: &str = "Assigned";
+
+/// One crawl task: what to crawl, how politely, how heavy it is and where it may run.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "crawler.dev",
+    version = "v1alpha1",
+    kind = "CrawlerResource",
+    namespaced,
+    status = "CrawlerResourceStatus",
+    derive = "PartialEq",
+    shortname = "crr",
+    category = "crawler",
+    doc = "One crawl task, assigned by the crawler-operator controller to the least-loaded ready worker Pod.",
+    selectable = ".status.assignedWorker",
+    printcolumn(
+        name = "Worker",
+        type_ = "string",
+        json_path = ".status.assignedWorker",
+        description = "Worker Pod the task is assigned to"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Assigned, Unschedulable or Suspended"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Task",
+        type_ = "string",
+        json_path = ".spec.task",
+        priority = "1",
+        description = "Crawl task the worker runs (empty: the resource's name)"
+    ),
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".status.assignedAddress",
+        priority = "1",
+        description = "Worker address, podIP:port"
+    ),
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".spec.weight",
+        priority = "1",
+        description = "Load units the task costs its worker"
+    ),
+    printcolumn(
+        name = "Assignments",
+        type_ = "integer",
+        json_path = ".status.assignments",
+        priority = "1",
+        description = "How many times the task has been (re)assigned"
+    ),
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.suspend",
+        priority = "1"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CrawlerResourceSpec {
+    /// Which crawl task the worker runs. Defaults to the resource's name; unlike the name it may
+    /// contain underscores (`douban_book_list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    )]
+    pub task: Option<String>,
+
+    /// Where the crawl starts: absolute http:// or https:// URLs (1 to 100).
+    #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 2048)))]
+    #[x_kube(validation = Rule::new("self.all(s, isURL(s) && url(s).getScheme() in ['http', 'https'] && url(s).getHostname() != '')").message("every seed must be an absolute http:// or https:// URL with a host, e.g. https://books.example.org/tag/"))]
+    pub seeds: Vec<String>,
+
+    /// Hosts the crawl may visit (exact host names). Defaults to the hosts of the seeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 100),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$")
+        )
+    )]
+    pub allowed_hosts: Option<Vec<String>>,
+
+    /// How many links deep to follow from a seed (0: the seeds only).
+    #[serde(default = "default_max_depth")]
+    #[schemars(range(min = 0, max = 10))]
+    pub max_depth: i32,
+
+    /// Stop after this many pages. Unset: no limit but the depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_pages: Option<i32>,
+
+    /// How fast the task may send requests, across all its hosts.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+
+    /// Load units this task costs its worker; a worker's load is the sum of its tasks' weights.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: i32,
+
+    /// Only worker Pods whose labels match may run this task (a standard label selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_selector: Option<LabelSelector>,
+
+    /// A suspended task is unassigned and stops on its worker; unsuspending places it again.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// Cookies to send, read from a Secret in the same namespace (never written inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Request rate of one task.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained requests per second (0.01 to 100; 0.1 is one request every ten seconds).
+    #[serde(default = "default_requests_per_second")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub requests_per_second: f64,
+    /// How many requests may go out back to back before the rate applies (1 to 100).
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 100))]
+    pub burst: i32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            requests_per_second: default_requests_per_second(),
+            burst: default_burst(),
+        }
+    }
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key within the Secret whose value is sent.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// Where a resource stands, as the controller last decided.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Not yet considered by a leading controller.
+    Pending,
+    /// Placed on a ready worker (`assignedWorker`).
+    Assigned,
+    /// No worker may take it now; the `Assigned` condition says why. Placed as soon as one can.
+    Unschedulable,
+    /// `spec.suspend` is true: unassigned on purpose.
+    Suspended,
+}
+
+/// What the controller (and later the worker) report about a resource.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CrawlerResourceStatus {
+    /// Pending, Assigned, Unschedulable or Suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Name of the worker Pod that runs the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_worker: Option<String>,
+    /// podIP:port of that worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_address: Option<String>,
+    /// When the current assignment was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_at: Option<Time>,
+    /// How many times the task has been assigned (1 after the first placement; each move adds one).
+    /// Identifies an assignment together with the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignments: Option<i64>,
+    /// The `metadata.generation` of the spec the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions, merged by type (`Assigned` is the controller's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl CrawlerResourceSpec {
+    /// The crawl task the worker runs: `spec.task`, or the resource's name.
+    pub fn task_name<'a>(&'a self, resource_name: &'a str) -> &'a str {
+        self.task.as_deref().unwrap_or(resource_name)
+    }
+
+    /// `weight` as load units (the schema guarantees 1..=1000; a hand-made object with 0 or less
+    /// still costs one unit, so it can never make a worker look emptier than it is).
+    pub fn load_units(&self) -> u32 {
+        u32::try_from(self.weight).unwrap_or(0).max(1)
+    }
+}
+
+impl CrawlerResourceStatus {
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+fn default_max_depth() -> i32 {
+    1
+}
+fn default_weight() -> i32 {
+    1
+}
+fn default_requests_per_second() -> f64 {
+    1.0
+}
+fn default_burst() -> i32 {
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn crd_has_status_selectable_field_and_bounded_lists() {
+        let crd = serde_json::to_value(CrawlerResource::crd()).unwrap();
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+        assert_eq!(
+            version["selectableFields"][0]["jsonPath"],
+            ".status.assignedWorker"
+        );
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        assert_eq!(spec["seeds"]["maxItems"], 100);
+        assert_eq!(spec["seeds"]["items"]["maxLength"], 2048);
+        assert_eq!(spec["weight"]["default"], 1);
+        let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
+    }
+
+    #[test]
+    fn minimal_spec_deserializes_with_defaults() {
+        let spec: CrawlerResourceSpec =
+            serde_json::from_value(serde_json::json!({"seeds": ["https://example.org/"]})).unwrap();
+        assert_eq!(spec.weight, 1);
+        assert_eq!(spec.max_depth, 1);
+        assert_eq!(spec.rate_limit, RateLimit::default());
+        assert_eq!(spec.task_name("task-test-4"), "task-test-4");
+        assert!(!spec.suspend);
+    }
+}

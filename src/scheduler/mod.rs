@@ -1,0 +1,39 @@
+//! Placement: which worker should run a `CrawlerResource`.
+//!
+//! This module owns the decision and nothing else: workers (name, labels, readiness, capacity,
+//! load) and a request (weight, `workerSelector`) in, a [`Placement`] or a [`Diagnosis`] out.
+//! No I/O, no async, no Kubernetes client; the controller builds the inputs from its index,
+//! "assumes" each decision (adds the weight to the chosen worker's load) before the next, and
+//! writes status.
+//!
+//! Like the Kubernetes scheduler framework, a decision is a pipeline:
+//! 1. [`filter`]: readiness, then `workerSelector`, then capacity; each rejected worker yields an
+//!    [`Unfit`] reason, and the reasons add up to the [`Diagnosis`] people read ("0/3 workers
+//!    eligible: 2 not ready, 1 does not match workerSelector").
+//! 2. a [`Policy`] ranks the survivors ([`LeastLoaded`] by default, or [`BinPack`]), chosen by
+//!    [`PolicyKind`] from a flag, so the algorithm changes without touching the controller.
+//! 3. ties go to the smallest worker name, so the answer never depends on listing order.
+//!
+//! [`Schedule`] runs many decisions over a worker table it owns (tests, benchmarks), and
+//! [`original_algorithm`] keeps the original Go master's algorithm as the benchmark baseline.
+
+mod diagnosis;
+mod filter;
+mod original;
+mod placement;
+mod policy;
+mod schedule;
+mod selector;
+mod worker;
+
+#[cfg(test)]
+mod properties;
+
+pub use diagnosis::Diagnosis;
+pub use filter::{Unfit, filter};
+pub use original::original_algorithm;
+pub use placement::{Placement, Request, place};
+pub use policy::{BinPack, LeastLoaded, Policy, PolicyKind, UnknownPolicy};
+pub use schedule::{Outcome, Schedule};
+pub use selector::{InvalidSelector, Operator, Requirement, WorkerSelector};
+pub use worker::{Load, NotReady, Readiness, Worker};

@@ -1,0 +1,342 @@
+//! Which workers a resource may run on: Kubernetes `LabelSelector` semantics over worker Pod
+//! labels, as plain data so that placement stays free of API types.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+/// A resource's `workerSelector`: every `match_labels` entry AND every requirement must hold.
+/// The empty selector (the default) matches every worker, as in Kubernetes; a resource without
+/// a `workerSelector` gets the empty one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+}
+
+/// The `LabelSelector` operators. Values live inside the operator, so `Exists` with values
+/// cannot be represented; `In` with no values (which matches nothing) can, but the conversion
+/// from the API type refuses it, as Kubernetes does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operator {
+    /// The label is present and its value is one of these.
+    In(BTreeSet<String>),
+    /// The label is absent, or present with a value that is none of these.
+    NotIn(BTreeSet<String>),
+    /// The label is present, whatever its value.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+impl WorkerSelector {
+    /// The selector that matches every worker.
+    pub fn everything() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+            && self
+                .match_expressions
+                .iter()
+                .all(|requirement| requirement.matches(labels))
+    }
+
+    #[must_use]
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.match_labels.insert(key.into(), value.into());
+        self
+    }
+
+    #[must_use]
+    pub fn with_requirement(mut self, key: impl Into<String>, operator: Operator) -> Self {
+        self.match_expressions.push(Requirement {
+            key: key.into(),
+            operator,
+        });
+        self
+    }
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match &self.operator {
+            Operator::In(values) => value.is_some_and(|value| values.contains(value)),
+            Operator::NotIn(values) => value.is_none_or(|value| !values.contains(value)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+impl Operator {
+    /// Builds `In` from any list of values (test and call-site convenience).
+    pub fn is_in<I: IntoIterator<Item = S>, S: Into<String>>(values: I) -> Self {
+        Operator::In(values.into_iter().map(Into::into).collect())
+    }
+
+    /// Builds `NotIn` from any list of values.
+    pub fn not_in<I: IntoIterator<Item = S>, S: Into<String>>(values: I) -> Self {
+        Operator::NotIn(values.into_iter().map(Into::into).collect())
+    }
+
+    /// The operator's spelling in the Kubernetes API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Operator::In(_) => "In",
+            Operator::NotIn(_) => "NotIn",
+            Operator::Exists => "Exists",
+            Operator::DoesNotExist => "DoesNotExist",
+        }
+    }
+}
+
+/// A `workerSelector` that Kubernetes itself would reject (`metav1.LabelSelectorAsSelector`).
+/// The message names the key and says what to write instead, since it ends up in the
+/// resource's status for a person to fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSelector {
+    #[error(
+        "workerSelector: key {key:?} has unknown operator {operator:?}; use In, NotIn, Exists or DoesNotExist"
+    )]
+    UnknownOperator { key: String, operator: String },
+    #[error("workerSelector: key {key:?} uses operator {operator}, which needs at least one value")]
+    MissingValues { key: String, operator: String },
+    #[error("workerSelector: key {key:?} uses operator {operator}, which takes no values")]
+    UnexpectedValues { key: String, operator: String },
+}
+
+/// The edge between the API type and the scheduler: the controller converts a resource's
+/// `spec.workerSelector` once, and placement only ever sees the validated form.
+impl TryFrom<&LabelSelector> for WorkerSelector {
+    type Error = InvalidSelector;
+
+    fn try_from(selector: &LabelSelector) -> Result<Self, Self::Error> {
+        Ok(Self {
+            match_labels: selector.match_labels.clone().unwrap_or_default(),
+            match_expressions: selector
+                .match_expressions
+                .iter()
+                .flatten()
+                .map(Requirement::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl TryFrom<&LabelSelectorRequirement> for Requirement {
+    type Error = InvalidSelector;
+
+    fn try_from(requirement: &LabelSelectorRequirement) -> Result<Self, Self::Error> {
+        let key = requirement.key.clone();
+        let values: BTreeSet<String> = requirement.values.iter().flatten().cloned().collect();
+        let operator = match (requirement.operator.as_str(), values.is_empty()) {
+            ("In", false) => Operator::In(values),
+            ("NotIn", false) => Operator::NotIn(values),
+            ("Exists", true) => Operator::Exists,
+            ("DoesNotExist", true) => Operator::DoesNotExist,
+            ("In" | "NotIn", true) => {
+                return Err(InvalidSelector::MissingValues {
+                    key,
+                    operator: requirement.operator.clone(),
+                });
+            }
+            ("Exists" | "DoesNotExist", false) => {
+                return Err(InvalidSelector::UnexpectedValues {
+                    key,
+                    operator: requirement.operator.clone(),
+                });
+            }
+            (other, _) => {
+                return Err(InvalidSelector::UnknownOperator {
+                    key,
+                    operator: other.to_owned(),
+                });
+            }
+        };
+        Ok(Self { key, operator })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn operators_follow_kubernetes_semantics() {
+        let gpu = labels(&[("gpu", "true"), ("zone", "a")]);
+        let plain = labels(&[("zone", "b")]);
+        let cases: &[(&str, WorkerSelector, bool, bool)] = &[
+            (
+                "empty matches everything",
+                WorkerSelector::everything(),
+                true,
+                true,
+            ),
+            (
+                "matchLabels",
+                WorkerSelector::default().with_label("gpu", "true"),
+                true,
+                false,
+            ),
+            (
+                "matchLabels needs every pair",
+                WorkerSelector::default()
+                    .with_label("gpu", "true")
+                    .with_label("zone", "b"),
+                false,
+                false,
+            ),
+            (
+                "In",
+                WorkerSelector::default().with_requirement("zone", Operator::is_in(["a", "c"])),
+                true,
+                false,
+            ),
+            (
+                "In on an absent label",
+                WorkerSelector::default().with_requirement("rack", Operator::is_in(["1"])),
+                false,
+                false,
+            ),
+            (
+                "NotIn",
+                WorkerSelector::default().with_requirement("zone", Operator::not_in(["a"])),
+                false,
+                true,
+            ),
+            (
+                "NotIn matches an absent label",
+                WorkerSelector::default().with_requirement("gpu", Operator::not_in(["true"])),
+                false,
+                true,
+            ),
+            (
+                "Exists",
+                WorkerSelector::default().with_requirement("gpu", Operator::Exists),
+                true,
+                false,
+            ),
+            (
+                "DoesNotExist",
+                WorkerSelector::default().with_requirement("gpu", Operator::DoesNotExist),
+                false,
+                true,
+            ),
+            (
+                "labels AND expressions",
+                WorkerSelector::default()
+                    .with_label("zone", "a")
+                    .with_requirement("gpu", Operator::DoesNotExist),
+                false,
+                false,
+            ),
+        ];
+        for (name, selector, on_gpu, on_plain) in cases {
+            assert_eq!(selector.matches(&gpu), *on_gpu, "{name} on gpu worker");
+            assert_eq!(
+                selector.matches(&plain),
+                *on_plain,
+                "{name} on plain worker"
+            );
+        }
+    }
+
+    fn requirement(key: &str, operator: &str, values: Option<&[&str]>) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.to_owned(),
+            operator: operator.to_owned(),
+            values: values.map(|values| values.iter().map(|v| (*v).to_owned()).collect()),
+        }
+    }
+
+    fn convert(
+        requirements: Vec<LabelSelectorRequirement>,
+    ) -> Result<WorkerSelector, InvalidSelector> {
+        WorkerSelector::try_from(&LabelSelector {
+            match_labels: Some(labels(&[("app", "crawler")])),
+            match_expressions: Some(requirements),
+        })
+    }
+
+    #[test]
+    fn converts_a_valid_label_selector() {
+        let selector = convert(vec![
+            requirement("zone", "In", Some(&["a", "b"])),
+            requirement("tier", "NotIn", Some(&["spot"])),
+            requirement("gpu", "Exists", None),
+            requirement("old", "DoesNotExist", Some(&[])),
+        ])
+        .unwrap();
+        let expected = WorkerSelector::default()
+            .with_label("app", "crawler")
+            .with_requirement("zone", Operator::is_in(["a", "b"]))
+            .with_requirement("tier", Operator::not_in(["spot"]))
+            .with_requirement("gpu", Operator::Exists)
+            .with_requirement("old", Operator::DoesNotExist);
+        assert_eq!(selector, expected);
+        assert_eq!(
+            WorkerSelector::try_from(&LabelSelector::default()).unwrap(),
+            WorkerSelector::everything()
+        );
+    }
+
+    #[test]
+    fn refuses_what_kubernetes_refuses() {
+        let cases = [
+            (
+                requirement("zone", "in", Some(&["a"])),
+                "key \"zone\" has unknown operator \"in\"; use In, NotIn, Exists or DoesNotExist",
+            ),
+            (
+                requirement("zone", "Gt", Some(&["1"])),
+                "unknown operator \"Gt\"",
+            ),
+            (
+                requirement("zone", "In", None),
+                "key \"zone\" uses operator In, which needs at least one value",
+            ),
+            (
+                requirement("zone", "NotIn", Some(&[])),
+                "operator NotIn, which needs at least one value",
+            ),
+            (
+                requirement("gpu", "Exists", Some(&["true"])),
+                "key \"gpu\" uses operator Exists, which takes no values",
+            ),
+            (
+                requirement("gpu", "DoesNotExist", Some(&["x"])),
+                "operator DoesNotExist, which takes no values",
+            ),
+        ];
+        for (requirement, message) in cases {
+            let error = convert(vec![requirement]).unwrap_err().to_string();
+            assert!(
+                error.contains(message),
+                "{error:?} should contain {message:?}"
+            );
+        }
+    }
+}
