@@ -146,6 +146,9 @@ pub struct RateLimit {
     /// Sustained requests per second (0.01 to 100; 0.1 is one request every ten seconds).
     #[serde(default = "default_requests_per_second")]
     #[schemars(range(min = 0.01, max = 100.0))]
+    // The API server checks `minimum` of an integer value against the minimum truncated to an
+    // integer, so `requestsPerSecond: 0` passes `minimum: 0.01`; this rule closes that gap.
+    #[x_kube(validation = Rule::new("self >= 0.01 && self <= 100.0").message("requestsPerSecond must be between 0.01 and 100"))]
     pub requests_per_second: f64,
     /// How many requests may go out back to back before the rate applies (1 to 100).
     #[serde(default = "default_burst")]

@@ -945,3 +945,504 @@ fn released(base: &Lease) -> Lease {
     spec.renew_time = Some(now);
     lease
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings::new("crawler", "crawler-operator", "replica-a")
+    }
+
+    fn record(holder: Option<&str>, resource_version: &str) -> LeaseRecord {
+        LeaseRecord {
+            holder: holder.map(str::to_owned),
+            renew_time: Some("2024-01-01T00:00:00Z".parse().unwrap()),
+            resource_version: Some(resource_version.to_owned()),
+            lease_duration_seconds: Some(15),
+            transitions: 4,
+        }
+    }
+
+    fn seen(record: LeaseRecord, first_seen: Instant) -> Observed {
+        Observed { record, first_seen }
+    }
+
+    fn lease(holder: Option<&str>, resource_version: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("crawler-operator".into()),
+                namespace: Some("crawler".into()),
+                resource_version: Some(resource_version.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                lease_duration_seconds: Some(15),
+                lease_transitions: Some(4),
+                acquire_time: Some(MicroTime("2024-01-01T00:00:00Z".parse().unwrap())),
+                renew_time: Some(MicroTime("2024-01-01T00:00:05Z".parse().unwrap())),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    // --- settings ---
+
+    #[test]
+    fn defaults_are_client_gos_and_valid() {
+        let s = settings();
+        assert_eq!(
+            (s.lease_duration, s.renew_deadline, s.retry_period),
+            (15 * SEC, 10 * SEC, 2 * SEC)
+        );
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.lease_duration_seconds(), 15);
+    }
+
+    #[test]
+    fn short_test_durations_are_valid() {
+        let s = LeaseSettings {
+            lease_duration: 3 * SEC,
+            renew_deadline: 2 * SEC,
+            retry_period: Duration::from_millis(500),
+            ..settings()
+        };
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn lease_duration_must_exceed_renew_deadline() {
+        let s = LeaseSettings {
+            lease_duration: 10 * SEC,
+            ..settings()
+        };
+        let error = s.validate().unwrap_err();
+        assert_eq!(
+            error,
+            SettingsError::LeaseDurationTooShort {
+                lease_duration: 10 * SEC,
+                renew_deadline: 10 * SEC
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "leader election: the lease duration (10s) must be longer than the renew deadline \
+             (10s), so that a leader that cannot renew stops acting before another replica may \
+             take over"
+        );
+    }
+
+    #[test]
+    fn renew_deadline_must_exceed_retry_period() {
+        let s = LeaseSettings {
+            renew_deadline: 2 * SEC,
+            ..settings()
+        };
+        let error = s.validate().unwrap_err();
+        assert!(
+            matches!(error, SettingsError::RenewDeadlineTooShort { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("renew deadline (2s)"), "{error}");
+        assert!(error.to_string().contains("retry period (2s)"), "{error}");
+    }
+
+    #[test]
+    fn retry_period_must_be_positive() {
+        let s = LeaseSettings {
+            retry_period: Duration::ZERO,
+            ..settings()
+        };
+        assert_eq!(s.validate(), Err(SettingsError::ZeroRetryPeriod));
+    }
+
+    #[test]
+    fn names_and_identity_are_checked() {
+        for namespace in [
+            "",
+            "Crawler",
+            "-crawler",
+            "crawler-",
+            "a.b",
+            &"n".repeat(64),
+        ] {
+            let s = LeaseSettings::new(namespace, "lease", "me");
+            assert_eq!(
+                s.validate(),
+                Err(SettingsError::Namespace(namespace.to_owned())),
+                "{namespace:?}"
+            );
+        }
+        for name in ["", "Lease", "lease_1", "a..b", ".a", &"n".repeat(254)] {
+            let s = LeaseSettings::new("crawler", name, "me");
+            assert_eq!(
+                s.validate(),
+                Err(SettingsError::Name(name.to_owned())),
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            LeaseSettings::new("crawler", "crawler-operator.crawler.dev", "me").validate(),
+            Ok(())
+        );
+        assert_eq!(
+            LeaseSettings::new("crawler", "lease", "").validate(),
+            Err(SettingsError::EmptyIdentity)
+        );
+    }
+
+    #[test]
+    fn lease_duration_seconds_round_up_and_must_fit() {
+        let s = LeaseSettings {
+            lease_duration: Duration::from_millis(2500),
+            renew_deadline: 2 * SEC,
+            retry_period: SEC,
+            ..settings()
+        };
+        assert_eq!(s.lease_duration_seconds(), 3);
+        let s = LeaseSettings {
+            lease_duration: Duration::from_secs(u64::from(u32::MAX)),
+            ..settings()
+        };
+        assert!(matches!(
+            s.validate(),
+            Err(SettingsError::LeaseDurationTooLong(_))
+        ));
+    }
+
+    // --- the decision ---
+
+    #[test]
+    fn no_lease_means_create() {
+        assert_eq!(decide(None, Instant::now(), &settings()), Decision::Create);
+    }
+
+    #[test]
+    fn a_free_lease_is_acquired_at_once_and_counts_a_transition() {
+        let t0 = Instant::now();
+        let observed = seen(record(None, "7"), t0);
+        assert_eq!(
+            decide(Some(&observed), t0, &settings()),
+            Decision::Acquire {
+                previous_holder: None,
+                transitions: 5
+            }
+        );
+    }
+
+    #[test]
+    fn our_own_lease_is_renewed() {
+        let t0 = Instant::now();
+        let observed = seen(record(Some("replica-a"), "7"), t0);
+        assert_eq!(decide(Some(&observed), t0, &settings()), Decision::Renew);
+    }
+
+    #[test]
+    fn another_holder_is_waited_for_a_lease_duration_from_first_sight() {
+        let t0 = Instant::now();
+        let observed = seen(record(Some("replica-b"), "7"), t0);
+        let s = settings();
+        let wait = Decision::Wait {
+            holder: "replica-b".into(),
+            until: t0 + 15 * SEC,
+        };
+        assert_eq!(decide(Some(&observed), t0, &s), wait);
+        assert_eq!(
+            decide(
+                Some(&observed),
+                t0 + Duration::from_nanos(14_999_999_999),
+                &s
+            ),
+            wait
+        );
+        assert_eq!(
+            decide(Some(&observed), t0 + 15 * SEC, &s),
+            Decision::Acquire {
+                previous_holder: Some("replica-b".into()),
+                transitions: 5
+            }
+        );
+    }
+
+    #[test]
+    fn the_longer_of_the_holders_promise_and_our_lease_duration_is_waited() {
+        let t0 = Instant::now();
+        let s = settings();
+        let mut longer = record(Some("replica-b"), "7");
+        longer.lease_duration_seconds = Some(60);
+        assert_eq!(
+            decide(Some(&seen(longer, t0)), t0 + 30 * SEC, &s),
+            Decision::Wait {
+                holder: "replica-b".into(),
+                until: t0 + 60 * SEC
+            }
+        );
+        // A holder that promised less (or nothing, or nonsense) still gets our lease duration.
+        for promised in [Some(1), None, Some(-5)] {
+            let mut shorter = record(Some("replica-b"), "7");
+            shorter.lease_duration_seconds = promised;
+            assert_eq!(
+                decide(Some(&seen(shorter, t0)), t0 + 14 * SEC, &s),
+                Decision::Wait {
+                    holder: "replica-b".into(),
+                    until: t0 + 15 * SEC
+                },
+                "{promised:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_remote_renew_time_never_meets_our_clock() {
+        // A holder whose clock is years behind, or ahead, is judged only by whether its record
+        // changes while we watch.
+        let t0 = Instant::now();
+        let s = settings();
+        for renew_time in ["1999-01-01T00:00:00Z", "2999-01-01T00:00:00Z"] {
+            let mut skewed = record(Some("replica-b"), "7");
+            skewed.renew_time = Some(renew_time.parse().unwrap());
+            assert!(matches!(
+                decide(Some(&seen(skewed.clone(), t0)), t0 + SEC, &s),
+                Decision::Wait { .. }
+            ));
+            assert!(matches!(
+                decide(Some(&seen(skewed, t0)), t0 + 15 * SEC, &s),
+                Decision::Acquire { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn transitions_saturate() {
+        let t0 = Instant::now();
+        let mut free = record(None, "7");
+        free.transitions = i32::MAX;
+        assert_eq!(
+            decide(Some(&seen(free, t0)), t0, &settings()),
+            Decision::Acquire {
+                previous_holder: None,
+                transitions: i32::MAX
+            }
+        );
+    }
+
+    // --- observing ---
+
+    #[test]
+    fn an_unchanged_record_keeps_its_first_sighting() {
+        let t0 = Instant::now();
+        let first = Observed::update(None, record(Some("replica-b"), "7"), t0);
+        assert_eq!(first.first_seen, t0);
+        let again = Observed::update(Some(first), record(Some("replica-b"), "7"), t0 + 5 * SEC);
+        assert_eq!(again.first_seen, t0);
+        // ... so after a lease duration of silence the holder is gone.
+        assert!(matches!(
+            decide(Some(&again), t0 + 15 * SEC, &settings()),
+            Decision::Acquire { .. }
+        ));
+    }
+
+    #[test]
+    fn any_change_of_the_record_restarts_the_clock() {
+        let t0 = Instant::now();
+        let t1 = t0 + 5 * SEC;
+        let base = || Observed::update(None, record(Some("replica-b"), "7"), t0);
+
+        let renewed = record(Some("replica-b"), "8");
+        assert_eq!(Observed::update(Some(base()), renewed, t1).first_seen, t1);
+
+        let mut renew_time_moved = record(Some("replica-b"), "7");
+        renew_time_moved.renew_time = Some("2024-01-01T00:00:02Z".parse().unwrap());
+        assert_eq!(
+            Observed::update(Some(base()), renew_time_moved, t1).first_seen,
+            t1
+        );
+
+        let new_holder = record(Some("replica-c"), "7");
+        let observed = Observed::update(Some(base()), new_holder, t1);
+        assert_eq!(observed.first_seen, t1);
+        assert_eq!(
+            decide(Some(&observed), t0 + 15 * SEC, &settings()),
+            Decision::Wait {
+                holder: "replica-c".into(),
+                until: t1 + 15 * SEC
+            }
+        );
+    }
+
+    #[test]
+    fn a_record_is_read_from_a_lease() {
+        let r = LeaseRecord::from_lease(&lease(Some("replica-b"), "7"));
+        assert_eq!(r.holder.as_deref(), Some("replica-b"));
+        assert_eq!(r.resource_version.as_deref(), Some("7"));
+        assert_eq!(r.lease_duration_seconds, Some(15));
+        assert_eq!(r.transitions, 4);
+        assert_eq!(r.renew_time, Some("2024-01-01T00:00:05Z".parse().unwrap()));
+        // An empty holder is no holder.
+        assert_eq!(LeaseRecord::from_lease(&lease(Some(""), "7")).holder, None);
+        let bare = LeaseRecord::from_lease(&Lease::default());
+        assert_eq!((bare.holder, bare.transitions), (None, 0));
+    }
+
+    // --- what is written ---
+
+    #[test]
+    fn a_claim_names_us_counts_the_transition_and_keeps_the_resource_version() {
+        let s = LeaseSettings {
+            lease_duration: Duration::from_millis(2500),
+            renew_deadline: 2 * SEC,
+            retry_period: SEC,
+            ..settings()
+        };
+        let base = lease(Some("replica-b"), "7");
+        let claim = claimed(&s, &base, 5);
+        let spec = claim.spec.as_ref().unwrap();
+        assert_eq!(claim.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+        assert_eq!(spec.lease_transitions, Some(5));
+        assert_eq!(spec.lease_duration_seconds, Some(3));
+        assert_ne!(spec.acquire_time, base.spec.as_ref().unwrap().acquire_time);
+        assert_eq!(spec.acquire_time, spec.renew_time);
+    }
+
+    #[test]
+    fn a_renewal_moves_only_the_renew_time() {
+        let base = lease(Some("replica-a"), "9");
+        let renewal = renewed(&settings(), &base);
+        let (before, after) = (base.spec.as_ref().unwrap(), renewal.spec.as_ref().unwrap());
+        assert_eq!(renewal.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(after.holder_identity.as_deref(), Some("replica-a"));
+        assert_eq!(after.acquire_time, before.acquire_time);
+        assert_eq!(after.lease_transitions, before.lease_transitions);
+        assert!(after.renew_time > before.renew_time);
+    }
+
+    #[test]
+    fn a_release_frees_the_lease_for_anyone_at_once() {
+        let base = lease(Some("replica-a"), "9");
+        let release = released(&base);
+        let spec = release.spec.as_ref().unwrap();
+        assert_eq!(release.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(spec.holder_identity, None);
+        assert_eq!(spec.lease_duration_seconds, Some(1));
+        assert_eq!(spec.lease_transitions, Some(4));
+        // A candidate reading it acquires without waiting.
+        let t0 = Instant::now();
+        let observed = seen(LeaseRecord::from_lease(&release), t0);
+        assert!(matches!(
+            decide(
+                Some(&observed),
+                t0,
+                &LeaseSettings::new("crawler", "l", "replica-b")
+            ),
+            Decision::Acquire { transitions: 5, .. }
+        ));
+    }
+
+    #[test]
+    fn a_created_lease_names_us_from_term_zero() {
+        let created = created(&settings());
+        let spec = created.spec.as_ref().unwrap();
+        assert_eq!(created.metadata.name.as_deref(), Some("crawler-operator"));
+        assert_eq!(created.metadata.namespace.as_deref(), Some("crawler"));
+        assert_eq!(created.metadata.resource_version, None);
+        assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+        assert_eq!(spec.lease_transitions, Some(0));
+        assert_eq!(spec.lease_duration_seconds, Some(15));
+    }
+
+    // --- leadership as data ---
+
+    #[test]
+    fn leadership_expires_on_its_own() {
+        let t0 = Instant::now();
+        let leading = Leadership::Leading {
+            since: t0,
+            valid_until: t0 + 10 * SEC,
+            term: 3,
+        };
+        assert!(leading.is_leading_at(t0));
+        assert!(leading.is_leading_at(t0 + Duration::from_nanos(9_999_999_999)));
+        assert!(!leading.is_leading_at(t0 + 10 * SEC));
+        assert_eq!(leading.term(), Some(3));
+        assert_eq!(leading.valid_until(), Some(t0 + 10 * SEC));
+        let standby = Leadership::Standby { holder: None };
+        assert!(!standby.is_leading_at(t0));
+        assert_eq!((standby.term(), standby.valid_until()), (None, None));
+    }
+
+    #[tokio::test]
+    async fn until_lost_resolves_at_the_deadline_even_if_nothing_is_published() {
+        let valid_until = Instant::now() + Duration::from_millis(100);
+        let (tx, mut rx) = watch::channel(Leadership::Leading {
+            since: Instant::now(),
+            valid_until,
+            term: 1,
+        });
+        until_lost(&mut rx).await;
+        assert!(Instant::now() >= valid_until);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn until_lost_follows_renewals_and_returns_on_standby() {
+        let start = Instant::now();
+        let (tx, mut rx) = watch::channel(Leadership::Leading {
+            since: start,
+            valid_until: start + Duration::from_millis(100),
+            term: 1,
+        });
+        let watcher = tokio::spawn(async move {
+            until_lost(&mut rx).await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send_replace(Leadership::Leading {
+            since: start,
+            valid_until: start + 10 * SEC,
+            term: 1,
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!watcher.is_finished(), "a renewal extends leadership");
+        let stepped_down = Instant::now();
+        tx.send_replace(Leadership::Standby { holder: None });
+        let lost = watcher.await.unwrap();
+        assert!(lost >= stepped_down);
+    }
+
+    #[tokio::test]
+    async fn until_lost_returns_when_the_elector_is_gone() {
+        let (tx, mut rx) = watch::channel(Leadership::Leading {
+            since: Instant::now(),
+            valid_until: Instant::now() + 60 * SEC,
+            term: 1,
+        });
+        drop(tx);
+        tokio::time::timeout(SEC, until_lost(&mut rx))
+            .await
+            .expect("until_lost returns once the sender is dropped");
+    }
+
+    #[tokio::test]
+    async fn until_leading_waits_for_leadership_or_reports_the_stop() {
+        let (tx, mut rx) = watch::channel(Leadership::Standby { holder: None });
+        let now = Instant::now();
+        let leading = Leadership::Leading {
+            since: now,
+            valid_until: now + 60 * SEC,
+            term: 2,
+        };
+        let expected = leading.clone();
+        let waiter = tokio::spawn(async move { until_leading(&mut rx).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send_replace(leading);
+        assert_eq!(waiter.await.unwrap(), Ok(expected));
+
+        let (tx, mut rx) = watch::channel(Leadership::Standby { holder: None });
+        drop(tx);
+        assert_eq!(until_leading(&mut rx).await, Err(ElectorStopped));
+    }
+}

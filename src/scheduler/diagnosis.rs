@@ -110,7 +110,9 @@ mod tests {
     fn renders_like_the_kubernetes_scheduler() {
         use NotReady::{HeartbeatExpired, NoAddress, PodNotReady, Terminating};
         use Unfit::{InsufficientCapacity, NotReady as Down, SelectorMismatch};
-        let cases: &[(&[(Unfit, usize)], &str, &str)] = &[
+        // (reasons recorded, message, condition reason)
+        type Case = (&'static [(Unfit, usize)], &'static str, &'static str);
+        let cases: &[Case] = &[
             (
                 &[],
                 "0/0 workers eligible: no worker Pods found",

@@ -7,7 +7,7 @@
 //! writes status.
 //!
 //! Like the Kubernetes scheduler framework, a decision is a pipeline:
-//! 1. [`filter`]: readiness, then `workerSelector`, then capacity; each rejected worker yields an
+//! 1. [`filter()`]: readiness, then `workerSelector`, then capacity; each rejected worker yields an
 //!    [`Unfit`] reason, and the reasons add up to the [`Diagnosis`] people read ("0/3 workers
 //!    eligible: 2 not ready, 1 does not match workerSelector").
 //! 2. a [`Policy`] ranks the survivors ([`LeastLoaded`] by default, or [`BinPack`]), chosen by

@@ -14,7 +14,7 @@ use super::worker::{Load, Worker};
 /// The scoring step is a comparison rather than a number: load relative to capacity is a ratio,
 /// and a comparison lets policies decide exactly (integer cross-multiplication) instead of
 /// rounding to a normalised score where distinct workers could tie. Callers only pass workers
-/// that passed [`filter`](super::filter), and break ties by worker name, so a policy need not.
+/// that passed [`filter`](super::filter()), and break ties by worker name, so a policy need not.
 pub trait Policy: fmt::Debug + Send + Sync {
     /// A `CamelCase` name, suitable as the `reason` of the resource's `Assigned` condition.
     fn name(&self) -> &'static str;

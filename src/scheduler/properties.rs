@@ -26,7 +26,10 @@ fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
 }
 
 fn readiness() -> impl Strategy<Value = Readiness> {
-    prop_oneof![3 => Just(Readiness::Ready), 1 => select(NotReady::ALL.to_vec()).prop_map(Readiness::NotReady)]
+    prop_oneof![
+        3 => Just(Readiness::Ready),
+        1 => select(NotReady::ALL.to_vec()).prop_map(Readiness::NotReady),
+    ]
 }
 
 fn operator() -> impl Strategy<Value = Operator> {
@@ -42,10 +45,13 @@ fn operator() -> impl Strategy<Value = Operator> {
 fn selector() -> impl Strategy<Value = WorkerSelector> {
     let requirement =
         (name(), operator()).prop_map(|(key, operator)| Requirement { key, operator });
+    let match_labels = prop::collection::btree_map(name(), value(), 0..=1);
+    let match_expressions = prop::collection::vec(requirement, 0..=2);
     prop_oneof![
         2 => Just(WorkerSelector::everything()),
-        1 => (prop::collection::btree_map(name(), value(), 0..=1), prop::collection::vec(requirement, 0..=2))
-            .prop_map(|(match_labels, match_expressions)| WorkerSelector { match_labels, match_expressions }),
+        1 => (match_labels, match_expressions).prop_map(|(match_labels, match_expressions)| {
+            WorkerSelector { match_labels, match_expressions }
+        }),
     ]
 }
 
@@ -114,27 +120,36 @@ proptest! {
     /// the policy or equal with a smaller name; on failure, every worker is counted once, under
     /// the reason the filters gave for it.
     #[test]
-    fn a_decision_is_sound_complete_and_optimal(workers in workers(), request in request(6), kind in policy()) {
+    fn a_decision_is_sound_complete_and_optimal(
+        workers in workers(),
+        request in request(6),
+        kind in policy(),
+    ) {
         let policy = kind.build();
-        let feasible: Vec<&Worker> = workers.iter().filter(|worker| filter(worker, &request).is_ok()).collect();
+        let feasible: Vec<&Worker> =
+            workers.iter().filter(|worker| filter(worker, &request).is_ok()).collect();
         match place(policy.as_ref(), &workers, &request) {
             Ok(placement) => {
                 prop_assert!(filter(placement.worker, &request).is_ok());
                 prop_assert_eq!(placement.policy, policy.name());
                 for other in &feasible {
-                    let order = policy.compare(&request, placement.worker, other).then_with(|| placement.worker.name.cmp(&other.name));
-                    prop_assert!(order.is_le(), "{} chosen over better {}", placement.worker.name, other.name);
+                    let chosen = placement.worker;
+                    let order = policy
+                        .compare(&request, chosen, other)
+                        .then_with(|| chosen.name.cmp(&other.name));
+                    prop_assert!(order.is_le(), "{} chosen over better {}", chosen.name, other.name);
                 }
             }
             Err(diagnosis) => {
-                prop_assert!(feasible.is_empty(), "placeable on {:?} but got {}", feasible, diagnosis);
+                prop_assert!(feasible.is_empty(), "placeable on {feasible:?} but got {diagnosis}");
                 prop_assert_eq!(diagnosis.workers(), workers.len());
                 for unfit in Unfit::ALL {
-                    let expected = workers.iter().filter(|worker| filter(worker, &request) == Err(unfit)).count();
+                    let expected =
+                        workers.iter().filter(|worker| filter(worker, &request) == Err(unfit)).count();
                     prop_assert_eq!(diagnosis.count(unfit), expected, "{:?}", unfit);
                 }
-                let expected_reason = if workers.is_empty() { "NoWorkers" } else { "NoEligibleWorker" };
-                prop_assert_eq!(diagnosis.reason(), expected_reason);
+                let reason = if workers.is_empty() { "NoWorkers" } else { "NoEligibleWorker" };
+                prop_assert_eq!(diagnosis.reason(), reason);
             }
         }
     }
@@ -169,7 +184,8 @@ proptest! {
     /// Same input, same output; and the output does not depend on the order workers are listed.
     #[test]
     fn decisions_are_deterministic_and_independent_of_worker_order(
-        (workers, shuffled) in workers().prop_flat_map(|workers| (Just(workers.clone()), Just(workers).prop_shuffle())),
+        (workers, shuffled) in workers()
+            .prop_flat_map(|workers| (Just(workers.clone()), Just(workers).prop_shuffle())),
         requests in prop::collection::vec(request(6), 0..16),
         kind in policy(),
     ) {
@@ -203,7 +219,7 @@ proptest! {
                 let request = Request::new(NonZeroU64::new(weight).unwrap());
                 let least = schedule.workers().iter().map(|worker| worker.load).min().unwrap();
                 if let Ok(worker) = schedule.place(&request) {
-                    prop_assert_eq!(worker.load - weight, least, "placed on a worker of minimum load");
+                    prop_assert_eq!(worker.load - weight, least, "placed on a least-loaded worker");
                     heaviest_placed = heaviest_placed.max(weight);
                 }
                 prop_assert!(spread(schedule.workers()) <= initial_spread.max(heaviest_placed));
@@ -217,7 +233,8 @@ proptest! {
         capacity in prop::option::of(1..=20_u64),
         resources in 0..60_usize,
     ) {
-        let mut schedule = Schedule::new(PolicyKind::LeastLoaded.build(), identical_workers(count, capacity, &[]));
+        let workers = identical_workers(count, capacity, &[]);
+        let mut schedule = Schedule::new(PolicyKind::LeastLoaded.build(), workers);
         schedule.place_all(&vec![Request::unit(); resources]);
         prop_assert!(spread(schedule.workers()) <= 1);
         let placed: Load = schedule.workers().iter().map(|worker| worker.load).sum();
@@ -234,14 +251,17 @@ proptest! {
         capacity in 1..=8_u64,
         resources in 0..60_usize,
     ) {
-        let mut schedule = Schedule::new(PolicyKind::BinPack.build(), identical_workers(count, Some(capacity), &[]));
+        let workers = identical_workers(count, Some(capacity), &[]);
+        let mut schedule = Schedule::new(PolicyKind::BinPack.build(), workers);
         for _ in 0..resources {
             let _ = schedule.place(&Request::unit());
-            let partly_full = schedule.workers().iter().filter(|worker| worker.load > 0 && worker.load < capacity).count();
+            let partly_full =
+                schedule.workers().iter().filter(|worker| (1..capacity).contains(&worker.load)).count();
             prop_assert!(partly_full <= 1);
         }
         let used = schedule.workers().iter().filter(|worker| worker.load > 0).count();
-        prop_assert_eq!(used as u64, (resources as u64).min(capacity * count as u64).div_ceil(capacity));
+        let placed = (resources as u64).min(capacity * count as u64);
+        prop_assert_eq!(used as u64, placed.div_ceil(capacity), "as few workers as the load needs");
     }
 
     /// The baseline never fails while there are workers, and keeps payload counts within one of
@@ -253,7 +273,8 @@ proptest! {
     ) {
         let workers = identical_workers(count, None, &[]);
         let outcomes = original_algorithm(&workers, &requests);
-        let mut counts: BTreeMap<&str, usize> = workers.iter().map(|worker| (worker.name.as_str(), 0)).collect();
+        let mut counts: BTreeMap<&str, usize> =
+            workers.iter().map(|worker| (worker.name.as_str(), 0)).collect();
         for outcome in &outcomes {
             *counts.get_mut(outcome.as_deref().unwrap()).unwrap() += 1;
         }

@@ -1,5 +1,5 @@
 //! Many decisions in a row over a worker table this module owns, assuming each decision before
-//! the next. The controller uses [`place`](super::place) with its own index and assume step;
+//! the next. The controller uses [`place`](super::place()) with its own index and assume step;
 //! this is for tests, benchmarks and anything that wants the whole batch at once.
 
 use super::diagnosis::Diagnosis;

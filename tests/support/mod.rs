@@ -332,7 +332,7 @@ impl ControlPlane {
         self.etcd.signal("CONT");
     }
 
-    /// Stops the API server (SIGTERM, SIGKILL after 5 s). Clients get connection refused.
+    /// Kills the API server (SIGKILL, like a crash). Clients get connection refused.
     pub async fn stop_apiserver(&self) {
         self.apiserver.stop().await;
     }
@@ -348,7 +348,8 @@ impl ControlPlane {
         self.start_apiserver().await;
     }
 
-    /// Stops etcd; the API server stays up and fails storage calls until etcd is back.
+    /// Kills etcd (SIGKILL; its data survives). The API server stays up and fails storage
+    /// calls until etcd is back.
     pub async fn stop_etcd(&self) {
         self.etcd.stop().await;
     }
@@ -401,16 +402,15 @@ impl ControlPlane {
         config.read_timeout = Some(Duration::from_secs(5));
         let client = client(config);
         let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::new();
         loop {
             let request = http::Request::get("/readyz")
                 .body(Vec::new())
                 .expect("a GET request");
-            match client.request_text(request).await {
+            let last = match client.request_text(request).await {
                 Ok(body) if body.trim() == "ok" => return,
-                Ok(body) => last = body,
-                Err(e) => last = e.to_string(),
-            }
+                Ok(body) => body,
+                Err(e) => e.to_string(),
+            };
             let why = if !self.apiserver.is_alive() {
                 "exited"
             } else if Instant::now() > deadline {

@@ -11,6 +11,7 @@
 //! `kill -9` the test binary while the control plane runs, then `pgrep -f 'etcd|kube-apiserver'`
 //! finds nothing and the `crawler-cp-*` temp dir is gone within a second or two.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -19,8 +20,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Runs `"$@"` with output appended to `$log`, prints its pid, and stops it (SIGCONT, SIGTERM,
-/// SIGKILL after 5 s) when stdin reaches EOF.
+/// Runs `"$@"` with output appended to `$log`, prints its pid, and kills it when stdin reaches
+/// EOF. SIGKILL, not SIGTERM: terminated together, etcd waits for the apiserver's streams to end
+/// while kube-apiserver hangs in its graceful shutdown without etcd, and both sat out a 5 s
+/// grace period. For a stop in a fault test a crash is the harsher case anyway. `wait` makes
+/// sure the server is gone (and its ports free) when the guardian exits.
 const SERVER_GUARDIAN: &str = r#"
 log=$1; shift
 "$@" >>"$log" 2>&1 </dev/null &
@@ -28,11 +32,8 @@ pid=$!
 echo "$pid"
 exec >>"$log" 2>&1
 read -r _
-kill -CONT "$pid" 2>/dev/null
-kill -TERM "$pid" 2>/dev/null
-for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.1; done
-echo "guardian: $pid ignored SIGTERM for 5s, killing it"
 kill -KILL "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
 "#;
 
 /// Removes `$1` when stdin reaches EOF, retrying while the servers (stopped by their own
@@ -79,7 +80,7 @@ impl Server {
         let mut running = self.running.lock().unwrap();
         assert!(running.is_none(), "{} is already running", self.name);
         let mut argv = vec![self.log.as_os_str(), self.binary.as_os_str()];
-        argv.extend(self.args.iter().map(|a| a.as_ref()));
+        argv.extend(self.args.iter().map(OsStr::new));
         let mut guardian = guardian(SERVER_GUARDIAN, &argv);
         let mut line = String::new();
         BufReader::new(guardian.stdout.take().expect("guardian stdout"))
@@ -95,8 +96,8 @@ impl Server {
         *running = Some(Running { guardian, pid });
     }
 
-    /// Stops the server and waits (without blocking the async runtime) until its guardian,
-    /// and so the server, is gone. A no-op if it is not running.
+    /// Kills the server (SIGKILL, as in a crash) and waits, without blocking the async runtime,
+    /// until its guardian, and so the server, is gone. A no-op if it is not running.
     pub async fn stop(&self) {
         let Some(Running { mut guardian, pid }) = self.running.lock().unwrap().take() else {
             return;
@@ -159,7 +160,7 @@ impl Server {
 
 /// Spawns `bash -c script guardian args...` with piped stdin (and stdout, for a pid line) in
 /// its own process group.
-fn guardian(script: &str, args: &[&std::ffi::OsStr]) -> Child {
+fn guardian(script: &str, args: &[&OsStr]) -> Child {
     Command::new("bash")
         .arg("-c")
         .arg(script)

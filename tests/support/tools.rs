@@ -12,7 +12,7 @@ const VERSIONS_ENV: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/ha
 pub fn binary(name: &str) -> PathBuf {
     let var = format!("TEST_ASSET_{}", name.to_uppercase().replace('-', "_"));
     let (path, source) = if let Some(path) = non_empty_var(&var) {
-        (PathBuf::from(path), var)
+        (PathBuf::from(path), var.clone())
     } else if let Some(assets) = non_empty_var("KUBEBUILDER_ASSETS") {
         (
             PathBuf::from(assets).join(name),

@@ -1,0 +1,417 @@
+//! The controller against a real kube-apiserver: the original demonstration and what the issue
+//! adds (unschedulable, readiness, selectors, weights, leader failover, bad input). Each test has
+//! its own namespace and its own controller processes (the real binary), whose Lease lives in
+//! that namespace, so tests run side by side without seeing each other.
+
+mod support;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use crawler_operator::crd::{CONDITION_ASSIGNED, CrawlerResource, Phase};
+use k8s_openapi::{
+    api::{coordination::v1::Lease, events::v1::Event},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, CustomResourceExt, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use support::{
+    ControlPlane, TestNamespace,
+    pods::{create_worker_pod, delete_pod, set_pod_ready},
+    process::Server,
+    wait_for,
+};
+
+const WORKER_LABEL: (&str, &str) = ("app.kubernetes.io/component", "crawler-worker");
+const LEASE: &str = "crawler-operator-leader";
+/// Short election timings so failover tests take seconds.
+const LEASE_DURATION: Duration = Duration::from_secs(3);
+const BOUND: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+/// One test's world: a namespace, a client, and helpers that read like the user's story.
+struct Story {
+    cp: &'static ControlPlane,
+    ns: TestNamespace,
+    client: Client,
+    controllers: Vec<Server>,
+}
+
+impl Story {
+    async fn new(prefix: &str) -> Self {
+        let cp = support::control_plane();
+        install_crd(&cp.client()).await;
+        let ns = cp.namespace(prefix).await;
+        Self { cp, client: cp.client(), ns, controllers: Vec::new() }
+    }
+
+    fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    fn api(&self) -> Api<CrawlerResource> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    /// Starts a controller process (the real binary) named `identity`; returns its index.
+    fn start_controller(&mut self, identity: &str) -> usize {
+        let log = self.cp.dir().join(format!("{}-{identity}.log", self.ns()));
+        let args = [
+            format!("KUBECONFIG={}", self.cp.kubeconfig_path().display()),
+            "RUST_LOG=info,crawler_operator=debug".to_owned(),
+            env!("CARGO_BIN_EXE_crawler-operator").to_owned(),
+            "controller".to_owned(),
+            format!("--namespace={}", self.ns()),
+            format!("--lease-namespace={}", self.ns()),
+            format!("--identity={identity}"),
+            format!("--lease-duration={}ms", LEASE_DURATION.as_millis()),
+            "--renew-deadline=2s".to_owned(),
+            "--retry-period=500ms".to_owned(),
+        ];
+        let server = Server::new("controller", PathBuf::from("/usr/bin/env"), args.to_vec(), log);
+        server.start();
+        self.controllers.push(server);
+        self.controllers.len() - 1
+    }
+
+    async fn ready_worker(&self, name: &str) {
+        self.worker(name, &[]).await;
+    }
+
+    async fn worker(&self, name: &str, extra_labels: &[(&str, &str)]) {
+        let mut labels = vec![WORKER_LABEL];
+        labels.extend_from_slice(extra_labels);
+        create_worker_pod(&self.client, self.ns(), name, &labels).await;
+        let ip = format!("10.1.0.{}", name.bytes().map(u32::from).sum::<u32>() % 250 + 1);
+        set_pod_ready(&self.client, self.ns(), name, true, Some(&ip)).await;
+    }
+
+    async fn apply_resource(&self, name: &str, spec: serde_json::Value) {
+        let body = json!({
+            "apiVersion": "crawler.dev/v1alpha1",
+            "kind": "CrawlerResource",
+            "metadata": { "name": name },
+            "spec": spec,
+        });
+        self.api()
+            .patch(name, &PatchParams::apply("kubectl-test"), &Patch::Apply(&body))
+            .await
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    async fn apply_simple(&self, name: &str) {
+        self.apply_resource(name, json!({ "seeds": ["https://books.example.org/tag/"] })).await;
+    }
+
+    /// Waits until every named resource is assigned; returns name -> worker.
+    async fn assert_all_assigned(&self, names: &[&str]) -> BTreeMap<String, String> {
+        let api = self.api();
+        wait_for("all resources assigned", BOUND, POLL, || {
+            let api = api.clone();
+            async move {
+                let mut placed = BTreeMap::new();
+                for name in names {
+                    let r = api.get(name).await.map_err(|e| e.to_string())?;
+                    match assigned_worker(&r) {
+                        Some(w) => placed.insert((*name).to_owned(), w),
+                        None => return Err(format!("{name} is not assigned: {:?}", r.status)),
+                    };
+                }
+                Ok::<_, String>(placed)
+            }
+        })
+        .await
+    }
+
+    async fn assert_assigned(&self, name: &str, worker: &str) {
+        let api = self.api();
+        wait_for(&format!("{name} assigned to {worker}"), BOUND, POLL, || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                match assigned_worker(&r) {
+                    Some(w) if w == worker => Ok(r),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn resource_versions(&self) -> BTreeMap<String, String> {
+        self.api()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name_any(), r.resource_version().unwrap()))
+            .collect()
+    }
+
+    async fn lease_holder(&self) -> Option<String> {
+        Api::<Lease>::namespaced(self.client.clone(), self.ns())
+            .get_opt(LEASE)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    }
+
+    async fn wait_for_leader(&self, identity: &str) {
+        wait_for(&format!("{identity} to hold the Lease"), BOUND, POLL, || async {
+            match self.lease_holder().await {
+                Some(h) if h == identity => Ok(()),
+                other => Err(format!("holder {other:?}")),
+            }
+        })
+        .await;
+    }
+
+    async fn events(&self) -> Vec<Event> {
+        Api::<Event>::namespaced(self.client.clone(), self.ns()).list(&ListParams::default()).await.unwrap().items
+    }
+
+    fn logs(&self) -> String {
+        self.controllers.iter().map(|c| format!("--- {}:\n{}", c.log.display(), c.log_tail(40))).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn assigned_worker(r: &CrawlerResource) -> Option<String> {
+    r.status.as_ref()?.assigned_worker.clone()
+}
+
+fn count_by_worker(placed: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for w in placed.values() {
+        *counts.entry(w.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Installs the CRD generated from the Rust types (idempotent) and waits until it is served.
+async fn install_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = CrawlerResource::crd();
+    api.patch(&crd.name_any(), &PatchParams::apply("crawler-tests").force(), &Patch::Apply(&crd)).await.expect("installing the CRD");
+    wait_for("the CRD to be established", BOUND, POLL, || async {
+        let crd = api.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
+        let established = crd.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
+        if established { Ok(()) } else { Err("not established".to_owned()) }
+    })
+    .await;
+    // Established can precede the resource being served by a moment.
+    let resources: Api<CrawlerResource> = Api::all(client.clone());
+    wait_for("CrawlerResources to be served", BOUND, POLL, || async { resources.list(&ListParams::default().limit(1)).await.map(|_| ()) }).await;
+}
+
+const FIVE: [&str; 5] = ["douban-book-list", "task-test-1", "task-test-2", "task-test-3", "xxx"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_demonstration() {
+    let mut story = Story::new("demo").await;
+    story.ready_worker("worker-1").await;
+    story.ready_worker("worker-2").await;
+    story.start_controller("controller-a");
+    story.wait_for_leader("controller-a").await;
+    for name in FIVE {
+        story.apply_simple(name).await;
+    }
+
+    // Two ready workers, five resources: a 3/2 split.
+    let placed = story.assert_all_assigned(&FIVE).await;
+    let mut counts: Vec<usize> = count_by_worker(&placed).into_values().collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![2, 3], "placement {placed:?}\n{}", story.logs());
+
+    // worker-1's Pod deleted: all five end on worker-2.
+    delete_pod(&story.client, story.ns(), "worker-1").await;
+    for name in FIVE {
+        story.assert_assigned(name, "worker-2").await;
+    }
+    let moved: Vec<CrawlerResource> = story.api().list(&ListParams::default()).await.unwrap().items;
+    for r in &moved {
+        let status = r.status.as_ref().unwrap();
+        if placed[&r.name_any()] == "worker-1" {
+            assert_eq!(status.assignments, Some(2), "{} was moved once", r.name_any());
+            assert_eq!(status.condition(CONDITION_ASSIGNED).unwrap().reason, "Reassigned");
+        } else {
+            assert_eq!(status.assignments, Some(1), "{} never moved", r.name_any());
+        }
+    }
+
+    // A new leader takes over (the old one is killed): it writes no status at all.
+    let before = story.resource_versions().await;
+    story.start_controller("controller-b");
+    story.controllers[0].signal("KILL");
+    story.wait_for_leader("controller-b").await;
+    // The new leader queued its full pass before anything applied after it took the Lease, so
+    // once task-test-4 is placed, the pass over the five is done too.
+    story.ready_worker("worker-3").await;
+    story.apply_simple("task-test-4").await;
+    story.assert_assigned("task-test-4", "worker-3").await;
+    let after = story.resource_versions().await;
+    for name in FIVE {
+        assert_eq!(before[name], after[name], "{name} was written by the new leader\n{}", story.logs());
+    }
+
+    // Delete it: gone, and the next placement sees worker-3's lower load.
+    story.api().delete("task-test-4", &DeleteParams::default()).await.unwrap();
+    wait_for("task-test-4 to be gone", BOUND, POLL, || async {
+        match story.api().get_opt("task-test-4").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.map(|r| r.name_any())))),
+        }
+    })
+    .await;
+    story.apply_simple("task-test-5").await;
+    story.assert_assigned("task-test-5", "worker-3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_until_a_worker_is_ready() {
+    let mut story = Story::new("unsched").await;
+    story.start_controller("controller-a");
+    story.wait_for_leader("controller-a").await;
+    create_worker_pod(&story.client, story.ns(), "worker-1", &[WORKER_LABEL]).await;
+    story.apply_simple("task-test-4").await;
+
+    let api = story.api();
+    let condition = wait_for("task-test-4 unschedulable", BOUND, POLL, || async {
+        let r = api.get("task-test-4").await.map_err(|e| e.to_string())?;
+        let status = r.status.unwrap_or_default();
+        match (status.phase, status.condition(CONDITION_ASSIGNED)) {
+            (Some(Phase::Unschedulable), Some(c)) => Ok(c.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(condition.status, "False");
+    assert_eq!(condition.message, "0/1 workers eligible: 1 not ready");
+    let events = wait_for("an Unschedulable event", BOUND, POLL, || async {
+        let events: Vec<Event> = story.events().await.into_iter().filter(|e| e.reason.as_deref() == Some("Unschedulable")).collect();
+        if events.is_empty() { Err("none yet") } else { Ok(events) }
+    })
+    .await;
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(events[0].regarding.as_ref().unwrap().name.as_deref(), Some("task-test-4"));
+
+    // The worker turns ready: placed.
+    set_pod_ready(&story.client, story.ns(), "worker-1", true, Some("10.1.0.9")).await;
+    story.assert_assigned("task-test-4", "worker-1").await;
+    let r = story.api().get("task-test-4").await.unwrap();
+    let status = r.status.unwrap();
+    assert_eq!(status.phase, Some(Phase::Assigned));
+    assert_eq!(status.assigned_address.as_deref(), Some("10.1.0.9:8080"));
+    assert_eq!(status.observed_generation, r.metadata.generation);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_workers_selectors_and_weights() {
+    let mut story = Story::new("select").await;
+    story.worker("cpu-1", &[("crawler.dev/gpu", "false")]).await;
+    story.worker("gpu-1", &[("crawler.dev/gpu", "true")]).await;
+    story.worker("gpu-2", &[("crawler.dev/gpu", "true")]).await;
+    story.start_controller("controller-a");
+    story.wait_for_leader("controller-a").await;
+
+    // A heavy resource that needs a GPU, then unit ones that need one too: weights spread them.
+    let gpu = json!({ "matchLabels": { "crawler.dev/gpu": "true" } });
+    story.apply_resource("heavy", json!({ "seeds": ["https://a.example/"], "weight": 3, "workerSelector": gpu })).await;
+    let heavy = story.assert_all_assigned(&["heavy"]).await["heavy"].clone();
+    assert!(heavy.starts_with("gpu-"), "heavy went to {heavy}");
+    for name in ["light-1", "light-2", "light-3"] {
+        story.apply_resource(name, json!({ "seeds": ["https://a.example/"], "workerSelector": gpu })).await;
+        story.assert_all_assigned(&[name]).await;
+    }
+    let placed = story.assert_all_assigned(&["heavy", "light-1", "light-2", "light-3"]).await;
+    let other = if heavy == "gpu-1" { "gpu-2" } else { "gpu-1" };
+    // Loads end 3 and 3: the three light ones went to the other GPU worker.
+    for name in ["light-1", "light-2", "light-3"] {
+        assert_eq!(placed[name], other, "{placed:?}");
+    }
+
+    // The heavy one's worker goes NotReady: it moves to the other GPU worker, never to cpu-1.
+    set_pod_ready(&story.client, story.ns(), &heavy, false, None).await;
+    story.assert_assigned("heavy", other).await;
+    let r = story.api().get("heavy").await.unwrap();
+    let condition = r.status.unwrap().condition(CONDITION_ASSIGNED).unwrap().clone();
+    assert!(condition.message.contains("not ready"), "{}", condition.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_the_standby_takes_over_when_it_dies() {
+    let mut story = Story::new("failover").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.wait_for_leader("controller-a").await;
+    story.start_controller("controller-b");
+    for name in FIVE {
+        story.apply_simple(name).await;
+    }
+    story.assert_all_assigned(&FIVE).await;
+    // Every decision was published as an Event by the leader, none by the standby.
+    let events = wait_for("five Assigned events", BOUND, POLL, || async {
+        let events: Vec<Event> = story.events().await.into_iter().filter(|e| e.reason.as_deref() == Some("Assigned")).collect();
+        if events.len() >= 5 { Ok(events) } else { Err(format!("{} so far", events.len())) }
+    })
+    .await;
+    for e in &events {
+        assert_eq!(e.reporting_instance.as_deref(), Some("controller-a"), "{e:?}");
+    }
+
+    // SIGKILL the leader: the standby leads within lease duration + retry period (+ slack), and
+    // then places new work.
+    let killed = std::time::Instant::now();
+    story.controllers[0].signal("KILL");
+    story.wait_for_leader("controller-b").await;
+    let takeover = killed.elapsed();
+    println!("takeover after SIGKILL: {takeover:?}");
+    assert!(takeover < LEASE_DURATION + Duration::from_millis(500) + Duration::from_secs(2), "took {takeover:?}");
+    story.apply_simple("task-test-4").await;
+    story.assert_assigned("task-test-4", "worker-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hands_over_at_once() {
+    let mut story = Story::new("handover").await;
+    story.start_controller("controller-a");
+    story.wait_for_leader("controller-a").await;
+    story.start_controller("controller-b");
+    let stopped = std::time::Instant::now();
+    story.controllers[0].signal("TERM");
+    story.wait_for_leader("controller-b").await;
+    let takeover = stopped.elapsed();
+    println!("takeover after SIGTERM: {takeover:?}");
+    assert!(takeover < LEASE_DURATION, "a released Lease is taken over within a retry period, took {takeover:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_by_the_api_server_naming_the_field() {
+    let story = Story::new("invalid").await;
+    let cases = [
+        (json!({ "seeds": ["ftp://example.org/"] }), "spec.seeds"),
+        (json!({ "seeds": ["not a url"] }), "spec.seeds"),
+        (json!({ "seeds": [] }), "spec.seeds"),
+        (json!({ "seeds": ["https://a.example/"], "weight": 0 }), "spec.weight"),
+        (json!({ "seeds": ["https://a.example/"], "maxDepth": 11 }), "spec.maxDepth"),
+        (json!({ "seeds": ["https://a.example/"], "rateLimit": { "requestsPerSecond": 0 } }), "spec.rateLimit.requestsPerSecond"),
+        (json!({ "seeds": ["https://a.example/"], "task": "bad task!" }), "spec.task"),
+        (json!({}), "spec.seeds"),
+    ];
+    for (spec, field) in cases {
+        let raw = json!({ "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource", "metadata": { "name": "bad" }, "spec": spec });
+        let result = story.api().patch("bad", &PatchParams::apply("kubectl-test"), &Patch::Apply(&raw)).await;
+        match result {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{spec}: {status:?}");
+                assert!(status.message.contains(field), "{spec}: message {:?} does not name {field}", status.message);
+            }
+            other => panic!("{spec} was accepted: {other:?}"),
+        }
+    }
+    // Nothing was created by any refused apply.
+    assert!(story.api().get_opt("bad").await.unwrap().is_none());
+    let ok = story.api().create(&PostParams::default(), &CrawlerResource::new("good", serde_json::from_value(json!({"seeds": ["https://x.example/"]})).unwrap())).await;
+    assert!(ok.is_ok(), "{ok:?}");
+}
