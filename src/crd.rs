@@ -1,9 +1,12 @@
 //! The `CrawlerResource` API: the contract users write (`spec`) and read (`status`).
 //!
-//! Validation lives in the generated OpenAPI schema and CEL rules, so the API server itself refuses a
+//! Validation lives in the generated `OpenAPI` schema and CEL rules, so the API server itself refuses a
 //! bad spec at `kubectl apply` with a message that names the field. Field ownership of `status` is
 //! split by server-side apply field managers: the controller owns the assignment fields and the
 //! `Assigned` condition; the worker (a later addition) owns what it reports about the crawl.
+
+// kube's derive copies our #[serde] attributes onto the types it generates.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};

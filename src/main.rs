@@ -1,4 +1,6 @@
 //! `crawler-operator`: one binary, one subcommand per role.
+// Doc comments in this file are `--help` text for people, not rustdoc: no Markdown backticks.
+#![allow(clippy::doc_markdown)]
 
 use std::{process::ExitCode, time::Duration};
 

@@ -44,7 +44,12 @@ impl Story {
         let cp = support::control_plane();
         install_crd(&cp.client()).await;
         let ns = cp.namespace(prefix).await;
-        Self { cp, client: cp.client(), ns, controllers: Vec::new() }
+        Self {
+            cp,
+            client: cp.client(),
+            ns,
+            controllers: Vec::new(),
+        }
     }
 
     fn ns(&self) -> &str {
@@ -70,7 +75,12 @@ impl Story {
             "--renew-deadline=2s".to_owned(),
             "--retry-period=500ms".to_owned(),
         ];
-        let server = Server::new("controller", PathBuf::from("/usr/bin/env"), args.to_vec(), log);
+        let server = Server::new(
+            "controller",
+            PathBuf::from("/usr/bin/env"),
+            args.to_vec(),
+            log,
+        );
         server.start();
         self.controllers.push(server);
         self.controllers.len() - 1
@@ -84,7 +94,10 @@ impl Story {
         let mut labels = vec![WORKER_LABEL];
         labels.extend_from_slice(extra_labels);
         create_worker_pod(&self.client, self.ns(), name, &labels).await;
-        let ip = format!("10.1.0.{}", name.bytes().map(u32::from).sum::<u32>() % 250 + 1);
+        let ip = format!(
+            "10.1.0.{}",
+            name.bytes().map(u32::from).sum::<u32>() % 250 + 1
+        );
         set_pod_ready(&self.client, self.ns(), name, true, Some(&ip)).await;
     }
 
@@ -96,13 +109,18 @@ impl Story {
             "spec": spec,
         });
         self.api()
-            .patch(name, &PatchParams::apply("kubectl-test"), &Patch::Apply(&body))
+            .patch(
+                name,
+                &PatchParams::apply("kubectl-test"),
+                &Patch::Apply(&body),
+            )
             .await
             .unwrap_or_else(|e| panic!("applying {name}: {e}"));
     }
 
     async fn apply_simple(&self, name: &str) {
-        self.apply_resource(name, json!({ "seeds": ["https://books.example.org/tag/"] })).await;
+        self.apply_resource(name, json!({ "seeds": ["https://books.example.org/tag/"] }))
+            .await;
     }
 
     /// Waits until every named resource is assigned; returns name -> worker.
@@ -159,21 +177,34 @@ impl Story {
     }
 
     async fn wait_for_leader(&self, identity: &str) {
-        wait_for(&format!("{identity} to hold the Lease"), BOUND, POLL, || async {
-            match self.lease_holder().await {
-                Some(h) if h == identity => Ok(()),
-                other => Err(format!("holder {other:?}")),
-            }
-        })
+        wait_for(
+            &format!("{identity} to hold the Lease"),
+            BOUND,
+            POLL,
+            || async {
+                match self.lease_holder().await {
+                    Some(h) if h == identity => Ok(()),
+                    other => Err(format!("holder {other:?}")),
+                }
+            },
+        )
         .await;
     }
 
     async fn events(&self) -> Vec<Event> {
-        Api::<Event>::namespaced(self.client.clone(), self.ns()).list(&ListParams::default()).await.unwrap().items
+        Api::<Event>::namespaced(self.client.clone(), self.ns())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
     }
 
     fn logs(&self) -> String {
-        self.controllers.iter().map(|c| format!("--- {}:\n{}", c.log.display(), c.log_tail(40))).collect::<Vec<_>>().join("\n")
+        self.controllers
+            .iter()
+            .map(|c| format!("--- {}:\n{}", c.log.display(), c.log_tail(40)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -193,19 +224,46 @@ fn count_by_worker(placed: &BTreeMap<String, String>) -> BTreeMap<String, usize>
 async fn install_crd(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = CrawlerResource::crd();
-    api.patch(&crd.name_any(), &PatchParams::apply("crawler-tests").force(), &Patch::Apply(&crd)).await.expect("installing the CRD");
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply("crawler-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("installing the CRD");
     wait_for("the CRD to be established", BOUND, POLL, || async {
         let crd = api.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
-        let established = crd.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
-        if established { Ok(()) } else { Err("not established".to_owned()) }
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            Ok(())
+        } else {
+            Err("not established".to_owned())
+        }
     })
     .await;
     // Established can precede the resource being served by a moment.
     let resources: Api<CrawlerResource> = Api::all(client.clone());
-    wait_for("CrawlerResources to be served", BOUND, POLL, || async { resources.list(&ListParams::default().limit(1)).await.map(|_| ()) }).await;
+    wait_for("CrawlerResources to be served", BOUND, POLL, || async {
+        resources
+            .list(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+    })
+    .await;
 }
 
-const FIVE: [&str; 5] = ["douban-book-list", "task-test-1", "task-test-2", "task-test-3", "xxx"];
+const FIVE: [&str; 5] = [
+    "douban-book-list",
+    "task-test-1",
+    "task-test-2",
+    "task-test-3",
+    "xxx",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_original_demonstration() {
@@ -229,12 +287,25 @@ async fn the_original_demonstration() {
     for name in FIVE {
         story.assert_assigned(name, "worker-2").await;
     }
-    let moved: Vec<CrawlerResource> = story.api().list(&ListParams::default()).await.unwrap().items;
+    let moved: Vec<CrawlerResource> = story
+        .api()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     for r in &moved {
         let status = r.status.as_ref().unwrap();
         if placed[&r.name_any()] == "worker-1" {
-            assert_eq!(status.assignments, Some(2), "{} was moved once", r.name_any());
-            assert_eq!(status.condition(CONDITION_ASSIGNED).unwrap().reason, "Reassigned");
+            assert_eq!(
+                status.assignments,
+                Some(2),
+                "{} was moved once",
+                r.name_any()
+            );
+            assert_eq!(
+                status.condition(CONDITION_ASSIGNED).unwrap().reason,
+                "Reassigned"
+            );
         } else {
             assert_eq!(status.assignments, Some(1), "{} never moved", r.name_any());
         }
@@ -252,11 +323,20 @@ async fn the_original_demonstration() {
     story.assert_assigned("task-test-4", "worker-3").await;
     let after = story.resource_versions().await;
     for name in FIVE {
-        assert_eq!(before[name], after[name], "{name} was written by the new leader\n{}", story.logs());
+        assert_eq!(
+            before[name],
+            after[name],
+            "{name} was written by the new leader\n{}",
+            story.logs()
+        );
     }
 
     // Delete it: gone, and the next placement sees worker-3's lower load.
-    story.api().delete("task-test-4", &DeleteParams::default()).await.unwrap();
+    story
+        .api()
+        .delete("task-test-4", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("task-test-4 to be gone", BOUND, POLL, || async {
         match story.api().get_opt("task-test-4").await {
             Ok(None) => Ok(()),
@@ -289,15 +369,34 @@ async fn unschedulable_until_a_worker_is_ready() {
     assert_eq!(condition.status, "False");
     assert_eq!(condition.message, "0/1 workers eligible: 1 not ready");
     let events = wait_for("an Unschedulable event", BOUND, POLL, || async {
-        let events: Vec<Event> = story.events().await.into_iter().filter(|e| e.reason.as_deref() == Some("Unschedulable")).collect();
-        if events.is_empty() { Err("none yet") } else { Ok(events) }
+        let events: Vec<Event> = story
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Unschedulable"))
+            .collect();
+        if events.is_empty() {
+            Err("none yet")
+        } else {
+            Ok(events)
+        }
     })
     .await;
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));
-    assert_eq!(events[0].regarding.as_ref().unwrap().name.as_deref(), Some("task-test-4"));
+    assert_eq!(
+        events[0].regarding.as_ref().unwrap().name.as_deref(),
+        Some("task-test-4")
+    );
 
     // The worker turns ready: placed.
-    set_pod_ready(&story.client, story.ns(), "worker-1", true, Some("10.1.0.9")).await;
+    set_pod_ready(
+        &story.client,
+        story.ns(),
+        "worker-1",
+        true,
+        Some("10.1.0.9"),
+    )
+    .await;
     story.assert_assigned("task-test-4", "worker-1").await;
     let r = story.api().get("task-test-4").await.unwrap();
     let status = r.status.unwrap();
@@ -317,14 +416,26 @@ async fn not_ready_workers_selectors_and_weights() {
 
     // A heavy resource that needs a GPU, then unit ones that need one too: weights spread them.
     let gpu = json!({ "matchLabels": { "crawler.dev/gpu": "true" } });
-    story.apply_resource("heavy", json!({ "seeds": ["https://a.example/"], "weight": 3, "workerSelector": gpu })).await;
+    story
+        .apply_resource(
+            "heavy",
+            json!({ "seeds": ["https://a.example/"], "weight": 3, "workerSelector": gpu }),
+        )
+        .await;
     let heavy = story.assert_all_assigned(&["heavy"]).await["heavy"].clone();
     assert!(heavy.starts_with("gpu-"), "heavy went to {heavy}");
     for name in ["light-1", "light-2", "light-3"] {
-        story.apply_resource(name, json!({ "seeds": ["https://a.example/"], "workerSelector": gpu })).await;
+        story
+            .apply_resource(
+                name,
+                json!({ "seeds": ["https://a.example/"], "workerSelector": gpu }),
+            )
+            .await;
         story.assert_all_assigned(&[name]).await;
     }
-    let placed = story.assert_all_assigned(&["heavy", "light-1", "light-2", "light-3"]).await;
+    let placed = story
+        .assert_all_assigned(&["heavy", "light-1", "light-2", "light-3"])
+        .await;
     let other = if heavy == "gpu-1" { "gpu-2" } else { "gpu-1" };
     // Loads end 3 and 3: the three light ones went to the other GPU worker.
     for name in ["light-1", "light-2", "light-3"] {
@@ -335,8 +446,17 @@ async fn not_ready_workers_selectors_and_weights() {
     set_pod_ready(&story.client, story.ns(), &heavy, false, None).await;
     story.assert_assigned("heavy", other).await;
     let r = story.api().get("heavy").await.unwrap();
-    let condition = r.status.unwrap().condition(CONDITION_ASSIGNED).unwrap().clone();
-    assert!(condition.message.contains("not ready"), "{}", condition.message);
+    let condition = r
+        .status
+        .unwrap()
+        .condition(CONDITION_ASSIGNED)
+        .unwrap()
+        .clone();
+    assert!(
+        condition.message.contains("not ready"),
+        "{}",
+        condition.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,12 +472,25 @@ async fn only_the_leader_writes_and_the_standby_takes_over_when_it_dies() {
     story.assert_all_assigned(&FIVE).await;
     // Every decision was published as an Event by the leader, none by the standby.
     let events = wait_for("five Assigned events", BOUND, POLL, || async {
-        let events: Vec<Event> = story.events().await.into_iter().filter(|e| e.reason.as_deref() == Some("Assigned")).collect();
-        if events.len() >= 5 { Ok(events) } else { Err(format!("{} so far", events.len())) }
+        let events: Vec<Event> = story
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Assigned"))
+            .collect();
+        if events.len() >= 5 {
+            Ok(events)
+        } else {
+            Err(format!("{} so far", events.len()))
+        }
     })
     .await;
     for e in &events {
-        assert_eq!(e.reporting_instance.as_deref(), Some("controller-a"), "{e:?}");
+        assert_eq!(
+            e.reporting_instance.as_deref(),
+            Some("controller-a"),
+            "{e:?}"
+        );
     }
 
     // SIGKILL the leader: the standby leads within lease duration + retry period (+ slack), and
@@ -367,7 +500,10 @@ async fn only_the_leader_writes_and_the_standby_takes_over_when_it_dies() {
     story.wait_for_leader("controller-b").await;
     let takeover = killed.elapsed();
     println!("takeover after SIGKILL: {takeover:?}");
-    assert!(takeover < LEASE_DURATION + Duration::from_millis(500) + Duration::from_secs(2), "took {takeover:?}");
+    assert!(
+        takeover < LEASE_DURATION + Duration::from_millis(500) + Duration::from_secs(2),
+        "took {takeover:?}"
+    );
     story.apply_simple("task-test-4").await;
     story.assert_assigned("task-test-4", "worker-1").await;
 }
@@ -383,7 +519,10 @@ async fn graceful_shutdown_hands_over_at_once() {
     story.wait_for_leader("controller-b").await;
     let takeover = stopped.elapsed();
     println!("takeover after SIGTERM: {takeover:?}");
-    assert!(takeover < LEASE_DURATION, "a released Lease is taken over within a retry period, took {takeover:?}");
+    assert!(
+        takeover < LEASE_DURATION,
+        "a released Lease is taken over within a retry period, took {takeover:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,25 +532,57 @@ async fn bad_specs_are_refused_by_the_api_server_naming_the_field() {
         (json!({ "seeds": ["ftp://example.org/"] }), "spec.seeds"),
         (json!({ "seeds": ["not a url"] }), "spec.seeds"),
         (json!({ "seeds": [] }), "spec.seeds"),
-        (json!({ "seeds": ["https://a.example/"], "weight": 0 }), "spec.weight"),
-        (json!({ "seeds": ["https://a.example/"], "maxDepth": 11 }), "spec.maxDepth"),
-        (json!({ "seeds": ["https://a.example/"], "rateLimit": { "requestsPerSecond": 0 } }), "spec.rateLimit.requestsPerSecond"),
-        (json!({ "seeds": ["https://a.example/"], "task": "bad task!" }), "spec.task"),
+        (
+            json!({ "seeds": ["https://a.example/"], "weight": 0 }),
+            "spec.weight",
+        ),
+        (
+            json!({ "seeds": ["https://a.example/"], "maxDepth": 11 }),
+            "spec.maxDepth",
+        ),
+        (
+            json!({ "seeds": ["https://a.example/"], "rateLimit": { "requestsPerSecond": 0 } }),
+            "spec.rateLimit.requestsPerSecond",
+        ),
+        (
+            json!({ "seeds": ["https://a.example/"], "task": "bad task!" }),
+            "spec.task",
+        ),
         (json!({}), "spec.seeds"),
     ];
     for (spec, field) in cases {
         let raw = json!({ "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource", "metadata": { "name": "bad" }, "spec": spec });
-        let result = story.api().patch("bad", &PatchParams::apply("kubectl-test"), &Patch::Apply(&raw)).await;
+        let result = story
+            .api()
+            .patch(
+                "bad",
+                &PatchParams::apply("kubectl-test"),
+                &Patch::Apply(&raw),
+            )
+            .await;
         match result {
             Err(kube::Error::Api(status)) => {
                 assert_eq!(status.code, 422, "{spec}: {status:?}");
-                assert!(status.message.contains(field), "{spec}: message {:?} does not name {field}", status.message);
+                assert!(
+                    status.message.contains(field),
+                    "{spec}: message {:?} does not name {field}",
+                    status.message
+                );
             }
             other => panic!("{spec} was accepted: {other:?}"),
         }
     }
     // Nothing was created by any refused apply.
     assert!(story.api().get_opt("bad").await.unwrap().is_none());
-    let ok = story.api().create(&PostParams::default(), &CrawlerResource::new("good", serde_json::from_value(json!({"seeds": ["https://x.example/"]})).unwrap())).await;
+    let ok = story
+        .api()
+        .create(
+            &PostParams::default(),
+            &CrawlerResource::new(
+                "good",
+                serde_json::from_value(json!({"seeds": ["https://x.example/"]})).unwrap(),
+            ),
+        )
+        .await;
     assert!(ok.is_ok(), "{ok:?}");
 }

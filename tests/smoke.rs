@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -191,6 +192,51 @@ async fn rbac_refuses_a_service_account_without_a_role_and_admits_it_with_one() 
     )
     .await;
     assert_eq!(listed.items.len(), 1);
+}
+
+/// The service-account key pair works (the apiserver signs a token and then accepts it), and
+/// `client_for_service_account` is seen as the same user with the same groups as that token.
+#[tokio::test]
+async fn service_account_tokens_work_and_impersonation_matches_them() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("smoke-sa").await;
+    let accounts = Api::<ServiceAccount>::namespaced(cp.client(), ns.name());
+    let pp = PostParams::default();
+    let account: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "crawler" } })).unwrap();
+    accounts
+        .create(&pp, &account)
+        .await
+        .expect("creating a ServiceAccount");
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "audiences": [] } })).unwrap();
+    let token = accounts
+        .create_token_request("crawler", &pp, &request)
+        .await
+        .expect("the apiserver signs a token")
+        .status
+        .expect("a TokenRequest status")
+        .token;
+
+    let whoami = async |client: Client| {
+        let review = Api::<SelfSubjectReview>::all(client)
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+            .expect("a SelfSubjectReview");
+        let user = review.status.and_then(|s| s.user_info).expect("user info");
+        let mut groups = user.groups.unwrap_or_default();
+        groups.sort();
+        (user.username, groups)
+    };
+    let mut config = cp.config();
+    config.auth_info = serde_json::from_value(json!({ "token": token })).unwrap();
+    let real = whoami(Client::try_from(config).unwrap()).await;
+    assert_eq!(
+        real.0,
+        Some(format!("system:serviceaccount:{}:crawler", ns.name()))
+    );
+    let impersonated = whoami(cp.client_for_service_account(ns.name(), "crawler")).await;
+    assert_eq!(impersonated, real);
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The controller's in-memory view of one cluster: worker Pods and CrawlerResources, fed by
+//! The controller's in-memory view of one cluster: worker Pods and `CrawlerResources`, fed by
 //! watches (apply / delete / reset), converted to domain structs on the way in.
 //!
 //! It owns two things nothing else may compute: the load of every worker, derived from the
@@ -109,7 +109,7 @@ pub enum Plan {
     /// The resource is unknown (deleted) or a write of ours is not yet visible: wait for the watch.
     Wait,
     /// Write this status (the controller's fields only), fenced on `resource_version`.
-    Write(Write),
+    Write(Box<Write>),
 }
 
 #[derive(Debug, PartialEq)]
@@ -147,8 +147,9 @@ impl Index {
         let Some(ns_name) = pod.namespace() else {
             return Vec::new();
         };
-        let entry = worker_from_pod(pod);
+        let mut entry = worker_from_pod(pod);
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        entry.worker.load = ns.loads.get(&entry.worker.name).copied().unwrap_or(0);
         let before = ns.workers.insert(entry.worker.name.clone(), entry);
         let after = &ns.workers[&pod.name_any()];
         triggers_for_worker_change(&ns_name, ns, before.as_ref(), Some(after))
@@ -208,7 +209,8 @@ impl Index {
         // confirms it as well as the version does.
         let assumed = previous.and_then(|p| p.assumed.clone()).filter(|a| {
             let confirmed = status.assigned_worker.as_deref() == Some(&a.worker)
-                || (a.written_version.is_some() && a.written_version == resource.metadata.resource_version);
+                || (a.written_version.is_some()
+                    && a.written_version == resource.metadata.resource_version);
             !confirmed
         });
         let old_weight = previous.map(|p| p.weight);
@@ -372,87 +374,8 @@ impl Index {
                 let message = format!("running on worker {}", kept.worker.name);
                 set_assigned_condition(&mut desired, current, true, "Assigned", &message, ctx.now);
             }
-        } else {
-            let Ok(request) = &entry.request else {
-                unreachable!("handled above")
-            };
-            let workers: Vec<Worker> = ns
-                .workers
-                .values()
-                .map(|w| {
-                    let mut worker = w.worker.clone();
-                    worker.load = ns.loads.get(&worker.name).copied().unwrap_or(0);
-                    worker
-                })
-                .collect();
-            match scheduler::place(ctx.policy, &workers, request) {
-                Ok(placement) => {
-                    let chosen = placement.worker.name.clone();
-                    let worker = &ns.workers[&chosen];
-                    let previous = current.assigned_worker.clone();
-                    desired.phase = Some(Phase::Assigned);
-                    desired.assigned_worker = Some(chosen.clone());
-                    desired.assigned_address =
-                        worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
-                    desired.assigned_at = Some(Time(ctx.now));
-                    desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
-                    let load = ns.loads.get(&chosen).copied().unwrap_or(0);
-                    let capacity = worker
-                        .worker
-                        .capacity
-                        .map_or_else(|| "unbounded".to_owned(), |c| c.to_string());
-                    let (reason, note) = match previous {
-                        Some(old) => {
-                            let why = lost_reason(ns.workers.get(&old), request);
-                            (
-                                "Reassigned",
-                                format!(
-                                    "moved from worker {old} ({why}) to {chosen} by {}: load {load} -> {} of {capacity}",
-                                    ctx.policy.name(),
-                                    load + entry.weight
-                                ),
-                            )
-                        }
-                        None => (
-                            "Assigned",
-                            format!(
-                                "placed on worker {chosen} by {}: load {load} -> {} of {capacity}",
-                                ctx.policy.name(),
-                                load + entry.weight
-                            ),
-                        ),
-                    };
-                    set_assigned_condition(&mut desired, current, true, reason, &note, ctx.now);
-                    event = Some(PlanEvent {
-                        warning: false,
-                        reason,
-                        note,
-                    });
-                    assumes = Some(chosen);
-                }
-                Err(diagnosis) => {
-                    set_unassigned(&mut desired, Phase::Unschedulable);
-                    let message = diagnosis.to_string();
-                    if current
-                        .condition(CONDITION_ASSIGNED)
-                        .is_none_or(|c| c.message != message)
-                    {
-                        event = Some(PlanEvent {
-                            warning: true,
-                            reason: "Unschedulable",
-                            note: message.clone(),
-                        });
-                    }
-                    set_assigned_condition(
-                        &mut desired,
-                        current,
-                        false,
-                        diagnosis.reason(),
-                        &message,
-                        ctx.now,
-                    );
-                }
-            }
+        } else if let Ok(request) = &entry.request {
+            (event, assumes) = ns.place(entry.weight, request, current, &mut desired, ctx);
         }
 
         for condition in &mut desired.conditions {
@@ -464,18 +387,20 @@ impl Index {
         if let Some(worker) = &assumes {
             ns.assume(&key.name, worker.clone());
         }
-        Plan::Write(Write {
+        Plan::Write(Box::new(Write {
             key: key.clone(),
             resource_version,
             status: desired,
             assumes,
             event,
-        })
+        }))
     }
 
     /// The write of a decision succeeded; keep counting it until the watch shows that version.
     pub fn written(&mut self, key: &Key, resource_version: Option<String>) {
-        let Some(entry) = self.entry_mut(key) else { return };
+        let Some(entry) = self.entry_mut(key) else {
+            return;
+        };
         if entry.resource_version == resource_version {
             // The watch already delivered this very version: nothing left to wait for.
             entry.assumed = None;
@@ -486,11 +411,11 @@ impl Index {
 
     /// The write of a decision failed: forget it, so the load is what the resources say again.
     pub fn forget(&mut self, key: &Key) {
-        if let Some(ns) = self.namespaces.get_mut(&key.namespace) {
-            if let Some(mut entry) = ns.remove_resource(&key.name) {
-                entry.assumed = None;
-                ns.put_resource(key.name.clone(), entry);
-            }
+        if let Some(ns) = self.namespaces.get_mut(&key.namespace)
+            && let Some(mut entry) = ns.remove_resource(&key.name)
+        {
+            entry.assumed = None;
+            ns.put_resource(key.name.clone(), entry);
         }
     }
 
@@ -532,22 +457,105 @@ impl Index {
 // === impl Namespace ===
 
 impl Namespace {
+    /// Chooses a worker for a resource that has none (or lost it), and fills `desired` with the
+    /// decision or with why there is none. Returns the Event to publish and the worker to assume.
+    fn place(
+        &self,
+        weight: Load,
+        request: &Request,
+        current: &CrawlerResourceStatus,
+        desired: &mut CrawlerResourceStatus,
+        ctx: &PlanContext<'_>,
+    ) -> (Option<PlanEvent>, Option<String>) {
+        let workers = self.workers.values().map(|w| &w.worker);
+        match scheduler::place(ctx.policy, workers, request) {
+            Ok(placement) => {
+                let chosen = placement.worker.name.clone();
+                let worker = &self.workers[&chosen];
+                desired.phase = Some(Phase::Assigned);
+                desired.assigned_worker = Some(chosen.clone());
+                desired.assigned_address =
+                    worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
+                desired.assigned_at = Some(Time(ctx.now));
+                desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
+                let load = worker.worker.load;
+                let capacity = worker
+                    .worker
+                    .capacity
+                    .map_or_else(|| "unbounded".to_owned(), |c| c.to_string());
+                let how = format!(
+                    "by {}: load {load} -> {} of {capacity}",
+                    ctx.policy.name(),
+                    load + weight
+                );
+                let (reason, note) = match &current.assigned_worker {
+                    Some(old) => {
+                        let why = lost_reason(self.workers.get(old), request);
+                        (
+                            "Reassigned",
+                            format!("moved from worker {old} ({why}) to {chosen} {how}"),
+                        )
+                    }
+                    None => ("Assigned", format!("placed on worker {chosen} {how}")),
+                };
+                set_assigned_condition(desired, current, true, reason, &note, ctx.now);
+                (
+                    Some(PlanEvent {
+                        warning: false,
+                        reason,
+                        note,
+                    }),
+                    Some(chosen),
+                )
+            }
+            Err(diagnosis) => {
+                set_unassigned(desired, Phase::Unschedulable);
+                let message = diagnosis.to_string();
+                let event = current
+                    .condition(CONDITION_ASSIGNED)
+                    .is_none_or(|c| c.message != message)
+                    .then(|| PlanEvent {
+                        warning: true,
+                        reason: "Unschedulable",
+                        note: message.clone(),
+                    });
+                set_assigned_condition(
+                    desired,
+                    current,
+                    false,
+                    diagnosis.reason(),
+                    &message,
+                    ctx.now,
+                );
+                (event, None)
+            }
+        }
+    }
+
     fn put_resource(&mut self, name: String, entry: ResourceEntry) {
         self.remove_resource(&name);
         if let Some(w) = entry.effective_worker() {
-            *self.loads.entry(w.to_owned()).or_default() += entry.weight;
+            let load = self.loads.entry(w.to_owned()).or_default();
+            *load += entry.weight;
+            if let Some(worker) = self.workers.get_mut(w) {
+                worker.worker.load = *load;
+            }
         }
         self.resources.insert(name, entry);
     }
 
     fn remove_resource(&mut self, name: &str) -> Option<ResourceEntry> {
         let entry = self.resources.remove(name)?;
-        if let Some(w) = entry.effective_worker() {
-            if let Some(load) = self.loads.get_mut(w) {
-                *load -= entry.weight;
-                if *load == 0 {
-                    self.loads.remove(w);
-                }
+        if let Some(w) = entry.effective_worker()
+            && let Some(load) = self.loads.get_mut(w)
+        {
+            *load -= entry.weight;
+            let load = *load;
+            if load == 0 {
+                self.loads.remove(w);
+            }
+            if let Some(worker) = self.workers.get_mut(w) {
+                worker.worker.load = load;
             }
         }
         Some(entry)
@@ -764,7 +772,12 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some(NS.into()),
-                labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
                 ..ObjectMeta::default()
             },
             spec: None,
@@ -781,7 +794,8 @@ mod tests {
     }
 
     fn resource(name: &str, weight: i32) -> CrawlerResource {
-        let mut spec: CrawlerResourceSpec = serde_json::from_value(serde_json::json!({"seeds": ["https://example.org/"]})).unwrap();
+        let mut spec: CrawlerResourceSpec =
+            serde_json::from_value(serde_json::json!({"seeds": ["https://example.org/"]})).unwrap();
         spec.weight = weight;
         let mut r = CrawlerResource::new(name, spec);
         r.metadata.namespace = Some(NS.into());
@@ -791,7 +805,11 @@ mod tests {
     }
 
     fn ctx(policy: &dyn Policy) -> PlanContext<'_> {
-        PlanContext { policy, worker_port: 8080, now: Timestamp::from_second(1_700_000_000).unwrap() }
+        PlanContext {
+            policy,
+            worker_port: 8080,
+            now: Timestamp::from_second(1_700_000_000).unwrap(),
+        }
     }
 
     /// Plans `name`, pretends the write landed and the watch showed it, as the reconciler does.
@@ -799,7 +817,14 @@ mod tests {
         let key = Key::new(NS, r.name_any());
         let plan = index.plan(&key, &ctx(&LeastLoaded));
         if let Plan::Write(w) = &plan {
-            let rv = r.metadata.resource_version.as_deref().unwrap().parse::<u64>().unwrap() + 1;
+            let rv = r
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                + 1;
             r.metadata.resource_version = Some(rv.to_string());
             r.status = Some(w.status.clone());
             index.written(&key, r.metadata.resource_version.clone());
@@ -816,7 +841,16 @@ mod tests {
     fn two_workers_five_resources() -> (Index, Vec<CrawlerResource>) {
         let mut index = Index::default();
         index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
-        let mut resources: Vec<CrawlerResource> = ["douban-book-list", "task-test-1", "task-test-2", "task-test-3", "xxx"].iter().map(|n| resource(n, 1)).collect();
+        let mut resources: Vec<CrawlerResource> = [
+            "douban-book-list",
+            "task-test-1",
+            "task-test-2",
+            "task-test-3",
+            "xxx",
+        ]
+        .iter()
+        .map(|n| resource(n, 1))
+        .collect();
         index.reset_resources(&resources);
         for r in &mut resources {
             assert!(matches!(place(&mut index, r), Plan::Write(_)));
@@ -834,7 +868,10 @@ mod tests {
         assert_eq!(first.phase, Some(Phase::Assigned));
         assert_eq!(first.assigned_address.as_deref(), Some("10.0.0.8:8080"));
         assert_eq!(first.assignments, Some(1));
-        assert_eq!(first.condition(CONDITION_ASSIGNED).unwrap().reason, "Assigned");
+        assert_eq!(
+            first.condition(CONDITION_ASSIGNED).unwrap().reason,
+            "Assigned"
+        );
     }
 
     #[test]
@@ -857,13 +894,19 @@ mod tests {
         let (mut index, mut resources) = two_workers_five_resources();
         let mut redo = index.delete_pod(NS, "worker-1");
         redo.sort();
-        let on_worker_1: Vec<Key> = resources.iter().filter(|r| worker_of(r) == Some("worker-1")).map(|r| Key::new(NS, r.name_any())).collect();
+        let on_worker_1: Vec<Key> = resources
+            .iter()
+            .filter(|r| worker_of(r) == Some("worker-1"))
+            .map(|r| Key::new(NS, r.name_any()))
+            .collect();
         assert_eq!(redo, on_worker_1);
         for r in &mut resources {
             let was = worker_of(r).map(str::to_owned);
             let plan = place(&mut index, r);
             if was.as_deref() == Some("worker-1") {
-                let Plan::Write(w) = plan else { panic!("expected a write") };
+                let Plan::Write(w) = plan else {
+                    panic!("expected a write")
+                };
                 assert_eq!(w.event.as_ref().unwrap().reason, "Reassigned");
                 assert!(w.event.unwrap().note.contains("its Pod is gone"));
                 assert_eq!(w.status.assignments, Some(2));
@@ -890,17 +933,32 @@ mod tests {
         index.reset_pods(&[pod("worker-1", false, &[])]);
         let mut r = resource("task-test-4", 1);
         index.reset_resources(std::slice::from_ref(&r));
-        let Plan::Write(w) = place(&mut index, &mut r) else { panic!("expected a write") };
+        let Plan::Write(w) = place(&mut index, &mut r) else {
+            panic!("expected a write")
+        };
         assert_eq!(w.status.phase, Some(Phase::Unschedulable));
         let event = w.event.unwrap();
         assert!(event.warning);
-        let condition = r.status.as_ref().unwrap().condition(CONDITION_ASSIGNED).unwrap().clone();
+        let condition = r
+            .status
+            .as_ref()
+            .unwrap()
+            .condition(CONDITION_ASSIGNED)
+            .unwrap()
+            .clone();
         assert_eq!(condition.status, "False");
-        assert!(condition.message.starts_with("0/1 workers"), "{}", condition.message);
+        assert!(
+            condition.message.starts_with("0/1 workers"),
+            "{}",
+            condition.message
+        );
         // Deciding again writes nothing: same reason, same message.
         assert_eq!(place(&mut index, &mut r), Plan::Nothing);
         // The worker turns ready: the waiting resource is queued and placed.
-        assert_eq!(index.apply_pod(&pod("worker-1", true, &[])), vec![Key::new(NS, "task-test-4")]);
+        assert_eq!(
+            index.apply_pod(&pod("worker-1", true, &[])),
+            vec![Key::new(NS, "task-test-4")]
+        );
         place(&mut index, &mut r);
         assert_eq!(worker_of(&r), Some("worker-1"));
     }
@@ -912,10 +970,18 @@ mod tests {
         index.reset_resources(&[resource("a", 1), resource("b", 1)]);
         let pa = index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded));
         let pb = index.plan(&Key::new(NS, "b"), &ctx(&LeastLoaded));
-        let (Plan::Write(a), Plan::Write(b)) = (pa, pb) else { panic!("expected two writes") };
-        assert_ne!(a.assumes, b.assumes, "two decisions in flight must see each other");
+        let (Plan::Write(a), Plan::Write(b)) = (pa, pb) else {
+            panic!("expected two writes")
+        };
+        assert_ne!(
+            a.assumes, b.assumes,
+            "two decisions in flight must see each other"
+        );
         // While a's write is in flight, a is not decided again.
-        assert_eq!(index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded)), Plan::Wait);
+        assert_eq!(
+            index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded)),
+            Plan::Wait
+        );
         // A failed write is forgotten: the load is what the resources say again.
         index.forget(&Key::new(NS, "a"));
         assert_eq!(index.load(NS, a.assumes.as_deref().unwrap()), 0);
@@ -929,7 +995,9 @@ mod tests {
         let mut r = resource("a", 1);
         index.reset_resources(std::slice::from_ref(&r));
         let key = Key::new(NS, "a");
-        let Plan::Write(w) = index.plan(&key, &ctx(&LeastLoaded)) else { panic!("expected a write") };
+        let Plan::Write(w) = index.plan(&key, &ctx(&LeastLoaded)) else {
+            panic!("expected a write")
+        };
         // The watch event of the write arrives first, then the write's response.
         r.metadata.resource_version = Some("2".into());
         r.status = Some(w.status);
@@ -939,7 +1007,10 @@ mod tests {
         assert_eq!(index.load(NS, "worker-1"), 1);
         // Not stuck waiting: the worker is lost, so it is decided again (unschedulable now).
         index.delete_pod(NS, "worker-1");
-        assert!(matches!(index.plan(&key, &ctx(&LeastLoaded)), Plan::Write(_)));
+        assert!(matches!(
+            index.plan(&key, &ctx(&LeastLoaded)),
+            Plan::Write(_)
+        ));
     }
 
     #[test]
@@ -948,7 +1019,9 @@ mod tests {
         let r = &mut resources[0];
         r.spec.suspend = true;
         index.apply_resource(r);
-        let Plan::Write(w) = place(&mut index, r) else { panic!("expected a write") };
+        let Plan::Write(w) = place(&mut index, r) else {
+            panic!("expected a write")
+        };
         assert_eq!(w.status.phase, Some(Phase::Suspended));
         assert_eq!(worker_of(r), None);
         assert_eq!(index.load(NS, "worker-1") + index.load(NS, "worker-2"), 4);
@@ -962,7 +1035,10 @@ mod tests {
     #[test]
     fn worker_selector_and_weights_are_respected() {
         let mut index = Index::default();
-        index.reset_pods(&[pod("cpu-1", true, &[("crawler.dev/gpu", "false")]), pod("gpu-1", true, &[("crawler.dev/gpu", "true")])]);
+        index.reset_pods(&[
+            pod("cpu-1", true, &[("crawler.dev/gpu", "false")]),
+            pod("gpu-1", true, &[("crawler.dev/gpu", "true")]),
+        ]);
         let mut heavy = resource("heavy", 5);
         heavy.spec.worker_selector = Some(LabelSelector {
             match_labels: Some([("crawler.dev/gpu".to_owned(), "true".to_owned())].into()),
@@ -978,9 +1054,15 @@ mod tests {
         // Relabelling the worker so it no longer matches moves the resource off it.
         let redo = index.apply_pod(&pod("gpu-1", true, &[]));
         assert!(redo.contains(&Key::new(NS, "heavy")));
-        let Plan::Write(w) = place(&mut index, &mut heavy) else { panic!("expected a write") };
+        let Plan::Write(w) = place(&mut index, &mut heavy) else {
+            panic!("expected a write")
+        };
         assert_eq!(w.status.phase, Some(Phase::Unschedulable));
-        assert!(w.status.conditions[0].message.contains("workerSelector"), "{}", w.status.conditions[0].message);
+        assert!(
+            w.status.conditions[0].message.contains("workerSelector"),
+            "{}",
+            w.status.conditions[0].message
+        );
     }
 
     #[test]
@@ -990,10 +1072,16 @@ mod tests {
         let mut r = resource("bad", 1);
         r.spec.worker_selector = Some(LabelSelector {
             match_labels: None,
-            match_expressions: Some(vec![LabelSelectorRequirement { key: "zone".into(), operator: "In".into(), values: None }]),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "In".into(),
+                values: None,
+            }]),
         });
         index.reset_resources(std::slice::from_ref(&r));
-        let Plan::Write(w) = place(&mut index, &mut r) else { panic!("expected a write") };
+        let Plan::Write(w) = place(&mut index, &mut r) else {
+            panic!("expected a write")
+        };
         assert_eq!(w.status.conditions[0].reason, "InvalidWorkerSelector");
         assert_eq!(worker_of(&r), None);
     }
@@ -1001,7 +1089,10 @@ mod tests {
     #[test]
     fn deleting_a_resource_lowers_the_load_for_the_next_placement() {
         let (mut index, resources) = two_workers_five_resources();
-        let on_1 = resources.iter().find(|r| worker_of(r) == Some("worker-1")).unwrap();
+        let on_1 = resources
+            .iter()
+            .find(|r| worker_of(r) == Some("worker-1"))
+            .unwrap();
         index.delete_resource(NS, &on_1.name_any());
         assert_eq!(index.load(NS, "worker-1"), 2);
         let mut next = resource("task-test-4", 1);

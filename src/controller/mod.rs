@@ -1,4 +1,4 @@
-//! The controller: watches worker Pods and CrawlerResources into an [`Index`], and, while this
+//! The controller: watches worker Pods and `CrawlerResources` into an [`Index`], and, while this
 //! replica leads, places every resource that needs a worker and writes the decision into its
 //! status, one fenced write per decision.
 //!

@@ -133,7 +133,6 @@ impl ControlPlaneBuilder {
             format!("--tls-cert-file={}", path(&certs.serving_cert)),
             format!("--tls-private-key-file={}", path(&certs.serving_key)),
             format!("--client-ca-file={}", path(&certs.ca_cert)),
-            format!("--cert-dir={}", path(&dir)),
             "--authorization-mode=RBAC".to_owned(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
             format!("--service-account-key-file={}", path(&certs.sa_pub)),
