@@ -14,8 +14,10 @@
 //! ```
 //!
 //! The semantics are client-go's (same defaults, same Lease fields, release on shutdown), with
-//! the safety that kube-lease-manager 0.13.1 lacks (see docs/architecture.md): renewals are
-//! conditional, every call has a timeout, and a leader gives up by its own monotonic clock.
+//! the safety that kube-lease-manager 0.13.1 lacks (it kept claiming leadership through a paused
+//! API server, and two replicas led at once when only the holder was cut off): every write is
+//! guarded by a resourceVersion, every call has a timeout (kube's client has no read timeout by
+//! default), and a leader gives up by its own monotonic clock.
 //!
 //! Why at most one replica acts at a time, every instant on that replica's own monotonic clock:
 //!
@@ -28,9 +30,10 @@
 //!   and the takeover names the resourceVersion the candidate saw, so it fails with 409 if the
 //!   leader renewed in the meantime.
 //!
-//! The remote `renewTime` is never compared with our clock: machines' clocks disagree. What is
-//! left to the caller is a write that was started while leading and lands after the deadline:
-//! fence those writes with a resourceVersion as well.
+//! The remote `renewTime` is never compared with our clock: machines' clocks disagree. A write
+//! whose answer never came (timeout) may still land later; we claim nothing from it, and it only
+//! makes the others wait longer. What is left to the caller is a write that was started while
+//! leading and lands after the deadline: fence those writes with a resourceVersion as well.
 
 use std::{
     fmt,
@@ -190,7 +193,9 @@ pub enum Leadership {
         since: Instant,
         /// Send time of the last successful renewal + renew deadline.
         valid_until: Instant,
-        /// The Lease's `leaseTransitions` when we took it: tells one term from the next.
+        /// The Lease's `leaseTransitions` when we took it. It counts changes of holder, so a
+        /// replica that steps down and takes its own Lease back gets the same number again;
+        /// `since` tells any two terms of this process apart.
         term: i32,
     },
 }

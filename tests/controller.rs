@@ -311,14 +311,16 @@ async fn the_original_demonstration() {
         }
     }
 
-    // A new leader takes over (the old one is killed): it writes no status at all.
+    // A new worker joins: nothing moves to it (well placed work stays where it is).
     let before = story.resource_versions().await;
+    story.ready_worker("worker-3").await;
+
+    // A new leader takes over (the old one is killed): it writes no status at all.
     story.start_controller("controller-b");
     story.controllers[0].signal("KILL");
     story.wait_for_leader("controller-b").await;
-    // The new leader queued its full pass before anything applied after it took the Lease, so
-    // once task-test-4 is placed, the pass over the five is done too.
-    story.ready_worker("worker-3").await;
+    // The new leader listed worker-3 before it took over, and queued its full pass before
+    // anything applied afterwards: once task-test-4 is placed, the pass over the five is done.
     story.apply_simple("task-test-4").await;
     story.assert_assigned("task-test-4", "worker-3").await;
     let after = story.resource_versions().await;

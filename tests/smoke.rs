@@ -50,10 +50,11 @@ async fn next_modified(events: &mut BoxStream<'_, kube::Result<WatchEvent<Pod>>>
 }
 
 /// The `code` of an API error, or a panic naming what was expected.
-fn api_error_code<T: std::fmt::Debug>(result: kube::Result<T>, expected: &str) -> u16 {
+fn api_error_code<T>(result: kube::Result<T>, expected: &str) -> u16 {
     match result {
         Err(kube::Error::Api(status)) => status.code,
-        other => panic!("expected {expected}, got {other:?}"),
+        Err(other) => panic!("expected {expected}, got {other}"),
+        Ok(_) => panic!("expected {expected}, got a success"),
     }
 }
 

@@ -239,7 +239,8 @@ impl ControlPlane {
         client(config)
     }
 
-    /// A client that acts as ServiceAccount `ns/name` would (the ServiceAccount need not exist).
+    /// A client that acts as `ServiceAccount` `ns/name` would (which need not exist): user
+    /// `system:serviceaccount:<ns>:<name>` in the groups such a token carries.
     pub fn client_for_service_account(&self, ns: &str, name: &str) -> Client {
         self.client_as(
             &format!("system:serviceaccount:{ns}:{name}"),
@@ -520,18 +521,18 @@ fn free_ports<const N: usize>() -> [u16; N] {
 /// `<prefix>-<n>-<8 random hex>`, lower-cased, invalid characters replaced, <= 63 characters.
 fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let mut prefix: String = prefix
+    let cleaned: String = prefix
         .to_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .take(40)
         .collect();
-    prefix = prefix.trim_matches('-').to_owned();
-    if prefix.is_empty() {
-        prefix = "test".to_owned();
-    }
+    let prefix = match cleaned.trim_matches('-') {
+        "" => "test",
+        trimmed => trimmed,
+    };
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let random = RandomState::new().hash_one(n) as u32;
+    let random = RandomState::new().hash_one(n) & 0xffff_ffff;
     format!("{prefix}-{n}-{random:08x}")
 }
 

@@ -60,8 +60,10 @@ fn version(key: &str) -> &'static str {
         .lines()
         .filter_map(|line| line.trim().split_once('='))
         .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.trim().trim_matches('"'))
-        .unwrap_or_else(|| panic!("hack/versions.env has no {key}"))
+        .map_or_else(
+            || panic!("hack/versions.env has no {key}"),
+            |(_, v)| v.trim().trim_matches('"'),
+        )
 }
 
 fn non_empty_var(name: &str) -> Option<String> {
