@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, Wat
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use serde_json::json;
-use support::pods::{create_worker_pod, set_pod_ready};
+use support::pods::{create_worker_pod, delete_pod, delete_pod_graceful, set_pod_ready};
 use support::proxy::Proxy;
 
 const WORKER_LABELS: &[(&str, &str)] = &[("app.kubernetes.io/name", "crawler-worker")];
@@ -138,6 +138,32 @@ async fn a_stale_resource_version_is_refused_with_409() {
         "the refused write changed nothing"
     );
     assert_eq!(after.labels().get("edited"), None);
+}
+
+/// Without a kubelet, a graceful delete never completes (the Pod stays, terminating), and a
+/// delete with grace period 0 removes it at once.
+#[tokio::test]
+async fn a_graceful_delete_leaves_the_pod_terminating() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("smoke-delete").await;
+    let client = cp.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    create_worker_pod(&client, ns.name(), "worker-0", WORKER_LABELS).await;
+
+    let terminating = delete_pod_graceful(&client, ns.name(), "worker-0").await;
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    let still_there = pods
+        .get("worker-0")
+        .await
+        .expect("a terminating Pod is still there");
+    assert!(still_there.metadata.deletion_timestamp.is_some());
+
+    delete_pod(&client, ns.name(), "worker-0").await;
+    let code = api_error_code(
+        pods.get("worker-0").await,
+        "404 after a delete with grace period 0",
+    );
+    assert_eq!(code, 404);
 }
 
 #[tokio::test]

@@ -166,7 +166,8 @@ impl ControlPlaneBuilder {
             .clone()
             .expect("the admin user");
         // Bounded calls: a paused or cut-off API server must not hang a test forever. The read
-        // timeout also ends watches that see nothing for 30 s; kube's watcher reconnects.
+        // timeout also applies to watch streams: one that sees nothing for 30 s ends with a
+        // `TimedOut` body error (checked); kube's watcher then re-watches, a raw `Api::watch` ends.
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(30));
         config.write_timeout = Some(Duration::from_secs(10));
@@ -217,8 +218,9 @@ impl ControlPlane {
         ControlPlaneBuilder::default()
     }
 
-    /// A copy of the admin config (cluster URL, CA, client certificate, timeouts) to adjust
-    /// or to hand to the code under test.
+    /// A copy of the admin config (cluster URL, CA, client certificate; timeouts: connect 5 s,
+    /// write 10 s, read 30 s, which idle watches hit too) to adjust or to hand to the code under
+    /// test.
     pub fn config(&self) -> Config {
         self.config.clone()
     }
@@ -315,7 +317,9 @@ impl ControlPlane {
     }
 
     /// SIGSTOP: the API server keeps its sockets but answers nothing (requests hang until the
-    /// client's timeouts), like a stalled process.
+    /// client's timeouts), like a stalled process. This and the stop/restart calls below hit
+    /// every test sharing the control plane: a fault test should start its own with
+    /// [`ControlPlane::builder`] (about 3 s) rather than pause [`control_plane`].
     pub fn pause_apiserver(&self) {
         self.apiserver.signal("STOP");
     }
