@@ -405,6 +405,47 @@ async fn unschedulable_until_a_worker_is_ready() {
     assert_eq!(status.phase, Some(Phase::Assigned));
     assert_eq!(status.assigned_address.as_deref(), Some("10.1.0.9:8080"));
     assert_eq!(status.observed_generation, r.metadata.generation);
+
+    // What a user sees: kubectl's wide view shows the printer columns.
+    let out = story
+        .cp
+        .kubectl()
+        .args(["get", "crawlerresources", "-n", story.ns(), "-o", "wide"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "WORKER",
+            "PHASE",
+            "AGE",
+            "TASK",
+            "ADDRESS",
+            "WEIGHT",
+            "ASSIGNMENTS",
+            "SUSPENDED"
+        ],
+        "{text}"
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row[0], row[1], row[2]),
+        ("task-test-4", "worker-1", "Assigned"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

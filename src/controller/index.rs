@@ -1066,6 +1066,36 @@ mod tests {
     }
 
     #[test]
+    fn terminating_pods_and_full_workers_take_no_work() {
+        let mut index = Index::default();
+        let mut terminating = pod("worker-1", true, &[]);
+        terminating.metadata.deletion_timestamp =
+            Some(Time(Timestamp::from_second(1_700_000_000).unwrap()));
+        let mut small = pod("worker-2", true, &[]);
+        small.metadata.annotations =
+            Some([(CAPACITY_ANNOTATION.to_owned(), "2".to_owned())].into());
+        index.reset_pods(&[terminating, small]);
+        let mut a = resource("a", 2);
+        let mut b = resource("b", 1);
+        index.reset_resources(&[a.clone(), b.clone()]);
+        place(&mut index, &mut a);
+        assert_eq!(worker_of(&a), Some("worker-2"));
+        let Plan::Write(w) = place(&mut index, &mut b) else {
+            panic!("expected a write")
+        };
+        assert_eq!(w.status.phase, Some(Phase::Unschedulable));
+        let message = &w.status.conditions[0].message;
+        assert!(
+            message.contains("terminating") && message.contains("capacity"),
+            "{message}"
+        );
+        // Deleting `a` frees the capacity: `b` is queued again and placed.
+        assert_eq!(index.delete_resource(NS, "a"), vec![Key::new(NS, "b")]);
+        place(&mut index, &mut b);
+        assert_eq!(worker_of(&b), Some("worker-2"));
+    }
+
+    #[test]
     fn an_invalid_selector_is_reported_not_guessed() {
         let mut index = Index::default();
         index.reset_pods(&[pod("worker-1", true, &[])]);
