@@ -1,1 +1,3 @@
 //! crawler-operator: a distributed web crawler whose control plane is Kubernetes.
+
+pub mod crawl;
