@@ -367,7 +367,10 @@ async fn max_pages_bounds_the_requests() {
         records.all().iter().filter(|r| r.status.is_some()).count(),
         3
     );
-    assert!(outcome.progress.queued > 0);
+    assert_eq!(
+        outcome.progress.queued, 0,
+        "the queue held no more than max_pages allowed"
+    );
 }
 
 // === failures become records, and the crawl goes on ===
@@ -611,13 +614,14 @@ async fn rate_limit_spaces_every_request() {
     let times = arrival_times(&site);
     assert_eq!(times.len(), 14, "robots.txt + 13 pages");
     eprintln!("5 rps, burst 1: {}", describe(&times));
-    // 200 ms apart as released; each gap >= 150 ms on arrival, and the 13
-    // gaps together >= 2.55 s (a mean of 196 ms).
+    // 200 ms apart as released. On arrival each gap >= 125 ms, and the 13
+    // gaps together >= 2.525 s (a mean of >= 194 ms); with 3 busy loops on
+    // the 2 cores the smallest gap seen was 161 ms.
     assert_rate(
         &times,
         Duration::from_millis(200),
         1,
-        Duration::from_millis(50),
+        Duration::from_millis(75),
     );
 }
 
@@ -640,7 +644,7 @@ async fn rate_limit_allows_the_burst_then_the_rate() {
         &times,
         Duration::from_millis(200),
         3,
-        Duration::from_millis(50),
+        Duration::from_millis(75),
     );
 }
 

@@ -2,7 +2,7 @@
 //! `CrawlerResource` spec (and a Secret, for headers) into a [`CrawlConfig`].
 //!
 //! Validation happens once, in [`CrawlConfig::validate`], which turns the
-//! public, loosely typed fields into the engine's own [`Validated`] form, so a
+//! public, loosely typed fields into the engine's own `Validated` form, so a
 //! bad spec is refused before a single request is made.
 
 use std::{fmt, num::NonZeroU32, time::Duration};

@@ -67,7 +67,7 @@ pub struct Progress {
 pub enum StopReason {
     /// Every reachable URL within the limits was visited.
     Finished,
-    /// `max_pages` requests were made; URLs were left in the queue.
+    /// `max_pages` requests were made and links were left unvisited.
     MaxPages,
     /// The cancellation token fired.
     Cancelled,
@@ -134,6 +134,8 @@ where
     let mut level = 0;
     // Visits that sent a request; `max_pages` bounds it together with those in flight.
     let mut requested: u64 = 0;
+    // Links left out because the queue already held all that `max_pages` allows.
+    let mut left_out = false;
 
     let stop = loop {
         while in_flight.len() < cfg.concurrency
@@ -152,7 +154,7 @@ where
         state.in_flight = in_flight.len();
         progress(&state);
         if in_flight.is_empty() {
-            break if queue.is_empty() {
+            break if queue.is_empty() && !left_out {
                 StopReason::Finished
             } else {
                 StopReason::MaxPages
@@ -172,11 +174,21 @@ where
         state.last_activity = Some(Timestamp::now());
         state.in_flight = in_flight.len();
         if visit.record.depth < cfg.max_depth {
+            // The queue never holds more than the pages still allowed, so a
+            // huge site cannot grow it without bound. A link left out is not
+            // marked seen: found again once there is room, it is queued then.
+            let room = cfg.max_pages.saturating_sub(requested);
             let mut seen = engine.seen.lock();
             for link in visit.follow {
-                if cfg.hosts.allows(&link) && seen.insert(link.clone()) {
-                    queue.push_back((link, visit.record.depth + 1));
+                if !cfg.hosts.allows(&link) || seen.contains(&link) {
+                    continue;
                 }
+                if (queue.len() + in_flight.len()) as u64 >= room {
+                    left_out = true;
+                    break;
+                }
+                seen.insert(link.clone());
+                queue.push_back((link, visit.record.depth + 1));
             }
         }
         state.queued = queue.len();

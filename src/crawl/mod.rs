@@ -8,7 +8,7 @@
 //! - [`config`]: what a task may do, validated before the first request.
 //! - [`engine`]: the breadth-first loop, rate limit, robots, redirects, cancellation.
 //! - [`html`], [`urls`]: pure parsing and URL rules (unit and property tested).
-//! - [`robots`]: how a `robots.txt` response is read.
+//! - `robots`: how a `robots.txt` response is read (internal).
 //! - [`sink`]: the record and its JSON-lines writers.
 //! - [`error`]: errors with the URL and host involved.
 
