@@ -138,6 +138,9 @@ where
     let mut left_out = false;
 
     let stop = loop {
+        if cancel.is_cancelled() {
+            break StopReason::Cancelled;
+        }
         while in_flight.len() < cfg.concurrency
             && requested + (in_flight.len() as u64) < cfg.max_pages
             && queue
@@ -257,6 +260,13 @@ enum Purpose {
     Robots,
 }
 
+/// An [`Exchange`] and when it happened.
+struct Timed {
+    sent_at: Timestamp,
+    elapsed: Duration,
+    result: Result<Exchange, FetchError>,
+}
+
 /// One request and its response, redirects not followed.
 enum Exchange {
     Redirect {
@@ -351,11 +361,10 @@ impl Engine {
         loop {
             let current = chain.last().expect("chain starts with the URL").clone();
             attempt.requested = true;
-            let started = Instant::now();
-            attempt.started_at.get_or_insert_with(Timestamp::now);
-            let exchange = self.exchange(&current, Purpose::Page).await;
-            attempt.elapsed += started.elapsed();
-            match exchange? {
+            let timed = self.exchange(&current, Purpose::Page).await;
+            attempt.started_at.get_or_insert(timed.sent_at);
+            attempt.elapsed += timed.elapsed;
+            match timed.result? {
                 Exchange::Redirect { status, location } => {
                     attempt.status = Some(status);
                     let target = location
@@ -415,14 +424,17 @@ impl Engine {
     }
 
     /// Waits for the rate limiter, then makes one request and reads what the
-    /// purpose needs of the body, all within the request timeout.
-    async fn exchange(&self, url: &Url, purpose: Purpose) -> Result<Exchange, FetchError> {
+    /// purpose needs of the body, all within the request timeout. The timing
+    /// returned leaves the wait out.
+    async fn exchange(&self, url: &Url, purpose: Purpose) -> Timed {
         self.wait_turn().await;
         if self.cancel.is_cancelled() {
             // The crawl loop drops this future as soon as it sees the token;
             // never send a request in the meantime.
             return std::future::pending().await;
         }
+        let sent_at = Timestamp::now();
+        let started = Instant::now();
         let mut request = self.client.get(url.clone());
         if purpose == Purpose::Page {
             request = request.headers(self.cfg.headers.clone());
@@ -472,14 +484,19 @@ impl Engine {
                 truncated,
             })
         };
-        tokio::time::timeout(timeout, exchange)
+        let result = tokio::time::timeout(timeout, exchange)
             .await
             .unwrap_or_else(|_| {
                 Err(FetchError::Timeout {
                     url: url.to_string(),
                     timeout,
                 })
-            })
+            });
+        Timed {
+            sent_at,
+            elapsed: started.elapsed(),
+            result,
+        }
     }
 
     /// Resolves when the task's rate limit allows one more request.
@@ -531,7 +548,7 @@ impl Engine {
         };
         let mut response = RobotsResponse::RedirectsUnresolved;
         for _ in 0..=MAX_ROBOTS_REDIRECTS {
-            match self.exchange(&current, Purpose::Robots).await {
+            match self.exchange(&current, Purpose::Robots).await.result {
                 Ok(Exchange::Redirect { location, .. }) => {
                     match location.and_then(|loc| resolve(&current, &loc)) {
                         Some(next) => current = next,
