@@ -1,0 +1,706 @@
+//! The crawl loop: breadth-first from the seeds, one rate limit for the
+//! whole task, `robots.txt` per origin, and prompt cancellation.
+//!
+//! ```text
+//!  queue (FIFO, by depth) ──dispatch──▶ in flight (≤ concurrency, one depth at a time)
+//!        ▲                                  │ visit: robots → rate limit → request(s)
+//!        └──── new links (allowed, unseen) ◀┘──▶ record ──▶ sink, progress
+//! ```
+//!
+//! Everything runs in the caller's task: visits are futures polled by the
+//! loop, so dropping them (on cancel) drops their connections too.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, stream::FuturesUnordered};
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    state::{InMemoryState, NotKeyed},
+};
+use jiff::Timestamp;
+use parking_lot::Mutex;
+use reqwest::{
+    Client, StatusCode,
+    header::{CONTENT_TYPE, LOCATION},
+    redirect,
+};
+use serde::Serialize;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use url::Url;
+
+use super::{
+    config::{CrawlConfig, Validated},
+    error::{CrawlError, FetchError, error_chain},
+    html::{self, Page},
+    robots::{Denied, MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, Robots, RobotsResponse},
+    sink::{PageRecord, Sink},
+    urls::{origin_key, resolve},
+};
+
+/// How far a crawl has got; handed to the progress callback after every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Pages that got an HTTP response (any status).
+    pub pages_fetched: u64,
+    /// Records with an error (timeouts, redirect loops, robots refusals, …).
+    pub errors: u64,
+    /// Body bytes read from pages.
+    pub bytes: u64,
+    /// URLs waiting to be visited.
+    pub queued: usize,
+    /// Visits under way.
+    pub in_flight: usize,
+    /// When the last record was produced.
+    pub last_activity: Option<Timestamp>,
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StopReason {
+    /// Every reachable URL within the limits was visited.
+    Finished,
+    /// `max_pages` requests were made and links were left unvisited.
+    MaxPages,
+    /// The cancellation token fired.
+    Cancelled,
+}
+
+/// What a finished [`run`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrawlOutcome {
+    pub stop: StopReason,
+    pub progress: Progress,
+}
+
+/// A progress callback that publishes into a `watch` channel, for a worker
+/// that reads the latest progress from another task.
+pub fn watch_progress(
+    tx: tokio::sync::watch::Sender<Progress>,
+) -> impl FnMut(&Progress) + Send + 'static {
+    move |progress| {
+        tx.send_replace(progress.clone());
+    }
+}
+
+/// Crawls as `config` says, writing one record per visited URL to `sink`.
+///
+/// Returns when the crawl is done, `max_pages` is reached, or `cancel` fires.
+/// Once the token is cancelled no new request is handed to the HTTP client
+/// (each request checks the token just before it is sent, and the loop stops
+/// polling visits), and requests in flight are dropped, closing their
+/// connections; the call then returns `Ok` with [`StopReason::Cancelled`].
+/// A record being written when the token fires is finished first, so the
+/// sink never holds half a line.
+pub async fn run<S, P>(
+    config: CrawlConfig,
+    mut sink: S,
+    cancel: CancellationToken,
+    mut progress: P,
+) -> Result<CrawlOutcome, CrawlError>
+where
+    S: Sink,
+    P: FnMut(&Progress) + Send,
+{
+    let cfg = config.validated().map_err(|source| CrawlError::Config {
+        task: config.task.clone(),
+        source,
+    })?;
+    let engine = Engine::new(cfg, cancel.clone())?;
+    let cfg = &engine.cfg;
+    info!(
+        task = %cfg.task,
+        seeds = cfg.seeds.len(),
+        max_depth = cfg.max_depth,
+        period_ms = cfg.period.as_millis(),
+        burst = cfg.burst,
+        headers = ?config.headers.names().collect::<Vec<_>>(),
+        "crawl starting"
+    );
+
+    let mut queue: VecDeque<(Url, u32)> = cfg.seeds.iter().map(|s| (s.clone(), 0)).collect();
+    engine.seen.lock().extend(cfg.seeds.iter().cloned());
+    let mut state = Progress::default();
+    let mut in_flight = FuturesUnordered::new();
+    // Depth of the visits in flight: a level is finished before the next
+    // starts, so every URL is first reached at its smallest depth.
+    let mut level = 0;
+    // Visits that sent a request; `max_pages` bounds it together with those in flight.
+    let mut requested: u64 = 0;
+    // Links left out because the queue already held all that `max_pages` allows.
+    let mut left_out = false;
+
+    let stop = loop {
+        if cancel.is_cancelled() {
+            break StopReason::Cancelled;
+        }
+        while in_flight.len() < cfg.concurrency
+            && requested + (in_flight.len() as u64) < cfg.max_pages
+            && queue
+                .front()
+                .is_some_and(|(_, depth)| in_flight.is_empty() || *depth == level)
+        {
+            let Some((url, depth)) = queue.pop_front() else {
+                break;
+            };
+            level = depth;
+            in_flight.push(engine.visit(url, depth));
+        }
+        state.queued = queue.len();
+        state.in_flight = in_flight.len();
+        progress(&state);
+        if in_flight.is_empty() {
+            break if queue.is_empty() && !left_out {
+                StopReason::Finished
+            } else {
+                StopReason::MaxPages
+            };
+        }
+
+        let visit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break StopReason::Cancelled,
+            Some(visit) = in_flight.next() => visit,
+        };
+
+        requested += u64::from(visit.requested);
+        state.pages_fetched += u64::from(visit.record.status.is_some());
+        state.errors += u64::from(visit.record.error.is_some());
+        state.bytes += visit.record.bytes;
+        state.last_activity = Some(Timestamp::now());
+        state.in_flight = in_flight.len();
+        if visit.record.depth < cfg.max_depth {
+            // The queue never holds more than the pages still allowed, so a
+            // huge site cannot grow it without bound. A link left out is not
+            // marked seen: found again once there is room, it is queued then.
+            let room = cfg.max_pages.saturating_sub(requested);
+            let mut seen = engine.seen.lock();
+            for link in visit.follow {
+                if !cfg.hosts.allows(&link) || seen.contains(&link) {
+                    continue;
+                }
+                if (queue.len() + in_flight.len()) as u64 >= room {
+                    left_out = true;
+                    break;
+                }
+                seen.insert(link.clone());
+                queue.push_back((link, visit.record.depth + 1));
+            }
+        }
+        state.queued = queue.len();
+        sink.write(&visit.record)
+            .await
+            .map_err(|source| CrawlError::Sink {
+                task: cfg.task.clone(),
+                url: visit.record.url.clone(),
+                source,
+            })?;
+        progress(&state);
+    };
+    // Dropping the visits drops their requests and connections.
+    drop(in_flight);
+
+    state.queued = queue.len();
+    state.in_flight = 0;
+    progress(&state);
+    info!(task = %cfg.task, ?stop, progress = ?state, "crawl stopped");
+    Ok(CrawlOutcome {
+        stop,
+        progress: state,
+    })
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// What one task shares between its visits.
+struct Engine {
+    cfg: Validated,
+    client: Client,
+    limiter: Limiter,
+    clock: DefaultClock,
+    /// Every URL queued or fetched (redirect targets too): each is requested once.
+    seen: Mutex<HashSet<Url>>,
+    /// `robots.txt` per origin, fetched once even when visits race for it.
+    robots: Mutex<HashMap<String, Arc<OnceCell<Robots>>>>,
+    cancel: CancellationToken,
+}
+
+/// One finished visit.
+struct Visit {
+    record: PageRecord,
+    /// Links to queue (the engine still checks hosts, depth and `seen`).
+    follow: Vec<Url>,
+    /// A request was sent for the page.
+    requested: bool,
+}
+
+/// What a visit has learned so far; kept when it ends in an error.
+struct Attempt {
+    final_url: Url,
+    status: Option<u16>,
+    started_at: Option<Timestamp>,
+    elapsed: Duration,
+    requested: bool,
+    content_type: Option<String>,
+    bytes: u64,
+    truncated: bool,
+    page: Page,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Page,
+    Robots,
+}
+
+/// An [`Exchange`] and when it happened.
+struct Timed {
+    sent_at: Timestamp,
+    elapsed: Duration,
+    result: Result<Exchange, FetchError>,
+}
+
+/// One request and its response, redirects not followed.
+enum Exchange {
+    Redirect {
+        status: u16,
+        location: Option<String>,
+    },
+    Done {
+        status: u16,
+        content_type: Option<String>,
+        body: Vec<u8>,
+        truncated: bool,
+    },
+}
+
+impl Engine {
+    fn new(cfg: Validated, cancel: CancellationToken) -> Result<Self, CrawlError> {
+        let client = Client::builder()
+            .user_agent(cfg.user_agent.clone())
+            // Redirects are followed by hand, so that each hop is rate
+            // limited, checked against the hosts and robots.txt, and deduplicated.
+            .redirect(redirect::Policy::none())
+            .connect_timeout(cfg.request_timeout)
+            .pool_max_idle_per_host(cfg.concurrency)
+            .tls_backend_preconfigured(tls_config())
+            .build()
+            .map_err(|source| CrawlError::Client {
+                task: cfg.task.clone(),
+                source,
+            })?;
+        let quota = Quota::with_period(cfg.period)
+            .expect("validated period is not zero")
+            .allow_burst(cfg.burst);
+        let clock = DefaultClock::default();
+        Ok(Self {
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+            client,
+            seen: Mutex::new(HashSet::new()),
+            robots: Mutex::new(HashMap::new()),
+            cancel,
+            cfg,
+        })
+    }
+
+    async fn visit(&self, url: Url, depth: u32) -> Visit {
+        let mut attempt = Attempt {
+            final_url: url.clone(),
+            status: None,
+            started_at: None,
+            elapsed: Duration::ZERO,
+            requested: false,
+            content_type: None,
+            bytes: 0,
+            truncated: false,
+            page: Page::default(),
+        };
+        let result = self.fetch_page(&url, &mut attempt).await;
+        if let Err(err) = &result {
+            debug!(task = %self.cfg.task, %url, kind = err.kind(), error = %error_chain(err), "page failed");
+        } else {
+            debug!(task = %self.cfg.task, %url, status = ?attempt.status, elapsed_ms = attempt.elapsed.as_millis(), "page fetched");
+        }
+        let links: Vec<String> = attempt.page.links.iter().map(ToString::to_string).collect();
+        let record = PageRecord {
+            task: self.cfg.task.clone(),
+            url: url.to_string(),
+            final_url: attempt.final_url.to_string(),
+            status: attempt.status,
+            title: attempt.page.title,
+            links_count: links.len(),
+            links,
+            depth,
+            fetched_at: attempt.started_at.unwrap_or_else(Timestamp::now),
+            elapsed_ms: u64::try_from(attempt.elapsed.as_millis()).unwrap_or(u64::MAX),
+            content_type: attempt.content_type,
+            bytes: attempt.bytes,
+            truncated: attempt.truncated,
+            error_kind: result.as_ref().err().map(|e| e.kind().to_owned()),
+            error: result.as_ref().err().map(|e| error_chain(e)),
+        };
+        Visit {
+            record,
+            follow: attempt.page.links,
+            requested: attempt.requested,
+        }
+    }
+
+    /// Fetches `url`, following redirects, and parses it if it is HTML.
+    async fn fetch_page(&self, url: &Url, attempt: &mut Attempt) -> Result<(), FetchError> {
+        self.robots_allow(url).await?;
+        let mut chain = vec![url.clone()];
+        loop {
+            let current = chain.last().expect("chain starts with the URL").clone();
+            attempt.requested = true;
+            let timed = self.exchange(&current, Purpose::Page).await;
+            attempt.started_at.get_or_insert(timed.sent_at);
+            attempt.elapsed += timed.elapsed;
+            match timed.result? {
+                Exchange::Redirect { status, location } => {
+                    attempt.status = Some(status);
+                    let target = location
+                        .as_deref()
+                        .and_then(|loc| resolve(&current, loc))
+                        .ok_or_else(|| FetchError::BadRedirect {
+                            url: current.to_string(),
+                            status,
+                            location: location.clone().unwrap_or_default(),
+                        })?;
+                    if chain.contains(&target) {
+                        return Err(FetchError::RedirectLoop {
+                            url: current.to_string(),
+                            target: target.to_string(),
+                        });
+                    }
+                    if chain.len() > self.cfg.max_redirects as usize {
+                        return Err(FetchError::TooManyRedirects {
+                            url: url.to_string(),
+                            limit: self.cfg.max_redirects,
+                        });
+                    }
+                    if !self.cfg.hosts.allows(&target) {
+                        return Err(FetchError::RedirectOffsite {
+                            url: current.to_string(),
+                            target: target.to_string(),
+                        });
+                    }
+                    attempt.final_url = target.clone();
+                    if !self.seen.lock().insert(target.clone()) {
+                        // Queued or fetched already; that visit has (or will
+                        // have) its own record. Scrapy's duplicate filter
+                        // treats redirect targets the same way.
+                        return Ok(());
+                    }
+                    self.robots_allow(&target).await?;
+                    chain.push(target);
+                }
+                Exchange::Done {
+                    status,
+                    content_type,
+                    body,
+                    truncated,
+                } => {
+                    attempt.status = Some(status);
+                    attempt.bytes = body.len() as u64;
+                    attempt.truncated = truncated;
+                    if !body.is_empty() {
+                        let text = decode(&body, content_type.as_deref());
+                        attempt.page = html::parse_page(&text, &current);
+                    }
+                    attempt.content_type = content_type;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Waits for the rate limiter, then makes one request and reads what the
+    /// purpose needs of the body, all within the request timeout. The timing
+    /// returned leaves the wait out.
+    async fn exchange(&self, url: &Url, purpose: Purpose) -> Timed {
+        self.wait_turn().await;
+        if self.cancel.is_cancelled() {
+            // The crawl loop drops this future as soon as it sees the token;
+            // never send a request in the meantime.
+            return std::future::pending().await;
+        }
+        let sent_at = Timestamp::now();
+        let started = Instant::now();
+        let mut request = self.client.get(url.clone());
+        if purpose == Purpose::Page {
+            request = request.headers(self.cfg.headers.clone());
+        }
+        let timeout = self.cfg.request_timeout;
+        let exchange = async {
+            let mut response = request
+                .send()
+                .await
+                .map_err(|source| request_error(url, source))?;
+            let status = response.status();
+            if is_redirect(status) {
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                return Ok(Exchange::Redirect {
+                    status: status.as_u16(),
+                    location,
+                });
+            }
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let (limit, wanted) = match purpose {
+                Purpose::Page => (
+                    self.cfg.max_body_bytes,
+                    status.is_success() && content_type.as_deref().is_some_and(is_html),
+                ),
+                Purpose::Robots => (MAX_ROBOTS_BYTES, status.is_success()),
+            };
+            let (body, truncated) = if wanted {
+                read_limited(&mut response, limit)
+                    .await
+                    .map_err(|source| FetchError::Body {
+                        url: url.to_string(),
+                        source,
+                    })?
+            } else {
+                (Vec::new(), false)
+            };
+            Ok(Exchange::Done {
+                status: status.as_u16(),
+                content_type,
+                body,
+                truncated,
+            })
+        };
+        let result = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(FetchError::Timeout {
+                    url: url.to_string(),
+                    timeout,
+                })
+            });
+        Timed {
+            sent_at,
+            elapsed: started.elapsed(),
+            result,
+        }
+    }
+
+    /// Resolves when the task's rate limit allows one more request.
+    async fn wait_turn(&self) {
+        while let Err(not_until) = self.limiter.check() {
+            tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+        }
+    }
+
+    async fn robots_allow(&self, url: &Url) -> Result<(), FetchError> {
+        if !self.cfg.respect_robots {
+            return Ok(());
+        }
+        let origin = origin_key(url);
+        let cell = self
+            .robots
+            .lock()
+            .entry(origin.clone())
+            .or_default()
+            .clone();
+        let robots = cell.get_or_init(|| self.fetch_robots(&origin)).await;
+        let robots_url = format!("{origin}/robots.txt");
+        robots.check(url).map_err(|denied| match denied {
+            Denied::Disallowed => FetchError::RobotsDisallowed {
+                url: url.to_string(),
+                robots_url,
+            },
+            Denied::Unavailable { reason } => FetchError::RobotsUnavailable {
+                url: url.to_string(),
+                host: host_port(url),
+                robots_url,
+                reason: reason.to_owned(),
+            },
+        })
+    }
+
+    async fn fetch_robots(&self, origin: &str) -> Robots {
+        let agent = &self.cfg.robots_agent;
+        let mut current = match Url::parse(&format!("{origin}/robots.txt")) {
+            Ok(url) => url,
+            Err(err) => {
+                return Robots::from_response(
+                    agent,
+                    RobotsResponse::Failed {
+                        reason: err.to_string(),
+                    },
+                );
+            }
+        };
+        let mut response = RobotsResponse::RedirectsUnresolved;
+        for _ in 0..=MAX_ROBOTS_REDIRECTS {
+            match self.exchange(&current, Purpose::Robots).await.result {
+                Ok(Exchange::Redirect { location, .. }) => {
+                    match location.and_then(|loc| resolve(&current, &loc)) {
+                        Some(next) => current = next,
+                        None => break,
+                    }
+                }
+                Ok(Exchange::Done { status, body, .. }) => {
+                    response = RobotsResponse::Status { status, body };
+                    break;
+                }
+                Err(err) => {
+                    response = RobotsResponse::Failed {
+                        reason: error_chain(&err),
+                    };
+                    break;
+                }
+            }
+        }
+        let robots = Robots::from_response(agent, response);
+        match &robots {
+            Robots::Unavailable { reason } => {
+                warn!(task = %self.cfg.task, origin, reason, "robots.txt unavailable: host treated as disallowed");
+            }
+            Robots::AllowAll { reason } => {
+                debug!(task = %self.cfg.task, origin, reason, "no robots.txt rules");
+            }
+            Robots::Rules(_) => debug!(task = %self.cfg.task, origin, "robots.txt rules loaded"),
+        }
+        robots
+    }
+}
+
+/// TLS with the `ring` provider (the one kube uses here), Mozilla's roots
+/// built in so a bare container image works, plus the system's roots when it
+/// has any (a corporate CA, say).
+fn tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls
+}
+
+fn is_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
+fn is_html(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/html"))
+}
+
+/// Decodes with the `charset` the server declared (UTF-8 otherwise; a BOM wins).
+fn decode<'a>(body: &'a [u8], content_type: Option<&str>) -> std::borrow::Cow<'a, str> {
+    let encoding = content_type
+        .and_then(|ct| {
+            ct.split(';').skip(1).find_map(|param| {
+                let (name, value) = param.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("charset")
+                    .then(|| value.trim().trim_matches('"'))
+            })
+        })
+        .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()))
+        .unwrap_or(encoding_rs::UTF_8);
+    encoding.decode(body).0
+}
+
+async fn read_limited(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let expected = response
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    let mut body = Vec::with_capacity(expected.min(limit));
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+fn host_port(url: &Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        _ => url.to_string(),
+    }
+}
+
+fn request_error(url: &Url, source: reqwest::Error) -> FetchError {
+    if source.is_connect() {
+        FetchError::Connect {
+            url: url.to_string(),
+            host: host_port(url),
+            source,
+        }
+    } else {
+        FetchError::Request {
+            url: url.to_string(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_content_types() {
+        assert!(is_html("text/html"));
+        assert!(is_html("Text/HTML; charset=utf-8"));
+        assert!(!is_html("application/xhtml+xml"));
+        assert!(!is_html("text/plain"));
+        assert!(!is_html(""));
+    }
+
+    #[test]
+    fn decoding_honours_charset() {
+        assert_eq!(
+            decode(b"caf\xe9", Some("text/html; charset=ISO-8859-1")),
+            "café"
+        );
+        assert_eq!(decode(b"caf\xc3\xa9", Some("text/html")), "café");
+        assert_eq!(
+            decode(b"caf\xc3\xa9", Some("text/html; charset=\"bogus\"")),
+            "café"
+        );
+        assert_eq!(decode(b"\xff", None), "\u{fffd}");
+    }
+
+    #[test]
+    fn tls_client_builds_without_a_process_wide_provider() {
+        let cfg = CrawlConfig::new("t", ["https://example.com/"])
+            .validated()
+            .unwrap();
+        assert!(Engine::new(cfg, CancellationToken::new()).is_ok());
+    }
+}

@@ -1,0 +1,26 @@
+//! The crawl engine: everything one crawl task does, with no Kubernetes in it.
+//!
+//! The worker maps a `CrawlerResource` into a [`CrawlConfig`] and calls
+//! [`run`] with a [`Sink`] for the records, a `CancellationToken` it cancels
+//! when the resource is deleted, suspended or moved, and a progress callback
+//! it turns into status updates.
+//!
+//! - [`config`]: what a task may do, validated before the first request.
+//! - [`engine`]: the breadth-first loop, rate limit, robots, redirects, cancellation.
+//! - [`html`], [`urls`]: pure parsing and URL rules (unit and property tested).
+//! - `robots`: how a `robots.txt` response is read (internal).
+//! - [`sink`]: the record and its JSON-lines writers.
+//! - [`error`]: errors with the URL and host involved.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod html;
+pub(crate) mod robots;
+pub mod sink;
+pub mod urls;
+
+pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, SecretHeaders};
+pub use engine::{CrawlOutcome, Progress, StopReason, run, watch_progress};
+pub use error::{ConfigError, CrawlError, FetchError, SinkError};
+pub use sink::{JsonLinesSink, PageRecord, Sink};

@@ -1,0 +1,178 @@
+//! Where page records go: one JSON object per line, flushed per record, so a
+//! killed worker loses at most the page it was writing.
+
+use std::{future::Future, path::Path};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::error::SinkError;
+
+/// What the crawl learned about one URL. Exactly one record per URL the crawl
+/// decided to visit, whether it was fetched, failed or was refused by
+/// `robots.txt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRecord {
+    /// The crawl task's name.
+    pub task: String,
+    /// The URL as queued (normalised).
+    pub url: String,
+    /// Where the redirects ended; `url` when there were none.
+    pub final_url: String,
+    /// The last HTTP status seen; `None` when no response arrived.
+    pub status: Option<u16>,
+    pub title: Option<String>,
+    /// `links.len()`.
+    pub links_count: usize,
+    /// Every `http`/`https` link on the page (normalised, each once), whether
+    /// or not the crawl follows it.
+    pub links: Vec<String>,
+    /// Links from the nearest seed (seeds are 0).
+    pub depth: u32,
+    /// When the first request for this URL started (RFC 3339, UTC).
+    pub fetched_at: jiff::Timestamp,
+    /// Time spent in requests for this URL (rate-limit waits excluded).
+    pub elapsed_ms: u64,
+    pub content_type: Option<String>,
+    /// Body bytes read (after decompression).
+    pub bytes: u64,
+    /// The body was longer than the configured limit and was cut.
+    pub truncated: bool,
+    /// What went wrong, with the URL and host involved.
+    pub error: Option<String>,
+    /// A bounded label for `error` (`timeout`, `redirect_loop`, `robots_disallowed`, …).
+    pub error_kind: Option<String>,
+}
+
+/// Receives records as the crawl produces them, in completion order.
+pub trait Sink: Send {
+    /// Writes one record durably enough that a crash right after loses nothing
+    /// (for the JSON-lines sinks: written and flushed).
+    fn write(&mut self, record: &PageRecord) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn write(&mut self, record: &PageRecord) -> impl Future<Output = Result<(), SinkError>> + Send {
+        (**self).write(record)
+    }
+}
+
+/// Records as JSON lines on any async writer; see [`JsonLinesSink::stdout`]
+/// and [`JsonLinesSink::append_file`].
+#[derive(Debug)]
+pub struct JsonLinesSink<W> {
+    writer: W,
+    target: String,
+    line: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin + Send> JsonLinesSink<W> {
+    /// `target` names the destination in error messages.
+    pub fn new(writer: W, target: impl Into<String>) -> Self {
+        Self {
+            writer,
+            target: target.into(),
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.writer
+    }
+}
+
+impl JsonLinesSink<tokio::io::Stdout> {
+    pub fn stdout() -> Self {
+        Self::new(tokio::io::stdout(), "stdout")
+    }
+}
+
+impl JsonLinesSink<tokio::fs::File> {
+    /// Opens `path` for appending, creating it if needed; earlier records stay.
+    pub async fn append_file(path: impl AsRef<Path>) -> Result<Self, SinkError> {
+        let path = path.as_ref();
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map_err(|source| SinkError::Io {
+                target: path.display().to_string(),
+                source,
+            })?;
+        Ok(Self::new(file, path.display().to_string()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> Sink for JsonLinesSink<W> {
+    async fn write(&mut self, record: &PageRecord) -> Result<(), SinkError> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record).map_err(SinkError::Serialize)?;
+        self.line.push(b'\n');
+        let io = |source| SinkError::Io {
+            target: self.target.clone(),
+            source,
+        };
+        // One write_all per line: with O_APPEND, lines from two writers do not interleave.
+        self.writer.write_all(&self.line).await.map_err(io)?;
+        self.writer.flush().await.map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn record(url: &str) -> PageRecord {
+        PageRecord {
+            task: "t".into(),
+            url: url.into(),
+            final_url: url.into(),
+            status: Some(200),
+            title: Some("Hi \"there\"\n".into()),
+            links_count: 1,
+            links: vec!["http://e.com/a".into()],
+            depth: 0,
+            fetched_at: "2025-01-02T03:04:05.678Z".parse().unwrap(),
+            elapsed_ms: 12,
+            content_type: Some("text/html".into()),
+            bytes: 10,
+            truncated: false,
+            error: None,
+            error_kind: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_json_object_per_line() {
+        let mut sink = JsonLinesSink::new(Vec::new(), "memory");
+        sink.write(&record("http://e.com/")).await.unwrap();
+        sink.write(&record("http://e.com/2")).await.unwrap();
+        let out = String::from_utf8(sink.into_inner()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let value: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(value["fetched_at"], "2025-01-02T03:04:05.678Z");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["error"], serde_json::Value::Null);
+        let back: PageRecord = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(back, record("http://e.com/2"));
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        for url in ["http://e.com/1", "http://e.com/2"] {
+            let mut sink = JsonLinesSink::append_file(&path).await.unwrap();
+            sink.write(&record(url)).await.unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+
+        let err = JsonLinesSink::append_file(dir.path().join("no/such/dir/x"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no/such/dir"), "{err}");
+    }
+}
