@@ -7,7 +7,7 @@
 //! same stale load. Every method is synchronous and free of I/O: the reconciler takes the lock,
 //! asks for a [`Plan`], releases the lock, and only then talks to the API server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use jiff::Timestamp;
 use k8s_openapi::{
@@ -167,29 +167,41 @@ impl Index {
     /// The Pod watch (re)listed: replace every worker, so a Pod deleted while the watch was down is
     /// removed too. Returns the resources to reconcile.
     pub fn reset_pods(&mut self, pods: &[Pod]) -> Vec<Key> {
-        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+        let keys = self.reset(
+            pods,
+            Self::apply_pod,
+            |ns| ns.workers.keys().cloned().collect(),
+            Self::delete_pod,
+        );
+        self.workers_synced = true;
+        keys
+    }
+
+    /// Applies every listed object, then deletes what the index holds but the list does not.
+    fn reset<K: kube::Resource>(
+        &mut self,
+        objects: &[K],
+        apply: fn(&mut Self, &K) -> Vec<Key>,
+        names: fn(&Namespace) -> Vec<String>,
+        delete: fn(&mut Self, &str, &str) -> Vec<Key>,
+    ) -> Vec<Key> {
+        let mut listed: HashSet<(String, String)> = HashSet::with_capacity(objects.len());
         let mut keys = Vec::new();
-        for pod in pods {
-            if let Some(ns) = pod.namespace() {
-                seen.entry(ns).or_default().push(pod.name_any());
-                keys.extend(self.apply_pod(pod));
+        for object in objects {
+            if let Some(ns) = object.meta().namespace.clone() {
+                listed.insert((ns, object.name_any()));
+                keys.extend(apply(self, object));
             }
         }
         let gone: Vec<(String, String)> = self
             .namespaces
             .iter()
-            .flat_map(|(ns, n)| {
-                n.workers
-                    .keys()
-                    .filter(|w| !seen.get(ns).is_some_and(|s| s.contains(w)))
-                    .map(|w| (ns.clone(), w.clone()))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|(ns, n)| names(n).into_iter().map(move |name| (ns.clone(), name)))
+            .filter(|key| !listed.contains(key))
             .collect();
-        for (ns, w) in gone {
-            keys.extend(self.delete_pod(&ns, &w));
+        for (ns, name) in gone {
+            keys.extend(delete(self, &ns, &name));
         }
-        self.workers_synced = true;
         keys
     }
 
@@ -245,28 +257,12 @@ impl Index {
 
     /// The resource watch (re)listed: replace every resource. Returns the resources to reconcile.
     pub fn reset_resources(&mut self, resources: &[CrawlerResource]) -> Vec<Key> {
-        let mut seen: HashMap<String, Vec<String>> = HashMap::new();
-        let mut keys = Vec::new();
-        for r in resources {
-            if let Some(ns) = r.namespace() {
-                seen.entry(ns).or_default().push(r.name_any());
-                keys.extend(self.apply_resource(r));
-            }
-        }
-        let gone: Vec<(String, String)> = self
-            .namespaces
-            .iter()
-            .flat_map(|(ns, n)| {
-                n.resources
-                    .keys()
-                    .filter(|r| !seen.get(ns).is_some_and(|s| s.contains(r)))
-                    .map(|r| (ns.clone(), r.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for (ns, r) in gone {
-            keys.extend(self.delete_resource(&ns, &r));
-        }
+        let keys = self.reset(
+            resources,
+            Self::apply_resource,
+            |ns| ns.resources.keys().cloned().collect(),
+            Self::delete_resource,
+        );
         self.resources_synced = true;
         keys
     }
@@ -914,6 +910,27 @@ mod tests {
         }
         assert!(resources.iter().all(|r| worker_of(r) == Some("worker-2")));
         assert_eq!(index.load(NS, "worker-2"), 5);
+    }
+
+    #[test]
+    fn a_relist_removes_a_worker_deleted_while_the_watch_was_down() {
+        let (mut index, resources) = two_workers_five_resources();
+        let redo = index.reset_pods(&[pod("worker-2", true, &[])]);
+        let on_worker_1 = resources
+            .iter()
+            .filter(|r| worker_of(r) == Some("worker-1"))
+            .count();
+        assert_eq!(redo.len(), on_worker_1);
+        // Resources deleted meanwhile go too, and their load with them.
+        let kept: Vec<CrawlerResource> = resources
+            .iter()
+            .filter(|r| worker_of(r) == Some("worker-1"))
+            .cloned()
+            .collect();
+        index.reset_resources(&kept);
+        assert_eq!(index.load(NS, "worker-2"), 0);
+        assert_eq!(index.all_keys().len(), on_worker_1);
+        index.check_loads();
     }
 
     #[test]
