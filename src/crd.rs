@@ -81,6 +81,20 @@ pub const CONDITION_ASSIGNED: &str = "Assigned";
         type_ = "boolean",
         json_path = ".spec.suspend",
         priority = "1"
+    ),
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.progress.state",
+        priority = "1",
+        description = "What the worker reports: Running, Completed, Failed or Stopped"
+    ),
+    printcolumn(
+        name = "Pages",
+        type_ = "integer",
+        json_path = ".status.progress.pagesFetched",
+        priority = "1",
+        description = "Pages fetched by the current assignment"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -218,10 +232,50 @@ pub struct CrawlerResourceStatus {
     /// The `metadata.generation` of the spec the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the worker running the task reports (owned by the worker's field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TaskProgress>,
     /// Standard conditions, merged by type (`Assigned` is the controller's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// What a worker reports about the task it runs, written under the worker's own field manager.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProgress {
+    /// Worker Pod that wrote this report.
+    pub worker: String,
+    /// The `status.assignments` number of the assignment this report is about: a report whose
+    /// number is older than `status.assignments` is from a previous placement.
+    pub assignment: i64,
+    /// Running, Completed, Failed or Stopped.
+    pub state: TaskState,
+    /// Pages fetched (answered with any HTTP status) since the task started on this worker.
+    pub pages_fetched: i64,
+    /// Requests that failed (timeouts, connection errors, robots refusals, ...).
+    pub errors: i64,
+    /// When the task last fetched a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<Time>,
+    /// Why the task failed or stopped, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Lifecycle of a task on its worker.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TaskState {
+    /// Crawling.
+    #[default]
+    Running,
+    /// Finished: every page within the limits was fetched.
+    Completed,
+    /// Could not run (bad configuration, missing Secret, output not writable); see `message`.
+    Failed,
+    /// Stopped by its worker (shutdown, or the heartbeat could not be renewed).
+    Stopped,
 }
 
 impl CrawlerResourceSpec {

@@ -7,16 +7,20 @@
 //! same stale load. Every method is synchronous and free of I/O: the reconciler takes the lock,
 //! asks for a [`Plan`], releases the lock, and only then talks to the API server.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use jiff::Timestamp;
 use k8s_openapi::{
-    api::core::v1::Pod,
+    api::{coordination::v1::Lease, core::v1::Pod},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 use kube::ResourceExt;
 
 use crate::{
+    heartbeat,
     crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase},
     scheduler::{self, Load, NotReady, Policy, Readiness, Request, Worker, WorkerSelector},
 };
@@ -49,8 +53,29 @@ impl std::fmt::Display for Key {
 /// A worker Pod as placement sees it, plus its address.
 #[derive(Clone, Debug)]
 struct WorkerEntry {
+    /// `worker.readiness` is the effective one: the Pod's, downgraded by an expired heartbeat.
     worker: Worker,
     ip: Option<String>,
+    /// Readiness as the Pod alone says.
+    pod_readiness: Readiness,
+}
+
+/// A worker's heartbeat Lease as last observed.
+#[derive(Clone, Debug)]
+struct Heartbeat {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    duration: Duration,
+    /// When we saw (holder, renewTime) change, on our monotonic clock: expiry counts from here,
+    /// never from the remote `renewTime` (clock skew).
+    observed: Instant,
+    expired: bool,
+}
+
+impl Heartbeat {
+    fn alive(&self) -> bool {
+        self.holder.is_some() && !self.expired
+    }
 }
 
 /// A resource as the controller needs it: its placement inputs and the status it last showed.
@@ -87,6 +112,8 @@ impl ResourceEntry {
 #[derive(Default, Debug)]
 struct Namespace {
     workers: BTreeMap<String, WorkerEntry>,
+    /// Heartbeats by worker Pod name (a worker without one is judged by its Pod alone).
+    heartbeats: BTreeMap<String, Heartbeat>,
     resources: BTreeMap<String, ResourceEntry>,
     /// Sum of the weights of the resources whose effective worker is the key. Maintained only by
     /// `put_resource` / `remove_resource`, so it always equals that sum (see `check_loads`).
@@ -150,6 +177,7 @@ impl Index {
         let mut entry = worker_from_pod(pod);
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
         entry.worker.load = ns.loads.get(&entry.worker.name).copied().unwrap_or(0);
+        entry.worker.readiness = effective_readiness(entry.pod_readiness, ns.heartbeats.get(&entry.worker.name));
         let before = ns.workers.insert(entry.worker.name.clone(), entry);
         let after = &ns.workers[&pod.name_any()];
         triggers_for_worker_change(&ns_name, ns, before.as_ref(), Some(after))
@@ -201,6 +229,75 @@ impl Index {
             .collect();
         for (ns, name) in gone {
             keys.extend(delete(self, &ns, &name));
+        }
+        keys
+    }
+
+    // === Heartbeats ===
+
+    /// A worker's heartbeat Lease was added or changed (`now`: when we received it).
+    pub fn apply_heartbeat(&mut self, lease: &Lease, now: Instant) -> Vec<Key> {
+        let (Some(ns_name), Some(pod)) = (lease.namespace(), heartbeat::pod_of(&lease.name_any()).map(str::to_owned)) else {
+            return Vec::new();
+        };
+        let spec = lease.spec.as_ref();
+        let holder = spec.and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty());
+        let renew_time = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string());
+        let seconds = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(0);
+        let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1));
+        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let changed = ns.heartbeats.get(&pod).is_none_or(|h| h.holder != holder || h.renew_time != renew_time);
+        if changed {
+            ns.heartbeats.insert(pod.clone(), Heartbeat { holder, renew_time, duration, observed: now, expired: false });
+        }
+        refresh_worker(&ns_name, ns, &pod)
+    }
+
+    /// A heartbeat Lease was deleted: the worker is judged by its Pod alone again.
+    pub fn delete_heartbeat(&mut self, namespace: &str, lease_name: &str) -> Vec<Key> {
+        let Some(pod) = heartbeat::pod_of(lease_name) else { return Vec::new() };
+        let Some(ns) = self.namespaces.get_mut(namespace) else { return Vec::new() };
+        ns.heartbeats.remove(pod);
+        refresh_worker(namespace, ns, pod)
+    }
+
+    /// The heartbeat watch (re)listed.
+    pub fn reset_heartbeats(&mut self, leases: &[Lease], now: Instant) -> Vec<Key> {
+        let mut keys = Vec::new();
+        let listed: HashSet<(String, String)> = leases.iter().filter_map(|l| Some((l.namespace()?, l.name_any()))).collect();
+        let gone: Vec<(String, String)> = self
+            .namespaces
+            .iter()
+            .flat_map(|(ns, n)| n.heartbeats.keys().map(move |pod| (ns.clone(), heartbeat::lease_name(pod))))
+            .filter(|key| !listed.contains(key))
+            .collect();
+        for (ns, name) in gone {
+            keys.extend(self.delete_heartbeat(&ns, &name));
+        }
+        for lease in leases {
+            keys.extend(self.apply_heartbeat(lease, now));
+        }
+        keys
+    }
+
+    /// Marks heartbeats not renewed within their duration (counted from when we observed the last
+    /// renewal) as expired. Call it periodically; returns the resources to reconcile.
+    pub fn expire_heartbeats(&mut self, now: Instant) -> Vec<Key> {
+        let mut keys = Vec::new();
+        for (ns_name, ns) in &mut self.namespaces {
+            let expired: Vec<String> = ns
+                .heartbeats
+                .iter_mut()
+                .filter(|(_, h)| !h.expired && now >= h.observed + h.duration)
+                .map(|(pod, h)| {
+                    h.expired = true;
+                    pod.clone()
+                })
+                .collect();
+            for pod in expired {
+                tracing::info!(namespace = %ns_name, worker = %pod, "worker heartbeat expired");
+                keys.extend(refresh_worker(ns_name, ns, &pod));
+            }
         }
         keys
     }
@@ -652,7 +749,30 @@ fn worker_from_pod(pod: &Pod) -> WorkerEntry {
             load: 0,
         },
         ip,
+        pod_readiness: readiness,
     }
+}
+
+/// A worker is ready when its Pod is, and its heartbeat (if it has one) is alive.
+fn effective_readiness(pod: Readiness, heartbeat: Option<&Heartbeat>) -> Readiness {
+    match (pod, heartbeat) {
+        (Readiness::Ready, Some(h)) if !h.alive() => Readiness::NotReady(NotReady::HeartbeatExpired),
+        (readiness, _) => readiness,
+    }
+}
+
+/// Recomputes a worker's readiness after its heartbeat changed; returns what that triggers.
+fn refresh_worker(namespace: &str, ns: &mut Namespace, pod: &str) -> Vec<Key> {
+    let Some(entry) = ns.workers.get(pod) else { return Vec::new() };
+    let readiness = effective_readiness(entry.pod_readiness, ns.heartbeats.get(pod));
+    if readiness == entry.worker.readiness {
+        return Vec::new();
+    }
+    let before = entry.clone();
+    let entry = ns.workers.get_mut(pod).expect("present above");
+    entry.worker.readiness = readiness;
+    let after = entry.clone();
+    triggers_for_worker_change(namespace, ns, Some(&before), Some(&after))
 }
 
 /// Why a resource's worker can no longer keep it, for the Reassigned event.
@@ -710,6 +830,7 @@ fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResourceStatus {
         assigned_at: status.assigned_at.clone(),
         assignments: status.assignments,
         observed_generation: status.observed_generation,
+        progress: None,
         conditions: status
             .conditions
             .iter()
@@ -1110,6 +1231,63 @@ mod tests {
         assert_eq!(index.delete_resource(NS, "a"), vec![Key::new(NS, "b")]);
         place(&mut index, &mut b);
         assert_eq!(worker_of(&b), Some("worker-2"));
+    }
+
+    fn heartbeat(pod: &str, holder: Option<&str>, renewed_at: i64) -> Lease {
+        let mut lease = Lease::default();
+        lease.metadata.name = Some(heartbeat::lease_name(pod));
+        lease.metadata.namespace = Some(NS.into());
+        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: holder.map(str::to_owned),
+            lease_duration_seconds: Some(10),
+            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::from_second(renewed_at).unwrap())),
+            ..Default::default()
+        });
+        lease
+    }
+
+    #[test]
+    fn an_expired_heartbeat_releases_the_workers_resources_until_it_is_renewed() {
+        let (mut index, mut resources) = two_workers_five_resources();
+        let t0 = Instant::now();
+        index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
+        assert!(index.expire_heartbeats(t0 + Duration::from_secs(9)).is_empty(), "not expired before its duration");
+        // Renewed at 9 s: the 10 s count starts again from when we saw the renewal.
+        index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 109), t0 + Duration::from_secs(9));
+        assert!(index.expire_heartbeats(t0 + Duration::from_secs(18)).is_empty());
+        let redo = index.expire_heartbeats(t0 + Duration::from_secs(19));
+        assert_eq!(redo.len(), 3, "worker-1's resources are released");
+        for r in &mut resources {
+            place(&mut index, r);
+        }
+        assert!(resources.iter().all(|r| worker_of(r) == Some("worker-2")));
+        let moved = resources.iter().find(|r| r.status.as_ref().unwrap().assignments == Some(2)).unwrap();
+        assert!(moved.status.as_ref().unwrap().conditions[0].message.contains("heartbeat"));
+        // A renewal makes it ready again: waiting resources would be offered to it.
+        index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 130), t0 + Duration::from_secs(30));
+        let mut next = resource("task-test-4", 1);
+        index.apply_resource(&next);
+        place(&mut index, &mut next);
+        assert_eq!(worker_of(&next), Some("worker-1"));
+    }
+
+    #[test]
+    fn a_released_heartbeat_takes_the_worker_out_at_once() {
+        let (mut index, mut resources) = two_workers_five_resources();
+        let now = Instant::now();
+        index.apply_heartbeat(&heartbeat("worker-2", Some("worker-2"), 100), now);
+        let redo = index.apply_heartbeat(&heartbeat("worker-2", None, 101), now);
+        assert_eq!(redo.len(), 2);
+        for r in &mut resources {
+            place(&mut index, r);
+        }
+        assert_eq!(index.load(NS, "worker-1"), 5);
+        // Deleting the Lease leaves the worker to its Pod's readiness (Ready) again.
+        index.delete_heartbeat(NS, &heartbeat::lease_name("worker-2"));
+        let mut next = resource("task-test-4", 1);
+        index.apply_resource(&next);
+        place(&mut index, &mut next);
+        assert_eq!(worker_of(&next), Some("worker-2"));
     }
 
     #[test]

@@ -13,11 +13,15 @@
 pub mod index;
 pub mod queue;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::TryStreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -35,6 +39,7 @@ pub use self::index::{Index, Key, Plan, PlanContext};
 use self::queue::WorkQueue;
 use crate::{
     crd::CrawlerResource,
+    heartbeat,
     leader::Leadership,
     scheduler::{Policy, PolicyKind},
 };
@@ -122,6 +127,8 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_pods(Arc::clone(&ctx)));
     tasks.spawn(watch_resources(Arc::clone(&ctx)));
+    tasks.spawn(watch_heartbeats(Arc::clone(&ctx)));
+    tasks.spawn(expire_heartbeats(Arc::clone(&ctx)));
     tasks.spawn(follow_leadership(Arc::clone(&ctx)));
     tasks.spawn(publish_events(
         client,
@@ -237,6 +244,35 @@ async fn watch_resources(ctx: Arc<Context>) {
         Index::reset_resources,
     )
     .await;
+}
+
+async fn watch_heartbeats(ctx: Arc<Context>) {
+    let api: Api<Lease> = resource_api(&ctx.client, ctx.settings.namespace.as_deref());
+    let selector = format!("{}={}", heartbeat::LABEL, heartbeat::LABEL_VALUE);
+    let stream = watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .map_ok(|ev| ev.modify(|l: &mut Lease| l.metadata.managed_fields = None));
+    feed(
+        &ctx,
+        stream,
+        |idx, lease: &Lease| idx.apply_heartbeat(lease, Instant::now()),
+        |idx, lease: &Lease| idx.delete_heartbeat(&lease.namespace().unwrap_or_default(), &lease.name_any()),
+        |idx, leases: &[Lease]| idx.reset_heartbeats(leases, Instant::now()),
+    )
+    .await;
+}
+
+/// Heartbeats expire by the passing of time, not by an event: check them a few times a second.
+async fn expire_heartbeats(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let keys = ctx.index.lock().expire_heartbeats(Instant::now());
+        if !keys.is_empty() && ctx.leadership.borrow().is_leading_now() {
+            ctx.queue.add_all(keys);
+        }
+    }
 }
 
 /// On becoming leader (and once both watches have listed), reconcile everything: resources whose

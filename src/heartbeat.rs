@@ -1,0 +1,59 @@
+//! The worker heartbeat protocol, shared by the worker (which renews) and the controller (which
+//! reads). A Pod's `Ready` condition lags a stuck or partitioned worker by tens of seconds; a
+//! heartbeat Lease per worker tells the controller within one lease duration.
+//!
+//! Timing argument (why a task never runs on two workers at once): the worker renews every
+//! `duration / 5` and stops all its tasks when no renewal *sent* in the last `duration / 2`
+//! succeeded. The controller counts a heartbeat as expired `duration` after it *observed* the
+//! last change, which is after that renewal was sent. So the worker has stopped its tasks at
+//! least `duration / 2` before the controller may give them to another worker.
+
+use std::time::Duration;
+
+/// Label every heartbeat Lease carries; the controller watches Leases with it.
+pub const LABEL: &str = "app.kubernetes.io/component";
+/// Value of [`LABEL`] on heartbeat Leases.
+pub const LABEL_VALUE: &str = "crawler-worker-heartbeat";
+/// Heartbeat Lease names are this prefix plus the worker Pod's name.
+pub const PREFIX: &str = "crawler-worker-";
+/// Field manager of the worker's writes (heartbeat and progress).
+pub const FIELD_MANAGER: &str = "crawler-worker";
+
+/// Name of the heartbeat Lease of worker Pod `pod`.
+pub fn lease_name(pod: &str) -> String {
+    format!("{PREFIX}{pod}")
+}
+
+/// The worker Pod a heartbeat Lease belongs to.
+pub fn pod_of(lease_name: &str) -> Option<&str> {
+    lease_name.strip_prefix(PREFIX).filter(|p| !p.is_empty())
+}
+
+/// How often a worker renews a heartbeat of `duration`.
+pub fn renew_interval(duration: Duration) -> Duration {
+    duration / 5
+}
+
+/// How long a worker keeps running tasks after the send time of its last successful renewal.
+pub fn stop_after(duration: Duration) -> Duration {
+    duration / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(pod_of(&lease_name("worker-1")), Some("worker-1"));
+        assert_eq!(pod_of("crawler-operator-leader"), None);
+        assert_eq!(pod_of(PREFIX), None);
+    }
+
+    #[test]
+    fn the_worker_stops_well_before_the_controller_expires_it() {
+        let d = Duration::from_secs(10);
+        assert!(renew_interval(d) < stop_after(d));
+        assert!(stop_after(d) < d);
+    }
+}
