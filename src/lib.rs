@@ -15,3 +15,5 @@ pub mod crd;
 pub mod heartbeat;
 pub mod leader;
 pub mod scheduler;
+pub mod telemetry;
+pub mod worker;

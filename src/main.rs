@@ -11,6 +11,7 @@ use crawler_operator::{
     crd::CrawlerResource,
     leader::{LeaderElector, LeaseSettings},
     scheduler::PolicyKind,
+    worker,
 };
 use kube::CustomResourceExt;
 use tokio::sync::watch;
@@ -40,8 +41,30 @@ enum LogFormat {
 enum Command {
     /// Elect a leader and assign every CrawlerResource to a worker Pod (run 2 replicas for HA).
     Controller(ControllerArgs),
+    /// Run the crawl tasks assigned to this worker Pod (one process per worker Pod).
+    Worker(WorkerArgs),
     /// Print the CrawlerResource CustomResourceDefinition as YAML (what crds/ holds).
     Crdgen,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Name of the worker Pod this process plays (assignments name it).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: String,
+    /// Namespace of that Pod.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// Where page records go, as JSON lines: "-" for stdout, or a file path (appended to).
+    #[arg(long, default_value = "-", env = "CRAWLER_OUTPUT")]
+    output: String,
+    /// Heartbeat Lease duration: the controller treats the worker as gone this long after its last
+    /// renewal; the worker stops its tasks after half of it without a renewal.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    heartbeat_duration: Duration,
+    /// How often a running task's progress is written into its status.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    progress_interval: Duration,
 }
 
 #[derive(Args)]
@@ -92,6 +115,9 @@ fn main() -> ExitCode {
         Command::Controller(args) => tokio::runtime::Runtime::new()
             .context("cannot start the Tokio runtime")
             .and_then(|rt| rt.block_on(run_controller(args))),
+        Command::Worker(args) => tokio::runtime::Runtime::new()
+            .context("cannot start the Tokio runtime")
+            .and_then(|rt| rt.block_on(run_worker(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,6 +212,31 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     result
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if args.heartbeat_duration < Duration::from_secs(1) {
+        anyhow::bail!("--heartbeat-duration must be at least 1s (got {:?})", args.heartbeat_duration);
+    }
+    let name_len = crawler_operator::heartbeat::lease_name(&args.pod_name).len();
+    if name_len > 253 {
+        anyhow::bail!("the Pod name {:?} is too long for its heartbeat Lease name ({name_len} > 253 characters)", args.pod_name);
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in a Pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config)")?;
+    let output = match args.output.as_str() {
+        "-" => worker::Output::Stdout,
+        path => worker::Output::File(path.into()),
+    };
+    let settings = worker::Settings {
+        pod_name: args.pod_name,
+        namespace: args.namespace,
+        output,
+        heartbeat_duration: args.heartbeat_duration,
+        progress_interval: args.progress_interval,
+    };
+    worker::run(client, settings, shutdown_signal()).await
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).

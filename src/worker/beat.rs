@@ -1,0 +1,88 @@
+//! The worker's side of the heartbeat (see [`crate::heartbeat`] for the timing argument): renew
+//! the Lease, and say whether this worker may run tasks right now.
+
+use std::{sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+use tokio::{
+    sync::watch,
+    time::{Instant, sleep_until, timeout},
+};
+
+use crate::heartbeat;
+
+/// Renews the heartbeat Lease of `pod` until `stop` turns true, publishing on `alive` whether the
+/// worker may run tasks: true only while a renewal sent less than `stop_after(duration)` ago
+/// succeeded. On stop it releases the Lease (holder cleared) so the controller reassigns at once.
+pub async fn run(client: Client, namespace: String, pod: String, duration: Duration, alive: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+    let api: Api<Lease> = Api::namespaced(client, &namespace);
+    let name = heartbeat::lease_name(&pod);
+    let interval = heartbeat::renew_interval(duration);
+    let grace = heartbeat::stop_after(duration);
+    let alive = Arc::new(alive);
+    let mut valid_until: Option<Instant> = None;
+    let mut next = Instant::now();
+    loop {
+        // Wake at the next renewal, at the deadline, or on stop, whichever is first.
+        let wake = valid_until.map_or(next, |v| v.min(next));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = sleep_until(wake) => {}
+        }
+        let now = Instant::now();
+        if valid_until.is_some_and(|v| now >= v) {
+            valid_until = None;
+            if alive.send_replace(false) {
+                tracing::warn!(lease = %name, "heartbeat not renewed in time: stopping every task until it is");
+            }
+        }
+        if now < next {
+            continue;
+        }
+        next = now + interval;
+        let sent = Instant::now();
+        match timeout(interval, write(&api, &name, Some(&pod), duration)).await {
+            Ok(Ok(())) => {
+                valid_until = Some(sent + grace);
+                if !alive.send_replace(true) {
+                    tracing::info!(lease = %name, "heartbeat renewed: tasks may run");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot renew the heartbeat"),
+            Err(_) => tracing::warn!(lease = %name, "renewing the heartbeat timed out after {interval:?}"),
+        }
+    }
+    alive.send_replace(false);
+    match timeout(Duration::from_secs(2), write(&api, &name, None, duration)).await {
+        Ok(Ok(())) => tracing::info!(lease = %name, "heartbeat released"),
+        Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot release the heartbeat; the controller will notice when it expires"),
+        Err(_) => tracing::warn!(lease = %name, "releasing the heartbeat timed out"),
+    }
+}
+
+/// Server-side apply of the heartbeat. Without a holder it is a release: the field is removed
+/// because this manager owned it.
+async fn write(api: &Api<Lease>, name: &str, holder: Option<&str>, duration: Duration) -> Result<(), kube::Error> {
+    let seconds = i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX);
+    let mut spec = json!({
+        "leaseDurationSeconds": seconds,
+        "renewTime": MicroTime(Timestamp::now()),
+    });
+    if let Some(holder) = holder {
+        spec["holderIdentity"] = json!(holder);
+    }
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": { "name": name, "labels": { heartbeat::LABEL: heartbeat::LABEL_VALUE } },
+        "spec": spec,
+    });
+    api.patch(name, &PatchParams::apply(heartbeat::FIELD_MANAGER).force(), &Patch::Apply(&lease)).await?;
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! The worker: runs exactly the crawl tasks assigned to its Pod, and stops each one when its
+//! resource is deleted, suspended, moved to another worker, or when this worker's heartbeat
+//! cannot be renewed.
+//!
+//! ```text
+//!  watch CrawlerResources with status.assignedWorker=<pod>  ──┐
+//!  (a server-side filter: one assignment reaches one worker)  ├─> desired tasks ─> running tasks
+//!  heartbeat Lease renewer ── alive? ─────────────────────────┘      │ crawl::run per task
+//!                                                                     └─> status.progress (SSA,
+//!                                                                         manager crawler-worker)
+//! ```
+
+mod beat;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::TryStreamExt;
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tokio::{
+    io::AsyncWrite,
+    sync::{Mutex, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    crawl::{self, CrawlConfig, JsonLinesSink, PageRecord, Sink, SinkError},
+    crd::{CrawlerResource, TaskProgress, TaskState},
+    heartbeat,
+};
+
+/// How the worker runs (the `worker` subcommand's flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The Pod this process plays: assignments name it.
+    pub pod_name: String,
+    pub namespace: String,
+    /// Where page records go.
+    pub output: Output,
+    /// Heartbeat Lease duration; see [`crate::heartbeat`].
+    pub heartbeat_duration: Duration,
+    /// How often progress is written into status while a task runs.
+    pub progress_interval: Duration,
+}
+
+/// Destination of the JSON-lines page records.
+#[derive(Clone, Debug)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One sink shared by all tasks, so records of different tasks never interleave mid-line.
+#[derive(Clone)]
+struct SharedSink(Arc<Mutex<JsonLinesSink<Box<dyn AsyncWrite + Unpin + Send>>>>);
+
+impl Sink for SharedSink {
+    async fn write(&mut self, record: &PageRecord) -> Result<(), SinkError> {
+        self.0.lock().await.write(record).await
+    }
+}
+
+/// What identifies one run of a task: a change of any part means stop and start again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Run {
+    uid: String,
+    /// `status.assignments` when assigned to us.
+    assignment: i64,
+    generation: i64,
+}
+
+struct Task {
+    run: Run,
+    cancel: CancellationToken,
+    /// Latest resourceVersion seen, for fenced progress writes.
+    version: watch::Sender<String>,
+    handle: JoinHandle<()>,
+}
+
+/// Runs the worker until `shutdown` resolves; then stops every task and releases the heartbeat.
+pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let writer: Box<dyn AsyncWrite + Unpin + Send> = match &settings.output {
+        Output::Stdout => Box::new(tokio::io::stdout()),
+        Output::File(path) => Box::new(JsonLinesSink::append_file(path).await?.into_inner()),
+    };
+    let target = match &settings.output {
+        Output::Stdout => "stdout".to_owned(),
+        Output::File(path) => path.display().to_string(),
+    };
+    let sink = SharedSink(Arc::new(Mutex::new(JsonLinesSink::new(writer, target))));
+
+    let (alive_tx, mut alive) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let beat = tokio::spawn(beat::run(
+        client.clone(),
+        settings.namespace.clone(),
+        settings.pod_name.clone(),
+        settings.heartbeat_duration,
+        alive_tx,
+        stop_rx,
+    ));
+
+    let api: Api<CrawlerResource> = Api::namespaced(client.clone(), &settings.namespace);
+    let selector = format!("status.assignedWorker={}", settings.pod_name);
+    let stream = watcher(api, watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .map_ok(|ev| ev.modify(|r: &mut CrawlerResource| r.metadata.managed_fields = None));
+    let mut stream = std::pin::pin!(stream);
+    tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
+
+    let mut worker = Worker { client, settings, sink, assigned: HashMap::new(), tasks: HashMap::new() };
+    let mut listing: Option<HashMap<String, CrawlerResource>> = None;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            changed = alive.changed() => {
+                if changed.is_err() { anyhow::bail!("the heartbeat task stopped"); }
+            }
+            event = stream.try_next() => match event {
+                Ok(Some(watcher::Event::Apply(r))) => { worker.assigned.insert(r.name_any(), r); }
+                Ok(Some(watcher::Event::Delete(r))) => { worker.assigned.remove(&r.name_any()); }
+                Ok(Some(watcher::Event::Init)) => { listing = Some(HashMap::new()); continue; }
+                Ok(Some(watcher::Event::InitApply(r))) => {
+                    listing.get_or_insert_with(HashMap::new).insert(r.name_any(), r);
+                    continue;
+                }
+                // A relist replaces everything: an assignment that went away while the watch
+                // was down stops here.
+                Ok(Some(watcher::Event::InitDone)) => { worker.assigned = listing.take().unwrap_or_default(); }
+                Ok(None) => anyhow::bail!("the assignment watch ended"),
+                Err(e) => { tracing::warn!(error = %e, "assignment watch failed; retrying"); continue; }
+            },
+        }
+        let may_run = *alive.borrow_and_update();
+        worker.sync(may_run);
+    }
+
+    tracing::info!("worker stopping: stopping every task, then releasing the heartbeat");
+    let handles = worker.stop_all("the worker is shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(handles)).await;
+    let _ = stop_tx.send(true);
+    let _ = beat.await;
+    Ok(())
+}
+
+struct Worker {
+    client: Client,
+    settings: Settings,
+    sink: SharedSink,
+    /// What the watch says is assigned to this Pod now.
+    assigned: HashMap<String, CrawlerResource>,
+    tasks: HashMap<String, Task>,
+}
+
+impl Worker {
+    /// Make the running tasks match the assignments (none at all while the heartbeat is not alive).
+    fn sync(&mut self, may_run: bool) {
+        let stale: Vec<(String, &'static str)> = self
+            .tasks
+            .iter()
+            .filter_map(|(name, task)| {
+                let why = match self.assigned.get(name) {
+                    _ if !may_run => "the heartbeat could not be renewed",
+                    None => "it is no longer assigned to this worker (deleted, suspended or moved)",
+                    Some(r) if r.spec.suspend => "spec.suspend is true",
+                    Some(r) if run_of(r) != task.run => "its spec or assignment changed",
+                    Some(_) => return None,
+                };
+                Some((name.clone(), why))
+            })
+            .collect();
+        for (name, why) in stale {
+            if let Some(task) = self.tasks.remove(&name) {
+                tracing::info!(resource = %name, "stopping task: {why}");
+                task.cancel.cancel();
+            }
+        }
+        if !may_run {
+            return;
+        }
+        for (name, resource) in &self.assigned {
+            if resource.spec.suspend {
+                continue;
+            }
+            match self.tasks.get(name) {
+                Some(task) => {
+                    task.version.send_replace(resource.resource_version().unwrap_or_default());
+                }
+                None => {
+                    let task = self.start(resource.clone());
+                    self.tasks.insert(name.clone(), task);
+                }
+            }
+        }
+    }
+
+    fn start(&self, resource: CrawlerResource) -> Task {
+        let run = run_of(&resource);
+        tracing::info!(resource = %resource.name_any(), assignment = run.assignment, "starting task");
+        let cancel = CancellationToken::new();
+        let (version, version_rx) = watch::channel(resource.resource_version().unwrap_or_default());
+        let handle = tokio::spawn(run_task(
+            self.client.clone(),
+            self.settings.clone(),
+            resource,
+            run.clone(),
+            self.sink.clone(),
+            cancel.clone(),
+            version_rx,
+        ));
+        Task { run, cancel, version, handle }
+    }
+
+    fn stop_all(&mut self, why: &str) -> Vec<JoinHandle<()>> {
+        self.tasks
+            .drain()
+            .map(|(name, task)| {
+                tracing::info!(resource = %name, "stopping task: {why}");
+                task.cancel.cancel();
+                task.handle
+            })
+            .collect()
+    }
+}
+
+fn run_of(r: &CrawlerResource) -> Run {
+    Run {
+        uid: r.uid().unwrap_or_default(),
+        assignment: r.status.as_ref().and_then(|s| s.assignments).unwrap_or(0),
+        generation: r.metadata.generation.unwrap_or(0),
+    }
+}
+
+/// One task from start to its final report.
+async fn run_task(
+    client: Client,
+    settings: Settings,
+    resource: CrawlerResource,
+    run: Run,
+    sink: SharedSink,
+    cancel: CancellationToken,
+    version: watch::Receiver<String>,
+) {
+    let name = resource.name_any();
+    let reporter = Reporter { api: Api::namespaced(client.clone(), &settings.namespace), name: name.clone(), worker: settings.pod_name.clone(), assignment: run.assignment, version };
+    let config = match crawl_config(&client, &settings, &resource).await {
+        Ok(config) => config,
+        Err(message) => {
+            tracing::warn!(resource = %name, "task cannot start: {message}");
+            reporter.report(TaskState::Failed, &crawl::Progress::default(), Some(message)).await;
+            return;
+        }
+    };
+    let (progress_tx, mut progress_rx) = watch::channel(crawl::Progress::default());
+    let crawl = crawl::run(config, sink, cancel.clone(), crawl::watch_progress(progress_tx));
+    let mut crawl = std::pin::pin!(crawl);
+    reporter.report(TaskState::Running, &crawl::Progress::default(), None).await;
+    let mut tick = tokio::time::interval(settings.progress_interval);
+    tick.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut crawl => break outcome,
+            _ = tick.tick() => {
+                if progress_rx.has_changed().unwrap_or(false) {
+                    let progress = progress_rx.borrow_and_update().clone();
+                    reporter.report(TaskState::Running, &progress, None).await;
+                }
+            }
+        }
+    };
+    let progress = progress_rx.borrow().clone();
+    match outcome {
+        Ok(outcome) if outcome.stop == crawl::StopReason::Cancelled => {
+            // Stopped on purpose; a report may be refused (moved, deleted): that is fine.
+            reporter.report(TaskState::Stopped, &outcome.progress, Some("stopped by the worker".to_owned())).await;
+        }
+        Ok(outcome) => {
+            tracing::info!(resource = %name, pages = outcome.progress.pages_fetched, "task completed");
+            reporter.report(TaskState::Completed, &outcome.progress, None).await;
+        }
+        Err(e) => {
+            let message = crawl::error::error_chain(&e);
+            tracing::warn!(resource = %name, "task failed: {message}");
+            reporter.report(TaskState::Failed, &progress, Some(message)).await;
+        }
+    }
+}
+
+/// The crawl configuration of a resource, with its cookie read from the referenced Secret.
+async fn crawl_config(client: &Client, settings: &Settings, r: &CrawlerResource) -> Result<CrawlConfig, String> {
+    let name = r.name_any();
+    let spec = &r.spec;
+    let mut config = CrawlConfig::new(spec.task_name(&name), spec.seeds.clone());
+    config.max_depth = u32::try_from(spec.max_depth).unwrap_or(0);
+    config.allowed_hosts.clone_from(&spec.allowed_hosts);
+    config.rate_limit = crawl::RateLimit {
+        requests_per_second: spec.rate_limit.requests_per_second,
+        burst: u32::try_from(spec.rate_limit.burst).unwrap_or(1).max(1),
+    };
+    if let Some(max) = spec.max_pages {
+        config.max_pages = u64::try_from(max).unwrap_or(1).max(1);
+    }
+    config.user_agent = format!("{} (worker {})", crawl::DEFAULT_USER_AGENT, settings.pod_name);
+    if let Some(secret_ref) = &spec.cookie_secret_ref {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+        let secret = secrets.get_opt(&secret_ref.name).await.map_err(|e| {
+            format!("cannot read Secret {}/{} for spec.cookieSecretRef: {e}", settings.namespace, secret_ref.name)
+        })?;
+        let secret = secret.ok_or_else(|| {
+            format!("Secret {}/{} named by spec.cookieSecretRef does not exist: create it, or remove cookieSecretRef", settings.namespace, secret_ref.name)
+        })?;
+        let value = secret.data.as_ref().and_then(|d| d.get(&secret_ref.key)).ok_or_else(|| {
+            format!("Secret {}/{} has no key {:?} (named by spec.cookieSecretRef.key)", settings.namespace, secret_ref.name, secret_ref.key)
+        })?;
+        let cookie = String::from_utf8(value.0.clone())
+            .map_err(|_| format!("the value of key {:?} in Secret {} is not UTF-8 text", secret_ref.key, secret_ref.name))?;
+        config.headers.insert("cookie", cookie.trim());
+    }
+    config.validate().map_err(|e| format!("the spec cannot be crawled: {}", crawl::error::error_chain(&e)))?;
+    Ok(config)
+}
+
+/// Writes `status.progress` under the worker's field manager, fenced on the latest
+/// resourceVersion this worker saw: once the resource moves on (reassigned, deleted), a late
+/// report is refused rather than written over the new owner's.
+struct Reporter {
+    api: Api<CrawlerResource>,
+    name: String,
+    worker: String,
+    assignment: i64,
+    version: watch::Receiver<String>,
+}
+
+impl Reporter {
+    async fn report(&self, state: TaskState, progress: &crawl::Progress, message: Option<String>) {
+        let report = TaskProgress {
+            worker: self.worker.clone(),
+            assignment: self.assignment,
+            state,
+            pages_fetched: i64::try_from(progress.pages_fetched).unwrap_or(i64::MAX),
+            errors: i64::try_from(progress.errors).unwrap_or(i64::MAX),
+            last_activity: progress.last_activity.map(Time),
+            message,
+        };
+        let version = self.version.borrow().clone();
+        let patch = json!({
+            "apiVersion": "crawler.dev/v1alpha1",
+            "kind": "CrawlerResource",
+            "metadata": { "name": self.name, "resourceVersion": version },
+            "status": { "progress": report },
+        });
+        let params = PatchParams::apply(heartbeat::FIELD_MANAGER).force();
+        let patch = Patch::Apply(&patch);
+        let write = self.api.patch_status(&self.name, &params, &patch);
+        match tokio::time::timeout(Duration::from_secs(5), write).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(kube::Error::Api(s))) if s.code == 409 || s.code == 404 => {
+                tracing::debug!(resource = %self.name, code = s.code, "progress report refused: the resource moved on");
+            }
+            Ok(Err(e)) => tracing::warn!(resource = %self.name, error = %e, "cannot report progress"),
+            Err(_) => tracing::warn!(resource = %self.name, "reporting progress timed out"),
+        }
+    }
+}
