@@ -216,11 +216,17 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     if args.heartbeat_duration < Duration::from_secs(1) {
-        anyhow::bail!("--heartbeat-duration must be at least 1s (got {:?})", args.heartbeat_duration);
+        anyhow::bail!(
+            "--heartbeat-duration must be at least 1s (got {:?})",
+            args.heartbeat_duration
+        );
     }
     let name_len = crawler_operator::heartbeat::lease_name(&args.pod_name).len();
     if name_len > 253 {
-        anyhow::bail!("the Pod name {:?} is too long for its heartbeat Lease name ({name_len} > 253 characters)", args.pod_name);
+        anyhow::bail!(
+            "the Pod name {:?} is too long for its heartbeat Lease name ({name_len} > 253 characters)",
+            args.pod_name
+        );
     }
     let client = kube::Client::try_default()
         .await

@@ -20,8 +20,8 @@ use k8s_openapi::{
 use kube::ResourceExt;
 
 use crate::{
-    heartbeat,
     crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase},
+    heartbeat,
     scheduler::{self, Load, NotReady, Policy, Readiness, Request, Worker, WorkerSelector},
 };
 
@@ -177,7 +177,8 @@ impl Index {
         let mut entry = worker_from_pod(pod);
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
         entry.worker.load = ns.loads.get(&entry.worker.name).copied().unwrap_or(0);
-        entry.worker.readiness = effective_readiness(entry.pod_readiness, ns.heartbeats.get(&entry.worker.name));
+        entry.worker.readiness =
+            effective_readiness(entry.pod_readiness, ns.heartbeats.get(&entry.worker.name));
         let before = ns.workers.insert(entry.worker.name.clone(), entry);
         let after = &ns.workers[&pod.name_any()];
         triggers_for_worker_change(&ns_name, ns, before.as_ref(), Some(after))
@@ -237,26 +238,49 @@ impl Index {
 
     /// A worker's heartbeat Lease was added or changed (`now`: when we received it).
     pub fn apply_heartbeat(&mut self, lease: &Lease, now: Instant) -> Vec<Key> {
-        let (Some(ns_name), Some(pod)) = (lease.namespace(), heartbeat::pod_of(&lease.name_any()).map(str::to_owned)) else {
+        let (Some(ns_name), Some(pod)) = (
+            lease.namespace(),
+            heartbeat::pod_of(&lease.name_any()).map(str::to_owned),
+        ) else {
             return Vec::new();
         };
         let spec = lease.spec.as_ref();
-        let holder = spec.and_then(|s| s.holder_identity.clone()).filter(|h| !h.is_empty());
-        let renew_time = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.to_string());
+        let holder = spec
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty());
+        let renew_time = spec
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| t.0.to_string());
         let seconds = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(0);
         let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1));
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
-        let changed = ns.heartbeats.get(&pod).is_none_or(|h| h.holder != holder || h.renew_time != renew_time);
+        let changed = ns
+            .heartbeats
+            .get(&pod)
+            .is_none_or(|h| h.holder != holder || h.renew_time != renew_time);
         if changed {
-            ns.heartbeats.insert(pod.clone(), Heartbeat { holder, renew_time, duration, observed: now, expired: false });
+            ns.heartbeats.insert(
+                pod.clone(),
+                Heartbeat {
+                    holder,
+                    renew_time,
+                    duration,
+                    observed: now,
+                    expired: false,
+                },
+            );
         }
         refresh_worker(&ns_name, ns, &pod)
     }
 
     /// A heartbeat Lease was deleted: the worker is judged by its Pod alone again.
     pub fn delete_heartbeat(&mut self, namespace: &str, lease_name: &str) -> Vec<Key> {
-        let Some(pod) = heartbeat::pod_of(lease_name) else { return Vec::new() };
-        let Some(ns) = self.namespaces.get_mut(namespace) else { return Vec::new() };
+        let Some(pod) = heartbeat::pod_of(lease_name) else {
+            return Vec::new();
+        };
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
         ns.heartbeats.remove(pod);
         refresh_worker(namespace, ns, pod)
     }
@@ -264,11 +288,18 @@ impl Index {
     /// The heartbeat watch (re)listed.
     pub fn reset_heartbeats(&mut self, leases: &[Lease], now: Instant) -> Vec<Key> {
         let mut keys = Vec::new();
-        let listed: HashSet<(String, String)> = leases.iter().filter_map(|l| Some((l.namespace()?, l.name_any()))).collect();
+        let listed: HashSet<(String, String)> = leases
+            .iter()
+            .filter_map(|l| Some((l.namespace()?, l.name_any())))
+            .collect();
         let gone: Vec<(String, String)> = self
             .namespaces
             .iter()
-            .flat_map(|(ns, n)| n.heartbeats.keys().map(move |pod| (ns.clone(), heartbeat::lease_name(pod))))
+            .flat_map(|(ns, n)| {
+                n.heartbeats
+                    .keys()
+                    .map(move |pod| (ns.clone(), heartbeat::lease_name(pod)))
+            })
             .filter(|key| !listed.contains(key))
             .collect();
         for (ns, name) in gone {
@@ -756,14 +787,18 @@ fn worker_from_pod(pod: &Pod) -> WorkerEntry {
 /// A worker is ready when its Pod is, and its heartbeat (if it has one) is alive.
 fn effective_readiness(pod: Readiness, heartbeat: Option<&Heartbeat>) -> Readiness {
     match (pod, heartbeat) {
-        (Readiness::Ready, Some(h)) if !h.alive() => Readiness::NotReady(NotReady::HeartbeatExpired),
+        (Readiness::Ready, Some(h)) if !h.alive() => {
+            Readiness::NotReady(NotReady::HeartbeatExpired)
+        }
         (readiness, _) => readiness,
     }
 }
 
 /// Recomputes a worker's readiness after its heartbeat changed; returns what that triggers.
 fn refresh_worker(namespace: &str, ns: &mut Namespace, pod: &str) -> Vec<Key> {
-    let Some(entry) = ns.workers.get(pod) else { return Vec::new() };
+    let Some(entry) = ns.workers.get(pod) else {
+        return Vec::new();
+    };
     let readiness = effective_readiness(entry.pod_readiness, ns.heartbeats.get(pod));
     if readiness == entry.worker.readiness {
         return Vec::new();
@@ -1240,7 +1275,9 @@ mod tests {
         lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
             holder_identity: holder.map(str::to_owned),
             lease_duration_seconds: Some(10),
-            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::from_second(renewed_at).unwrap())),
+            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                Timestamp::from_second(renewed_at).unwrap(),
+            )),
             ..Default::default()
         });
         lease
@@ -1251,20 +1288,42 @@ mod tests {
         let (mut index, mut resources) = two_workers_five_resources();
         let t0 = Instant::now();
         index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
-        assert!(index.expire_heartbeats(t0 + Duration::from_secs(9)).is_empty(), "not expired before its duration");
+        assert!(
+            index
+                .expire_heartbeats(t0 + Duration::from_secs(9))
+                .is_empty(),
+            "not expired before its duration"
+        );
         // Renewed at 9 s: the 10 s count starts again from when we saw the renewal.
-        index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 109), t0 + Duration::from_secs(9));
-        assert!(index.expire_heartbeats(t0 + Duration::from_secs(18)).is_empty());
+        index.apply_heartbeat(
+            &heartbeat("worker-1", Some("worker-1"), 109),
+            t0 + Duration::from_secs(9),
+        );
+        assert!(
+            index
+                .expire_heartbeats(t0 + Duration::from_secs(18))
+                .is_empty()
+        );
         let redo = index.expire_heartbeats(t0 + Duration::from_secs(19));
         assert_eq!(redo.len(), 3, "worker-1's resources are released");
         for r in &mut resources {
             place(&mut index, r);
         }
         assert!(resources.iter().all(|r| worker_of(r) == Some("worker-2")));
-        let moved = resources.iter().find(|r| r.status.as_ref().unwrap().assignments == Some(2)).unwrap();
-        assert!(moved.status.as_ref().unwrap().conditions[0].message.contains("heartbeat"));
+        let moved = resources
+            .iter()
+            .find(|r| r.status.as_ref().unwrap().assignments == Some(2))
+            .unwrap();
+        assert!(
+            moved.status.as_ref().unwrap().conditions[0]
+                .message
+                .contains("heartbeat")
+        );
         // A renewal makes it ready again: waiting resources would be offered to it.
-        index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 130), t0 + Duration::from_secs(30));
+        index.apply_heartbeat(
+            &heartbeat("worker-1", Some("worker-1"), 130),
+            t0 + Duration::from_secs(30),
+        );
         let mut next = resource("task-test-4", 1);
         index.apply_resource(&next);
         place(&mut index, &mut next);

@@ -256,7 +256,9 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
         &ctx,
         stream,
         |idx, lease: &Lease| idx.apply_heartbeat(lease, Instant::now()),
-        |idx, lease: &Lease| idx.delete_heartbeat(&lease.namespace().unwrap_or_default(), &lease.name_any()),
+        |idx, lease: &Lease| {
+            idx.delete_heartbeat(&lease.namespace().unwrap_or_default(), &lease.name_any())
+        },
         |idx, leases: &[Lease]| idx.reset_heartbeats(leases, Instant::now()),
     )
     .await;

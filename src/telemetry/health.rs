@@ -89,11 +89,11 @@ impl Health {
 
     fn update(&self, ready: bool, reason: Option<String>) {
         let mut readiness = self.0.ready.lock();
-        if readiness.ready != ready {
-            match &reason {
-                _ if ready => tracing::info!("ready"),
-                Some(reason) => tracing::info!(%reason, "not ready"),
-                None => tracing::info!("not ready"),
+        if readiness.ready != ready || readiness.reason != reason {
+            if ready {
+                tracing::info!("ready");
+            } else {
+                tracing::info!(reason = reason.as_deref().unwrap_or(""), "not ready");
             }
         }
         *readiness = Readiness { ready, reason };

@@ -281,7 +281,7 @@ impl Metrics {
         self.0.role
     }
 
-    /// The whole registry in the OpenMetrics text format, `# EOF` included.
+    /// The whole registry in the `OpenMetrics` text format, `# EOF` included.
     pub fn encode(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
         text::encode(&mut out, &self.0.registry)?;

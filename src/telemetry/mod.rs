@@ -31,7 +31,7 @@ pub use self::{
     },
 };
 
-/// Content type of `/metrics`: the OpenMetrics text format.
+/// Content type of `/metrics`: the `OpenMetrics` text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -48,12 +48,12 @@ pub async fn bind(addr: SocketAddr) -> io::Result<Server> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         context(
             &e,
-            format!("cannot listen on {addr} for /metrics and health"),
+            &format!("cannot listen on {addr} for /metrics and health"),
         )
     })?;
     let local_addr = listener
         .local_addr()
-        .map_err(|e| context(&e, format!("cannot read the address bound for {addr}")))?;
+        .map_err(|e| context(&e, &format!("cannot read the address bound for {addr}")))?;
     Ok(Server {
         listener,
         local_addr,
@@ -91,7 +91,7 @@ impl Server {
             .map_err(|e| {
                 context(
                     &e,
-                    format!("the /metrics and health server on {addr} failed"),
+                    &format!("the /metrics and health server on {addr} failed"),
                 )
             })
     }
@@ -142,7 +142,7 @@ async fn get_readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Keeps the error's kind and adds what was being done.
-fn context(e: &io::Error, what: String) -> io::Error {
+fn context(e: &io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 

@@ -20,7 +20,14 @@ use crate::heartbeat;
 /// Renews the heartbeat Lease of `pod` until `stop` turns true, publishing on `alive` whether the
 /// worker may run tasks: true only while a renewal sent less than `stop_after(duration)` ago
 /// succeeded. On stop it releases the Lease (holder cleared) so the controller reassigns at once.
-pub async fn run(client: Client, namespace: String, pod: String, duration: Duration, alive: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    client: Client,
+    namespace: String,
+    pod: String,
+    duration: Duration,
+    alive: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let name = heartbeat::lease_name(&pod);
     let interval = heartbeat::renew_interval(duration);
@@ -55,20 +62,29 @@ pub async fn run(client: Client, namespace: String, pod: String, duration: Durat
                 }
             }
             Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot renew the heartbeat"),
-            Err(_) => tracing::warn!(lease = %name, "renewing the heartbeat timed out after {interval:?}"),
+            Err(_) => {
+                tracing::warn!(lease = %name, "renewing the heartbeat timed out after {interval:?}");
+            }
         }
     }
     alive.send_replace(false);
     match timeout(Duration::from_secs(2), write(&api, &name, None, duration)).await {
         Ok(Ok(())) => tracing::info!(lease = %name, "heartbeat released"),
-        Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot release the heartbeat; the controller will notice when it expires"),
+        Ok(Err(e)) => {
+            tracing::warn!(lease = %name, error = %e, "cannot release the heartbeat; the controller will notice when it expires");
+        }
         Err(_) => tracing::warn!(lease = %name, "releasing the heartbeat timed out"),
     }
 }
 
 /// Server-side apply of the heartbeat. Without a holder it is a release: the field is removed
 /// because this manager owned it.
-async fn write(api: &Api<Lease>, name: &str, holder: Option<&str>, duration: Duration) -> Result<(), kube::Error> {
+async fn write(
+    api: &Api<Lease>,
+    name: &str,
+    holder: Option<&str>,
+    duration: Duration,
+) -> Result<(), kube::Error> {
     let seconds = i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let mut spec = json!({
         "leaseDurationSeconds": seconds,
@@ -83,6 +99,11 @@ async fn write(api: &Api<Lease>, name: &str, holder: Option<&str>, duration: Dur
         "metadata": { "name": name, "labels": { heartbeat::LABEL: heartbeat::LABEL_VALUE } },
         "spec": spec,
     });
-    api.patch(name, &PatchParams::apply(heartbeat::FIELD_MANAGER).force(), &Patch::Apply(&lease)).await?;
+    api.patch(
+        name,
+        &PatchParams::apply(heartbeat::FIELD_MANAGER).force(),
+        &Patch::Apply(&lease),
+    )
+    .await?;
     Ok(())
 }

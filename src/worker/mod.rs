@@ -12,12 +12,7 @@
 
 mod beat;
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::TryStreamExt;
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
@@ -89,7 +84,11 @@ struct Task {
 }
 
 /// Runs the worker until `shutdown` resolves; then stops every task and releases the heartbeat.
-pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let writer: Box<dyn AsyncWrite + Unpin + Send> = match &settings.output {
         Output::Stdout => Box::new(tokio::io::stdout()),
         Output::File(path) => Box::new(JsonLinesSink::append_file(path).await?.into_inner()),
@@ -119,7 +118,13 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Outpu
     let mut stream = std::pin::pin!(stream);
     tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
 
-    let mut worker = Worker { client, settings, sink, assigned: HashMap::new(), tasks: HashMap::new() };
+    let mut worker = Worker {
+        client,
+        settings,
+        sink,
+        assigned: HashMap::new(),
+        tasks: HashMap::new(),
+    };
     let mut listing: Option<HashMap<String, CrawlerResource>> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -194,14 +199,12 @@ impl Worker {
             if resource.spec.suspend {
                 continue;
             }
-            match self.tasks.get(name) {
-                Some(task) => {
-                    task.version.send_replace(resource.resource_version().unwrap_or_default());
-                }
-                None => {
-                    let task = self.start(resource.clone());
-                    self.tasks.insert(name.clone(), task);
-                }
+            if let Some(task) = self.tasks.get(name) {
+                task.version
+                    .send_replace(resource.resource_version().unwrap_or_default());
+            } else {
+                let task = self.start(resource.clone());
+                self.tasks.insert(name.clone(), task);
             }
         }
     }
@@ -220,7 +223,12 @@ impl Worker {
             cancel.clone(),
             version_rx,
         ));
-        Task { run, cancel, version, handle }
+        Task {
+            run,
+            cancel,
+            version,
+            handle,
+        }
     }
 
     fn stop_all(&mut self, why: &str) -> Vec<JoinHandle<()>> {
@@ -254,52 +262,92 @@ async fn run_task(
     version: watch::Receiver<String>,
 ) {
     let name = resource.name_any();
-    let reporter = Reporter { api: Api::namespaced(client.clone(), &settings.namespace), name: name.clone(), worker: settings.pod_name.clone(), assignment: run.assignment, version };
+    let reporter = Reporter {
+        api: Api::namespaced(client.clone(), &settings.namespace),
+        name: name.clone(),
+        worker: settings.pod_name.clone(),
+        assignment: run.assignment,
+        version,
+    };
     let config = match crawl_config(&client, &settings, &resource).await {
         Ok(config) => config,
         Err(message) => {
             tracing::warn!(resource = %name, "task cannot start: {message}");
-            reporter.report(TaskState::Failed, &crawl::Progress::default(), Some(message)).await;
+            reporter
+                .report(
+                    TaskState::Failed,
+                    &crawl::Progress::default(),
+                    Some(message),
+                )
+                .await;
             return;
         }
     };
-    let (progress_tx, mut progress_rx) = watch::channel(crawl::Progress::default());
-    let crawl = crawl::run(config, sink, cancel.clone(), crawl::watch_progress(progress_tx));
-    let mut crawl = std::pin::pin!(crawl);
-    reporter.report(TaskState::Running, &crawl::Progress::default(), None).await;
-    let mut tick = tokio::time::interval(settings.progress_interval);
-    tick.tick().await;
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut crawl => break outcome,
-            _ = tick.tick() => {
+    let (progress_tx, progress_rx) = watch::channel(crawl::Progress::default());
+    let reporter = Arc::new(reporter);
+    // Reports go out from their own task: a slow or unreachable API server must never hold up
+    // the crawl (or its cancellation).
+    let periodic = tokio::spawn({
+        let reporter = Arc::clone(&reporter);
+        let mut progress_rx = progress_rx.clone();
+        let interval = settings.progress_interval;
+        async move {
+            reporter
+                .report(TaskState::Running, &crawl::Progress::default(), None)
+                .await;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
                 if progress_rx.has_changed().unwrap_or(false) {
                     let progress = progress_rx.borrow_and_update().clone();
                     reporter.report(TaskState::Running, &progress, None).await;
                 }
             }
         }
-    };
+    });
+    let outcome = crawl::run(
+        config,
+        sink,
+        cancel.clone(),
+        crawl::watch_progress(progress_tx),
+    )
+    .await;
+    periodic.abort();
     let progress = progress_rx.borrow().clone();
     match outcome {
         Ok(outcome) if outcome.stop == crawl::StopReason::Cancelled => {
             // Stopped on purpose; a report may be refused (moved, deleted): that is fine.
-            reporter.report(TaskState::Stopped, &outcome.progress, Some("stopped by the worker".to_owned())).await;
+            reporter
+                .report(
+                    TaskState::Stopped,
+                    &outcome.progress,
+                    Some("stopped by the worker".to_owned()),
+                )
+                .await;
         }
         Ok(outcome) => {
             tracing::info!(resource = %name, pages = outcome.progress.pages_fetched, "task completed");
-            reporter.report(TaskState::Completed, &outcome.progress, None).await;
+            reporter
+                .report(TaskState::Completed, &outcome.progress, None)
+                .await;
         }
         Err(e) => {
             let message = crawl::error::error_chain(&e);
             tracing::warn!(resource = %name, "task failed: {message}");
-            reporter.report(TaskState::Failed, &progress, Some(message)).await;
+            reporter
+                .report(TaskState::Failed, &progress, Some(message))
+                .await;
         }
     }
 }
 
 /// The crawl configuration of a resource, with its cookie read from the referenced Secret.
-async fn crawl_config(client: &Client, settings: &Settings, r: &CrawlerResource) -> Result<CrawlConfig, String> {
+async fn crawl_config(
+    client: &Client,
+    settings: &Settings,
+    r: &CrawlerResource,
+) -> Result<CrawlConfig, String> {
     let name = r.name_any();
     let spec = &r.spec;
     let mut config = CrawlConfig::new(spec.task_name(&name), spec.seeds.clone());
@@ -312,23 +360,46 @@ async fn crawl_config(client: &Client, settings: &Settings, r: &CrawlerResource)
     if let Some(max) = spec.max_pages {
         config.max_pages = u64::try_from(max).unwrap_or(1).max(1);
     }
-    config.user_agent = format!("{} (worker {})", crawl::DEFAULT_USER_AGENT, settings.pod_name);
+    config.user_agent = format!(
+        "{} (worker {})",
+        crawl::DEFAULT_USER_AGENT,
+        settings.pod_name
+    );
     if let Some(secret_ref) = &spec.cookie_secret_ref {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
         let secret = secrets.get_opt(&secret_ref.name).await.map_err(|e| {
-            format!("cannot read Secret {}/{} for spec.cookieSecretRef: {e}", settings.namespace, secret_ref.name)
+            format!(
+                "cannot read Secret {}/{} for spec.cookieSecretRef: {e}",
+                settings.namespace, secret_ref.name
+            )
         })?;
         let secret = secret.ok_or_else(|| {
             format!("Secret {}/{} named by spec.cookieSecretRef does not exist: create it, or remove cookieSecretRef", settings.namespace, secret_ref.name)
         })?;
-        let value = secret.data.as_ref().and_then(|d| d.get(&secret_ref.key)).ok_or_else(|| {
-            format!("Secret {}/{} has no key {:?} (named by spec.cookieSecretRef.key)", settings.namespace, secret_ref.name, secret_ref.key)
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret_ref.key))
+            .ok_or_else(|| {
+                format!(
+                    "Secret {}/{} has no key {:?} (named by spec.cookieSecretRef.key)",
+                    settings.namespace, secret_ref.name, secret_ref.key
+                )
+            })?;
+        let cookie = String::from_utf8(value.0.clone()).map_err(|_| {
+            format!(
+                "the value of key {:?} in Secret {} is not UTF-8 text",
+                secret_ref.key, secret_ref.name
+            )
         })?;
-        let cookie = String::from_utf8(value.0.clone())
-            .map_err(|_| format!("the value of key {:?} in Secret {} is not UTF-8 text", secret_ref.key, secret_ref.name))?;
         config.headers.insert("cookie", cookie.trim());
     }
-    config.validate().map_err(|e| format!("the spec cannot be crawled: {}", crawl::error::error_chain(&e)))?;
+    config.validate().map_err(|e| {
+        format!(
+            "the spec cannot be crawled: {}",
+            crawl::error::error_chain(&e)
+        )
+    })?;
     Ok(config)
 }
 
@@ -369,7 +440,9 @@ impl Reporter {
             Ok(Err(kube::Error::Api(s))) if s.code == 409 || s.code == 404 => {
                 tracing::debug!(resource = %self.name, code = s.code, "progress report refused: the resource moved on");
             }
-            Ok(Err(e)) => tracing::warn!(resource = %self.name, error = %e, "cannot report progress"),
+            Ok(Err(e)) => {
+                tracing::warn!(resource = %self.name, error = %e, "cannot report progress");
+            }
             Err(_) => tracing::warn!(resource = %self.name, "reporting progress timed out"),
         }
     }

@@ -19,6 +19,7 @@ pub mod certs;
 pub mod pods;
 pub mod process;
 pub mod proxy;
+pub mod story;
 pub mod tools;
 
 use std::fmt::Display;

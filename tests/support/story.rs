@@ -1,0 +1,302 @@
+//! Story-style helpers for tests that run the operator's own binaries against the test control
+//! plane: `Story::new("prefix")` gives a namespace with the CRD installed, and methods that read
+//! like the user's story (`ready_worker`, `apply_resource`, `assert_assigned`, ...).
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use crawler_operator::crd::CrawlerResource;
+use k8s_openapi::{
+    api::{coordination::v1::Lease, events::v1::Event},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, CustomResourceExt, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::{
+    ControlPlane, TestNamespace,
+    pods::{create_worker_pod, set_pod_ready},
+    process::Server,
+    proxy::Proxy,
+    wait_for,
+};
+
+pub const WORKER_LABEL: (&str, &str) = ("app.kubernetes.io/component", "crawler-worker");
+pub const LEASE: &str = "crawler-operator-leader";
+/// Short election timings so failover tests take seconds.
+/// Worker heartbeat in tests: workers stop after 1 s without renewal, expire after 2 s.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+pub const LEASE_DURATION: Duration = Duration::from_secs(3);
+pub const BOUND: Duration = Duration::from_secs(30);
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// One test's world: a namespace, a client, and helpers that read like the user's story.
+pub struct Story {
+    pub cp: &'static ControlPlane,
+    pub ns: TestNamespace,
+    pub client: Client,
+    pub controllers: Vec<Server>,
+    pub workers: Vec<Server>,
+}
+
+impl Story {
+    pub async fn new(prefix: &str) -> Self {
+        let cp = super::control_plane();
+        install_crd(&cp.client()).await;
+        let ns = cp.namespace(prefix).await;
+        Self {
+            cp,
+            client: cp.client(),
+            ns,
+            controllers: Vec::new(),
+            workers: Vec::new(),
+        }
+    }
+
+    pub fn ns(&self) -> &str {
+        self.ns.name()
+    }
+
+    pub fn api(&self) -> Api<CrawlerResource> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    /// Starts a controller process (the real binary) named `identity`; returns its index.
+    pub fn start_controller(&mut self, identity: &str) -> usize {
+        let log = self.cp.dir().join(format!("{}-{identity}.log", self.ns()));
+        let args = [
+            format!("KUBECONFIG={}", self.cp.kubeconfig_path().display()),
+            "RUST_LOG=info,crawler_operator=debug".to_owned(),
+            env!("CARGO_BIN_EXE_crawler-operator").to_owned(),
+            "controller".to_owned(),
+            format!("--namespace={}", self.ns()),
+            format!("--lease-namespace={}", self.ns()),
+            format!("--identity={identity}"),
+            format!("--lease-duration={}ms", LEASE_DURATION.as_millis()),
+            "--renew-deadline=2s".to_owned(),
+            "--retry-period=500ms".to_owned(),
+        ];
+        let server = Server::new(
+            "controller",
+            PathBuf::from("/usr/bin/env"),
+            args.to_vec(),
+            log,
+        );
+        server.start();
+        self.controllers.push(server);
+        self.controllers.len() - 1
+    }
+
+    /// Starts the worker process playing Pod `pod` (the real binary), writing page records to
+    /// `<cp dir>/<ns>-<pod>.jsonl`; through `proxy` if given, so a test can cut it off.
+    pub fn start_worker(&mut self, pod: &str, proxy: Option<&Proxy>) -> usize {
+        let kubeconfig = match proxy {
+            None => self.cp.kubeconfig_path().to_path_buf(),
+            Some(proxy) => {
+                let text = std::fs::read_to_string(self.cp.kubeconfig_path())
+                    .expect("reading the kubeconfig");
+                let via = text.replace(&self.cp.server_url(), &format!("https://{}", proxy.addr()));
+                let path = self
+                    .cp
+                    .dir()
+                    .join(format!("{}-{pod}-via-proxy.kubeconfig", self.ns()));
+                std::fs::write(&path, via).expect("writing the proxied kubeconfig");
+                path
+            }
+        };
+        let log = self.cp.dir().join(format!("{}-{pod}.log", self.ns()));
+        let args = [
+            format!("KUBECONFIG={}", kubeconfig.display()),
+            "RUST_LOG=info,crawler_operator=debug".to_owned(),
+            env!("CARGO_BIN_EXE_crawler-operator").to_owned(),
+            "worker".to_owned(),
+            format!("--pod-name={pod}"),
+            format!("--namespace={}", self.ns()),
+            format!("--output={}", self.output_of(pod).display()),
+            format!("--heartbeat-duration={}ms", HEARTBEAT.as_millis()),
+            "--progress-interval=300ms".to_owned(),
+        ];
+        let server = Server::new("worker", PathBuf::from("/usr/bin/env"), args.to_vec(), log);
+        server.start();
+        self.workers.push(server);
+        self.workers.len() - 1
+    }
+
+    /// Where worker `pod`'s page records go.
+    pub fn output_of(&self, pod: &str) -> PathBuf {
+        self.cp.dir().join(format!("{}-{pod}.jsonl", self.ns()))
+    }
+
+    pub async fn ready_worker(&self, name: &str) {
+        self.worker(name, &[]).await;
+    }
+
+    pub async fn worker(&self, name: &str, extra_labels: &[(&str, &str)]) {
+        let mut labels = vec![WORKER_LABEL];
+        labels.extend_from_slice(extra_labels);
+        create_worker_pod(&self.client, self.ns(), name, &labels).await;
+        let ip = format!(
+            "10.1.0.{}",
+            name.bytes().map(u32::from).sum::<u32>() % 250 + 1
+        );
+        set_pod_ready(&self.client, self.ns(), name, true, Some(&ip)).await;
+    }
+
+    pub async fn apply_resource(&self, name: &str, spec: serde_json::Value) {
+        let body = json!({
+            "apiVersion": "crawler.dev/v1alpha1",
+            "kind": "CrawlerResource",
+            "metadata": { "name": name },
+            "spec": spec,
+        });
+        self.api()
+            .patch(
+                name,
+                &PatchParams::apply("kubectl-test"),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    pub async fn apply_simple(&self, name: &str) {
+        self.apply_resource(name, json!({ "seeds": ["https://books.example.org/tag/"] }))
+            .await;
+    }
+
+    /// Waits until every named resource is assigned; returns name -> worker.
+    pub async fn assert_all_assigned(&self, names: &[&str]) -> BTreeMap<String, String> {
+        let api = self.api();
+        wait_for("all resources assigned", BOUND, POLL, || {
+            let api = api.clone();
+            async move {
+                let mut placed = BTreeMap::new();
+                for name in names {
+                    let r = api.get(name).await.map_err(|e| e.to_string())?;
+                    match assigned_worker(&r) {
+                        Some(w) => placed.insert((*name).to_owned(), w),
+                        None => return Err(format!("{name} is not assigned: {:?}", r.status)),
+                    };
+                }
+                Ok::<_, String>(placed)
+            }
+        })
+        .await
+    }
+
+    pub async fn assert_assigned(&self, name: &str, worker: &str) {
+        let api = self.api();
+        wait_for(&format!("{name} assigned to {worker}"), BOUND, POLL, || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                match assigned_worker(&r) {
+                    Some(w) if w == worker => Ok(r),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+    }
+
+    pub async fn resource_versions(&self) -> BTreeMap<String, String> {
+        self.api()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name_any(), r.resource_version().unwrap()))
+            .collect()
+    }
+
+    pub async fn lease_holder(&self) -> Option<String> {
+        Api::<Lease>::namespaced(self.client.clone(), self.ns())
+            .get_opt(LEASE)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    }
+
+    pub async fn wait_for_leader(&self, identity: &str) {
+        wait_for(
+            &format!("{identity} to hold the Lease"),
+            BOUND,
+            POLL,
+            || async {
+                match self.lease_holder().await {
+                    Some(h) if h == identity => Ok(()),
+                    other => Err(format!("holder {other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
+    pub async fn events(&self) -> Vec<Event> {
+        Api::<Event>::namespaced(self.client.clone(), self.ns())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    pub fn logs(&self) -> String {
+        self.controllers
+            .iter()
+            .chain(&self.workers)
+            .map(|c| format!("--- {}:\n{}", c.log.display(), c.log_tail(40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+pub fn assigned_worker(r: &CrawlerResource) -> Option<String> {
+    r.status.as_ref()?.assigned_worker.clone()
+}
+
+pub fn count_by_worker(placed: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for w in placed.values() {
+        *counts.entry(w.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// Installs the CRD generated from the Rust types (idempotent) and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = CrawlerResource::crd();
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply("crawler-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("installing the CRD");
+    wait_for("the CRD to be established", BOUND, POLL, || async {
+        let crd = api.get(&crd.name_any()).await.map_err(|e| e.to_string())?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            Ok(())
+        } else {
+            Err("not established".to_owned())
+        }
+    })
+    .await;
+    // Established can precede the resource being served by a moment.
+    let resources: Api<CrawlerResource> = Api::all(client.clone());
+    wait_for("CrawlerResources to be served", BOUND, POLL, || async {
+        resources
+            .list(&ListParams::default().limit(1))
+            .await
+            .map(|_| ())
+    })
+    .await;
+}

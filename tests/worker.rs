@@ -1,0 +1,349 @@
+//! The worker against a real kube-apiserver and a local web site: it crawls what is assigned to
+//! it, reports progress, and stops when the resource is deleted, suspended, moved, or when the
+//! worker is cut off from the API server. The site logs every request with the worker's name
+//! (from the User-Agent), so "no overlap" is checked on what the site actually received.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::HeaderMap,
+    response::Html,
+    routing::get,
+};
+use crawler_operator::crd::{Phase, TaskState};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::{
+    pods::delete_pod,
+    proxy::Proxy,
+    story::{BOUND, HEARTBEAT, POLL, Story, assigned_worker},
+    wait_for,
+};
+
+/// One request the site received.
+#[derive(Clone, Debug)]
+struct Hit {
+    at: Instant,
+    task: String,
+    worker: String,
+}
+
+/// An endless binary tree of pages per task: /t/<task>/<n> links to 2n and 2n+1.
+struct Site {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Site {
+    async fn start() -> Self {
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let app = Router::new()
+            .route("/robots.txt", get(|| async { "User-agent: *\nAllow: /\n" }))
+            .route("/t/{task}/{n}", get(page))
+            .with_state(Arc::clone(&hits));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, hits }
+    }
+
+    fn seed(&self, task: &str) -> String {
+        format!("http://{}/t/{task}/1", self.addr)
+    }
+
+    fn hits(&self, task: &str) -> Vec<Hit> {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.task == task)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for `count` requests for `task` from `worker` (made after `after`, if given).
+    async fn wait_for_hits(&self, task: &str, worker: &str, after: Option<Instant>, count: usize) {
+        wait_for(
+            &format!("{count} requests for {task} from {worker}"),
+            BOUND,
+            POLL,
+            || async {
+                let n = self
+                    .hits(task)
+                    .iter()
+                    .filter(|h| h.worker == worker && after.is_none_or(|a| h.at > a))
+                    .count();
+                if n >= count {
+                    Ok(())
+                } else {
+                    Err(format!("{n} so far"))
+                }
+            },
+        )
+        .await;
+    }
+}
+
+async fn page(
+    State(hits): State<Arc<Mutex<Vec<Hit>>>>,
+    Path((task, n)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Html<String> {
+    let ua = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let worker = ua
+        .split("(worker ")
+        .nth(1)
+        .unwrap_or("?")
+        .trim_end_matches(')')
+        .to_owned();
+    hits.lock().unwrap().push(Hit {
+        at: Instant::now(),
+        task: task.clone(),
+        worker,
+    });
+    Html(format!(
+        "<html><head><title>{task} page {n}</title></head><body>\
+         <a href=\"/t/{task}/{}\">left</a> <a href=\"/t/{task}/{}\">right</a></body></html>",
+        2 * n,
+        2 * n + 1
+    ))
+}
+
+/// A crawl that keeps going for the whole test: deep, at 20 requests/s.
+fn endless(site: &Site, task: &str) -> serde_json::Value {
+    json!({ "seeds": [site.seed(task)], "maxDepth": 10, "rateLimit": { "requestsPerSecond": 20, "burst": 1 } })
+}
+
+/// How long a stopped task may still be seen sending (watch latency + cancellation), generous
+/// for a loaded 2-core machine.
+const STOP_BOUND: Duration = Duration::from_millis(1500);
+
+async fn assert_silent(site: &Site, task: &str, since: Instant) -> Duration {
+    // Absence can only be observed over a window: wait past the bound, then look.
+    tokio::time::sleep(STOP_BOUND + Duration::from_millis(500)).await;
+    let late: Vec<Hit> = site
+        .hits(task)
+        .into_iter()
+        .filter(|h| h.at > since + STOP_BOUND)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} requests for {task} more than {STOP_BOUND:?} after it was stopped: {late:?}",
+        late.len()
+    );
+    site.hits(task)
+        .iter()
+        .map(|h| h.at.saturating_duration_since(since))
+        .max()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assigned_task_is_crawled_reported_and_stopped_on_delete() {
+    let site = Site::start().await;
+    let mut story = Story::new("crawl").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", None);
+    story
+        .apply_resource("task-a", endless(&site, "task-a"))
+        .await;
+    story.assert_assigned("task-a", "worker-1").await;
+    site.wait_for_hits("task-a", "worker-1", None, 5).await;
+
+    // Progress appears in status, under the worker's own field manager.
+    let api = story.api();
+    let progress = wait_for("progress in status", BOUND, POLL, || async {
+        let r = api.get("task-a").await.map_err(|e| e.to_string())?;
+        match r.status.and_then(|s| s.progress) {
+            Some(p) if p.pages_fetched >= 3 => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(progress.worker, "worker-1");
+    assert_eq!(progress.state, TaskState::Running);
+    assert_eq!(progress.assignment, 1);
+    assert!(progress.last_activity.is_some());
+    // Records land in the worker's output, one JSON object per page.
+    let output = std::fs::read_to_string(story.output_of("worker-1")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(output.lines().next().unwrap()).unwrap();
+    assert_eq!(first["task"], "task-a");
+    assert_eq!(first["status"], 200);
+
+    // Deleted: the site sees no request from it after a short bound.
+    story
+        .api()
+        .delete("task-a", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleted = Instant::now();
+    let last = assert_silent(&site, "task-a", deleted).await;
+    println!("last request of task-a {last:?} after its delete returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_stops_the_task_and_resume_runs_it_again() {
+    let site = Site::start().await;
+    let mut story = Story::new("suspend").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", None);
+    story
+        .apply_resource("task-b", endless(&site, "task-b"))
+        .await;
+    site.wait_for_hits("task-b", "worker-1", None, 3).await;
+
+    let patch = |suspend: bool| json!({ "spec": { "suspend": suspend } });
+    story
+        .api()
+        .patch(
+            "task-b",
+            &PatchParams::default(),
+            &Patch::Merge(patch(true)),
+        )
+        .await
+        .unwrap();
+    let suspended = Instant::now();
+    let api = story.api();
+    wait_for("phase Suspended", BOUND, POLL, || async {
+        let r = api.get("task-b").await.map_err(|e| e.to_string())?;
+        match r.status.and_then(|s| s.phase) {
+            Some(Phase::Suspended) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let last = assert_silent(&site, "task-b", suspended).await;
+    println!("last request of task-b {last:?} after suspend");
+
+    story
+        .api()
+        .patch(
+            "task-b",
+            &PatchParams::default(),
+            &Patch::Merge(patch(false)),
+        )
+        .await
+        .unwrap();
+    site.wait_for_hits("task-b", "worker-1", Some(Instant::now()), 3)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_task_stops_on_the_old_worker_before_the_new_one_starts() {
+    let site = Site::start().await;
+    let mut story = Story::new("move").await;
+    story.ready_worker("worker-1").await;
+    story.ready_worker("worker-2").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", None);
+    story.start_worker("worker-2", None);
+    story
+        .apply_resource("task-c", endless(&site, "task-c"))
+        .await;
+    let from = story.assert_all_assigned(&["task-c"]).await["task-c"].clone();
+    let to = if from == "worker-1" {
+        "worker-2"
+    } else {
+        "worker-1"
+    };
+    site.wait_for_hits("task-c", &from, None, 3).await;
+
+    // The old worker's Pod is deleted (its process keeps running, as a kubelet would still be
+    // killing it): the controller moves the task, the old process sees it go and stops.
+    delete_pod(&story.client, story.ns(), &from).await;
+    story.assert_assigned("task-c", to).await;
+    site.wait_for_hits("task-c", to, None, 3).await;
+    let hits = site.hits("task-c");
+    let last_old = hits
+        .iter()
+        .filter(|h| h.worker == from)
+        .map(|h| h.at)
+        .max()
+        .unwrap();
+    let first_new = hits
+        .iter()
+        .filter(|h| h.worker == to)
+        .map(|h| h.at)
+        .min()
+        .unwrap();
+    assert!(
+        last_old < first_new,
+        "overlap: {from} still crawled {:?} after {to} started",
+        last_old - first_new
+    );
+    println!(
+        "gap between the old worker's last and the new worker's first request: {:?}",
+        first_new - last_old
+    );
+    let r = story.api().get("task-c").await.unwrap();
+    assert_eq!(r.status.unwrap().assignments, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_overlap() {
+    let site = Site::start().await;
+    let mut story = Story::new("cutoff").await;
+    let proxy = Proxy::start(story.cp.apiserver_addr());
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", Some(&proxy));
+    story
+        .apply_resource("task-d", endless(&site, "task-d"))
+        .await;
+    story.assert_assigned("task-d", "worker-1").await;
+    site.wait_for_hits("task-d", "worker-1", None, 3).await;
+    story.ready_worker("worker-2").await;
+    story.start_worker("worker-2", None);
+
+    // worker-1's Pod still looks Ready (no kubelet noticed anything); only its heartbeat stops.
+    proxy.cut();
+    let cut = Instant::now();
+    story.assert_assigned("task-d", "worker-2").await;
+    let moved = cut.elapsed();
+    site.wait_for_hits("task-d", "worker-2", Some(cut), 3).await;
+    let hits = site.hits("task-d");
+    let last_old = hits
+        .iter()
+        .filter(|h| h.worker == "worker-1")
+        .map(|h| h.at)
+        .max()
+        .unwrap();
+    let first_new = hits
+        .iter()
+        .filter(|h| h.worker == "worker-2")
+        .map(|h| h.at)
+        .min()
+        .unwrap();
+    println!(
+        "cut-off: worker-1 stopped {:?} after the cut, the task moved after {moved:?}, worker-2 started {:?} after the cut",
+        last_old.saturating_duration_since(cut),
+        first_new - cut
+    );
+    assert!(
+        last_old < first_new,
+        "overlap: worker-1 crawled until {:?} after worker-2 started",
+        last_old - first_new
+    );
+    assert!(
+        last_old < cut + HEARTBEAT / 2 + Duration::from_millis(500),
+        "worker-1 kept crawling {:?} after the cut",
+        last_old - cut
+    );
+    assert_eq!(
+        assigned_worker(&story.api().get("task-d").await.unwrap()).as_deref(),
+        Some("worker-2")
+    );
+}
