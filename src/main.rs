@@ -11,6 +11,7 @@ use crawler_operator::{
     crd::CrawlerResource,
     leader::{LeaderElector, LeaseSettings},
     scheduler::PolicyKind,
+    telemetry::{self, Health, Metrics, Role},
     worker,
 };
 use kube::CustomResourceExt;
@@ -62,6 +63,9 @@ struct WorkerArgs {
     /// renewal; the worker stops its tasks after half of it without a renewal.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat_duration: Duration,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_addr: std::net::SocketAddr,
     /// How often a running task's progress is written into its status.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     progress_interval: Duration,
@@ -102,6 +106,9 @@ struct ControllerArgs {
     /// How long a leader keeps acting without a successful renewal (< lease duration).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     renew_deadline: Duration,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_addr: std::net::SocketAddr,
     /// Interval between renewals / acquisition attempts (< renew deadline).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     retry_period: Duration,
@@ -133,8 +140,13 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
+        // Colours only on a terminal: log files and collectors get plain text.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
@@ -190,7 +202,20 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
     });
 
-    let controller = controller::run(client, settings, leadership, stopped(stop_rx));
+    let metrics = Metrics::new(Role::Controller);
+    let health = Health::new();
+    let server = telemetry::bind(args.metrics_addr).await?;
+    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
+    let http =
+        tokio::spawn(server.serve(metrics.clone(), health.clone(), stopped(stop_rx.clone())));
+    let controller = controller::run(
+        client,
+        settings,
+        leadership,
+        metrics,
+        health,
+        stopped(stop_rx),
+    );
     tokio::pin!(controller);
     let result = tokio::select! {
         r = &mut controller => {
@@ -207,6 +232,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             Err(e) => Err(anyhow::Error::new(e).context("leader election task failed")),
         },
     };
+    http.abort();
     if !election.is_finished() {
         // Wake the elector (if the controller ended on its own) and let it release the Lease.
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
@@ -242,7 +268,14 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         heartbeat_duration: args.heartbeat_duration,
         progress_interval: args.progress_interval,
     };
-    worker::run(client, settings, shutdown_signal()).await
+    let metrics = Metrics::new(Role::Worker);
+    let health = Health::new();
+    let server = telemetry::bind(args.metrics_addr).await?;
+    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
+    let http = tokio::spawn(server.serve(metrics.clone(), health.clone(), std::future::pending()));
+    let result = worker::run(client, settings, metrics, health, shutdown_signal()).await;
+    http.abort();
+    result
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).

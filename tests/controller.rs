@@ -194,7 +194,9 @@ async fn unschedulable_until_a_worker_is_ready() {
             "ADDRESS",
             "WEIGHT",
             "ASSIGNMENTS",
-            "SUSPENDED"
+            "SUSPENDED",
+            "STATE",
+            "PAGES"
         ],
         "{text}"
     );
@@ -297,6 +299,36 @@ async fn only_the_leader_writes_and_the_standby_takes_over_when_it_dies() {
             Some("controller-a"),
             "{e:?}"
         );
+    }
+
+    // Operations: both replicas are ready; the leader says so and counts its assignments.
+    let (code, leader_metrics) = Story::http_get(&story.controllers[0], "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        leader_metrics.contains("crawler_controller_leader 1"),
+        "{leader_metrics}"
+    );
+    assert!(
+        leader_metrics.contains("crawler_controller_assignments_total{kind=\"assigned\"} 5"),
+        "{leader_metrics}"
+    );
+    assert!(
+        leader_metrics.contains("crawler_controller_worker_load{namespace="),
+        "{leader_metrics}"
+    );
+    let (_, standby_metrics) = Story::http_get(&story.controllers[1], "/metrics").await;
+    assert!(
+        standby_metrics.contains("crawler_controller_leader 0"),
+        "{standby_metrics}"
+    );
+    for controller in &story.controllers {
+        wait_for("the replica to be ready", BOUND, POLL, || async {
+            match Story::http_get(controller, "/readyz").await {
+                (200, _) => Ok(()),
+                (code, body) => Err(format!("{code} {body}")),
+            }
+        })
+        .await;
     }
 
     // SIGKILL the leader: the standby leads within lease duration + retry period (+ slack), and

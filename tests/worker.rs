@@ -120,6 +120,15 @@ async fn page(
     ))
 }
 
+/// The value of an unlabelled sample in an OpenMetrics text.
+fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
+}
+
 /// A crawl that keeps going for the whole test: deep, at 20 requests/s.
 fn endless(site: &Site, task: &str) -> serde_json::Value {
     json!({ "seeds": [site.seed(task)], "maxDepth": 10, "rateLimit": { "requestsPerSecond": 20, "burst": 1 } })
@@ -182,6 +191,18 @@ async fn an_assigned_task_is_crawled_reported_and_stopped_on_delete() {
     assert_eq!(first["task"], "task-a");
     assert_eq!(first["status"], 200);
 
+    // Operations: the worker is ready and counts what it fetched.
+    let (code, _) = Story::http_get(&story.workers[0], "/readyz").await;
+    assert_eq!(code, 200);
+    let (code, metrics) = Story::http_get(&story.workers[0], "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("crawler_worker_running_tasks 1"),
+        "{metrics}"
+    );
+    let pages = metric_value(&metrics, "crawler_worker_pages_fetched_total");
+    assert!(pages >= 3.0, "{metrics}");
+
     // Deleted: the site sees no request from it after a short bound.
     story
         .api()
@@ -191,6 +212,15 @@ async fn an_assigned_task_is_crawled_reported_and_stopped_on_delete() {
     let deleted = Instant::now();
     let last = assert_silent(&site, "task-a", deleted).await;
     println!("last request of task-a {last:?} after its delete returned");
+    let (_, metrics) = Story::http_get(&story.workers[0], "/metrics").await;
+    assert!(
+        metrics.contains("crawler_worker_running_tasks 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("crawler_worker_tasks_stopped_total{reason=\"unassigned\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,6 +128,15 @@ pub struct Index {
     resources_synced: bool,
 }
 
+/// See [`Index::stats`].
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// (namespace, worker, load, capacity)
+    pub workers: Vec<(String, String, Load, Option<Load>)>,
+    pub resources: usize,
+    pub unschedulable: usize,
+}
+
 /// What the reconciler should do for one resource.
 #[derive(Debug, PartialEq)]
 pub enum Plan {
@@ -407,6 +416,28 @@ impl Index {
             .iter()
             .flat_map(|(ns, n)| n.resources.keys().map(|r| Key::new(ns.clone(), r.clone())))
             .collect()
+    }
+
+    /// Numbers for the metrics: every worker's load and capacity, resources, unschedulable ones.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for (ns_name, ns) in &self.namespaces {
+            stats.resources += ns.resources.len();
+            stats.unschedulable += ns
+                .resources
+                .values()
+                .filter(|r| r.status.phase == Some(Phase::Unschedulable))
+                .count();
+            stats.workers.extend(ns.workers.values().map(|w| {
+                (
+                    ns_name.clone(),
+                    w.worker.name.clone(),
+                    w.worker.load,
+                    w.worker.capacity,
+                )
+            }));
+        }
+        stats
     }
 
     /// Load of a worker as decisions see it (for tests, metrics and diagnostics).

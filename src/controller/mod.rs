@@ -42,6 +42,7 @@ use crate::{
     heartbeat,
     leader::Leadership,
     scheduler::{Policy, PolicyKind},
+    telemetry::{AssignmentKind, Health, Metrics, ReconcileOutcome, WorkerLoad, WriteOutcome},
 };
 
 /// Server-side apply field manager of the controller's status fields.
@@ -102,6 +103,8 @@ struct Context {
     policy: Box<dyn Policy>,
     leadership: watch::Receiver<Leadership>,
     events: mpsc::Sender<(Key, index::PlanEvent, CrawlerResource)>,
+    metrics: Metrics,
+    health: Health,
 }
 
 /// Runs the controller until `shutdown` resolves. Watches run whether or not this replica leads, so
@@ -110,6 +113,8 @@ pub async fn run(
     client: Client,
     settings: Settings,
     leadership: watch::Receiver<Leadership>,
+    metrics: Metrics,
+    health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::channel(1024);
@@ -121,6 +126,8 @@ pub async fn run(
         queue: WorkQueue::new(),
         leadership,
         events: events_tx,
+        metrics,
+        health,
     });
     tracing::info!(policy = ctx.policy.name(), namespace = ?ctx.settings.namespace, workers = %ctx.settings.worker_selector, "controller starting");
 
@@ -130,6 +137,7 @@ pub async fn run(
     tasks.spawn(watch_heartbeats(Arc::clone(&ctx)));
     tasks.spawn(expire_heartbeats(Arc::clone(&ctx)));
     tasks.spawn(follow_leadership(Arc::clone(&ctx)));
+    tasks.spawn(report(Arc::clone(&ctx)));
     tasks.spawn(publish_events(
         client,
         ctx.settings.instance.clone(),
@@ -302,8 +310,15 @@ async fn follow_leadership(ctx: Arc<Context>) {
 
 async fn reconcile_loop(ctx: Arc<Context>) {
     while let Some(key) = ctx.queue.next().await {
-        match reconcile(&ctx, &key).await {
-            Ok(()) => ctx.queue.forget(&key),
+        let started = Instant::now();
+        let result = reconcile(&ctx, &key).await;
+        let outcome = match &result {
+            Ok(outcome) => *outcome,
+            Err(e) => ReconcileOutcome::Error(e.category()),
+        };
+        ctx.metrics.reconcile_done(outcome, started.elapsed());
+        match result {
+            Ok(_) => ctx.queue.forget(&key),
             Err(e @ Error::Conflict { .. }) => {
                 tracing::debug!(error = %e, "conflict");
                 // The watch brings the newer object and queues it; this is only a safety net.
@@ -322,10 +337,56 @@ async fn reconcile_loop(ctx: Arc<Context>) {
     }
 }
 
+/// Metrics that are snapshots of the index, and readiness: ready once both caches have listed
+/// and the elector has said whether this replica leads.
+async fn report(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut leadership = ctx.leadership.clone();
+    let mut election_known = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = leadership.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                election_known = true;
+            }
+        }
+        let (stats, synced) = {
+            let index = ctx.index.lock();
+            (index.stats(), index.synced())
+        };
+        ctx.metrics
+            .set_index_sizes(stats.workers.len(), stats.resources);
+        ctx.metrics.set_unschedulable(stats.unschedulable);
+        ctx.metrics.set_queue_depth(ctx.queue.len());
+        ctx.metrics.set_worker_loads(stats.workers.into_iter().map(
+            |(namespace, worker, load, capacity)| WorkerLoad {
+                namespace,
+                worker,
+                load,
+                capacity,
+            },
+        ));
+        ctx.metrics
+            .set_leader(ctx.leadership.borrow().is_leading_now());
+        match (synced, election_known) {
+            (true, true) => ctx.health.set_ready(true),
+            (false, _) => ctx
+                .health
+                .set_not_ready("the Pod and CrawlerResource caches have not listed yet"),
+            (true, false) => ctx
+                .health
+                .set_not_ready("the leader election has not answered yet"),
+        }
+    }
+}
+
 /// Decide under the index lock, write without it.
-async fn reconcile(ctx: &Context, key: &Key) -> Result<(), Error> {
+async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> {
     if !ctx.leadership.borrow().is_leading_now() {
-        return Ok(());
+        return Ok(ReconcileOutcome::Nothing);
     }
     let now = Timestamp::now()
         .round(jiff::Unit::Second)
@@ -333,7 +394,7 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<(), Error> {
     let plan = {
         let mut index = ctx.index.lock();
         if !index.synced() {
-            return Ok(());
+            return Ok(ReconcileOutcome::Wait);
         }
         index.plan(
             key,
@@ -344,13 +405,15 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<(), Error> {
             },
         )
     };
-    let Plan::Write(write) = plan else {
-        return Ok(());
+    let write = match plan {
+        Plan::Nothing => return Ok(ReconcileOutcome::Nothing),
+        Plan::Wait => return Ok(ReconcileOutcome::Wait),
+        Plan::Write(write) => write,
     };
     // Leadership may have ended while we decided: a decision is only written by a leader.
     if !ctx.leadership.borrow().is_leading_now() {
         ctx.index.lock().forget(key);
-        return Ok(());
+        return Ok(ReconcileOutcome::Nothing);
     }
     let api: Api<CrawlerResource> = Api::namespaced(ctx.client.clone(), &key.namespace);
     // Server-side apply of the controller's fields only, carrying the resourceVersion the decision
@@ -372,19 +435,27 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<(), Error> {
             ctx.index
                 .lock()
                 .written(key, written.metadata.resource_version.clone());
+            ctx.metrics.status_write(WriteOutcome::Ok);
+            match write.event.as_ref().map(|e| e.reason) {
+                Some("Assigned") => ctx.metrics.assignment(AssignmentKind::Assigned),
+                Some("Reassigned") => ctx.metrics.assignment(AssignmentKind::Reassigned),
+                _ => {}
+            }
             if let Some(event) = write.event {
                 tracing::info!(resource = %key, reason = event.reason, "{}", event.note);
                 // Best effort: a full channel drops the Event, never the decision.
                 let _ = ctx.events.try_send((key.clone(), event, written));
             }
-            Ok(())
+            Ok(ReconcileOutcome::Ok)
         }
         Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
             ctx.index.lock().forget(key);
+            ctx.metrics.status_write(WriteOutcome::Conflict);
             Err(Error::Conflict { key: key.clone() })
         }
         Ok(Err(source)) => {
             ctx.index.lock().forget(key);
+            ctx.metrics.status_write(WriteOutcome::Error);
             Err(Error::Write {
                 key: key.clone(),
                 source,
@@ -393,6 +464,7 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<(), Error> {
         Err(_) => {
             // The write may still land; forgetting is safe because its watch event will be applied.
             ctx.index.lock().forget(key);
+            ctx.metrics.status_write(WriteOutcome::Timeout);
             Err(Error::Timeout {
                 key: key.clone(),
                 timeout: ctx.settings.write_timeout,

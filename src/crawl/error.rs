@@ -127,6 +127,20 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// Every value [`FetchError::kind`] returns.
+    pub const KINDS: [&'static str; 10] = [
+        "timeout",
+        "connect",
+        "request",
+        "body",
+        "redirect_loop",
+        "too_many_redirects",
+        "redirect_offsite",
+        "bad_redirect",
+        "robots_disallowed",
+        "robots_unavailable",
+    ];
+
     /// A short, bounded label, written to records as `error_kind`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -142,6 +156,11 @@ impl FetchError {
             FetchError::RobotsUnavailable { .. } => "robots_unavailable",
         }
     }
+}
+
+/// The bounded label for a record's `error_kind` (`other` for anything unknown), for metrics.
+pub fn kind_label(kind: &str) -> &'static str {
+    FetchError::KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other")
 }
 
 /// A record could not be written.

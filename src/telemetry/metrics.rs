@@ -107,12 +107,13 @@ label_enum! {
 label_enum! {
     /// Why a worker stopped running a task (label `reason`).
     TaskStopReason, label = "reason", {
-        /// The `CrawlerResource` was deleted.
-        Deleted => "deleted",
+        /// It is no longer assigned to this worker: deleted, or moved to another worker (the
+        /// assignment watch cannot tell the two apart).
+        Unassigned => "unassigned",
         /// `spec.suspend` was set.
         Suspended => "suspended",
-        /// The controller assigned it to another worker.
-        Moved => "moved",
+        /// The heartbeat could not be renewed in time, so every task stops.
+        Heartbeat => "heartbeat",
         /// The spec changed; the task is restarted with the new one.
         SpecChanged => "spec_changed",
         /// The crawl ended by itself (done or `maxPages` reached).
@@ -567,7 +568,7 @@ mod tests {
         metrics.set_index_sizes(2, 5);
         metrics.set_queue_depth(4);
         metrics.task_started();
-        metrics.task_stopped(TaskStopReason::Moved);
+        metrics.task_stopped(TaskStopReason::Unassigned);
         metrics.pages_fetched(7);
         metrics.fetch_error("timeout");
         metrics.heartbeat_renew_failed();

@@ -15,7 +15,7 @@ use tokio::{
     time::{Instant, sleep_until, timeout},
 };
 
-use crate::heartbeat;
+use crate::{heartbeat, telemetry::Metrics};
 
 /// Renews the heartbeat Lease of `pod` until `stop` turns true, publishing on `alive` whether the
 /// worker may run tasks: true only while a renewal sent less than `stop_after(duration)` ago
@@ -27,6 +27,7 @@ pub async fn run(
     duration: Duration,
     alive: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
+    metrics: Metrics,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let name = heartbeat::lease_name(&pod);
@@ -43,6 +44,9 @@ pub async fn run(
             () = sleep_until(wake) => {}
         }
         let now = Instant::now();
+        if let Some(v) = valid_until {
+            metrics.set_heartbeat_age((now + grace).saturating_duration_since(v));
+        }
         if valid_until.is_some_and(|v| now >= v) {
             valid_until = None;
             if alive.send_replace(false) {
@@ -61,8 +65,12 @@ pub async fn run(
                     tracing::info!(lease = %name, "heartbeat renewed: tasks may run");
                 }
             }
-            Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot renew the heartbeat"),
+            Ok(Err(e)) => {
+                metrics.heartbeat_renew_failed();
+                tracing::warn!(lease = %name, error = %e, "cannot renew the heartbeat");
+            }
             Err(_) => {
+                metrics.heartbeat_renew_failed();
                 tracing::warn!(lease = %name, "renewing the heartbeat timed out after {interval:?}");
             }
         }

@@ -33,6 +33,7 @@ use crate::{
     crawl::{self, CrawlConfig, JsonLinesSink, PageRecord, Sink, SinkError},
     crd::{CrawlerResource, TaskProgress, TaskState},
     heartbeat,
+    telemetry::{Health, Metrics, TaskStopReason},
 };
 
 /// How the worker runs (the `worker` subcommand's flags).
@@ -58,11 +59,20 @@ pub enum Output {
 
 /// One sink shared by all tasks, so records of different tasks never interleave mid-line.
 #[derive(Clone)]
-struct SharedSink(Arc<Mutex<JsonLinesSink<Box<dyn AsyncWrite + Unpin + Send>>>>);
+struct SharedSink {
+    out: Arc<Mutex<JsonLinesSink<Box<dyn AsyncWrite + Unpin + Send>>>>,
+    metrics: Metrics,
+}
 
 impl Sink for SharedSink {
     async fn write(&mut self, record: &PageRecord) -> Result<(), SinkError> {
-        self.0.lock().await.write(record).await
+        if record.status.is_some() {
+            self.metrics.pages_fetched(1);
+        }
+        if let Some(kind) = &record.error_kind {
+            self.metrics.fetch_error(crawl::error::kind_label(kind));
+        }
+        self.out.lock().await.write(record).await
     }
 }
 
@@ -78,6 +88,8 @@ struct Run {
 struct Task {
     run: Run,
     cancel: CancellationToken,
+    /// Why it was stopped, set before `cancel` fires (for the metrics).
+    stop_reason: Arc<parking_lot::Mutex<TaskStopReason>>,
     /// Latest resourceVersion seen, for fenced progress writes.
     version: watch::Sender<String>,
     handle: JoinHandle<()>,
@@ -87,6 +99,8 @@ struct Task {
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Metrics,
+    health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let writer: Box<dyn AsyncWrite + Unpin + Send> = match &settings.output {
@@ -97,7 +111,11 @@ pub async fn run(
         Output::Stdout => "stdout".to_owned(),
         Output::File(path) => path.display().to_string(),
     };
-    let sink = SharedSink(Arc::new(Mutex::new(JsonLinesSink::new(writer, target))));
+    let sink = SharedSink {
+        out: Arc::new(Mutex::new(JsonLinesSink::new(writer, target))),
+        metrics: metrics.clone(),
+    };
+    health.set_not_ready("waiting for the first heartbeat renewal");
 
     let (alive_tx, mut alive) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -108,6 +126,7 @@ pub async fn run(
         settings.heartbeat_duration,
         alive_tx,
         stop_rx,
+        metrics.clone(),
     ));
 
     let api: Api<CrawlerResource> = Api::namespaced(client.clone(), &settings.namespace);
@@ -122,6 +141,7 @@ pub async fn run(
         client,
         settings,
         sink,
+        metrics,
         assigned: HashMap::new(),
         tasks: HashMap::new(),
     };
@@ -149,10 +169,16 @@ pub async fn run(
             },
         }
         let may_run = *alive.borrow_and_update();
+        if may_run {
+            health.set_ready(true);
+        } else {
+            health.set_not_ready("the heartbeat Lease is not renewed: no task may run");
+        }
         worker.sync(may_run);
     }
 
     tracing::info!("worker stopping: stopping every task, then releasing the heartbeat");
+    health.set_not_ready("shutting down");
     let handles = worker.stop_all("the worker is shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(handles)).await;
     let _ = stop_tx.send(true);
@@ -164,6 +190,7 @@ struct Worker {
     client: Client,
     settings: Settings,
     sink: SharedSink,
+    metrics: Metrics,
     /// What the watch says is assigned to this Pod now.
     assigned: HashMap<String, CrawlerResource>,
     tasks: HashMap<String, Task>,
@@ -172,24 +199,35 @@ struct Worker {
 impl Worker {
     /// Make the running tasks match the assignments (none at all while the heartbeat is not alive).
     fn sync(&mut self, may_run: bool) {
-        let stale: Vec<(String, &'static str)> = self
+        let stale: Vec<(String, TaskStopReason, &'static str)> = self
             .tasks
             .iter()
             .filter_map(|(name, task)| {
-                let why = match self.assigned.get(name) {
-                    _ if !may_run => "the heartbeat could not be renewed",
-                    None => "it is no longer assigned to this worker (deleted, suspended or moved)",
-                    Some(r) if r.spec.suspend => "spec.suspend is true",
-                    Some(r) if run_of(r) != task.run => "its spec or assignment changed",
+                let (reason, why) = match self.assigned.get(name) {
+                    _ if !may_run => (
+                        TaskStopReason::Heartbeat,
+                        "the heartbeat could not be renewed",
+                    ),
+                    None => (
+                        TaskStopReason::Unassigned,
+                        "it is no longer assigned to this worker (deleted, suspended or moved)",
+                    ),
+                    Some(r) if r.spec.suspend => {
+                        (TaskStopReason::Suspended, "spec.suspend is true")
+                    }
+                    Some(r) if run_of(r) != task.run => (
+                        TaskStopReason::SpecChanged,
+                        "its spec or assignment changed",
+                    ),
                     Some(_) => return None,
                 };
-                Some((name.clone(), why))
+                Some((name.clone(), reason, why))
             })
             .collect();
-        for (name, why) in stale {
+        for (name, reason, why) in stale {
             if let Some(task) = self.tasks.remove(&name) {
                 tracing::info!(resource = %name, "stopping task: {why}");
-                task.cancel.cancel();
+                task.stop(reason);
             }
         }
         if !may_run {
@@ -214,6 +252,7 @@ impl Worker {
         tracing::info!(resource = %resource.name_any(), assignment = run.assignment, "starting task");
         let cancel = CancellationToken::new();
         let (version, version_rx) = watch::channel(resource.resource_version().unwrap_or_default());
+        let stop_reason = Arc::new(parking_lot::Mutex::new(TaskStopReason::Unassigned));
         let handle = tokio::spawn(run_task(
             self.client.clone(),
             self.settings.clone(),
@@ -222,10 +261,13 @@ impl Worker {
             self.sink.clone(),
             cancel.clone(),
             version_rx,
+            Arc::clone(&stop_reason),
+            self.metrics.clone(),
         ));
         Task {
             run,
             cancel,
+            stop_reason,
             version,
             handle,
         }
@@ -236,10 +278,17 @@ impl Worker {
             .drain()
             .map(|(name, task)| {
                 tracing::info!(resource = %name, "stopping task: {why}");
-                task.cancel.cancel();
+                task.stop(TaskStopReason::Shutdown);
                 task.handle
             })
             .collect()
+    }
+}
+
+impl Task {
+    fn stop(&self, reason: TaskStopReason) {
+        *self.stop_reason.lock() = reason;
+        self.cancel.cancel();
     }
 }
 
@@ -260,7 +309,25 @@ async fn run_task(
     sink: SharedSink,
     cancel: CancellationToken,
     version: watch::Receiver<String>,
+    stop_reason: Arc<parking_lot::Mutex<TaskStopReason>>,
+    metrics: Metrics,
 ) {
+    metrics.task_started();
+    let reason = run_crawl(client, settings, resource, run, sink, cancel, version).await;
+    let reason = reason.unwrap_or_else(|| *stop_reason.lock());
+    metrics.task_stopped(reason);
+}
+
+/// Runs the crawl and reports it; returns how it ended by itself (`None`: it was stopped).
+async fn run_crawl(
+    client: Client,
+    settings: Settings,
+    resource: CrawlerResource,
+    run: Run,
+    sink: SharedSink,
+    cancel: CancellationToken,
+    version: watch::Receiver<String>,
+) -> Option<TaskStopReason> {
     let name = resource.name_any();
     let reporter = Reporter {
         api: Api::namespaced(client.clone(), &settings.namespace),
@@ -280,7 +347,7 @@ async fn run_task(
                     Some(message),
                 )
                 .await;
-            return;
+            return Some(TaskStopReason::Failed);
         }
     };
     let (progress_tx, progress_rx) = watch::channel(crawl::Progress::default());
@@ -325,12 +392,14 @@ async fn run_task(
                     Some("stopped by the worker".to_owned()),
                 )
                 .await;
+            None
         }
         Ok(outcome) => {
             tracing::info!(resource = %name, pages = outcome.progress.pages_fetched, "task completed");
             reporter
                 .report(TaskState::Completed, &outcome.progress, None)
                 .await;
+            Some(TaskStopReason::Finished)
         }
         Err(e) => {
             let message = crawl::error::error_chain(&e);
@@ -338,6 +407,7 @@ async fn run_task(
             reporter
                 .report(TaskState::Failed, &progress, Some(message))
                 .await;
+            Some(TaskStopReason::Failed)
         }
     }
 }

@@ -77,6 +77,7 @@ impl Story {
             format!("--lease-duration={}ms", LEASE_DURATION.as_millis()),
             "--renew-deadline=2s".to_owned(),
             "--retry-period=500ms".to_owned(),
+            "--metrics-addr=127.0.0.1:0".to_owned(),
         ];
         let server = Server::new(
             "controller",
@@ -117,11 +118,48 @@ impl Story {
             format!("--output={}", self.output_of(pod).display()),
             format!("--heartbeat-duration={}ms", HEARTBEAT.as_millis()),
             "--progress-interval=300ms".to_owned(),
+            "--metrics-addr=127.0.0.1:0".to_owned(),
         ];
         let server = Server::new("worker", PathBuf::from("/usr/bin/env"), args.to_vec(), log);
         server.start();
         self.workers.push(server);
         self.workers.len() - 1
+    }
+
+    /// GET `path` from the metrics/health server of `process` (found in its log); returns the
+    /// status code and body.
+    pub async fn http_get(process: &Server, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = wait_for("the metrics address in the log", BOUND, POLL, || async {
+            let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+            log.lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+                .map(str::to_owned)
+                .ok_or("not logged yet")
+        })
+        .await;
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let code = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        (code, body)
     }
 
     /// Where worker `pod`'s page records go.
