@@ -120,7 +120,7 @@ async fn page(
     ))
 }
 
-/// The value of an unlabelled sample in an OpenMetrics text.
+/// The value of an unlabelled sample in an `OpenMetrics` text.
 fn metric_value(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()

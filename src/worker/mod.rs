@@ -253,16 +253,19 @@ impl Worker {
         let cancel = CancellationToken::new();
         let (version, version_rx) = watch::channel(resource.resource_version().unwrap_or_default());
         let stop_reason = Arc::new(parking_lot::Mutex::new(TaskStopReason::Unassigned));
+        let shared = Shared {
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+            sink: self.sink.clone(),
+            metrics: self.metrics.clone(),
+        };
         let handle = tokio::spawn(run_task(
-            self.client.clone(),
-            self.settings.clone(),
+            shared,
             resource,
             run.clone(),
-            self.sink.clone(),
             cancel.clone(),
             version_rx,
             Arc::clone(&stop_reason),
-            self.metrics.clone(),
         ));
         Task {
             run,
@@ -300,31 +303,40 @@ fn run_of(r: &CrawlerResource) -> Run {
     }
 }
 
-/// One task from start to its final report.
-async fn run_task(
+/// What every task of this worker shares.
+struct Shared {
     client: Client,
     settings: Settings,
+    sink: SharedSink,
+    metrics: Metrics,
+}
+
+/// One task from start to its final report.
+async fn run_task(
+    shared: Shared,
     resource: CrawlerResource,
     run: Run,
-    sink: SharedSink,
     cancel: CancellationToken,
     version: watch::Receiver<String>,
     stop_reason: Arc<parking_lot::Mutex<TaskStopReason>>,
-    metrics: Metrics,
 ) {
+    let metrics = shared.metrics.clone();
     metrics.task_started();
-    let reason = run_crawl(client, settings, resource, run, sink, cancel, version).await;
+    let reason = run_crawl(shared, resource, run, cancel, version).await;
     let reason = reason.unwrap_or_else(|| *stop_reason.lock());
     metrics.task_stopped(reason);
 }
 
 /// Runs the crawl and reports it; returns how it ended by itself (`None`: it was stopped).
 async fn run_crawl(
-    client: Client,
-    settings: Settings,
+    Shared {
+        client,
+        settings,
+        sink,
+        ..
+    }: Shared,
     resource: CrawlerResource,
     run: Run,
-    sink: SharedSink,
     cancel: CancellationToken,
     version: watch::Receiver<String>,
 ) -> Option<TaskStopReason> {
