@@ -34,6 +34,7 @@ struct Hit {
     at: Instant,
     task: String,
     worker: String,
+    cookie: Option<String>,
 }
 
 /// An endless binary tree of pages per task: /t/<task>/<n> links to 2n and 2n+1.
@@ -107,10 +108,15 @@ async fn page(
         .unwrap_or("?")
         .trim_end_matches(')')
         .to_owned();
+    let cookie = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     hits.lock().unwrap().push(Hit {
         at: Instant::now(),
         task: task.clone(),
         worker,
+        cookie,
     });
     Html(format!(
         "<html><head><title>{task} page {n}</title></head><body>\
@@ -375,5 +381,58 @@ async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_o
     assert_eq!(
         assigned_worker(&story.api().get("task-d").await.unwrap()).as_deref(),
         Some("worker-2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported() {
+    let site = Site::start().await;
+    let mut story = Story::new("secret").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", None);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "site-login" },
+        "stringData": { "cookie": "session=s3cr3t" },
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(story.client.clone(), story.ns())
+        .create(&kube::api::PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let mut with_cookie = endless(&site, "task-e");
+    with_cookie["cookieSecretRef"] = json!({ "name": "site-login", "key": "cookie" });
+    story.apply_resource("task-e", with_cookie).await;
+    site.wait_for_hits("task-e", "worker-1", None, 2).await;
+    assert!(
+        site.hits("task-e")
+            .iter()
+            .all(|h| h.cookie.as_deref() == Some("session=s3cr3t")),
+        "every request carries the Secret's cookie"
+    );
+    // The value never reaches the worker's log.
+    let log = std::fs::read_to_string(&story.workers[0].log).unwrap();
+    assert!(!log.contains("s3cr3t"), "the cookie leaked into the log");
+
+    let mut missing = endless(&site, "task-f");
+    missing["cookieSecretRef"] = json!({ "name": "no-such-secret", "key": "cookie" });
+    story.apply_resource("task-f", missing).await;
+    let api = story.api();
+    let progress = wait_for("a Failed report", BOUND, POLL, || async {
+        let r = api.get("task-f").await.map_err(|e| e.to_string())?;
+        match r.status.and_then(|s| s.progress) {
+            Some(p) if p.state == TaskState::Failed => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let message = progress.message.unwrap_or_default();
+    assert!(
+        message.contains("no-such-secret") && message.contains("does not exist"),
+        "{message}"
+    );
+    assert!(
+        site.hits("task-f").is_empty(),
+        "a task without its Secret must not crawl"
     );
 }
