@@ -129,7 +129,7 @@ pub struct CrawlerResourceSpec {
     #[schemars(range(min = 0, max = 10))]
     pub max_depth: i32,
 
-    /// Stop after this many pages. Unset: no limit but the depth.
+    /// Stop after this many pages (unset: 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub max_pages: Option<i32>,
