@@ -436,3 +436,45 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported()
         "a task without its Secret must not crawl"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_tasks_and_releases_the_heartbeat_so_they_move_at_once() {
+    let site = Site::start().await;
+    let mut story = Story::new("sigterm").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    let first = story.start_worker("worker-1", None);
+    story
+        .apply_resource("task-g", endless(&site, "task-g"))
+        .await;
+    site.wait_for_hits("task-g", "worker-1", None, 3).await;
+    story.ready_worker("worker-2").await;
+    story.start_worker("worker-2", None);
+
+    story.workers[first].signal("TERM");
+    let stopped = Instant::now();
+    story.assert_assigned("task-g", "worker-2").await;
+    let moved = stopped.elapsed();
+    println!("task moved {moved:?} after SIGTERM (heartbeat duration {HEARTBEAT:?})");
+    assert!(
+        moved < HEARTBEAT / 2,
+        "a released heartbeat moves the task at once, not at expiry: took {moved:?}"
+    );
+    site.wait_for_hits("task-g", "worker-2", None, 3).await;
+    let hits = site.hits("task-g");
+    let last_old = hits
+        .iter()
+        .filter(|h| h.worker == "worker-1")
+        .map(|h| h.at)
+        .max()
+        .unwrap();
+    let first_new = hits
+        .iter()
+        .filter(|h| h.worker == "worker-2")
+        .map(|h| h.at)
+        .min()
+        .unwrap();
+    assert!(last_old < first_new, "overlap after SIGTERM");
+    let log = std::fs::read_to_string(&story.workers[first].log).unwrap();
+    assert!(log.contains("heartbeat released"), "{log}");
+}
