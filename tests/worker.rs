@@ -5,140 +5,18 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use axum::{
-    Router,
-    extract::{Path, State},
-    http::HeaderMap,
-    response::Html,
-    routing::get,
-};
 use crawler_operator::crd::{Phase, TaskState};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use support::{
     pods::delete_pod,
     proxy::Proxy,
+    site::{Hit, Site, endless, metric_value},
     story::{BOUND, HEARTBEAT, POLL, Story, assigned_worker},
     wait_for,
 };
-
-/// One request the site received.
-#[derive(Clone, Debug)]
-struct Hit {
-    at: Instant,
-    task: String,
-    worker: String,
-    cookie: Option<String>,
-}
-
-/// An endless binary tree of pages per task: /t/<task>/<n> links to 2n and 2n+1.
-struct Site {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<Hit>>>,
-}
-
-impl Site {
-    async fn start() -> Self {
-        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let app = Router::new()
-            .route("/robots.txt", get(|| async { "User-agent: *\nAllow: /\n" }))
-            .route("/t/{task}/{n}", get(page))
-            .with_state(Arc::clone(&hits));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, hits }
-    }
-
-    fn seed(&self, task: &str) -> String {
-        format!("http://{}/t/{task}/1", self.addr)
-    }
-
-    fn hits(&self, task: &str) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| h.task == task)
-            .cloned()
-            .collect()
-    }
-
-    /// Waits for `count` requests for `task` from `worker` (made after `after`, if given).
-    async fn wait_for_hits(&self, task: &str, worker: &str, after: Option<Instant>, count: usize) {
-        wait_for(
-            &format!("{count} requests for {task} from {worker}"),
-            BOUND,
-            POLL,
-            || async {
-                let n = self
-                    .hits(task)
-                    .iter()
-                    .filter(|h| h.worker == worker && after.is_none_or(|a| h.at > a))
-                    .count();
-                if n >= count {
-                    Ok(())
-                } else {
-                    Err(format!("{n} so far"))
-                }
-            },
-        )
-        .await;
-    }
-}
-
-async fn page(
-    State(hits): State<Arc<Mutex<Vec<Hit>>>>,
-    Path((task, n)): Path<(String, u64)>,
-    headers: HeaderMap,
-) -> Html<String> {
-    let ua = headers
-        .get("user-agent")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let worker = ua
-        .split("(worker ")
-        .nth(1)
-        .unwrap_or("?")
-        .trim_end_matches(')')
-        .to_owned();
-    let cookie = headers
-        .get("cookie")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    hits.lock().unwrap().push(Hit {
-        at: Instant::now(),
-        task: task.clone(),
-        worker,
-        cookie,
-    });
-    Html(format!(
-        "<html><head><title>{task} page {n}</title></head><body>\
-         <a href=\"/t/{task}/{}\">left</a> <a href=\"/t/{task}/{}\">right</a></body></html>",
-        2 * n,
-        2 * n + 1
-    ))
-}
-
-/// The value of an unlabelled sample in an `OpenMetrics` text.
-fn metric_value(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
-}
-
-/// A crawl that keeps going for the whole test: deep, at 20 requests/s.
-fn endless(site: &Site, task: &str) -> serde_json::Value {
-    json!({ "seeds": [site.seed(task)], "maxDepth": 10, "rateLimit": { "requestsPerSecond": 20, "burst": 1 } })
-}
 
 /// How long a stopped task may still be seen sending (watch latency + cancellation), generous
 /// for a loaded 2-core machine.
@@ -324,6 +202,7 @@ async fn a_moved_task_stops_on_the_old_worker_before_the_new_one_starts() {
         "gap between the old worker's last and the new worker's first request: {:?}",
         first_new - last_old
     );
+    assert_eq!(site.overlaps(), Vec::<String>::new());
     let r = story.api().get("task-c").await.unwrap();
     assert_eq!(r.status.unwrap().assignments, Some(2));
 }
@@ -378,6 +257,7 @@ async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_o
         "worker-1 kept crawling {:?} after the cut",
         last_old - cut
     );
+    assert_eq!(site.overlaps(), Vec::<String>::new());
     assert_eq!(
         assigned_worker(&story.api().get("task-d").await.unwrap()).as_deref(),
         Some("worker-2")
@@ -475,6 +355,7 @@ async fn sigterm_stops_the_tasks_and_releases_the_heartbeat_so_they_move_at_once
         .min()
         .unwrap();
     assert!(last_old < first_new, "overlap after SIGTERM");
+    assert_eq!(site.overlaps(), Vec::<String>::new());
     let log = std::fs::read_to_string(&story.workers[first].log).unwrap();
     assert!(log.contains("heartbeat released"), "{log}");
 }

@@ -704,7 +704,7 @@ mod tests {
                 + " 1",
             "crawler_worker_running_tasks 0".into(),
             "crawler_worker_tasks_started_total 1".into(),
-            "crawler_worker_tasks_stopped_total{reason=\"moved\"} 1".into(),
+            "crawler_worker_tasks_stopped_total{reason=\"unassigned\"} 1".into(),
             "crawler_worker_tasks_stopped_total{reason=\"spec_changed\"} 0".into(),
             "crawler_worker_pages_fetched_total 7".into(),
             "crawler_worker_fetch_errors_total{kind=\"timeout\"} 1".into(),

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     crawl::{self, CrawlConfig, JsonLinesSink, PageRecord, Sink, SinkError},
-    crd::{CrawlerResource, TaskProgress, TaskState},
+    crd::{CrawlerResource, CrawlerResourceSpec, TaskProgress, TaskState},
     heartbeat,
     telemetry::{Health, Metrics, TaskStopReason},
 };
@@ -348,7 +348,7 @@ async fn run_crawl(
         assignment: run.assignment,
         version,
     };
-    let config = match crawl_config(&client, &settings, &resource).await {
+    let config = match crawl_config(&client, &settings, &resource, run.assignment).await {
         Ok(config) => config,
         Err(message) => {
             tracing::warn!(resource = %name, "task cannot start: {message}");
@@ -424,15 +424,15 @@ async fn run_crawl(
     }
 }
 
-/// The crawl configuration of a resource, with its cookie read from the referenced Secret.
-async fn crawl_config(
-    client: &Client,
-    settings: &Settings,
-    r: &CrawlerResource,
-) -> Result<CrawlConfig, String> {
-    let name = r.name_any();
-    let spec = &r.spec;
-    let mut config = CrawlConfig::new(spec.task_name(&name), spec.seeds.clone());
+/// The crawl configuration of a resource (without credentials): pure, so it can be fuzzed.
+/// The User-Agent names the worker and the assignment, so a site's log shows who crawled when.
+pub fn config_from_spec(
+    name: &str,
+    spec: &CrawlerResourceSpec,
+    worker: &str,
+    assignment: i64,
+) -> CrawlConfig {
+    let mut config = CrawlConfig::new(spec.task_name(name), spec.seeds.clone());
     config.max_depth = u32::try_from(spec.max_depth).unwrap_or(0);
     config.allowed_hosts.clone_from(&spec.allowed_hosts);
     config.rate_limit = crawl::RateLimit {
@@ -443,10 +443,21 @@ async fn crawl_config(
         config.max_pages = u64::try_from(max).unwrap_or(1).max(1);
     }
     config.user_agent = format!(
-        "{} (worker {})",
-        crawl::DEFAULT_USER_AGENT,
-        settings.pod_name
+        "{} (worker {worker}; assignment {assignment})",
+        crawl::DEFAULT_USER_AGENT
     );
+    config
+}
+
+/// The crawl configuration of a resource, with its cookie read from the referenced Secret.
+async fn crawl_config(
+    client: &Client,
+    settings: &Settings,
+    r: &CrawlerResource,
+    assignment: i64,
+) -> Result<CrawlConfig, String> {
+    let spec = &r.spec;
+    let mut config = config_from_spec(&r.name_any(), spec, &settings.pod_name, assignment);
     if let Some(secret_ref) = &spec.cookie_secret_ref {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
         let secret = secrets.get_opt(&secret_ref.name).await.map_err(|e| {
@@ -526,6 +537,65 @@ impl Reporter {
                 tracing::warn!(resource = %self.name, error = %e, "cannot report progress");
             }
             Err(_) => tracing::warn!(resource = %self.name, "reporting progress timed out"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> CrawlerResourceSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_spec_maps_onto_the_crawl() {
+        let s = spec(serde_json::json!({
+            "seeds": ["https://a.example/"], "maxDepth": 3, "maxPages": 50,
+            "rateLimit": { "requestsPerSecond": 0.5, "burst": 2 }, "allowedHosts": ["a.example", "b.example"],
+            "task": "douban_book_list"
+        }));
+        let c = config_from_spec("task-test-4", &s, "worker-1", 7);
+        assert_eq!(c.task, "douban_book_list");
+        assert_eq!((c.max_depth, c.max_pages), (3, 50));
+        assert_eq!(
+            c.rate_limit,
+            crawl::RateLimit {
+                requests_per_second: 0.5,
+                burst: 2
+            }
+        );
+        assert_eq!(c.allowed_hosts, Some(vec!["a.example".to_owned(), "b.example".to_owned()]));
+        assert!(
+            c.user_agent.ends_with("(worker worker-1; assignment 7)"),
+            "{}",
+            c.user_agent
+        );
+        assert!(c.validate().is_ok());
+    }
+
+    proptest! {
+        /// Whatever a spec holds (the API server's schema is the first line of defence, but a
+        /// spec can also be written before a CRD upgrade), mapping and validating never panics.
+        #[test]
+        fn any_spec_maps_and_validates_without_panicking(
+            seeds in proptest::collection::vec(".{0,40}", 0..4),
+            hosts in proptest::option::of(proptest::collection::vec(".{0,20}", 0..3)),
+            depth in any::<i32>(), pages in proptest::option::of(any::<i32>()),
+            rps in any::<f64>(), burst in any::<i32>(), weight in any::<i32>(),
+        ) {
+            let mut s = spec(serde_json::json!({ "seeds": [] }));
+            s.seeds = seeds;
+            s.allowed_hosts = hosts;
+            s.max_depth = depth;
+            s.max_pages = pages;
+            s.rate_limit = crate::crd::RateLimit { requests_per_second: rps, burst };
+            s.weight = weight;
+            let c = config_from_spec("x", &s, "w", 1);
+            let _ = c.validate();
         }
     }
 }

@@ -16,9 +16,11 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod invariants;
 pub mod pods;
 pub mod process;
 pub mod proxy;
+pub mod site;
 pub mod story;
 pub mod tools;
 

@@ -1,0 +1,202 @@
+//! A local web site for crawl tests: an endless binary tree of pages per task
+//! (`/t/<task>/<n>` links to `2n` and `2n+1`), `/slow/<task>/<n>` pages that answer after a
+//! delay, and a log of every request with the worker and assignment that sent it (parsed from
+//! the User-Agent `crawler-operator/<v> (worker <pod>; assignment <n>)`).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::HeaderMap,
+    response::Html,
+    routing::get,
+};
+use serde_json::json;
+
+use super::{
+    story::{BOUND, POLL},
+    wait_for,
+};
+
+/// One request the site received.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub at: Instant,
+    pub task: String,
+    pub worker: String,
+    pub assignment: i64,
+    pub cookie: Option<String>,
+}
+
+/// An endless binary tree of pages per task: /t/<task>/<n> links to 2n and 2n+1.
+pub struct Site {
+    pub addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Site {
+    pub async fn start() -> Self {
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let app = Router::new()
+            .route("/robots.txt", get(|| async { "User-agent: *\nAllow: /\n" }))
+            .route("/t/{task}/{n}", get(page))
+            .route("/slow/{task}/{n}", get(slow_page))
+            .with_state(Arc::clone(&hits));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, hits }
+    }
+
+    pub fn seed(&self, task: &str) -> String {
+        format!("http://{}/t/{task}/1", self.addr)
+    }
+
+    /// A seed whose pages each take 3 s to answer.
+    pub fn slow_seed(&self, task: &str) -> String {
+        format!("http://{}/slow/{task}/1", self.addr)
+    }
+
+    /// Tasks whose requests interleave between assignments: a request of an older assignment
+    /// made after the first request of a newer one means two workers ran the task at once.
+    /// Returns one line per violation.
+    pub fn overlaps(&self) -> Vec<String> {
+        let hits = self.hits.lock().unwrap().clone();
+        let mut tasks: std::collections::BTreeMap<&str, Vec<&Hit>> =
+            std::collections::BTreeMap::new();
+        for h in &hits {
+            tasks.entry(&h.task).or_default().push(h);
+        }
+        let mut violations = Vec::new();
+        for (task, hits) in tasks {
+            let mut first_of: std::collections::BTreeMap<i64, Instant> =
+                std::collections::BTreeMap::new();
+            for h in &hits {
+                let first = first_of.entry(h.assignment).or_insert(h.at);
+                *first = (*first).min(h.at);
+            }
+            for h in &hits {
+                if let Some((newer, at)) = first_of
+                    .range(h.assignment + 1..)
+                    .map(|(a, t)| (*a, *t))
+                    .min_by_key(|(_, t)| *t)
+                    && h.at > at
+                {
+                    violations.push(format!(
+                        "{task}: {} (assignment {}) still requested {:?} after assignment {newer} started",
+                        h.worker,
+                        h.assignment,
+                        h.at - at
+                    ));
+                }
+            }
+        }
+        violations
+    }
+
+    pub fn hits(&self, task: &str) -> Vec<Hit> {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.task == task)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for `count` requests for `task` from `worker` (made after `after`, if given).
+    pub async fn wait_for_hits(
+        &self,
+        task: &str,
+        worker: &str,
+        after: Option<Instant>,
+        count: usize,
+    ) {
+        wait_for(
+            &format!("{count} requests for {task} from {worker}"),
+            BOUND,
+            POLL,
+            || async {
+                let n = self
+                    .hits(task)
+                    .iter()
+                    .filter(|h| h.worker == worker && after.is_none_or(|a| h.at > a))
+                    .count();
+                if n >= count {
+                    Ok(())
+                } else {
+                    Err(format!("{n} so far"))
+                }
+            },
+        )
+        .await;
+    }
+}
+
+async fn page(
+    State(hits): State<Arc<Mutex<Vec<Hit>>>>,
+    Path((task, n)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Html<String> {
+    let ua = headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // "crawler-operator/0.1.0 (worker worker-1; assignment 2)"
+    let worker = ua
+        .split("(worker ")
+        .nth(1)
+        .and_then(|w| w.split([';', ')']).next())
+        .unwrap_or("?")
+        .to_owned();
+    let assignment = ua
+        .split("assignment ")
+        .nth(1)
+        .and_then(|a| a.trim_end_matches(')').parse().ok())
+        .unwrap_or(-1);
+    let cookie = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    hits.lock().unwrap().push(Hit {
+        at: Instant::now(),
+        task: task.clone(),
+        worker,
+        assignment,
+        cookie,
+    });
+    Html(format!(
+        "<html><head><title>{task} page {n}</title></head><body>\
+         <a href=\"/t/{task}/{}\">left</a> <a href=\"/t/{task}/{}\">right</a></body></html>",
+        2 * n,
+        2 * n + 1
+    ))
+}
+
+async fn slow_page(
+    state: State<Arc<Mutex<Vec<Hit>>>>,
+    path: Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Html<String> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    page(state, path, headers).await
+}
+
+/// The value of an unlabelled sample in an `OpenMetrics` text.
+pub fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
+}
+
+/// A crawl that keeps going for the whole test: deep, at 20 requests/s.
+pub fn endless(site: &Site, task: &str) -> serde_json::Value {
+    json!({ "seeds": [site.seed(task)], "maxDepth": 10, "rateLimit": { "requestsPerSecond": 20, "burst": 1 } })
+}
