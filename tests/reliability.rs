@@ -109,27 +109,11 @@ async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
         add(&story, &mut expected, format!("r-{i}")).await;
     }
     let mut recoveries = vec![settle(&story, &expected).await];
-    // The Lease holder over time, sampled every 100 ms, to judge every write against it.
-    let timeline: std::sync::Arc<std::sync::Mutex<Vec<(jiff::Timestamp, Option<String>)>>> =
-        std::sync::Arc::default();
-    let sampler = tokio::spawn({
-        let (timeline, leases) = (
-            timeline.clone(),
-            Api::<Lease>::namespaced(story.client.clone(), story.ns()),
-        );
-        async move {
-            loop {
-                if let Ok(lease) = leases.get("crawler-operator-leader").await {
-                    let holder = lease.spec.and_then(|s| s.holder_identity);
-                    timeline
-                        .lock()
-                        .unwrap()
-                        .push((jiff::Timestamp::now(), holder));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
+    let timeline = invariants::LeaseTimeline::start(
+        story.client.clone(),
+        story.ns(),
+        "crawler-operator-leader",
+    );
     let mut paused = 0;
     let mut serial = 6;
     for cycle in 0..cycles {
@@ -178,44 +162,14 @@ async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
         recoveries.push(fault.elapsed());
     }
     // No write by a non-leader: every Assigned/Reassigned Event (one per status write) comes
-    // from a replica that held the Lease around that moment (the sampling is 100 ms apart, and
-    // a leader acts at most its renew deadline, 2 s, past its last renewal).
-    sampler.abort();
+    // from a replica that held the Lease around that moment.
     let events: Vec<Event> = Api::<Event>::namespaced(story.client.clone(), story.ns())
         .list(&ListParams::default())
         .await
         .unwrap()
         .items;
-    let timeline = timeline.lock().unwrap().clone();
-    let mut judged = 0;
-    for e in events
-        .iter()
-        .filter(|e| matches!(e.reason.as_deref(), Some("Assigned" | "Reassigned")))
-    {
-        let (Some(who), Some(at)) = (
-            e.reporting_instance.as_deref(),
-            e.event_time.as_ref().map(|t| t.0),
-        ) else {
-            continue;
-        };
-        let window: Vec<&(jiff::Timestamp, Option<String>)> = timeline
-            .iter()
-            .filter(|(t, _)| {
-                *t >= at - jiff::SignedDuration::from_secs(3)
-                    && *t <= at + jiff::SignedDuration::from_millis(500)
-            })
-            .collect();
-        if window.is_empty() {
-            continue; // before the sampler started
-        }
-        judged += 1;
-        assert!(
-            window
-                .iter()
-                .any(|(_, holder)| holder.as_deref() == Some(who)),
-            "{who} wrote at {at} without holding the Lease: {window:?}"
-        );
-    }
+    let (judged, violations) = timeline.judge(&events);
+    assert_eq!(violations, Vec::<String>::new());
     println!(
         "{judged} writes judged against the Lease holder timeline; {paused} leaders paused past their lease and resumed"
     );
@@ -406,14 +360,57 @@ async fn a_slow_target_does_not_stall_the_other_tasks_of_its_worker() {
 async fn a_corpus_of_invalid_resources_is_refused_with_messages_naming_the_field() {
     let _serial = SERIAL.lock().await;
     let story = Story::new("corpus").await;
+    let corpus = invalid_specs();
+    let resource = ApiResource::erase::<crawler_operator::crd::CrawlerResource>(&());
+    let dynamic: Api<DynamicObject> =
+        Api::namespaced_with(story.client.clone(), story.ns(), &resource);
+    let url = "https://a.example/";
+    // A POST, as `kubectl create` / client-side `kubectl apply` send (a server-side apply of a
+    // value of the wrong type is answered 500 "failed to create typed patch object" instead).
+    for (spec, field) in &corpus {
+        let body: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
+            "metadata": { "name": "bad" }, "spec": spec,
+        }))
+        .unwrap();
+        match dynamic.create(&PostParams::default(), &body).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{spec}: {status:?}");
+                assert!(
+                    status.message.contains(field),
+                    "{spec}: {:?} does not name {field}",
+                    status.message
+                );
+            }
+            other => panic!("{spec} was accepted: {:?}", other.map(|r| r.name_any())),
+        }
+    }
+    assert!(
+        story.api().get_opt("bad").await.unwrap().is_none(),
+        "a refused apply created nothing"
+    );
+
+    // The longest valid name is accepted and placed like any other.
+    let mut story = story;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    let long = "a".repeat(253);
+    story.apply_resource(&long, json!({ "seeds": [url] })).await;
+    story.assert_assigned(&long, "worker-1").await;
+    println!(
+        "RELIABILITY scenario=bad-input corpus={} refused={} violations=0",
+        corpus.len(),
+        corpus.len()
+    );
+}
+
+/// Specs the API server must refuse, each with the field its message must name.
+fn invalid_specs() -> Vec<(serde_json::Value, &'static str)> {
     let url = "https://a.example/";
     let long_url = format!("https://a.example/{}", "x".repeat(2048));
     let many_seeds: Vec<String> = (0..101).map(|i| format!("https://a.example/{i}")).collect();
     let many_hosts: Vec<String> = (0..101).map(|i| format!("h{i}.example")).collect();
-    let resource = ApiResource::erase::<crawler_operator::crd::CrawlerResource>(&());
-    let dynamic: Api<DynamicObject> =
-        Api::namespaced_with(story.client.clone(), story.ns(), &resource);
-    let corpus = [
+    vec![
         (json!({}), "spec.seeds"),
         (json!({ "seeds": [] }), "spec.seeds"),
         (json!({ "seeds": many_seeds }), "spec.seeds"),
@@ -471,42 +468,5 @@ async fn a_corpus_of_invalid_resources_is_refused_with_messages_naming_the_field
             json!({ "seeds": [url], "workerSelector": { "matchLabels": "gpu" } }),
             "spec.workerSelector.matchLabels",
         ),
-    ];
-    // A POST, as `kubectl create` / client-side `kubectl apply` send (a server-side apply of a
-    // value of the wrong type is answered 500 "failed to create typed patch object" instead).
-    for (spec, field) in &corpus {
-        let body: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
-            "metadata": { "name": "bad" }, "spec": spec,
-        }))
-        .unwrap();
-        match dynamic.create(&PostParams::default(), &body).await {
-            Err(kube::Error::Api(status)) => {
-                assert_eq!(status.code, 422, "{spec}: {status:?}");
-                assert!(
-                    status.message.contains(field),
-                    "{spec}: {:?} does not name {field}",
-                    status.message
-                );
-            }
-            other => panic!("{spec} was accepted: {:?}", other.map(|r| r.name_any())),
-        }
-    }
-    assert!(
-        story.api().get_opt("bad").await.unwrap().is_none(),
-        "a refused apply created nothing"
-    );
-
-    // The longest valid name is accepted and placed like any other.
-    let mut story = story;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    let long = "a".repeat(253);
-    story.apply_resource(&long, json!({ "seeds": [url] })).await;
-    story.assert_assigned(&long, "worker-1").await;
-    println!(
-        "RELIABILITY scenario=bad-input corpus={} refused={} violations=0",
-        corpus.len(),
-        corpus.len()
-    );
+    ]
 }

@@ -2,13 +2,17 @@
 //! violation precisely. Scenarios call [`check`] at settle points and collect what it reports;
 //! the site's request log ([`super::site::Site::overlaps`]) covers "run by two workers at once".
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use crawler_operator::{
     crd::{CrawlerResource, Phase},
     heartbeat,
 };
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 
 /// What the cluster looked like when checked.
@@ -105,4 +109,84 @@ pub async fn check(client: &Client, ns: &str, expected: Option<&BTreeSet<String>
         }
     }
     snapshot
+}
+
+type Samples = Arc<Mutex<Vec<(jiff::Timestamp, Option<String>)>>>;
+
+/// The holder of a leader-election Lease over time, sampled every 100 ms, to judge writes against.
+pub struct LeaseTimeline {
+    samples: Samples,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseTimeline {
+    pub fn start(client: Client, ns: &str, lease: &'static str) -> Self {
+        let samples = Samples::default();
+        let leases = Api::<Lease>::namespaced(client, ns);
+        let task = tokio::spawn({
+            let samples = Arc::clone(&samples);
+            async move {
+                loop {
+                    if let Ok(l) = leases.get(lease).await {
+                        samples.lock().unwrap().push((
+                            jiff::Timestamp::now(),
+                            l.spec.and_then(|s| s.holder_identity),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Self {
+            samples,
+            sampler: task,
+        }
+    }
+
+    /// Judges every Assigned/Reassigned Event (the controller publishes one per placing status
+    /// write): its reporting instance must have held the Lease within 3 s before to 0.5 s after
+    /// the Event (a leader acts at most its renew deadline past its last renewal, and Events are
+    /// published just after the write). Returns how many were judged and the violations.
+    pub fn judge(&self, events: &[Event]) -> (usize, Vec<String>) {
+        let samples = self.samples.lock().unwrap();
+        let mut judged = 0;
+        let mut violations = Vec::new();
+        for e in events
+            .iter()
+            .filter(|e| matches!(e.reason.as_deref(), Some("Assigned" | "Reassigned")))
+        {
+            let (Some(who), Some(at)) = (
+                e.reporting_instance.as_deref(),
+                e.event_time.as_ref().map(|t| t.0),
+            ) else {
+                continue;
+            };
+            let window: Vec<_> = samples
+                .iter()
+                .filter(|(t, _)| {
+                    *t >= at - jiff::SignedDuration::from_secs(3)
+                        && *t <= at + jiff::SignedDuration::from_millis(500)
+                })
+                .collect();
+            if window.is_empty() {
+                continue; // before sampling started
+            }
+            judged += 1;
+            if !window
+                .iter()
+                .any(|(_, holder)| holder.as_deref() == Some(who))
+            {
+                violations.push(format!(
+                    "{who} wrote at {at} without holding the Lease; holders then: {window:?}"
+                ));
+            }
+        }
+        (judged, violations)
+    }
+}
+
+impl Drop for LeaseTimeline {
+    fn drop(&mut self) {
+        self.sampler.abort();
+    }
 }
