@@ -21,6 +21,7 @@ test: tools ## The whole check: fmt, clippy, generated files current, unit + int
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(MAKE) --no-print-directory check-generated
+	$(MAKE) --no-print-directory check-chart
 	$(CARGO) test --locked --all-targets
 
 .PHONY: unit
@@ -28,7 +29,7 @@ unit: ## Only the fast tests that need no control plane
 	$(CARGO) test --locked --lib
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types
+crds: ## Regenerate crds/ from the Rust types (then `make deploy-manifests` copies it into the chart)
 	$(CARGO) run --quiet --locked -- crdgen > $(CRD)
 
 .PHONY: check-generated
@@ -45,3 +46,48 @@ fmt: ## Format the code
 .PHONY: lint
 lint: ## clippy with warnings as errors
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+# --- Packaging: Helm chart, deploy/, Dockerfile (issue 5) ---
+
+.PHONY: chart-tools
+chart-tools: ## Install helm, kubernetes-validate and hadolint (cached outside the repo)
+	hack/install-tools.sh helm kubernetes-validate hadolint
+
+.PHONY: deploy-manifests
+deploy-manifests: chart-tools ## Copy crds/ into the chart and deploy/, render deploy/ from the chart
+	hack/chart.sh generate
+
+.PHONY: check-deploy
+check-deploy: chart-tools ## Fail when the chart's CRD copy or deploy/ is stale
+	hack/chart.sh check-deploy
+
+.PHONY: check-chart
+check-chart: chart-tools ## helm lint/template, offline schema validation, copies current, Dockerfile lint
+	hack/chart.sh check
+
+# --- Benchmarks (issue 7) ---
+
+.PHONY: bench
+bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; rewrites BENCHMARKS.md (~15 min)
+	hack/install-tools.sh kube-scheduler
+	BENCH_UPDATE_DOC=1 $(CARGO) test --release --locked --test bench -- --ignored --nocapture --test-threads=1
+
+# --- The demo: a local cluster with the whole system running (issue 6; docs/demo.md) ---
+
+.PHONY: demo
+demo: ## Local cluster (kube-apiserver, controller-manager, scheduler, kwok) + chart + controller + workers + sample crawls
+	hack/demo.sh up
+
+.PHONY: demo-down
+demo-down: ## Stop everything `make demo` started and remove its directory
+	hack/demo.sh down
+
+.PHONY: demo-test
+demo-test: ## The docs/demo.md walk-through as a test on its own demo cluster (~2 min once the tools are built)
+	$(CARGO) test --locked --test demo -- --ignored --nocapture
+
+# --- Reliability (issue 8) ---
+
+.PHONY: soak
+soak: tools ## The reliability scenarios with many more cycles (CRAWLER_SOAK=1, ~3 min); prints RELIABILITY lines
+	CRAWLER_SOAK=1 $(CARGO) test --locked --test reliability -- --nocapture --test-threads=1 2>&1 | tee target/soak.log | grep -oE '(RELIABILITY.*|test result.*)'

@@ -79,8 +79,9 @@ struct ControllerArgs {
     /// Label selector that makes a Pod a worker.
     #[arg(long, default_value = "app.kubernetes.io/component=crawler-worker")]
     worker_selector: String,
-    /// Port of the worker process; `status.assignedAddress` is podIP:port.
-    #[arg(long, default_value_t = 8080)]
+    /// Port of the worker process's HTTP server (its --metrics-addr); `status.assignedAddress`
+    /// is podIP:port.
+    #[arg(long, default_value_t = 9090)]
     worker_port: u16,
     /// Placement policy: least-loaded (spread) or bin-pack (fill the fullest worker that fits).
     #[arg(long, default_value = "least-loaded")]

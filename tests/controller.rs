@@ -166,7 +166,7 @@ async fn unschedulable_until_a_worker_is_ready() {
     let r = story.api().get("task-test-4").await.unwrap();
     let status = r.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Assigned));
-    assert_eq!(status.assigned_address.as_deref(), Some("10.1.0.9:8080"));
+    assert_eq!(status.assigned_address.as_deref(), Some("10.1.0.9:9090"));
     assert_eq!(status.observed_generation, r.metadata.generation);
 
     // What a user sees: kubectl's wide view shows the printer columns.

@@ -359,3 +359,31 @@ async fn sigterm_stops_the_tasks_and_releases_the_heartbeat_so_they_move_at_once
     let log = std::fs::read_to_string(&story.workers[first].log).unwrap();
     assert!(log.contains("heartbeat released"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_finishes_at_once_reports_completed() {
+    let site = Site::start().await;
+    let mut story = Story::new("complete").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", None);
+    // The seed only: the crawl ends after one page, faster than the watch catches up with the
+    // worker's own first report, so the final report must not be lost to a stale version.
+    story
+        .apply_resource(
+            "once",
+            json!({ "seeds": [site.seed("once")], "maxDepth": 0 }),
+        )
+        .await;
+    let api = story.api();
+    let progress = wait_for("a Completed report", BOUND, POLL, || async {
+        let r = api.get("once").await.map_err(|e| e.to_string())?;
+        match r.status.and_then(|s| s.progress) {
+            Some(p) if p.state == TaskState::Completed => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(progress.pages_fetched, 1);
+    assert_eq!(site.hits("once").len(), 1);
+}

@@ -496,14 +496,15 @@ async fn crawl_config(
     Ok(config)
 }
 
-/// Writes `status.progress` under the worker's field manager, fenced on the latest
-/// resourceVersion this worker saw: once the resource moves on (reassigned, deleted), a late
-/// report is refused rather than written over the new owner's.
+/// Writes `status.progress` under the worker's field manager, fenced on a resourceVersion at
+/// which the resource was still assigned to this worker under this assignment: once it moves on
+/// (reassigned, deleted), a late report is refused rather than written over the new owner's.
 struct Reporter {
     api: Api<CrawlerResource>,
     name: String,
     worker: String,
     assignment: i64,
+    /// The latest version the assignment watch delivered.
     version: watch::Receiver<String>,
 }
 
@@ -518,7 +519,46 @@ impl Reporter {
             last_activity: progress.last_activity.map(Time),
             message,
         };
-        let version = self.version.borrow().clone();
+        let mut version = self.version.borrow().clone();
+        // Our own previous report (or anyone's write) may have moved the version on before the
+        // watch told us: on a conflict, read the resource once and write again only if it is
+        // still ours under the same assignment.
+        for attempt in 0..2 {
+            match tokio::time::timeout(Duration::from_secs(5), self.write(&version, &report)).await
+            {
+                Ok(Ok(())) => return,
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 && attempt == 0 => {
+                    match self.api.get_opt(&self.name).await {
+                        Ok(Some(r)) if self.still_ours(&r) => {
+                            version = r.resource_version().unwrap_or_default();
+                        }
+                        _ => return,
+                    }
+                }
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 || s.code == 404 => {
+                    tracing::debug!(resource = %self.name, code = s.code, "progress report refused: the resource moved on");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(resource = %self.name, error = %e, "cannot report progress");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(resource = %self.name, "reporting progress timed out");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn still_ours(&self, r: &CrawlerResource) -> bool {
+        r.status.as_ref().is_some_and(|s| {
+            s.assigned_worker.as_deref() == Some(self.worker.as_str())
+                && s.assignments == Some(self.assignment)
+        })
+    }
+
+    async fn write(&self, version: &str, report: &TaskProgress) -> Result<(), kube::Error> {
         let patch = json!({
             "apiVersion": "crawler.dev/v1alpha1",
             "kind": "CrawlerResource",
@@ -526,18 +566,10 @@ impl Reporter {
             "status": { "progress": report },
         });
         let params = PatchParams::apply(heartbeat::FIELD_MANAGER).force();
-        let patch = Patch::Apply(&patch);
-        let write = self.api.patch_status(&self.name, &params, &patch);
-        match tokio::time::timeout(Duration::from_secs(5), write).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(kube::Error::Api(s))) if s.code == 409 || s.code == 404 => {
-                tracing::debug!(resource = %self.name, code = s.code, "progress report refused: the resource moved on");
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(resource = %self.name, error = %e, "cannot report progress");
-            }
-            Err(_) => tracing::warn!(resource = %self.name, "reporting progress timed out"),
-        }
+        self.api
+            .patch_status(&self.name, &params, &Patch::Apply(&patch))
+            .await?;
+        Ok(())
     }
 }
 
@@ -568,7 +600,10 @@ mod tests {
                 burst: 2
             }
         );
-        assert_eq!(c.allowed_hosts, Some(vec!["a.example".to_owned(), "b.example".to_owned()]));
+        assert_eq!(
+            c.allowed_hosts,
+            Some(vec!["a.example".to_owned(), "b.example".to_owned()])
+        );
         assert!(
             c.user_agent.ends_with("(worker worker-1; assignment 7)"),
             "{}",
