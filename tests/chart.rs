@@ -1,0 +1,1265 @@
+//! The Helm chart and `deploy/` against the real test API server (RBAC on): `helm install`
+//! creates what the chart promises, `deploy/` passes a server-side dry run, the chart's service
+//! accounts may do what their component needs and are refused (403) everything else, and the
+//! real controller and worker binaries, run as those accounts with the arguments of the chart's
+//! Deployments, do their job.
+//!
+//! Needs helm (`make chart-tools`, or `TEST_ASSET_HELM`) besides the usual etcd, kube-apiserver
+//! and kubectl.
+// Each RBAC test is a flat list of allowed and forbidden calls, best read top to bottom.
+#![allow(clippy::too_many_lines)]
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    fmt::Debug,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, http::HeaderMap, response::Html, routing};
+use crawler_operator::crd::CrawlerResource;
+use futures::TryStreamExt as _;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        coordination::v1::Lease,
+        core::v1::{Container, Pod, Secret, Service, ServiceAccount},
+        events::v1::Event,
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+    core::NamespaceResourceScope,
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use support::{ControlPlane, pods, process::Server, wait_for};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/crawler-operator");
+const CHART_CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/charts/crawler-operator/crds/crawlerresources.crawler.dev.yaml"
+);
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+const BOUND: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+
+// ----------------------------------------------------------------------------------------------
+// The tests
+
+#[tokio::test]
+async fn helm_install_creates_every_object_with_secure_defaults() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("chart-install").await;
+    let ns = ns.name();
+    install_crd(cp).await;
+    // Release "crawler": objects are named "<release>-<chart>-<component>". (Not the release name
+    // deploy/ uses: its cluster-wide objects would clash with the dry run of deploy/ below.)
+    let out = helm_install(cp, ns, "crawler", &[]).await;
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    let client = cp.client();
+    let fullname = "crawler-crawler-operator";
+
+    let controller: Deployment = get(&client, ns, &format!("{fullname}-controller")).await;
+    let worker: Deployment = get(&client, ns, &format!("{fullname}-worker")).await;
+    assert_eq!(controller.spec.replicas, Some(2));
+    assert_eq!(worker.spec.replicas, Some(2));
+    for (deployment, sa) in [
+        (&controller, format!("{fullname}-controller")),
+        (&worker, format!("{fullname}-worker")),
+    ] {
+        let pod = deployment.spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some(sa.as_str()));
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        let container = &pod.containers[0];
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".to_owned()])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let probes = [&container.liveness_probe, &container.readiness_probe];
+        let paths: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .unwrap()
+                    .http_get
+                    .as_ref()
+                    .unwrap()
+                    .path
+                    .clone()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(paths, ["/healthz", "/readyz"]);
+        let env = env_names(container);
+        assert!(
+            env.contains("POD_NAME") && env.contains("POD_NAMESPACE"),
+            "{env:?}"
+        );
+        // The ServiceAccount itself mounts no token: only the Pods that need one ask for it.
+        let account: ServiceAccount = get(&client, ns, &sa).await;
+        assert_eq!(account.automount_service_account_token, Some(false));
+    }
+    // Workers carry the label the controller selects on, and their capacity.
+    let template = &worker.spec.template;
+    let meta = template.metadata.as_ref().unwrap();
+    assert_eq!(
+        meta.labels.as_ref().unwrap()["app.kubernetes.io/component"],
+        "crawler-worker"
+    );
+    assert_eq!(
+        meta.annotations.as_ref().unwrap()["crawler.dev/capacity"],
+        "10"
+    );
+    let volumes = template.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+    assert!(volumes[0].empty_dir.is_some(), "{volumes:?}");
+
+    let _: Service = get(&client, ns, &format!("{fullname}-controller-metrics")).await;
+    let workers_svc: Service = get(&client, ns, &format!("{fullname}-worker-metrics")).await;
+    assert_eq!(
+        workers_svc.spec.unwrap().cluster_ip.as_deref(),
+        Some("None")
+    );
+    let pdb: PodDisruptionBudget = get(&client, ns, &format!("{fullname}-controller")).await;
+    assert!(pdb.spec.unwrap().max_unavailable.is_some());
+    // All namespaces watched: the controller's rules are a ClusterRole.
+    let _: ClusterRole = Api::all(client.clone())
+        .get(&format!("{fullname}-controller"))
+        .await
+        .expect("the controller's ClusterRole");
+    let _: ClusterRoleBinding = Api::all(client.clone())
+        .get(&format!("{fullname}-controller"))
+        .await
+        .expect("the controller's ClusterRoleBinding");
+    for name in [
+        format!("{fullname}-controller-leader-election"),
+        format!("{fullname}-worker"),
+    ] {
+        let _: Role = get(&client, ns, &name).await;
+        let _: RoleBinding = get(&client, ns, &name).await;
+    }
+}
+
+#[tokio::test]
+async fn deploy_manifests_pass_a_server_side_dry_run() {
+    let cp = support::control_plane();
+    install_crd(cp).await;
+    // deploy/ installs into namespace "crawler": a dry run creates nothing, so the namespaced
+    // objects need it to exist for real (this control plane is this test binary's own). It warns
+    // about anything that would break the "restricted" Pod Security Standard.
+    let admin = cp.client();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin);
+    let body = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": "crawler", "labels": { "pod-security.kubernetes.io/warn": "restricted" } },
+    });
+    namespaces
+        .patch(
+            "crawler",
+            &PatchParams::apply("chart-test"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("creating namespace crawler");
+    let mut command = tokio::process::Command::new(support::tools::binary("kubectl"));
+    command.arg("--kubeconfig").arg(cp.kubeconfig_path()).args([
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        &format!("{DEPLOY}/crawlerresources.crawler.dev.yaml"),
+        "-f",
+        &format!("{DEPLOY}/namespace.yaml"),
+        "-f",
+        &format!("{DEPLOY}/crawler-operator.yaml"),
+    ]);
+    let (out, warnings) = run_full(command, "kubectl apply --dry-run=server -f deploy/").await;
+    assert!(!warnings.contains("PodSecurity"), "{warnings}");
+    // The control: with privilege escalation allowed, the same dry run warns.
+    let mut command = helm(cp);
+    command.args([
+        "template",
+        "crawler-operator",
+        CHART,
+        "--namespace",
+        "crawler",
+    ]);
+    command.args(["--set", "securityContext.allowPrivilegeEscalation=true"]);
+    let weakened = cp.dir().join("weakened.yaml");
+    std::fs::write(&weakened, run(command, "helm template").await).unwrap();
+    let mut command = tokio::process::Command::new(support::tools::binary("kubectl"));
+    command.arg("--kubeconfig").arg(cp.kubeconfig_path());
+    command
+        .args(["apply", "--server-side", "--dry-run=server", "-f"])
+        .arg(&weakened);
+    let (_, warned) = run_full(command, "kubectl apply --dry-run=server (weakened)").await;
+    assert!(
+        warned.contains("would violate PodSecurity \"restricted:latest\""),
+        "{warned}"
+    );
+    assert!(
+        out.contains("namespace/crawler serverside-applied (server dry run)"),
+        "{out}"
+    );
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/crawlerresources.crawler.dev",
+        "deployment.apps/crawler-operator-controller",
+        "deployment.apps/crawler-operator-worker",
+        "clusterrole.rbac.authorization.k8s.io/crawler-operator-controller",
+        "poddisruptionbudget.policy/crawler-operator-controller",
+    ] {
+        assert!(
+            out.contains(&format!("{object} serverside-applied (server dry run)")),
+            "{out}"
+        );
+    }
+    // Nothing was created.
+    let deployments: Api<Deployment> = Api::namespaced(cp.client(), "crawler");
+    assert!(
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn the_controller_account_may_do_its_job_and_nothing_more() {
+    let cp = support::control_plane();
+    let (ns, other) = (
+        cp.namespace("chart-ctl").await,
+        cp.namespace("chart-ctl-other").await,
+    );
+    let (ns, other) = (ns.name(), other.name());
+    install_crd(cp).await;
+    helm_install(cp, ns, "ctl", &["fullnameOverride=rbac-ctl"]).await;
+    let admin = cp.client();
+    let me = cp.client_for_service_account(ns, "rbac-ctl-controller");
+    let lease_name = "rbac-ctl-leader";
+
+    // Objects to act on, made by the admin.
+    for n in [ns, other] {
+        pods::create_worker_pod(&admin, n, "worker-0", &[]).await;
+        create_resource(&admin, n, "task").await.unwrap();
+        create_secret(&admin, n, "cookies").await;
+    }
+    create_lease(&admin, ns, "crawler-worker-worker-0")
+        .await
+        .unwrap();
+
+    // What it needs, in every namespace (all are watched by default).
+    for n in [ns, other] {
+        let pods: Api<Pod> = Api::namespaced(me.clone(), n);
+        allowed("list pods", pods.list(&ListParams::default()).await);
+        allowed("watch pods", watch(&pods).await);
+        allowed("get a pod", pods.get("worker-0").await);
+        let resources: Api<CrawlerResource> = Api::namespaced(me.clone(), n);
+        allowed(
+            "list crawlerresources",
+            resources.list(&ListParams::default()).await,
+        );
+        allowed("watch crawlerresources", watch(&resources).await);
+        allowed(
+            "patch crawlerresources/status",
+            resources
+                .patch_status(
+                    "task",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": { "phase": "Pending" } })),
+                )
+                .await,
+        );
+        let leases: Api<Lease> = Api::namespaced(me.clone(), n);
+        allowed(
+            "list leases (heartbeats)",
+            leases.list(&ListParams::default()).await,
+        );
+        allowed("watch leases (heartbeats)", watch(&leases).await);
+        allowed("create an event", create_event(&me, n, "task").await);
+    }
+    allowed(
+        "list pods in all namespaces",
+        Api::<Pod>::all(me.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    allowed(
+        "list crawlerresources in all namespaces",
+        Api::<CrawlerResource>::all(me.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    allowed(
+        "list leases in all namespaces",
+        Api::<Lease>::all(me.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+
+    // Leader election: its own Lease, in its own namespace.
+    let leases: Api<Lease> = Api::namespaced(me.clone(), ns);
+    let lease = allowed(
+        "create its leader Lease",
+        create_lease(&me, ns, lease_name).await,
+    );
+    allowed("get its leader Lease", leases.get(lease_name).await);
+    allowed(
+        "update its leader Lease",
+        leases
+            .replace(lease_name, &PostParams::default(), &lease)
+            .await,
+    );
+    forbidden(
+        "patch its leader Lease (it updates)",
+        leases
+            .patch(
+                lease_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({})),
+            )
+            .await,
+    );
+    forbidden(
+        "delete its leader Lease",
+        leases.delete(lease_name, &DeleteParams::default()).await,
+    );
+    let heartbeat: Lease = Api::namespaced(admin.clone(), ns)
+        .get("crawler-worker-worker-0")
+        .await
+        .unwrap();
+    forbidden(
+        "update a worker's heartbeat Lease",
+        leases
+            .replace(
+                "crawler-worker-worker-0",
+                &PostParams::default(),
+                &heartbeat,
+            )
+            .await,
+    );
+    forbidden(
+        "create a Lease in another namespace",
+        create_lease(&me, other, lease_name).await,
+    );
+
+    // What it may not do.
+    for n in [ns, other] {
+        let pods: Api<Pod> = Api::namespaced(me.clone(), n);
+        forbidden(
+            "delete a pod",
+            pods.delete("worker-0", &DeleteParams::default()).await,
+        );
+        forbidden(
+            "patch a pod",
+            pods.patch(
+                "worker-0",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "labels": { "x": "y" } } })),
+            )
+            .await,
+        );
+        let secrets: Api<Secret> = Api::namespaced(me.clone(), n);
+        forbidden("get a secret", secrets.get("cookies").await);
+        forbidden("list secrets", secrets.list(&ListParams::default()).await);
+        let resources: Api<CrawlerResource> = Api::namespaced(me.clone(), n);
+        forbidden(
+            "patch a crawlerresource's spec",
+            resources
+                .patch(
+                    "task",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "weight": 2 } })),
+                )
+                .await,
+        );
+        let current = resources.get("task").await.unwrap();
+        forbidden(
+            "update a crawlerresource",
+            resources
+                .replace("task", &PostParams::default(), &current)
+                .await,
+        );
+        forbidden(
+            "delete a crawlerresource",
+            resources.delete("task", &DeleteParams::default()).await,
+        );
+        forbidden(
+            "create a crawlerresource",
+            create_resource(&me, n, "mine").await,
+        );
+        let deployments: Api<Deployment> = Api::namespaced(me.clone(), n);
+        forbidden(
+            "list deployments",
+            deployments.list(&ListParams::default()).await,
+        );
+    }
+    let workers: Api<Deployment> = Api::namespaced(me.clone(), ns);
+    forbidden(
+        "scale the worker Deployment",
+        workers
+            .patch(
+                "rbac-ctl-worker",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "replicas": 9 } })),
+            )
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn the_worker_account_may_do_its_job_and_nothing_more() {
+    let cp = support::control_plane();
+    let (ns, other) = (
+        cp.namespace("chart-wrk").await,
+        cp.namespace("chart-wrk-other").await,
+    );
+    let (ns, other) = (ns.name(), other.name());
+    install_crd(cp).await;
+    helm_install(cp, ns, "wrk", &["fullnameOverride=rbac-wrk"]).await;
+    let admin = cp.client();
+    let me = cp.client_for_service_account(ns, "rbac-wrk-worker");
+    for n in [ns, other] {
+        pods::create_worker_pod(&admin, n, "worker-0", &[]).await;
+        create_resource(&admin, n, "task").await.unwrap();
+        create_secret(&admin, n, "cookies").await;
+    }
+
+    // What it needs, in its own namespace.
+    let secrets: Api<Secret> = Api::namespaced(me.clone(), ns);
+    allowed(
+        "get a cookie secret in its namespace",
+        secrets.get("cookies").await,
+    );
+    let resources: Api<CrawlerResource> = Api::namespaced(me.clone(), ns);
+    allowed(
+        "list crawlerresources",
+        resources.list(&ListParams::default()).await,
+    );
+    allowed("watch crawlerresources", watch(&resources).await);
+    allowed("get a crawlerresource", resources.get("task").await);
+    allowed(
+        "apply crawlerresources/status (progress)",
+        resources
+            .patch_status(
+                "task",
+                &PatchParams::apply("crawler-worker").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
+                    "status": { "progress": { "worker": "worker-0", "assignment": 1, "state": "Running", "pagesFetched": 0, "errors": 0 } },
+                })),
+            )
+            .await,
+    );
+    // The heartbeat: server-side apply creates and renews it.
+    let leases: Api<Lease> = Api::namespaced(me.clone(), ns);
+    let heartbeat = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": "crawler-worker-worker-0" },
+        "spec": { "holderIdentity": "worker-0", "leaseDurationSeconds": 10 },
+    });
+    let apply = PatchParams::apply("crawler-worker").force();
+    allowed(
+        "apply its heartbeat Lease",
+        leases
+            .patch("crawler-worker-worker-0", &apply, &Patch::Apply(&heartbeat))
+            .await,
+    );
+    let lease = allowed(
+        "get its heartbeat Lease",
+        leases.get("crawler-worker-worker-0").await,
+    );
+    allowed(
+        "update its heartbeat Lease",
+        leases
+            .replace("crawler-worker-worker-0", &PostParams::default(), &lease)
+            .await,
+    );
+
+    // What it may not do.
+    forbidden("list secrets", secrets.list(&ListParams::default()).await);
+    forbidden("watch secrets", watch(&secrets).await);
+    let elsewhere: Api<Secret> = Api::namespaced(me.clone(), other);
+    forbidden(
+        "get a secret in another namespace",
+        elsewhere.get("cookies").await,
+    );
+    let pods: Api<Pod> = Api::namespaced(me.clone(), ns);
+    forbidden("list pods", pods.list(&ListParams::default()).await);
+    forbidden("get a pod", pods.get("worker-0").await);
+    forbidden(
+        "delete a pod",
+        pods.delete("worker-0", &DeleteParams::default()).await,
+    );
+    forbidden(
+        "patch a crawlerresource's spec",
+        resources
+            .patch(
+                "task",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "weight": 2 } })),
+            )
+            .await,
+    );
+    forbidden(
+        "delete a crawlerresource",
+        resources.delete("task", &DeleteParams::default()).await,
+    );
+    forbidden(
+        "create a crawlerresource",
+        create_resource(&me, ns, "mine").await,
+    );
+    let other_resources: Api<CrawlerResource> = Api::namespaced(me.clone(), other);
+    forbidden(
+        "list crawlerresources in another namespace",
+        other_resources.list(&ListParams::default()).await,
+    );
+    forbidden(
+        "patch crawlerresources/status in another namespace",
+        other_resources
+            .patch_status(
+                "task",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "phase": "Pending" } })),
+            )
+            .await,
+    );
+    forbidden(
+        "list crawlerresources in all namespaces",
+        Api::<CrawlerResource>::all(me.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    forbidden("list leases", leases.list(&ListParams::default()).await);
+    forbidden(
+        "delete a Lease",
+        leases
+            .delete("crawler-worker-worker-0", &DeleteParams::default())
+            .await,
+    );
+    let other_leases: Api<Lease> = Api::namespaced(me.clone(), other);
+    forbidden(
+        "apply a Lease in another namespace",
+        other_leases
+            .patch("crawler-worker-worker-0", &apply, &Patch::Apply(&heartbeat))
+            .await,
+    );
+    forbidden("create an event", create_event(&me, ns, "task").await);
+}
+
+#[tokio::test]
+async fn watch_namespace_confines_the_controller_and_places_the_workers_there() {
+    let cp = support::control_plane();
+    let (home, watched, third) = (
+        cp.namespace("chart-home").await,
+        cp.namespace("chart-watched").await,
+        cp.namespace("chart-third").await,
+    );
+    let (home, watched, third) = (home.name(), watched.name(), third.name());
+    install_crd(cp).await;
+    let release = "confined";
+    helm_install(
+        cp,
+        home,
+        release,
+        &[
+            "fullnameOverride=confined",
+            &format!("watchNamespace={watched}"),
+        ],
+    )
+    .await;
+    let admin = cp.client();
+
+    // No cluster-wide grant at all.
+    let selector = ListParams::default().labels(&format!("app.kubernetes.io/instance={release}"));
+    assert!(
+        Api::<ClusterRole>::all(admin.clone())
+            .list(&selector)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .list(&selector)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // The controller stays home; the workers (and their account and rules) go to the watched
+    // namespace, where the controller looks for them.
+    let _: Deployment = get(&admin, home, "confined-controller").await;
+    let _: Deployment = get(&admin, watched, "confined-worker").await;
+    let _: ServiceAccount = get(&admin, watched, "confined-worker").await;
+    let _: Role = get(&admin, watched, "confined-controller").await;
+    let _: Role = get(&admin, watched, "confined-worker").await;
+    let _: Role = get(&admin, home, "confined-controller-leader-election").await;
+    let controller: Deployment = get(&admin, home, "confined-controller").await;
+    let container = &controller.spec.template.spec.unwrap().containers[0];
+    let watch_env = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "WATCH_NAMESPACE");
+    assert_eq!(watch_env.and_then(|e| e.value.as_deref()), Some(watched));
+
+    for n in [home, watched, third] {
+        create_secret(&admin, n, "cookies").await;
+    }
+    let ctl = cp.client_for_service_account(home, "confined-controller");
+    allowed(
+        "list pods in the watched namespace",
+        Api::<Pod>::namespaced(ctl.clone(), watched)
+            .list(&ListParams::default())
+            .await,
+    );
+    allowed(
+        "list crawlerresources in the watched namespace",
+        Api::<CrawlerResource>::namespaced(ctl.clone(), watched)
+            .list(&ListParams::default())
+            .await,
+    );
+    allowed(
+        "create its leader Lease at home",
+        create_lease(&ctl, home, "confined-leader").await,
+    );
+    for n in [home, third] {
+        forbidden(
+            "list pods outside the watched namespace",
+            Api::<Pod>::namespaced(ctl.clone(), n)
+                .list(&ListParams::default())
+                .await,
+        );
+        forbidden(
+            "list crawlerresources outside the watched namespace",
+            Api::<CrawlerResource>::namespaced(ctl.clone(), n)
+                .list(&ListParams::default())
+                .await,
+        );
+    }
+    forbidden(
+        "list pods in all namespaces",
+        Api::<Pod>::all(ctl.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+
+    let wrk = cp.client_for_service_account(watched, "confined-worker");
+    allowed(
+        "get a secret in the watched namespace",
+        Api::<Secret>::namespaced(wrk.clone(), watched)
+            .get("cookies")
+            .await,
+    );
+    for n in [home, third] {
+        forbidden(
+            "get a secret elsewhere",
+            Api::<Secret>::namespaced(wrk.clone(), n)
+                .get("cookies")
+                .await,
+        );
+    }
+}
+
+/// The proof that the rules are enough: the real binaries, each authenticated as the
+/// chart's service account and started with its Deployment's arguments and environment, elect a
+/// leader, assign a task, heartbeat, read the task's cookie Secret and report progress.
+#[tokio::test]
+async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("chart-run").await;
+    let ns = ns.name();
+    install_crd(cp).await;
+    // The default (all namespaces) install, with a selector only this test's worker Pod matches,
+    // so the controller leaves other tests' objects alone.
+    let selector = format!("crawler.dev/chart-test={ns}");
+    helm_install(
+        cp,
+        ns,
+        "run",
+        &[
+            "fullnameOverride=run",
+            &format!("controller.workerSelector={selector}"),
+            &format!("worker.labels.crawler\\.dev/chart-test={ns}"),
+        ],
+    )
+    .await;
+    let admin = cp.client();
+    let site = Site::start().await;
+
+    // The kubelet's part: a Ready worker Pod with the labels of the chart's worker template.
+    let worker_deployment: Deployment = get(&admin, ns, "run-worker").await;
+    let template = worker_deployment.spec.template;
+    let labels: Vec<(String, String)> = template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap()
+        .into_iter()
+        .collect();
+    let labels: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    pods::create_worker_pod(&admin, ns, "run-worker-0", &labels).await;
+    pods::set_pod_ready(&admin, ns, "run-worker-0", true, Some("10.1.0.7")).await;
+
+    let controller_deployment: Deployment = get(&admin, ns, "run-controller").await;
+    let controller = run_as_chart(
+        cp,
+        ns,
+        "run-controller",
+        &controller_deployment.spec.template.spec.unwrap().containers[0],
+        "run-controller-0",
+        None,
+    );
+    let output = cp.dir().join(format!("{ns}-pages.jsonl"));
+    let worker = run_as_chart(
+        cp,
+        ns,
+        "run-worker",
+        &template.spec.unwrap().containers[0],
+        "run-worker-0",
+        Some(&output),
+    );
+    let logs = || {
+        format!(
+            "controller:\n{}\nworker:\n{}",
+            controller.log_tail(30),
+            worker.log_tail(30)
+        )
+    };
+
+    // Leader election (the chart's Lease name, in the release namespace).
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
+    wait_for(
+        "the controller to hold the chart's Lease",
+        BOUND,
+        POLL,
+        || async {
+            let holder = leases
+                .get_opt("run-leader")
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|l| l.spec?.holder_identity);
+            if holder.as_deref() == Some("run-controller-0") {
+                Ok(())
+            } else {
+                Err(format!("holder {holder:?}; {}", logs()))
+            }
+        },
+    )
+    .await;
+    // The worker's heartbeat.
+    wait_for("the worker's heartbeat Lease", BOUND, POLL, || async {
+        let holder = leases
+            .get_opt("crawler-worker-run-worker-0")
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|l| l.spec?.holder_identity);
+        if holder.as_deref() == Some("run-worker-0") {
+            Ok(())
+        } else {
+            Err(format!("holder {holder:?}; {}", logs()))
+        }
+    })
+    .await;
+
+    // A task with a cookie Secret: assigned by the controller, crawled by the worker (which
+    // sends the cookie, so the site proves the Secret was read), progress reported.
+    create_secret(&admin, ns, "cookies").await;
+    let resources: Api<CrawlerResource> = Api::namespaced(admin.clone(), ns);
+    let body = json!({
+        "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
+        "metadata": { "name": "task-test-4" },
+        "spec": {
+            "seeds": [format!("http://{}/", site.addr)],
+            "maxDepth": 0,
+            "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
+            "cookieSecretRef": { "name": "cookies", "key": "cookie" },
+        },
+    });
+    resources
+        .patch(
+            "task-test-4",
+            &PatchParams::apply("chart-test"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    // Assigned by the controller, progress written by the worker (under its own field manager).
+    // Whether the last report says Completed is the worker's business (tests/worker.rs); here any
+    // report of this worker proves it may write status.
+    wait_for(
+        "the task assigned and its progress reported",
+        BOUND,
+        POLL,
+        || async {
+            let r = resources
+                .get("task-test-4")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status.clone().unwrap_or_default();
+            let reported = status
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.worker == "run-worker-0");
+            if status.assigned_worker.as_deref() == Some("run-worker-0") && reported {
+                Ok(())
+            } else {
+                Err(format!("status {status:?}; {}", logs()))
+            }
+        },
+    )
+    .await;
+    // The site saw the page, with the cookie from the Secret.
+    wait_for("the site to be crawled", BOUND, POLL, || async {
+        if site.cookies().is_empty() {
+            Err(logs())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert_eq!(
+        site.cookies(),
+        vec!["session=chart-test".to_owned()],
+        "{}",
+        logs()
+    );
+
+    // The controller's Events.
+    let events: Api<Event> = Api::namespaced(admin.clone(), ns);
+    wait_for("an Assigned Event", BOUND, POLL, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<_> = list.items.iter().filter_map(|e| e.reason.clone()).collect();
+        if reasons.iter().any(|r| r == "Assigned") {
+            Ok(())
+        } else {
+            Err(format!("{reasons:?}; {}", logs()))
+        }
+    })
+    .await;
+    // The probes the chart's Deployments use, and the metrics.
+    for (what, process) in [("controller", &controller), ("worker", &worker)] {
+        process.wait_for_200(what, "/healthz").await;
+        process.wait_for_200(what, "/readyz").await;
+        let metrics = process.wait_for_200(what, "/metrics").await;
+        assert!(
+            metrics.contains("# TYPE crawler_"),
+            "{what} /metrics:\n{metrics}"
+        );
+    }
+    // Nothing was refused on the way (the API server's words for an RBAC refusal).
+    for (what, process) in [("controller", &controller), ("worker", &worker)] {
+        let log = process.log();
+        assert!(
+            !log.contains("is forbidden: User"),
+            "a call of the {what} was refused:\n{log}"
+        );
+    }
+    drop((controller, worker));
+}
+
+// ----------------------------------------------------------------------------------------------
+// Helpers
+
+/// Runs `command` to completion and returns its stdout; panics with both streams if it fails.
+async fn run(command: tokio::process::Command, what: &str) -> String {
+    run_full(command, what).await.0
+}
+
+/// Runs `command` to completion and returns (stdout, stderr); panics with both if it fails.
+async fn run_full(mut command: tokio::process::Command, what: &str) -> (String, String) {
+    let out = command
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+fn helm_binary() -> PathBuf {
+    let path = std::env::var_os("TEST_ASSET_HELM")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| support::tools::cache_dir().join("helm"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "helm not found at {}: run `make chart-tools` (hack/install-tools.sh helm), or point TEST_ASSET_HELM at one",
+        path.display()
+    );
+    path
+}
+
+/// `helm` with Helm's own files kept in the control plane's temp dir, pointed at the test API
+/// server.
+fn helm(cp: &ControlPlane) -> tokio::process::Command {
+    let home = cp.dir().join("helm");
+    let mut command = tokio::process::Command::new(helm_binary());
+    command
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path());
+    command
+}
+
+/// `helm install <release> charts/crawler-operator -n <ns> --set ...`.
+async fn helm_install(cp: &ControlPlane, ns: &str, release: &str, set: &[&str]) -> String {
+    let mut command = helm(cp);
+    command.args(["install", release, CHART, "--namespace", ns]);
+    for value in set {
+        command.args(["--set", value]);
+    }
+    run(command, &format!("helm install {release} -n {ns}")).await
+}
+
+async fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+    let mut command = tokio::process::Command::new(support::tools::binary("kubectl"));
+    command
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig_path())
+        .args(args);
+    run(command, &format!("kubectl {}", args.join(" "))).await
+}
+
+/// The chart's CRD, applied as docs/install.md tells users to (idempotent), and served.
+async fn install_crd(cp: &ControlPlane) {
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            CHART_CRD,
+        ],
+    )
+    .await;
+    kubectl(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/crawlerresources.crawler.dev",
+        ],
+    )
+    .await;
+    let api: Api<CrawlerResource> = Api::all(cp.client());
+    wait_for("CrawlerResources to be served", BOUND, POLL, || async {
+        api.list(&ListParams::default().limit(1)).await.map(|_| ())
+    })
+    .await;
+}
+
+async fn get<K>(client: &Client, ns: &str, name: &str) -> K
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("{} {ns}/{name}: {e}", K::kind(&K::DynamicType::default())))
+}
+
+fn allowed<T>(what: &str, result: Result<T, kube::Error>) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: expected to be allowed, got {e}"))
+}
+
+/// A refused call must be refused by RBAC: 403, not a 404 or 422 that hides a missing rule.
+fn forbidden<T: Debug>(what: &str, result: Result<T, kube::Error>) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+/// A short watch (1 s server-side timeout), read to its end; an error event counts as a refusal.
+async fn watch<K>(api: &Api<K>) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let stream = api.watch(&WatchParams::default().timeout(1), "0").await?;
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.try_next().await? {
+        if let WatchEvent::Error(e) = event {
+            return Err(kube::Error::Api(e));
+        }
+    }
+    Ok(())
+}
+
+async fn create_resource(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<CrawlerResource, kube::Error> {
+    let body: CrawlerResource = serde_json::from_value(json!({
+        "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
+        "metadata": { "name": name },
+        "spec": { "seeds": ["https://books.example.org/tag/"] },
+    }))
+    .unwrap();
+    Api::<CrawlerResource>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &body)
+        .await
+}
+
+async fn create_secret(client: &Client, ns: &str, name: &str) {
+    let body: Secret = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "stringData": { "cookie": "session=chart-test" },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &body)
+        .await
+        .unwrap();
+}
+
+async fn create_lease(client: &Client, ns: &str, name: &str) -> Result<Lease, kube::Error> {
+    let body: Lease = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "holderIdentity": "someone", "leaseDurationSeconds": 15 },
+    }))
+    .unwrap();
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &body)
+        .await
+}
+
+/// An `events.k8s.io/v1` Event about the `CrawlerResource` named `regarding`, as the controller's recorder
+/// writes them: created, then patched into a series.
+async fn create_event(client: &Client, ns: &str, regarding: &str) -> Result<Event, kube::Error> {
+    let body: Event = serde_json::from_value(json!({
+        "metadata": { "name": format!("{regarding}.rbac-check") },
+        "eventTime": MicroTime(jiff::Timestamp::now()),
+        "reportingController": "crawler-operator",
+        "reportingInstance": "rbac-check",
+        "action": "Schedule",
+        "reason": "Assigned",
+        "type": "Normal",
+        "note": "RBAC check",
+        "regarding": { "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource", "name": regarding, "namespace": ns },
+    }))
+    .unwrap();
+    let api = Api::<Event>::namespaced(client.clone(), ns);
+    let created = api.create(&PostParams::default(), &body).await?;
+    api.patch(
+        &created.name_any(),
+        &PatchParams::default(),
+        // What the recorder patches when the same Event happens again.
+        &Patch::Merge(json!({
+            "series": { "count": 2, "lastObservedTime": MicroTime(jiff::Timestamp::now()) },
+        })),
+    )
+    .await
+}
+
+/// Names of a container's environment variables.
+fn env_names(container: &Container) -> BTreeSet<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+/// Starts the real binary as service account `ns/account` would run it in the chart's Pod: the
+/// container's arguments and plain environment, the downward-API variables filled in
+/// (`POD_NAME` = `pod`), and a kubeconfig that impersonates the account. Adjusted for running
+/// beside other processes on one machine: the metrics address gets a free loopback port, and a
+/// worker's `--output` (an emptyDir path in the Pod) becomes `output`.
+fn run_as_chart(
+    cp: &ControlPlane,
+    ns: &str,
+    account: &str,
+    container: &Container,
+    pod: &str,
+    output: Option<&Path>,
+) -> Running {
+    let kubeconfig = cp.dir().join(format!("{ns}-{account}.kubeconfig"));
+    let admin = std::fs::read_to_string(cp.kubeconfig_path()).expect("reading the kubeconfig");
+    // The admin's certificate may impersonate; the process then acts as the ServiceAccount.
+    let impersonating = admin.replacen(
+        "  user:\n",
+        &format!(
+            "  user:\n    as: system:serviceaccount:{ns}:{account}\n    as-groups:\n    - system:serviceaccounts\n    - system:serviceaccounts:{ns}\n    - system:authenticated\n"
+        ),
+        1,
+    );
+    assert_ne!(
+        admin, impersonating,
+        "the kubeconfig has no user entry to extend"
+    );
+    std::fs::write(&kubeconfig, impersonating).expect("writing the impersonating kubeconfig");
+
+    let binary = env!("CARGO_BIN_EXE_crawler-operator");
+    let mut argv = vec![
+        format!("KUBECONFIG={}", kubeconfig.display()),
+        format!("POD_NAME={pod}"),
+        format!("POD_NAMESPACE={ns}"),
+    ];
+    for var in container.env.iter().flatten() {
+        if let Some(value) = &var.value {
+            argv.push(format!("{}={value}", var.name));
+        }
+    }
+    argv.push(binary.to_owned());
+    let chart_args = container.args.as_ref().expect("the container's args");
+    assert!(
+        chart_args.iter().any(|a| a.starts_with("--metrics-addr=")),
+        "the chart runs {account} without --metrics-addr: {chart_args:?}"
+    );
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port");
+    for arg in chart_args {
+        if arg.starts_with("--metrics-addr=") {
+            argv.push(format!("--metrics-addr={metrics}"));
+        } else if let (Some(output), true) = (output, arg.starts_with("--output=")) {
+            argv.push(format!("--output={}", output.display()));
+        } else {
+            argv.push(arg.clone());
+        }
+    }
+    let log = cp.dir().join(format!("{ns}-{pod}.log"));
+    let server = Server::new("crawler-operator", PathBuf::from("/usr/bin/env"), argv, log);
+    server.start();
+    Running { server, metrics }
+}
+
+/// A process started by [`run_as_chart`]; stopped when dropped.
+struct Running {
+    server: Server,
+    /// Where it serves /metrics, /healthz and /readyz.
+    metrics: SocketAddr,
+}
+
+impl Running {
+    fn log_tail(&self, lines: usize) -> String {
+        self.server.log_tail(lines)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.server.log).unwrap_or_default()
+    }
+
+    /// `GET path` on its metrics port: (status code, body), or why not.
+    async fn http_get(&self, path: &str) -> Result<(u16, String), String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.metrics))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics);
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        let code = response
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((code, body.to_owned()))
+    }
+
+    /// Waits until `GET path` answers 200; returns the body.
+    async fn wait_for_200(&self, what: &str, path: &str) -> String {
+        wait_for(
+            &format!("{what} {path} to answer 200"),
+            BOUND,
+            POLL,
+            || async {
+                match self.http_get(path).await? {
+                    (200, body) => Ok(body),
+                    (code, body) => Err(format!("{code} {body}")),
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// A one-page site that records the Cookie header of every request but robots.txt.
+struct Site {
+    addr: SocketAddr,
+    cookies: Arc<Mutex<Vec<String>>>,
+}
+
+impl Site {
+    async fn start() -> Self {
+        let cookies: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&cookies);
+        let app = Router::new()
+            .route(
+                "/robots.txt",
+                routing::get(|| async { "User-agent: *\nAllow: /\n" }),
+            )
+            .route(
+                "/",
+                routing::get(move |headers: HeaderMap| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let cookie = headers
+                            .get("cookie")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default();
+                        seen.lock().unwrap().push(cookie.to_owned());
+                        Html("<html><body>crawled</body></html>")
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, cookies }
+    }
+
+    fn cookies(&self) -> Vec<String> {
+        self.cookies.lock().unwrap().clone()
+    }
+}
