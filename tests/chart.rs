@@ -12,7 +12,7 @@
 mod support;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt::Debug,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -737,11 +737,12 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         None,
     );
     let output = cp.dir().join(format!("{ns}-pages.jsonl"));
+    let worker_container = template.spec.unwrap().containers[0].clone();
     let worker = run_as_chart(
         cp,
         ns,
         "run-worker",
-        &template.spec.unwrap().containers[0],
+        &worker_container,
         "run-worker-0",
         Some(&output),
     );
@@ -851,6 +852,68 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         logs()
     );
 
+    // The original demonstration, under the chart's identities: a second worker joins, four
+    // more tasks arrive -> a 3/2 split; the first worker's Pod is deleted -> all five on the other.
+    pods::create_worker_pod(&admin, ns, "run-worker-1", &labels).await;
+    pods::set_pod_ready(&admin, ns, "run-worker-1", true, Some("10.1.0.8")).await;
+    let output_1 = cp.dir().join(format!("{ns}-pages-1.jsonl"));
+    let worker_1 = run_as_chart(
+        cp,
+        ns,
+        "run-worker",
+        &worker_container,
+        "run-worker-1",
+        Some(&output_1),
+    );
+    let five = [
+        "task-test-4",
+        "douban-book-list",
+        "task-test-1",
+        "task-test-2",
+        "xxx",
+    ];
+    for name in &five[1..] {
+        let body = json!({
+            "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
+            "metadata": { "name": name },
+            "spec": { "seeds": [format!("http://{}/", site.addr)], "maxDepth": 0 },
+        });
+        resources
+            .patch(
+                name,
+                &PatchParams::apply("chart-test"),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap();
+    }
+    let placement = |want: &'static [(&'static str, usize)]| {
+        let resources = resources.clone();
+        let logs = &logs;
+        async move {
+            wait_for(&format!("placement {want:?}"), BOUND, POLL, || async {
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for name in five {
+                    let r = resources.get(name).await.map_err(|e| e.to_string())?;
+                    let worker = r.status.and_then(|s| s.assigned_worker).unwrap_or_default();
+                    *counts.entry(worker).or_default() += 1;
+                }
+                let want: BTreeMap<String, usize> =
+                    want.iter().map(|(w, n)| ((*w).to_owned(), *n)).collect();
+                if counts == want {
+                    Ok(())
+                } else {
+                    Err(format!("{counts:?}; {}", logs()))
+                }
+            })
+            .await;
+        }
+    };
+    // task-test-4 went to run-worker-0 first, so the least-loaded placements give it 3 of 5.
+    placement(&[("run-worker-0", 3), ("run-worker-1", 2)]).await;
+    pods::delete_pod(&admin, ns, "run-worker-0").await;
+    placement(&[("run-worker-1", 5)]).await;
+
     // The controller's Events.
     let events: Api<Event> = Api::namespaced(admin.clone(), ns);
     wait_for("an Assigned Event", BOUND, POLL, || async {
@@ -877,14 +940,18 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         );
     }
     // Nothing was refused on the way (the API server's words for an RBAC refusal).
-    for (what, process) in [("controller", &controller), ("worker", &worker)] {
+    for (what, process) in [
+        ("controller", &controller),
+        ("worker", &worker),
+        ("worker-1", &worker_1),
+    ] {
         let log = process.log();
         assert!(
             !log.contains("is forbidden: User"),
             "a call of the {what} was refused:\n{log}"
         );
     }
-    drop((controller, worker));
+    drop((controller, worker, worker_1));
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -160,7 +160,11 @@ impl FetchError {
 
 /// The bounded label for a record's `error_kind` (`other` for anything unknown), for metrics.
 pub fn kind_label(kind: &str) -> &'static str {
-    FetchError::KINDS.iter().find(|k| **k == kind).copied().unwrap_or("other")
+    FetchError::KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// A record could not be written.
