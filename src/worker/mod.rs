@@ -146,6 +146,12 @@ pub async fn run(
         tasks: HashMap::new(),
     };
     let mut listing: Option<HashMap<String, CrawlerResource>> = None;
+    // Whether `assigned` may be out of date: at start, after the watch failed, and after the
+    // heartbeat lapsed (the controller may have moved tasks meanwhile, and a watch that resumes
+    // from its last version says nothing until the next change). While stale, no task starts
+    // until a fresh, consistent LIST has replaced the cache.
+    let mut stale = true;
+    let mut was_alive = false;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -163,18 +169,33 @@ pub async fn run(
                 }
                 // A relist replaces everything: an assignment that went away while the watch
                 // was down stops here.
-                Ok(Some(watcher::Event::InitDone)) => { worker.assigned = listing.take().unwrap_or_default(); }
+                Ok(Some(watcher::Event::InitDone)) => {
+                    worker.assigned = listing.take().unwrap_or_default();
+                    stale = false;
+                }
                 Ok(None) => anyhow::bail!("the assignment watch ended"),
-                Err(e) => { tracing::warn!(error = %e, "assignment watch failed; retrying"); continue; }
+                Err(e) => {
+                    tracing::warn!(error = %e, "assignment watch failed; retrying");
+                    stale = true;
+                    continue;
+                }
             },
         }
         let may_run = *alive.borrow_and_update();
+        if may_run && !was_alive {
+            stale = true;
+        }
+        was_alive = may_run;
+        if may_run && stale {
+            stale = !worker.refresh(&selector).await;
+        }
         if may_run {
             health.set_ready(true);
         } else {
             health.set_not_ready("the heartbeat Lease is not renewed: no task may run");
         }
-        worker.sync(may_run);
+        // Stop what must stop; start nothing while the view of the assignments may be stale.
+        worker.sync(may_run, !stale);
     }
 
     tracing::info!("worker stopping: stopping every task, then releasing the heartbeat");
@@ -198,7 +219,7 @@ struct Worker {
 
 impl Worker {
     /// Make the running tasks match the assignments (none at all while the heartbeat is not alive).
-    fn sync(&mut self, may_run: bool) {
+    fn sync(&mut self, may_run: bool, may_start: bool) {
         let stale: Vec<(String, TaskStopReason, &'static str)> = self
             .tasks
             .iter()
@@ -234,6 +255,9 @@ impl Worker {
             return;
         }
         for (name, resource) in &self.assigned {
+            if !may_start && !self.tasks.contains_key(name) {
+                continue;
+            }
             if resource.spec.suspend {
                 continue;
             }
@@ -245,6 +269,36 @@ impl Worker {
                 self.tasks.insert(name.clone(), task);
             }
         }
+    }
+
+    /// Replaces the assignments with a fresh list; returns whether that worked.
+    async fn refresh(&mut self, selector: &str) -> bool {
+        match self.list_assignments(selector).await {
+            Ok(assigned) => {
+                self.assigned = assigned;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list this worker's assignments; no task starts until it can");
+                false
+            }
+        }
+    }
+
+    /// A consistent read (quorum, not the watch cache) of the resources assigned to this Pod.
+    async fn list_assignments(
+        &self,
+        selector: &str,
+    ) -> Result<HashMap<String, CrawlerResource>, kube::Error> {
+        let api: Api<CrawlerResource> =
+            Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let list = tokio::time::timeout(
+            Duration::from_secs(5),
+            api.list(&kube::api::ListParams::default().fields(selector)),
+        )
+        .await
+        .map_err(|_| kube::Error::Service("listing assignments timed out after 5s".into()))??;
+        Ok(list.into_iter().map(|r| (r.name_any(), r)).collect())
     }
 
     fn start(&self, resource: CrawlerResource) -> Task {
