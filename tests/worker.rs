@@ -228,6 +228,10 @@ async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_o
     let cut = Instant::now();
     story.assert_assigned("task-d", "worker-2").await;
     let moved = cut.elapsed();
+    // The cut-off worker says so on its readiness endpoint (its metrics server is local).
+    let (code, body) = Story::http_get(&story.workers[0], "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("heartbeat"), "{body}");
     site.wait_for_hits("task-d", "worker-2", Some(cut), 3).await;
     let hits = site.hits("task-d");
     let last_old = hits
