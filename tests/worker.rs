@@ -141,6 +141,15 @@ async fn suspend_stops_the_task_and_resume_runs_it_again() {
     .await;
     let last = assert_silent(&site, "task-b", suspended).await;
     println!("last request of task-b {last:?} after suspend");
+    // The worker's last word on it is Stopped, not a stale Running.
+    wait_for("progress Stopped", BOUND, POLL, || async {
+        let r = api.get("task-b").await.map_err(|e| e.to_string())?;
+        match r.status.and_then(|s| s.progress) {
+            Some(p) if p.state == TaskState::Stopped => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     story
         .api()

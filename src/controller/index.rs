@@ -853,7 +853,9 @@ fn lost_reason(worker: Option<&WorkerEntry>, request: &Request) -> &'static str 
         Some((Readiness::NotReady(NotReady::PodNotReady), _)) => "its Pod is not ready",
         Some((Readiness::NotReady(NotReady::Terminating), _)) => "its Pod is terminating",
         Some((Readiness::NotReady(NotReady::NoAddress), _)) => "its Pod has no IP",
-        Some((Readiness::NotReady(NotReady::HeartbeatExpired), _)) => "its heartbeat expired",
+        Some((Readiness::NotReady(NotReady::HeartbeatExpired), _)) => {
+            "its heartbeat expired or was released"
+        }
         Some((Readiness::Ready, false)) => "it no longer matches spec.workerSelector",
         Some((Readiness::Ready, true)) => "it cannot keep it",
     }

@@ -420,10 +420,12 @@ async fn run_crawl(
     let reporter = Arc::new(reporter);
     // Reports go out from their own task: a slow or unreachable API server must never hold up
     // the crawl (or its cancellation).
+    let crawl_done = CancellationToken::new();
     let periodic = tokio::spawn({
         let reporter = Arc::clone(&reporter);
         let mut progress_rx = progress_rx.clone();
         let interval = settings.progress_interval;
+        let crawl_done = crawl_done.clone();
         async move {
             reporter
                 .report(TaskState::Running, &crawl::Progress::default(), None)
@@ -431,7 +433,10 @@ async fn run_crawl(
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    () = crawl_done.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 if progress_rx.has_changed().unwrap_or(false) {
                     let progress = progress_rx.borrow_and_update().clone();
                     reporter.report(TaskState::Running, &progress, None).await;
@@ -446,7 +451,10 @@ async fn run_crawl(
         crawl::watch_progress(progress_tx),
     )
     .await;
-    periodic.abort();
+    // Let a report in flight finish before the final one, so a late Running can never land
+    // after it (a report is bounded by its own timeout).
+    crawl_done.cancel();
+    let _ = periodic.await;
     let progress = progress_rx.borrow().clone();
     match outcome {
         Ok(outcome) if outcome.stop == crawl::StopReason::Cancelled => {
@@ -553,6 +561,9 @@ async fn crawl_config(
 /// Writes `status.progress` under the worker's field manager, fenced on a resourceVersion at
 /// which the resource was still assigned to this worker under this assignment: once it moves on
 /// (reassigned, deleted), a late report is refused rather than written over the new owner's.
+/// Rounds of read-and-write on conflicts: the controller may write between our read and our write.
+const REPORT_ATTEMPTS: u32 = 4;
+
 struct Reporter {
     api: Api<CrawlerResource>,
     name: String,
@@ -575,15 +586,15 @@ impl Reporter {
         };
         let mut version = self.version.borrow().clone();
         // Our own previous report (or anyone's write) may have moved the version on before the
-        // watch told us: on a conflict, read the resource once and write again only if it is
-        // still ours under the same assignment.
-        for attempt in 0..2 {
+        // watch told us: on a conflict, read the resource and write again only if it is still
+        // ours under the same assignment (or, for a final report, still shows our own report).
+        for attempt in 0..REPORT_ATTEMPTS {
             match tokio::time::timeout(Duration::from_secs(5), self.write(&version, &report)).await
             {
                 Ok(Ok(())) => return,
-                Ok(Err(kube::Error::Api(s))) if s.code == 409 && attempt == 0 => {
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 && attempt + 1 < REPORT_ATTEMPTS => {
                     match self.api.get_opt(&self.name).await {
-                        Ok(Some(r)) if self.still_ours(&r) => {
+                        Ok(Some(r)) if self.may_write(&r, state) => {
                             version = r.resource_version().unwrap_or_default();
                         }
                         _ => return,
@@ -605,10 +616,18 @@ impl Reporter {
         }
     }
 
-    fn still_ours(&self, r: &CrawlerResource) -> bool {
+    /// Whether this report may be written: the resource is still assigned to this worker under
+    /// this assignment, or (for a final report, after a suspend or a move) the progress shown is
+    /// still this worker's own report of this assignment, so no newer owner is overwritten.
+    fn may_write(&self, r: &CrawlerResource, state: TaskState) -> bool {
         r.status.as_ref().is_some_and(|s| {
-            s.assigned_worker.as_deref() == Some(self.worker.as_str())
-                && s.assignments == Some(self.assignment)
+            let assigned = s.assigned_worker.as_deref() == Some(self.worker.as_str())
+                && s.assignments == Some(self.assignment);
+            let own_report = s
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.worker == self.worker && p.assignment == self.assignment);
+            assigned || (state != TaskState::Running && own_report)
         })
     }
 
