@@ -83,7 +83,7 @@ demo-down: ## Stop everything `make demo` started and remove its directory
 	hack/demo.sh down
 
 .PHONY: demo-test
-demo-test: ## The docs/demo.md walk-through as a test on its own demo cluster (~2 min once the tools are built)
+demo-test: ## The docs/demo.md walk-through as a test, on a demo of its own (~40 s once the demo tools are built)
 	$(CARGO) test --locked --test demo -- --ignored --nocapture
 
 # --- Reliability (issue 8) ---

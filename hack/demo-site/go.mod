@@ -1,0 +1,3 @@
+module crawler-operator/hack/demo-site
+
+go 1.26
