@@ -341,15 +341,11 @@ async fn a_slow_target_does_not_stall_the_other_tasks_of_its_worker() {
         slow <= 3,
         "the slow site answers one page per 3 s, saw {slow}"
     );
-    let api = story.api();
-    let progress = wait_for("fast progress", BOUND, POLL, || async {
-        let r = api.get("fast").await.map_err(|e| e.to_string())?;
-        match r.status.and_then(|s| s.progress) {
-            Some(p) if p.pages_fetched >= 10 && p.state == TaskState::Running => Ok(p),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let progress = story
+        .wait_for_progress("fast", "fast progress", |p| {
+            p.pages_fetched >= 10 && p.state == TaskState::Running
+        })
+        .await;
     println!(
         "fast task: {} pages while the slow one had {slow}",
         progress.pages_fetched

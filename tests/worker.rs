@@ -56,15 +56,9 @@ async fn an_assigned_task_is_crawled_reported_and_stopped_on_delete() {
     site.wait_for_hits("task-a", "worker-1", None, 5).await;
 
     // Progress appears in status, under the worker's own field manager.
-    let api = story.api();
-    let progress = wait_for("progress in status", BOUND, POLL, || async {
-        let r = api.get("task-a").await.map_err(|e| e.to_string())?;
-        match r.status.and_then(|s| s.progress) {
-            Some(p) if p.pages_fetched >= 3 => Ok(p),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let progress = story
+        .wait_for_progress("task-a", "progress in status", |p| p.pages_fetched >= 3)
+        .await;
     assert_eq!(progress.worker, "worker-1");
     assert_eq!(progress.state, TaskState::Running);
     assert_eq!(progress.assignment, 1);
@@ -142,14 +136,11 @@ async fn suspend_stops_the_task_and_resume_runs_it_again() {
     let last = assert_silent(&site, "task-b", suspended).await;
     println!("last request of task-b {last:?} after suspend");
     // The worker's last word on it is Stopped, not a stale Running.
-    wait_for("progress Stopped", BOUND, POLL, || async {
-        let r = api.get("task-b").await.map_err(|e| e.to_string())?;
-        match r.status.and_then(|s| s.progress) {
-            Some(p) if p.state == TaskState::Stopped => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    story
+        .wait_for_progress("task-b", "progress Stopped", |p| {
+            p.state == TaskState::Stopped
+        })
+        .await;
 
     story
         .api()
@@ -189,19 +180,7 @@ async fn a_moved_task_stops_on_the_old_worker_before_the_new_one_starts() {
     delete_pod(&story.client, story.ns(), &from).await;
     story.assert_assigned("task-c", to).await;
     site.wait_for_hits("task-c", to, None, 3).await;
-    let hits = site.hits("task-c");
-    let last_old = hits
-        .iter()
-        .filter(|h| h.worker == from)
-        .map(|h| h.at)
-        .max()
-        .unwrap();
-    let first_new = hits
-        .iter()
-        .filter(|h| h.worker == to)
-        .map(|h| h.at)
-        .min()
-        .unwrap();
+    let (last_old, first_new) = site.handover("task-c", &from, to);
     assert!(
         last_old < first_new,
         "overlap: {from} still crawled {:?} after {to} started",
@@ -242,19 +221,7 @@ async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_o
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("heartbeat"), "{body}");
     site.wait_for_hits("task-d", "worker-2", Some(cut), 3).await;
-    let hits = site.hits("task-d");
-    let last_old = hits
-        .iter()
-        .filter(|h| h.worker == "worker-1")
-        .map(|h| h.at)
-        .max()
-        .unwrap();
-    let first_new = hits
-        .iter()
-        .filter(|h| h.worker == "worker-2")
-        .map(|h| h.at)
-        .min()
-        .unwrap();
+    let (last_old, first_new) = site.handover("task-d", "worker-1", "worker-2");
     println!(
         "cut-off: worker-1 stopped {:?} after the cut, the task moved after {moved:?}, worker-2 started {:?} after the cut",
         last_old.saturating_duration_since(cut),
@@ -310,15 +277,11 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported()
     let mut missing = endless(&site, "task-f");
     missing["cookieSecretRef"] = json!({ "name": "no-such-secret", "key": "cookie" });
     story.apply_resource("task-f", missing).await;
-    let api = story.api();
-    let progress = wait_for("a Failed report", BOUND, POLL, || async {
-        let r = api.get("task-f").await.map_err(|e| e.to_string())?;
-        match r.status.and_then(|s| s.progress) {
-            Some(p) if p.state == TaskState::Failed => Ok(p),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let progress = story
+        .wait_for_progress("task-f", "a Failed report", |p| {
+            p.state == TaskState::Failed
+        })
+        .await;
     let message = progress.message.unwrap_or_default();
     assert!(
         message.contains("no-such-secret") && message.contains("does not exist"),
@@ -354,19 +317,7 @@ async fn sigterm_stops_the_tasks_and_releases_the_heartbeat_so_they_move_at_once
         "a released heartbeat moves the task at once, not at expiry: took {moved:?}"
     );
     site.wait_for_hits("task-g", "worker-2", None, 3).await;
-    let hits = site.hits("task-g");
-    let last_old = hits
-        .iter()
-        .filter(|h| h.worker == "worker-1")
-        .map(|h| h.at)
-        .max()
-        .unwrap();
-    let first_new = hits
-        .iter()
-        .filter(|h| h.worker == "worker-2")
-        .map(|h| h.at)
-        .min()
-        .unwrap();
+    let (last_old, first_new) = site.handover("task-g", "worker-1", "worker-2");
     assert!(last_old < first_new, "overlap after SIGTERM");
     assert_eq!(site.overlaps(), Vec::<String>::new());
     let log = std::fs::read_to_string(&story.workers[first].log).unwrap();
@@ -388,15 +339,11 @@ async fn a_task_that_finishes_at_once_reports_completed() {
             json!({ "seeds": [site.seed("once")], "maxDepth": 0 }),
         )
         .await;
-    let api = story.api();
-    let progress = wait_for("a Completed report", BOUND, POLL, || async {
-        let r = api.get("once").await.map_err(|e| e.to_string())?;
-        match r.status.and_then(|s| s.progress) {
-            Some(p) if p.state == TaskState::Completed => Ok(p),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let progress = story
+        .wait_for_progress("once", "a Completed report", |p| {
+            p.state == TaskState::Completed
+        })
+        .await;
     assert_eq!(progress.pages_fetched, 1);
     assert_eq!(site.hits("once").len(), 1);
 }

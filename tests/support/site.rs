@@ -62,6 +62,17 @@ impl Site {
         format!("http://{}/slow/{task}/1", self.addr)
     }
 
+    /// When `task` moved from worker `from` to worker `to`: the last request `from` made and the
+    /// first request `to` made.
+    pub fn handover(&self, task: &str, from: &str, to: &str) -> (Instant, Instant) {
+        let hits = self.hits(task);
+        let last = hits.iter().filter(|h| h.worker == from).map(|h| h.at).max();
+        let first = hits.iter().filter(|h| h.worker == to).map(|h| h.at).min();
+        let last = last.unwrap_or_else(|| panic!("{from} never requested {task}"));
+        let first = first.unwrap_or_else(|| panic!("{to} never requested {task}"));
+        (last, first)
+    }
+
     /// Tasks whose requests interleave between assignments: a request of an older assignment
     /// made after the first request of a newer one means two workers ran the task at once.
     /// Returns one line per violation.

@@ -162,6 +162,28 @@ impl Story {
         (code, body)
     }
 
+    /// Waits until `name`'s `status.progress` satisfies `ready`; returns it.
+    pub async fn wait_for_progress(
+        &self,
+        name: &str,
+        what: &str,
+        ready: impl Fn(&crawler_operator::crd::TaskProgress) -> bool,
+    ) -> crawler_operator::crd::TaskProgress {
+        let api = self.api();
+        let ready = &ready;
+        wait_for(&format!("{name}: {what}"), BOUND, POLL, || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                match r.status.and_then(|s| s.progress) {
+                    Some(p) if ready(&p) => Ok(p),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    }
+
     /// Where worker `pod`'s page records go.
     pub fn output_of(&self, pod: &str) -> PathBuf {
         self.cp.dir().join(format!("{}-{pod}.jsonl", self.ns()))
