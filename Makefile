@@ -70,7 +70,10 @@ check-chart: chart-tools ## helm lint/template, offline schema validation, copie
 .PHONY: bench
 bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; rewrites BENCHMARKS.md (~15 min)
 	hack/install-tools.sh kube-scheduler
-	BENCH_UPDATE_DOC=1 $(CARGO) test --release --locked --test bench -- --ignored --nocapture --test-threads=1
+	mkdir -p target/bench/tmp
+	# The control plane's temp dir lives under target/bench/tmp, out of reach of /tmp cleanups.
+	TMPDIR=$(CURDIR)/target/bench/tmp BENCH_UPDATE_DOC=1 \
+	  $(CARGO) test --release --locked --test bench -- --ignored --nocapture --test-threads=1
 
 # --- The demo: a local cluster with the whole system running (issue 6; docs/demo.md) ---
 

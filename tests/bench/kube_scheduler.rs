@@ -91,6 +91,7 @@ pub async fn run(
             ],
             log.clone(),
         );
+        crate::settle(pids, Duration::from_secs(60)).await;
         let cpu_before = CpuSnapshot::take(pids);
         let t0 = Instant::now();
         server.start();

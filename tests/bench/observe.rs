@@ -227,6 +227,8 @@ impl Track<CrawlerResource> for Resources {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodChange {
     Ready(bool),
+    /// `deletionTimestamp` appeared (a delete, even with grace 0, shows this first).
+    Terminating,
     Deleted,
     Bound(String),
 }
@@ -241,6 +243,7 @@ pub struct PodEvent {
 #[derive(Debug, Default)]
 pub struct Pods {
     ready: HashMap<String, bool>,
+    terminating: std::collections::HashSet<String>,
     bound: HashMap<String, String>,
     pub events: Vec<PodEvent>,
     pub synced: bool,
@@ -259,12 +262,11 @@ impl Pods {
         per
     }
 
-    /// When `name` last had `change`, if after `since`.
-    pub fn seen(&self, name: &str, change: &PodChange, since: Instant) -> Option<Instant> {
+    /// When `name` first had one of `changes` after `since`.
+    pub fn seen(&self, name: &str, changes: &[PodChange], since: Instant) -> Option<Instant> {
         self.events
             .iter()
-            .rev()
-            .find(|e| e.name == name && &e.change == change && e.at >= since)
+            .find(|e| e.name == name && changes.contains(&e.change) && e.at >= since)
             .map(|e| e.at)
     }
 }
@@ -281,6 +283,13 @@ impl Track<Pod> for Pods {
                 at,
                 name: name.clone(),
                 change: PodChange::Ready(ready),
+            });
+        }
+        if pod.metadata.deletion_timestamp.is_some() && self.terminating.insert(name.clone()) {
+            self.events.push(PodEvent {
+                at,
+                name: name.clone(),
+                change: PodChange::Terminating,
             });
         }
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone())

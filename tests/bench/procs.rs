@@ -60,12 +60,13 @@ impl Controller {
         identity: &str,
         concurrency: usize,
         election: Election,
+        kubeconfig: &Path,
     ) -> Self {
         let log = cp
             .dir()
             .join(format!("controller-{namespace}-{identity}.log"));
         let args = vec![
-            format!("KUBECONFIG={}", cp.kubeconfig_path().display()),
+            format!("KUBECONFIG={}", kubeconfig.display()),
             // debug: the controller logs each 409 Conflict at debug.
             "RUST_LOG=info,crawler_operator=debug".to_owned(),
             controller_binary().to_owned(),
