@@ -16,11 +16,9 @@ use std::{
     fmt::Debug,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use axum::{Router, http::HeaderMap, response::Html, routing};
 use crawler_operator::crd::CrawlerResource;
 use futures::TryStreamExt as _;
 use k8s_openapi::{
@@ -41,7 +39,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use support::{ControlPlane, pods, process::Server, wait_for};
+use support::{ControlPlane, pods, process::Server, site::Site, wait_for};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/crawler-operator");
 const CHART_CRD: &str = concat!(
@@ -797,7 +795,7 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
         "metadata": { "name": "task-test-4" },
         "spec": {
-            "seeds": [format!("http://{}/", site.addr)],
+            "seeds": [site.seed("task-test-4")],
             "maxDepth": 0,
             "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
             "cookieSecretRef": { "name": "cookies", "key": "cookie" },
@@ -838,7 +836,7 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
     .await;
     // The site saw the page, with the cookie from the Secret.
     wait_for("the site to be crawled", BOUND, POLL, || async {
-        if site.cookies().is_empty() {
+        if cookies(&site).is_empty() {
             Err(logs())
         } else {
             Ok(())
@@ -846,7 +844,7 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
     })
     .await;
     assert_eq!(
-        site.cookies(),
+        cookies(&site),
         vec!["session=chart-test".to_owned()],
         "{}",
         logs()
@@ -876,7 +874,7 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         let body = json!({
             "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
             "metadata": { "name": name },
-            "spec": { "seeds": [format!("http://{}/", site.addr)], "maxDepth": 0 },
+            "spec": { "seeds": [site.seed(name)], "maxDepth": 0 },
         });
         resources
             .patch(
@@ -1291,42 +1289,10 @@ impl Running {
     }
 }
 
-/// A one-page site that records the Cookie header of every request but robots.txt.
-struct Site {
-    addr: SocketAddr,
-    cookies: Arc<Mutex<Vec<String>>>,
-}
-
-impl Site {
-    async fn start() -> Self {
-        let cookies: Arc<Mutex<Vec<String>>> = Arc::default();
-        let seen = Arc::clone(&cookies);
-        let app = Router::new()
-            .route(
-                "/robots.txt",
-                routing::get(|| async { "User-agent: *\nAllow: /\n" }),
-            )
-            .route(
-                "/",
-                routing::get(move |headers: HeaderMap| {
-                    let seen = Arc::clone(&seen);
-                    async move {
-                        let cookie = headers
-                            .get("cookie")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default();
-                        seen.lock().unwrap().push(cookie.to_owned());
-                        Html("<html><body>crawled</body></html>")
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, cookies }
-    }
-
-    fn cookies(&self) -> Vec<String> {
-        self.cookies.lock().unwrap().clone()
-    }
+/// The Cookie header of every request the site saw for task-test-4.
+fn cookies(site: &Site) -> Vec<String> {
+    site.hits("task-test-4")
+        .into_iter()
+        .map(|h| h.cookie.unwrap_or_default())
+        .collect()
 }
