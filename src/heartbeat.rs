@@ -7,6 +7,14 @@
 //! succeeded. The controller counts a heartbeat as expired `duration` after it *observed* the
 //! last change, which is after that renewal was sent. So the worker has stopped its tasks at
 //! least `duration / 2` before the controller may give them to another worker.
+//!
+//! The other direction (why a worker coming back does not run a task the controller is moving):
+//! once a worker's heartbeat lapsed, the controller may have expired it, and a move it decided
+//! before it saw the worker's next renewal can land after that renewal. So a worker whose
+//! heartbeat lapsed (or that finds its Lease left by an earlier process) runs nothing until a
+//! renewal sent [`resume_after`] after its first successful one has succeeded, and then reads its
+//! assignments afresh. The controller, for its part, does not expire heartbeats while its own
+//! watch of them is failing: it cannot have seen the renewals it missed.
 
 use std::time::Duration;
 
@@ -37,6 +45,13 @@ pub fn renew_interval(duration: Duration) -> Duration {
 /// How long a worker keeps running tasks after the send time of its last successful renewal.
 pub fn stop_after(duration: Duration) -> Duration {
     duration / 2
+}
+
+/// How long a worker whose heartbeat lapsed keeps its tasks stopped after the first renewal that
+/// succeeds again: long enough for the controller to see that renewal and for a move it decided
+/// before that to land (and be read by the worker's fresh LIST).
+pub fn resume_after(duration: Duration) -> Duration {
+    duration
 }
 
 #[cfg(test)]

@@ -126,6 +126,9 @@ pub struct Index {
     namespaces: HashMap<String, Namespace>,
     workers_synced: bool,
     resources_synced: bool,
+    /// When the heartbeat watch last failed: renewals made while it was down were not seen, so no
+    /// heartbeat expires until its duration has passed since then as well.
+    heartbeats_unseen_at: Option<Instant>,
 }
 
 /// See [`Index::stats`].
@@ -320,15 +323,27 @@ impl Index {
         keys
     }
 
-    /// Marks heartbeats not renewed within their duration (counted from when we observed the last
-    /// renewal) as expired. Call it periodically; returns the resources to reconcile.
+    /// The heartbeat watch failed at `now` (the API server or etcd is unreachable or restarting):
+    /// whatever renewals happened meanwhile are unseen, so none may expire on their account.
+    pub fn heartbeats_unseen(&mut self, now: Instant) {
+        self.heartbeats_unseen_at = Some(now);
+    }
+
+    /// Marks heartbeats not renewed within their duration as expired: counted from when we
+    /// observed the last renewal, or from the last failure of the heartbeat watch if that is later
+    /// (a controller that could not see renewals must not conclude there were none). Call it
+    /// periodically; returns the resources to reconcile.
     pub fn expire_heartbeats(&mut self, now: Instant) -> Vec<Key> {
         let mut keys = Vec::new();
+        let unseen = self.heartbeats_unseen_at;
         for (ns_name, ns) in &mut self.namespaces {
             let expired: Vec<String> = ns
                 .heartbeats
                 .iter_mut()
-                .filter(|(_, h)| !h.expired && now >= h.observed + h.duration)
+                .filter(|(_, h)| {
+                    let since = unseen.map_or(h.observed, |u| u.max(h.observed));
+                    !h.expired && now >= since + h.duration
+                })
                 .map(|(pod, h)| {
                     h.expired = true;
                     pod.clone()
@@ -1314,6 +1329,27 @@ mod tests {
             ..Default::default()
         });
         lease
+    }
+
+    #[test]
+    fn no_heartbeat_expires_on_account_of_renewals_a_failed_watch_could_not_show() {
+        let (mut index, _) = two_workers_five_resources();
+        let t0 = Instant::now();
+        index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
+        // The watch fails 5 s later (API server restart) and stays down a while: the renewals
+        // made meanwhile were not seen, so the count starts again from the failure.
+        index.heartbeats_unseen(t0 + Duration::from_secs(5));
+        assert!(
+            index
+                .expire_heartbeats(t0 + Duration::from_secs(12))
+                .is_empty(),
+            "10 s after the last renewal seen, but only 7 s after the watch failed"
+        );
+        assert_eq!(
+            index.expire_heartbeats(t0 + Duration::from_secs(15)).len(),
+            3,
+            "a heartbeat still unseen a whole duration after the failure expires"
+        );
     }
 
     #[test]

@@ -173,17 +173,19 @@ where
 /// Feeds one watch into the index (apply / delete / reset, the kubert pattern: a relist becomes
 /// one reset, so objects deleted while the watch was down are removed too) and queues the keys
 /// each change makes worth reconciling.
-async fn feed<K, A, D, R>(
+async fn feed<K, A, D, R, F>(
     ctx: &Context,
     stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     apply: A,
     delete: D,
     reset: R,
+    failed: F,
 ) where
     K: Resource + Clone,
     A: Fn(&mut Index, &K) -> Vec<Key>,
     D: Fn(&mut Index, &K) -> Vec<Key>,
     R: Fn(&mut Index, &[K]) -> Vec<Key>,
+    F: Fn(&mut Index),
 {
     let mut stream = std::pin::pin!(stream);
     let mut buffer: Vec<K> = Vec::new();
@@ -206,6 +208,7 @@ async fn feed<K, A, D, R>(
             Err(e) => {
                 // The watcher backs off and re-lists by itself; keep going.
                 tracing::warn!(error = %e, "watch failed; retrying with backoff");
+                failed(&mut ctx.index.lock());
                 continue;
             }
         };
@@ -227,6 +230,7 @@ async fn watch_pods(ctx: Arc<Context>) {
         Index::apply_pod,
         |idx, pod: &Pod| idx.delete_pod(&pod.namespace().unwrap_or_default(), &pod.name_any()),
         Index::reset_pods,
+        |_| {},
     )
     .await;
 }
@@ -250,6 +254,7 @@ async fn watch_resources(ctx: Arc<Context>) {
             idx.delete_resource(&r.namespace().unwrap_or_default(), &r.name_any())
         },
         Index::reset_resources,
+        |_| {},
     )
     .await;
 }
@@ -257,8 +262,15 @@ async fn watch_resources(ctx: Arc<Context>) {
 async fn watch_heartbeats(ctx: Arc<Context>) {
     let api: Api<Lease> = resource_api(&ctx.client, ctx.settings.namespace.as_deref());
     let selector = format!("{}={}", heartbeat::LABEL, heartbeat::LABEL_VALUE);
+    // Retry within a second at most (not client-go's 30 s): while this watch is down no heartbeat
+    // may expire (see `Index::heartbeats_unseen`), so it should come back before one would.
+    let retry = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times();
     let stream = watcher(api, watcher::Config::default().labels(&selector))
-        .default_backoff()
+        .backoff(watcher::ExponentialBackoff::from(retry))
         .map_ok(|ev| ev.modify(|l: &mut Lease| l.metadata.managed_fields = None));
     feed(
         &ctx,
@@ -268,6 +280,7 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
             idx.delete_heartbeat(&lease.namespace().unwrap_or_default(), &lease.name_any())
         },
         |idx, leases: &[Lease]| idx.reset_heartbeats(leases, Instant::now()),
+        |idx| idx.heartbeats_unseen(Instant::now()),
     )
     .await;
 }

@@ -19,7 +19,9 @@ use crate::{heartbeat, telemetry::Metrics};
 
 /// Renews the heartbeat Lease of `pod` until `stop` turns true, publishing on `alive` whether the
 /// worker may run tasks: true only while a renewal sent less than `stop_after(duration)` ago
-/// succeeded. On stop it releases the Lease (holder cleared) so the controller reassigns at once.
+/// succeeded, and, after a lapse (or when an earlier process left the Lease behind), not before a
+/// renewal sent `resume_after(duration)` after the first successful one. On stop it releases the
+/// Lease (holder cleared) so the controller reassigns at once.
 pub async fn run(
     client: Client,
     namespace: String,
@@ -35,6 +37,10 @@ pub async fn run(
     let grace = heartbeat::stop_after(duration);
     let alive = Arc::new(alive);
     let mut valid_until: Option<Instant> = None;
+    // A Lease left by an earlier process of this Pod (a container restart) is a lapse too: the
+    // controller may be moving that process's tasks right now.
+    let mut lapsed = left_behind(&api, &name, interval).await;
+    let mut hold_until: Option<Instant> = None;
     let mut next = Instant::now();
     loop {
         // Wake at the next renewal, at the deadline, or on stop, whichever is first.
@@ -49,6 +55,8 @@ pub async fn run(
         }
         if valid_until.is_some_and(|v| now >= v) {
             valid_until = None;
+            lapsed = true;
+            hold_until = None;
             if alive.send_replace(false) {
                 tracing::warn!(lease = %name, "heartbeat not renewed in time: stopping every task until it is");
             }
@@ -61,8 +69,17 @@ pub async fn run(
         match timeout(interval, write(&api, &name, Some(&pod), duration)).await {
             Ok(Ok(())) => {
                 valid_until = Some(sent + grace);
-                if !alive.send_replace(true) {
-                    tracing::info!(lease = %name, "heartbeat renewed: tasks may run");
+                if lapsed {
+                    lapsed = false;
+                    let hold = heartbeat::resume_after(duration);
+                    hold_until = Some(sent + hold);
+                    tracing::info!(lease = %name, "heartbeat renewed after a lapse: tasks stay stopped for {hold:?} so that a move the controller decided meanwhile lands first");
+                }
+                if hold_until.is_none_or(|h| sent >= h) {
+                    hold_until = None;
+                    if !alive.send_replace(true) {
+                        tracing::info!(lease = %name, "heartbeat renewed: tasks may run");
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -82,6 +99,19 @@ pub async fn run(
             tracing::warn!(lease = %name, error = %e, "cannot release the heartbeat; the controller will notice when it expires");
         }
         Err(_) => tracing::warn!(lease = %name, "releasing the heartbeat timed out"),
+    }
+}
+
+/// Whether this Pod's heartbeat Lease already exists (left by an earlier process of the Pod). When
+/// that cannot be told, it answers yes: waiting is the safe side.
+async fn left_behind(api: &Api<Lease>, name: &str, within: Duration) -> bool {
+    match timeout(within, api.get_opt(name)).await {
+        Ok(Ok(lease)) => lease.is_some(),
+        Ok(Err(e)) => {
+            tracing::warn!(lease = %name, error = %e, "cannot read the heartbeat Lease; treating it as left by an earlier process");
+            true
+        }
+        Err(_) => true,
     }
 }
 

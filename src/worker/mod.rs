@@ -192,7 +192,9 @@ pub async fn run(
         if may_run {
             health.set_ready(true);
         } else {
-            health.set_not_ready("the heartbeat Lease is not renewed: no task may run");
+            health.set_not_ready(
+                "the heartbeat is not renewed, or is resuming after a lapse: no task may run",
+            );
         }
         // Stop what must stop; start nothing while the view of the assignments may be stale.
         worker.sync(may_run, !stale);
