@@ -95,6 +95,21 @@ label_enum! {
 }
 
 label_enum! {
+    /// What became of an Event the controller meant to publish (label `outcome`).
+    EventOutcome, label = "outcome", {
+        /// The API server accepted it.
+        Published => "published",
+        /// A routine `Assigned` Event over the budget (a bulk create): not published; the
+        /// resource's `Assigned` condition says the same.
+        Throttled => "throttled",
+        /// The publisher's queue was full: not published.
+        Dropped => "dropped",
+        /// The API server refused it or could not be reached.
+        Failed => "failed",
+    }
+}
+
+label_enum! {
     /// Whether a placement was the resource's first or moved it (label `kind`).
     AssignmentKind, label = "kind", {
         /// Placed on a worker while it had none.
@@ -208,6 +223,7 @@ struct Inner {
     reconciles: Family<ReconcileOutcome, Counter>,
     reconcile_duration: Histogram,
     status_writes: Family<WriteOutcome, Counter>,
+    events: Family<EventOutcome, Counter>,
     assignments: Family<AssignmentKind, Counter>,
     unschedulable: Gauge,
     workers: Arc<WorkerLoads>,
@@ -245,6 +261,7 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_duration: Histogram::new(RECONCILE_BUCKETS),
             status_writes: Family::default(),
+            events: Family::default(),
             assignments: Family::default(),
             unschedulable: Gauge::default(),
             workers: Arc::default(),
@@ -300,6 +317,11 @@ impl Metrics {
     /// Counts one status write by how it ended.
     pub fn status_write(&self, outcome: WriteOutcome) {
         self.0.status_writes.get_or_create(&outcome).inc();
+    }
+
+    /// Counts one Event by what became of it.
+    pub fn event(&self, outcome: EventOutcome) {
+        self.0.events.get_or_create(&outcome).inc();
     }
 
     /// Counts one placement written to a resource's status.
@@ -389,6 +411,9 @@ impl Inner {
         for outcome in WriteOutcome::ALL {
             self.status_writes.get_or_create_owned(outcome);
         }
+        for outcome in EventOutcome::ALL {
+            self.events.get_or_create_owned(outcome);
+        }
         for kind in AssignmentKind::ALL {
             self.assignments.get_or_create_owned(kind);
         }
@@ -409,6 +434,11 @@ impl Inner {
             "status_writes",
             "Fenced status writes by outcome",
             self.status_writes.clone(),
+        );
+        r.register(
+            "events",
+            "Events by outcome (throttled: routine Assigned Events over the budget)",
+            self.events.clone(),
         );
         r.register(
             "assignments",
@@ -612,6 +642,7 @@ mod tests {
         let got: Vec<_> = families(&text).into_iter().collect();
         let want = [
             ("counter", "crawler_controller_assignments_total"),
+            ("counter", "crawler_controller_events_total"),
             ("counter", "crawler_controller_leader_transitions_total"),
             ("counter", "crawler_controller_reconciles_total"),
             ("counter", "crawler_controller_status_writes_total"),

@@ -27,7 +27,8 @@ use tokio::net::TcpListener;
 pub use self::{
     health::Health,
     metrics::{
-        AssignmentKind, Metrics, ReconcileOutcome, Role, TaskStopReason, WorkerLoad, WriteOutcome,
+        AssignmentKind, EventOutcome, Metrics, ReconcileOutcome, Role, TaskStopReason, WorkerLoad,
+        WriteOutcome,
     },
 };
 

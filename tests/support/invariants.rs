@@ -144,7 +144,8 @@ impl LeaseTimeline {
     }
 
     /// Judges every Assigned/Reassigned Event (the controller publishes one per placing status
-    /// write): its reporting instance must have held the Lease within 3 s before to 0.5 s after
+    /// write, `Assigned` ones within a budget of 5/s after a burst of 50, which these tests stay
+    /// under): its reporting instance must have held the Lease within 3 s before to 0.5 s after
     /// the Event (a leader acts at most its renew deadline past its last renewal, and Events are
     /// published just after the write). Returns how many were judged and the violations.
     pub fn judge(&self, events: &[Event]) -> (usize, Vec<String>) {
