@@ -39,16 +39,22 @@ use std::{
     fmt,
     future::Future,
     pin::pin,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use futures::TryStreamExt;
 use jiff::Timestamp;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
-use kube::{Api, Client, api::PostParams};
-use tokio::sync::watch;
+use kube::{
+    Api, Client,
+    api::PostParams,
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 /// client-go's default: how long candidates wait for a silent holder before taking over.
@@ -459,6 +465,41 @@ pub fn decide(observed: Option<&Observed>, now: Instant, settings: &LeaseSetting
     }
 }
 
+/// Wakes a standby as soon as the Lease is released (holder cleared, as a leader does on
+/// SIGTERM) or deleted, so a graceful handover takes one round trip instead of up to a retry
+/// period. Only a hint: the election still reads the Lease and writes under its resourceVersion.
+/// Without RBAC to watch the Lease the standby keeps its retry period (logged once).
+async fn watch_for_release(
+    api: Api<Lease>,
+    name: String,
+    lease_ref: String,
+    released: Arc<Notify>,
+) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = pin!(watcher(api, config).default_backoff());
+    let mut warned = false;
+    loop {
+        let free = match events.try_next().await {
+            Ok(Some(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease))) => {
+                LeaseRecord::from_lease(&lease).holder.is_none()
+            }
+            Ok(Some(watcher::Event::Delete(_))) => true,
+            Ok(Some(watcher::Event::Init | watcher::Event::InitDone)) => false,
+            Ok(None) => return,
+            Err(error) => {
+                if !warned {
+                    warned = true;
+                    warn!(lease = %lease_ref, %error, "cannot watch the Lease (RBAC: list and watch on it); a standby takes over a released Lease only at its next retry period");
+                }
+                false
+            }
+        };
+        if free {
+            released.notify_one();
+        }
+    }
+}
+
 // === impl LeaderElector ===
 
 /// Campaigns for the Lease until shutdown, and publishes the outcome as [`Leadership`].
@@ -529,6 +570,13 @@ impl LeaderElector {
         let mut shutdown = pin!(shutdown);
         let mut campaign = Campaign::default();
         info!(lease = %self.lease_ref, identity = %self.settings.identity, "leader election started");
+        let released = Arc::new(Notify::new());
+        let watching = tokio::spawn(watch_for_release(
+            self.api.clone(),
+            self.settings.name.clone(),
+            self.lease_ref.clone(),
+            Arc::clone(&released),
+        ));
         let outcome = loop {
             let started = Instant::now();
             let attempt = tokio::select! {
@@ -544,9 +592,15 @@ impl LeaderElector {
                 biased;
                 () = &mut shutdown => break Ok(()),
                 () = tokio::time::sleep_until(wake.into()) => {}
+                // A standby does not wait for its next period when the holder lets go: the
+                // next round reads the Lease and decides as always.
+                () = released.notified(), if campaign.term.is_none() => {
+                    debug!(lease = %self.lease_ref, "the Lease was released; trying at once");
+                }
             }
             self.check_deadline(&mut campaign);
         };
+        watching.abort();
         // Stop acting before letting go, so no one else leads while we still do.
         match &outcome {
             Ok(()) => self.step_down(&mut campaign, None, "shutting down"),
