@@ -208,9 +208,16 @@ impl Index {
     /// The Pod watch (re)listed: replace every worker, so a Pod deleted while the watch was down is
     /// removed too. Returns the resources to reconcile.
     pub fn reset_pods(&mut self, pods: &[Pod]) -> Vec<Key> {
-        let keys = self.reset(
-            pods,
-            Self::apply_pod,
+        let mut keys: Vec<Key> = pods.iter().flat_map(|p| self.apply_pod(p)).collect();
+        keys.extend(self.finish_pod_list(&listed(pods)));
+        keys
+    }
+
+    /// The end of a Pod (re)list whose Pods were applied one by one as they arrived: remove the
+    /// workers it did not list. `listed`: (namespace, name) of every listed Pod.
+    pub fn finish_pod_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+        let keys = self.retain(
+            listed,
             |ns| ns.workers.keys().cloned().collect(),
             Self::delete_pod,
         );
@@ -218,28 +225,20 @@ impl Index {
         keys
     }
 
-    /// Applies every listed object, then deletes what the index holds but the list does not.
-    fn reset<K: kube::Resource>(
+    /// Deletes what the index holds but a list did not show.
+    fn retain(
         &mut self,
-        objects: &[K],
-        apply: fn(&mut Self, &K) -> Vec<Key>,
+        listed: &HashSet<(String, String)>,
         names: fn(&Namespace) -> Vec<String>,
         delete: fn(&mut Self, &str, &str) -> Vec<Key>,
     ) -> Vec<Key> {
-        let mut listed: HashSet<(String, String)> = HashSet::with_capacity(objects.len());
-        let mut keys = Vec::new();
-        for object in objects {
-            if let Some(ns) = object.meta().namespace.clone() {
-                listed.insert((ns, object.name_any()));
-                keys.extend(apply(self, object));
-            }
-        }
         let gone: Vec<(String, String)> = self
             .namespaces
             .iter()
             .flat_map(|(ns, n)| names(n).into_iter().map(move |name| (ns.clone(), name)))
             .filter(|key| !listed.contains(key))
             .collect();
+        let mut keys = Vec::new();
         for (ns, name) in gone {
             keys.extend(delete(self, &ns, &name));
         }
@@ -299,28 +298,26 @@ impl Index {
 
     /// The heartbeat watch (re)listed.
     pub fn reset_heartbeats(&mut self, leases: &[Lease], now: Instant) -> Vec<Key> {
-        let mut keys = Vec::new();
-        let listed: HashSet<(String, String)> = leases
+        let mut keys: Vec<Key> = leases
             .iter()
-            .filter_map(|l| Some((l.namespace()?, l.name_any())))
+            .flat_map(|l| self.apply_heartbeat(l, now))
             .collect();
-        let gone: Vec<(String, String)> = self
-            .namespaces
-            .iter()
-            .flat_map(|(ns, n)| {
-                n.heartbeats
-                    .keys()
-                    .map(move |pod| (ns.clone(), heartbeat::lease_name(pod)))
-            })
-            .filter(|key| !listed.contains(key))
-            .collect();
-        for (ns, name) in gone {
-            keys.extend(self.delete_heartbeat(&ns, &name));
-        }
-        for lease in leases {
-            keys.extend(self.apply_heartbeat(lease, now));
-        }
+        keys.extend(self.finish_heartbeat_list(&listed(leases)));
         keys
+    }
+
+    /// The end of a heartbeat (re)list applied one by one: forget the Leases it did not list.
+    pub fn finish_heartbeat_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+        self.retain(
+            listed,
+            |ns| {
+                ns.heartbeats
+                    .keys()
+                    .map(|pod| heartbeat::lease_name(pod))
+                    .collect()
+            },
+            Self::delete_heartbeat,
+        )
     }
 
     /// The heartbeat watch failed at `now` (the API server or etcd is unreachable or restarting):
@@ -367,7 +364,12 @@ impl Index {
         let name = resource.name_any();
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
         let previous = ns.resources.get(&name);
-        let status = resource.status.clone().unwrap_or_default();
+        // Only the fields the controller writes: the worker's progress is not ours to keep.
+        let status = resource
+            .status
+            .as_ref()
+            .map(controller_fields)
+            .unwrap_or_default();
         // Keep an assumption until the watch shows our write (or anything placing it there).
         // The watch may show our write before the write's response arrives: the worker it names
         // confirms it as well as the version does.
@@ -409,9 +411,19 @@ impl Index {
 
     /// The resource watch (re)listed: replace every resource. Returns the resources to reconcile.
     pub fn reset_resources(&mut self, resources: &[CrawlerResource]) -> Vec<Key> {
-        let keys = self.reset(
-            resources,
-            Self::apply_resource,
+        let mut keys: Vec<Key> = resources
+            .iter()
+            .flat_map(|r| self.apply_resource(r))
+            .collect();
+        keys.extend(self.finish_resource_list(&listed(resources)));
+        keys
+    }
+
+    /// The end of a resource (re)list applied one by one as it arrived (so the list is never held
+    /// whole in memory): remove the resources it did not list.
+    pub fn finish_resource_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+        let keys = self.retain(
+            listed,
             |ns| ns.resources.keys().cloned().collect(),
             Self::delete_resource,
         );
@@ -902,6 +914,14 @@ fn address(ip: &str, port: u16) -> String {
     } else {
         format!("{ip}:{port}")
     }
+}
+
+/// (namespace, name) of each object: what a list showed.
+pub fn listed<K: kube::Resource>(objects: &[K]) -> HashSet<(String, String)> {
+    objects
+        .iter()
+        .filter_map(|o| Some((o.meta().namespace.clone()?, o.name_any())))
+        .collect()
 }
 
 /// The status fields the controller owns (what its server-side apply sends).

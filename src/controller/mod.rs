@@ -14,6 +14,7 @@ pub mod index;
 pub mod queue;
 
 use std::{
+    collections::HashSet,
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
@@ -187,39 +188,44 @@ where
     }
 }
 
-/// Feeds one watch into the index (apply / delete / reset, the kubert pattern: a relist becomes
-/// one reset, so objects deleted while the watch was down are removed too) and queues the keys
-/// each change makes worth reconciling.
+/// Feeds one watch into the index and queues the keys each change makes worth reconciling. A
+/// (re)list is applied object by object as it arrives, remembering only the names, and ends with
+/// `finish`, which removes what the list did not show (objects deleted while the watch was down):
+/// the list is never held whole in memory (50 MiB at 100,000 resources when it was).
 async fn feed<K, A, D, R, F>(
     ctx: &Context,
     stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     apply: A,
     delete: D,
-    reset: R,
+    finish: R,
     failed: F,
 ) where
     K: Resource + Clone,
     A: Fn(&mut Index, &K) -> Vec<Key>,
     D: Fn(&mut Index, &K) -> Vec<Key>,
-    R: Fn(&mut Index, &[K]) -> Vec<Key>,
+    R: Fn(&mut Index, &HashSet<(String, String)>) -> Vec<Key>,
     F: Fn(&mut Index),
 {
     let mut stream = std::pin::pin!(stream);
-    let mut buffer: Vec<K> = Vec::new();
+    let mut listed: HashSet<(String, String)> = HashSet::new();
     loop {
         let keys = match stream.try_next().await {
             Ok(Some(watcher::Event::Apply(obj))) => apply(&mut ctx.index.lock(), &obj),
             Ok(Some(watcher::Event::Delete(obj))) => delete(&mut ctx.index.lock(), &obj),
             Ok(Some(watcher::Event::Init)) => {
-                buffer.clear();
+                listed.clear();
                 continue;
             }
             Ok(Some(watcher::Event::InitApply(obj))) => {
-                buffer.push(obj);
-                continue;
+                if let Some(ns) = obj.meta().namespace.clone() {
+                    listed.insert((ns, obj.name_any()));
+                }
+                apply(&mut ctx.index.lock(), &obj)
             }
             Ok(Some(watcher::Event::InitDone)) => {
-                reset(&mut ctx.index.lock(), &std::mem::take(&mut buffer))
+                let keys = finish(&mut ctx.index.lock(), &listed);
+                listed = HashSet::new();
+                keys
             }
             Ok(None) => return,
             Err(e) => {
@@ -229,7 +235,7 @@ async fn feed<K, A, D, R, F>(
                 continue;
             }
         };
-        if ctx.leadership.borrow().is_leading_now() {
+        if !keys.is_empty() && ctx.leadership.borrow().is_leading_now() {
             ctx.queue.add_all(keys);
         }
     }
@@ -246,7 +252,7 @@ async fn watch_pods(ctx: Arc<Context>) {
         stream,
         Index::apply_pod,
         |idx, pod: &Pod| idx.delete_pod(&pod.namespace().unwrap_or_default(), &pod.name_any()),
-        Index::reset_pods,
+        Index::finish_pod_list,
         |_| {},
     )
     .await;
@@ -270,7 +276,7 @@ async fn watch_resources(ctx: Arc<Context>) {
         |idx, r: &CrawlerResource| {
             idx.delete_resource(&r.namespace().unwrap_or_default(), &r.name_any())
         },
-        Index::reset_resources,
+        Index::finish_resource_list,
         |_| {},
     )
     .await;
@@ -296,7 +302,7 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
         |idx, lease: &Lease| {
             idx.delete_heartbeat(&lease.namespace().unwrap_or_default(), &lease.name_any())
         },
-        |idx, leases: &[Lease]| idx.reset_heartbeats(leases, Instant::now()),
+        Index::finish_heartbeat_list,
         |idx| idx.heartbeats_unseen(Instant::now()),
     )
     .await;
