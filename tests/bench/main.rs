@@ -10,6 +10,7 @@
 //!  5 cold start     a fresh leader over N well-placed resources (time to ready, writes)
 //!  4 failover       SIGTERM / SIGKILL of the leader with a warm standby, mid-flight
 //!  6 footprint      RSS / CPU of the controller at N (and at BENCH_LARGE)
+//! 6c worker         RSS / CPU of one worker as its running tasks grow (BENCH_WORKER_TASKS)
 //! 7b kube-scheduler the same number of Pods on 100 Nodes, same API server, same run
 //! ```
 //!
@@ -31,6 +32,7 @@ mod report;
 mod stats;
 #[path = "../support/mod.rs"]
 mod support;
+mod worker;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -88,8 +90,11 @@ pub struct Config {
     pub failover: [usize; 4],
     /// `BENCH_MICRO_REPS` (15): repetitions of each micro-benchmark (median reported).
     pub micro_reps: usize,
+    /// `BENCH_WORKER_TASKS` ("10,100,300"): running-task counts at which the worker footprint is
+    /// measured.
+    pub worker_tasks: Vec<usize>,
     /// `BENCH_SCENARIOS` (all): comma-separated subset of
-    /// micro,ceiling,bulk,orphans,coldstart,failover,bulk-noevents,large,kube-scheduler.
+    /// micro,ceiling,bulk,orphans,coldstart,failover,bulk-noevents,large,kube-scheduler,worker.
     pub scenarios: Option<HashSet<String>>,
     /// `BENCH_FSYNC` (1): etcd fsync on.
     pub fsync: bool,
@@ -121,6 +126,11 @@ impl Config {
             orphan_trials: env_usize("BENCH_ORPHAN_TRIALS", 3),
             failover: failover.try_into().expect("BENCH_FAILOVER: four numbers"),
             micro_reps: env_usize("BENCH_MICRO_REPS", 15),
+            worker_tasks: std::env::var("BENCH_WORKER_TASKS")
+                .unwrap_or_else(|_| "10,100,300".to_owned())
+                .split(',')
+                .map(|v| v.trim().parse().expect("BENCH_WORKER_TASKS: numbers"))
+                .collect(),
             scenarios: std::env::var("BENCH_SCENARIOS")
                 .ok()
                 .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect()),
@@ -386,7 +396,7 @@ async fn controller_benchmarks() {
         scenario_micro(&cfg, &mut report);
     }
 
-    let needs_cp = ["ceiling", "bulk", "large", "kube-scheduler"]
+    let needs_cp = ["ceiling", "bulk", "large", "kube-scheduler", "worker"]
         .iter()
         .any(|s| cfg.enabled(s));
     if needs_cp {
@@ -489,6 +499,9 @@ async fn controller_benchmarks() {
         }
         if cfg.large > 0 && cfg.enabled("large") {
             scenario_large(cp, &cfg, pids, &mut report, &mut cpu_rows).await;
+        }
+        if cfg.enabled("worker") {
+            worker::run(cp, &cfg, &mut report).await;
         }
         if !cpu_rows.is_empty() {
             report.section(
@@ -1929,8 +1942,16 @@ fn footprint_section(fleet: &Fleet, cfg: &Config, report: &mut Report) {
     report.section(
         "6. Footprint of the controller (from /proc/<pid>/status and /stat)",
         format!(
-            "{}\nWorker footprint per running task: not measured here (the worker process, issue 4, was being written when this benchmark was; it is left for a follow-up).\n",
-            table(&["process", "VmRSS MiB", "VmHWM (peak) MiB", "CPU s since start"], rows)
+            "{}\nThe worker's footprint per running task is in 6c.\n",
+            table(
+                &[
+                    "process",
+                    "VmRSS MiB",
+                    "VmHWM (peak) MiB",
+                    "CPU s since start"
+                ],
+                rows
+            )
         ),
     );
     report.goal(

@@ -46,7 +46,7 @@ impl Election {
     }
 }
 
-/// One `crawler-operator controller` process.
+/// One `crawler-operator controller` process (or a worker: [`Controller::start_worker`]).
 pub struct Controller {
     pub identity: String,
     server: Server,
@@ -91,6 +91,30 @@ impl Controller {
         server.start();
         Self {
             identity: identity.to_owned(),
+            server,
+            log,
+        }
+    }
+
+    /// A `crawler-operator worker` process playing Pod `pod`, its page records in `output`.
+    /// The same handle as a controller's: usage, metrics, log, signals.
+    pub fn start_worker(cp: &ControlPlane, namespace: &str, pod: &str, output: &Path) -> Self {
+        let log = cp.dir().join(format!("worker-{namespace}-{pod}.log"));
+        let args = vec![
+            format!("KUBECONFIG={}", cp.kubeconfig_path().display()),
+            "RUST_LOG=info".to_owned(),
+            controller_binary().to_owned(),
+            "worker".to_owned(),
+            "--log-format=json".to_owned(),
+            format!("--pod-name={pod}"),
+            format!("--namespace={namespace}"),
+            format!("--output={}", output.display()),
+            "--metrics-addr=127.0.0.1:0".to_owned(),
+        ];
+        let server = Server::new("worker", PathBuf::from("/usr/bin/env"), args, log.clone());
+        server.start();
+        Self {
+            identity: pod.to_owned(),
             server,
             log,
         }
