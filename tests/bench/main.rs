@@ -707,6 +707,8 @@ enum WriteKind {
     Merge,
     /// PUT of the whole object to `/status` (an Update).
     Replace,
+    /// `Ssa` while a second client watches the namespace, as the controller does.
+    SsaSecondWatch,
 }
 
 impl WriteKind {
@@ -715,6 +717,7 @@ impl WriteKind {
             WriteKind::Ssa => "SSA",
             WriteKind::Merge => "merge",
             WriteKind::Replace => "PUT",
+            WriteKind::SsaSecondWatch => "SSA + 2nd watch",
         }
     }
 }
@@ -779,13 +782,44 @@ async fn scenario_ceiling(
         (WriteKind::Ssa, 64, n, "status rewritten"),
         (WriteKind::Merge, cfg.concurrency, n, "status rewritten"),
         (WriteKind::Replace, cfg.concurrency, n, "status rewritten"),
+        (
+            WriteKind::SsaSecondWatch,
+            cfg.concurrency,
+            n,
+            "fresh objects (a second set), watched twice",
+        ),
     ];
+    // The last pass: fresh objects again, in a second namespace, with one more watch of it (the
+    // one a controller keeps), to measure what that watch costs the API server per write.
+    let ns2 = cp.namespace("ceiling-watched").await;
+    let observer2 = resource_observer(&client, ns2.name());
+    create_resources(&client, ns2.name(), Arc::clone(&names), 0, 32).await;
+    observer2
+        .wait_for(
+            "the second ceiling set to be seen",
+            Duration::from_secs(120),
+            |s| (s.objects.len() >= n).then_some(()),
+            |s| format!("{} seen", s.objects.len()),
+        )
+        .await;
     let mut rows = Vec::new();
     let mut ceiling = Ceiling { rate: 0.0 };
     for (pass, (kind, concurrency, count, note)) in passes.into_iter().enumerate() {
+        let (ns_name, observer) = if kind == WriteKind::SsaSecondWatch {
+            (ns2.name(), &observer2)
+        } else {
+            (ns.name(), &observer)
+        };
         let versions = Arc::new(observer.lock().versions());
         let writes_before = observer.lock().writes;
-        let api: Api<CrawlerResource> = Api::namespaced(client.clone(), ns.name());
+        let api: Api<CrawlerResource> = Api::namespaced(client.clone(), ns_name);
+        let second_watch = (kind == WriteKind::SsaSecondWatch).then(|| {
+            let stream = watcher(api.clone(), watch_config());
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                stream.for_each(|_| async {}).await;
+            })
+        });
         let errors = Arc::new(AtomicUsize::new(0));
         let workers = cfg.workers;
         settle(pids, Duration::from_secs(60)).await;
@@ -805,7 +839,7 @@ async fn scenario_ceiling(
                     let rv = versions[name].to_string();
                     let status = assigned_status(i % workers, i / workers, pass + 1);
                     let result = match kind {
-                        WriteKind::Ssa => {
+                        WriteKind::Ssa | WriteKind::SsaSecondWatch => {
                             let body = json!({
                                 "apiVersion": "crawler.dev/v1alpha1",
                                 "kind": "CrawlerResource",
@@ -848,6 +882,9 @@ async fn scenario_ceiling(
         };
         let client_elapsed = started.elapsed();
         let ok = count - errors.load(Ordering::Relaxed);
+        if let Some(task) = second_watch {
+            task.abort();
+        }
         let seen_at = observer
             .wait_for(
                 "the ceiling writes to be seen",
@@ -863,6 +900,9 @@ async fn scenario_ceiling(
             WriteKind::Ssa => "server-side apply + resourceVersion (the controller's write)",
             WriteKind::Merge => "merge patch + resourceVersion",
             WriteKind::Replace => "update (PUT /status of the whole object, resourceVersion)",
+            WriteKind::SsaSecondWatch => {
+                "server-side apply + resourceVersion, a second client watching (as the controller does)"
+            }
         };
         if pass == 0 {
             ceiling.rate = rate;
@@ -871,7 +911,11 @@ async fn scenario_ceiling(
             &format!(
                 "1. ceiling: {} x{concurrency}{}",
                 kind.short(),
-                if pass == 0 { ", fresh" } else { "" }
+                if note.starts_with("fresh") {
+                    ", fresh"
+                } else {
+                    ""
+                }
             ),
             ok,
             &cpu,
@@ -894,7 +938,7 @@ async fn scenario_ceiling(
     report.section(
         "1. Ceiling C_raw: status writes with no operator logic",
         format!(
-            "{} CrawlerResources created first ({:.0}/s at 32 in flight: {create_time:.1?}); then each pass writes the status the controller would write (same fields, same sizes, `resourceVersion` fence) from this process, `concurrency` requests in flight, one kube::Client (the controller's HTTP stack). The benchmark also watches the namespace, as it does during the bulk run.\n\n{}\n**C_raw = {:.0} writes/s** (first row: fresh objects at the controller's concurrency) is what the bulk run is compared with.\n",
+            "{} CrawlerResources created first ({:.0}/s at 32 in flight: {create_time:.1?}); then each pass writes the status the controller would write (same fields, same sizes, `resourceVersion` fence) from this process, `concurrency` requests in flight, one kube::Client (the controller's HTTP stack). The benchmark also watches the namespace, as it does during the bulk run. The last row repeats the first on a second set of fresh objects while a second client also watches their namespace, as the controller does: the difference is what the controller's own watch costs the API server.\n\n{}\n**C_raw = {:.0} writes/s** (first row: fresh objects at the controller's concurrency) is what the bulk run is compared with.\n",
             n,
             per_sec(n, create_time),
             table(
@@ -905,7 +949,10 @@ async fn scenario_ceiling(
         ),
     );
     drop(observer);
-    std::mem::forget(ns); // keep the objects: deleting 10k of them costs API time later
+    drop(observer2);
+    // Keep the objects: deleting 10k of them costs API time later.
+    std::mem::forget(ns);
+    std::mem::forget(ns2);
     ceiling
 }
 
