@@ -105,7 +105,7 @@ struct Context {
     queue: WorkQueue<Key>,
     policy: Box<dyn Policy>,
     leadership: watch::Receiver<Leadership>,
-    events: mpsc::Sender<(Key, index::PlanEvent, CrawlerResource)>,
+    events: mpsc::Sender<(Key, index::PlanEvent, CrawlerResource, tokio::time::Instant)>,
     /// Budget of routine `Assigned` Events (see [`ROUTINE_EVENTS_PER_SECOND`]).
     routine_events: governor::DefaultDirectRateLimiter,
     metrics: Metrics,
@@ -159,6 +159,7 @@ pub async fn run(
         client,
         ctx.settings.instance.clone(),
         events_rx,
+        ctx.queue.clone(),
         metrics,
     ));
     for _ in 0..ctx.settings.concurrency.max(1) {
@@ -483,7 +484,11 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
                     // A bulk create would double the writes with Events that repeat the
                     // `Assigned` condition; moves and warnings are never throttled.
                     ctx.metrics.event(EventOutcome::Throttled);
-                } else if ctx.events.try_send((key.clone(), event, written)).is_err() {
+                } else if ctx
+                    .events
+                    .try_send((key.clone(), event, written, tokio::time::Instant::now()))
+                    .is_err()
+                {
                     // Best effort: a full queue drops the Event, never the decision.
                     ctx.metrics.event(EventOutcome::Dropped);
                 }
@@ -515,11 +520,18 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
     }
 }
 
-/// Publishes Events off the decision path, so an assignment costs one write on its critical path.
+/// How long an Event may wait for the placements to finish before it is published anyway.
+const EVENT_MAX_DEFERRAL: Duration = Duration::from_secs(2);
+
+/// Publishes Events off the decision path, so an assignment costs one write on its critical path,
+/// and after the placements being made (up to [`EVENT_MAX_DEFERRAL`]): an Event create costs the
+/// API server about what a status write does, and 100 `Reassigned` Events published during the
+/// burst that moves a lost worker's 100 resources would slow that burst down.
 async fn publish_events(
     client: Client,
     instance: String,
-    mut rx: mpsc::Receiver<(Key, index::PlanEvent, CrawlerResource)>,
+    mut rx: mpsc::Receiver<(Key, index::PlanEvent, CrawlerResource, tokio::time::Instant)>,
+    queue: WorkQueue<Key>,
     metrics: Metrics,
 ) {
     let mut warned = false;
@@ -530,7 +542,11 @@ async fn publish_events(
             instance: Some(instance),
         },
     );
-    while let Some((key, event, resource)) = rx.recv().await {
+    while let Some((key, event, resource, sent)) = rx.recv().await {
+        let deadline = sent + EVENT_MAX_DEFERRAL;
+        while !queue.is_idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let ev = Event {
             type_: if event.warning {
                 EventType::Warning

@@ -164,6 +164,12 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// No key waits and none is being processed.
+    pub fn is_idle(&self) -> bool {
+        let s = self.shared.state.lock();
+        s.ready.is_empty() && s.active.is_empty()
+    }
 }
 
 #[cfg(test)]
