@@ -87,7 +87,7 @@ struct ControllerArgs {
     #[arg(long, default_value = "least-loaded")]
     policy: PolicyKind,
     /// Status writes in flight at once.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
     /// Bound on each status write.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

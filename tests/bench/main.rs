@@ -74,7 +74,7 @@ pub struct Config {
     pub resources: usize,
     /// `BENCH_WORKERS` (100): ready worker Pods (and kube-scheduler Nodes).
     pub workers: usize,
-    /// `BENCH_CONCURRENCY` (16, the controller's default): the controller's `--concurrency` and
+    /// `BENCH_CONCURRENCY` (32, the controller's default): the controller's `--concurrency` and
     /// the ceiling's main concurrency.
     pub concurrency: usize,
     /// `BENCH_LARGE` (10 x resources; 0 = skip): resources for the large footprint run.
@@ -119,7 +119,7 @@ impl Config {
         Self {
             resources,
             workers: env_usize("BENCH_WORKERS", 100),
-            concurrency: env_usize("BENCH_CONCURRENCY", 16),
+            concurrency: env_usize("BENCH_CONCURRENCY", 32),
             large: env_usize("BENCH_LARGE", 10 * resources),
             scheduler_pods: env_usize("BENCH_SCHEDULER_PODS", resources),
             scheduler_default_qps_pods: env_usize("BENCH_SCHEDULER_DEFAULT_QPS_PODS", 1000),
