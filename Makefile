@@ -68,7 +68,7 @@ check-chart: chart-tools ## helm lint/template, offline schema validation, copie
 # --- Benchmarks (issue 7) ---
 
 .PHONY: bench
-bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; rewrites BENCHMARKS.md (~15 min)
+bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; rewrites BENCHMARKS.md (~14 min; ~18 from a clean clone)
 	hack/install-tools.sh kube-scheduler
 	mkdir -p target/bench/tmp
 	# The control plane's temp dir lives under target/bench/tmp, out of reach of /tmp cleanups.
