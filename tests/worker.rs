@@ -245,7 +245,7 @@ async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported() {
+async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported_and_retried() {
     let site = Site::start().await;
     let mut story = Story::new("secret").await;
     story.ready_worker("worker-1").await;
@@ -291,6 +291,24 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported()
         site.hits("task-f").is_empty(),
         "a task without its Secret must not crawl"
     );
+    assert!(message.contains("trying again in 5s"), "{message}");
+
+    // The user creates the Secret: the worker tries again on its own (5 s later), no spec change.
+    let late: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "no-such-secret" },
+        "stringData": { "cookie": "session=late" },
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(story.client.clone(), story.ns())
+        .create(&kube::api::PostParams::default(), &late)
+        .await
+        .unwrap();
+    site.wait_for_hits("task-f", "worker-1", None, 2).await;
+    story
+        .wait_for_progress("task-f", "Running after the retry", |p| {
+            p.state == TaskState::Running
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

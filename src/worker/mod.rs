@@ -93,6 +93,18 @@ struct Task {
     /// Latest resourceVersion seen, for fenced progress writes.
     version: watch::Sender<String>,
     handle: JoinHandle<()>,
+    /// Starts of this run so far (1 for the first).
+    attempt: u32,
+    /// Set when the task could not start (e.g. its cookie Secret is missing): when to try again.
+    retry_at: Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>,
+}
+
+/// How long a task that could not start waits before its `attempt + 1`-th start: 5 s, doubling,
+/// at most 5 min (what a user fixes, such as a missing Secret, is picked up without a spec change).
+pub fn start_retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(5)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(Duration::from_secs(300))
 }
 
 /// Runs the worker until `shutdown` resolves; then stops every task and releases the heartbeat.
@@ -153,9 +165,15 @@ pub async fn run(
     let mut stale = true;
     let mut was_alive = false;
     let mut shutdown = std::pin::pin!(shutdown);
+    // Tasks that could not start are tried again on a timer, not only on a change.
+    let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = retry_tick.tick() => {
+                if !worker.retry_due() { continue; }
+            }
             changed = alive.changed() => {
                 if changed.is_err() { anyhow::bail!("the heartbeat task stopped"); }
             }
@@ -264,10 +282,17 @@ impl Worker {
                 continue;
             }
             if let Some(task) = self.tasks.get(name) {
-                task.version
-                    .send_replace(resource.resource_version().unwrap_or_default());
+                if task.retry_is_due() {
+                    let attempt = task.attempt + 1;
+                    tracing::info!(resource = %name, attempt, "trying again to start the task");
+                    let task = self.start(resource.clone(), attempt);
+                    self.tasks.insert(name.clone(), task);
+                } else {
+                    task.version
+                        .send_replace(resource.resource_version().unwrap_or_default());
+                }
             } else {
-                let task = self.start(resource.clone());
+                let task = self.start(resource.clone(), 1);
                 self.tasks.insert(name.clone(), task);
             }
         }
@@ -303,12 +328,18 @@ impl Worker {
         Ok(list.into_iter().map(|r| (r.name_any(), r)).collect())
     }
 
-    fn start(&self, resource: CrawlerResource) -> Task {
+    /// Whether a task that could not start is due to be tried again.
+    fn retry_due(&self) -> bool {
+        self.tasks.values().any(Task::retry_is_due)
+    }
+
+    fn start(&self, resource: CrawlerResource, attempt: u32) -> Task {
         let run = run_of(&resource);
         tracing::info!(resource = %resource.name_any(), assignment = run.assignment, "starting task");
         let cancel = CancellationToken::new();
         let (version, version_rx) = watch::channel(resource.resource_version().unwrap_or_default());
         let stop_reason = Arc::new(parking_lot::Mutex::new(TaskStopReason::Unassigned));
+        let retry_at = Arc::new(parking_lot::Mutex::new(None));
         let shared = Shared {
             client: self.client.clone(),
             settings: self.settings.clone(),
@@ -322,6 +353,7 @@ impl Worker {
             cancel.clone(),
             version_rx,
             Arc::clone(&stop_reason),
+            (attempt, Arc::clone(&retry_at)),
         ));
         Task {
             run,
@@ -329,6 +361,8 @@ impl Worker {
             stop_reason,
             version,
             handle,
+            attempt,
+            retry_at,
         }
     }
 
@@ -345,6 +379,14 @@ impl Worker {
 }
 
 impl Task {
+    fn retry_is_due(&self) -> bool {
+        self.handle.is_finished()
+            && self
+                .retry_at
+                .lock()
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
     fn stop(&self, reason: TaskStopReason) {
         *self.stop_reason.lock() = reason;
         self.cancel.cancel();
@@ -375,10 +417,11 @@ async fn run_task(
     cancel: CancellationToken,
     version: watch::Receiver<String>,
     stop_reason: Arc<parking_lot::Mutex<TaskStopReason>>,
+    retry: (u32, Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>),
 ) {
     let metrics = shared.metrics.clone();
     metrics.task_started();
-    let reason = run_crawl(shared, resource, run, cancel, version).await;
+    let reason = run_crawl(shared, resource, run, cancel, version, retry).await;
     let reason = reason.unwrap_or_else(|| *stop_reason.lock());
     metrics.task_stopped(reason);
 }
@@ -395,6 +438,7 @@ async fn run_crawl(
     run: Run,
     cancel: CancellationToken,
     version: watch::Receiver<String>,
+    (attempt, retry_at): (u32, Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>),
 ) -> Option<TaskStopReason> {
     let name = resource.name_any();
     let reporter = Reporter {
@@ -407,14 +451,16 @@ async fn run_crawl(
     let config = match crawl_config(&client, &settings, &resource, run.assignment).await {
         Ok(config) => config,
         Err(message) => {
-            tracing::warn!(resource = %name, "task cannot start: {message}");
+            let delay = start_retry_delay(attempt);
+            tracing::warn!(resource = %name, attempt, "task cannot start (trying again in {delay:?}): {message}");
             reporter
                 .report(
                     TaskState::Failed,
                     &crawl::Progress::default(),
-                    Some(message),
+                    Some(format!("{message} (trying again in {}s)", delay.as_secs())),
                 )
                 .await;
+            *retry_at.lock() = Some(tokio::time::Instant::now() + delay);
             return Some(TaskStopReason::Failed);
         }
     };
@@ -656,6 +702,15 @@ mod tests {
 
     fn spec(json: serde_json::Value) -> CrawlerResourceSpec {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_task_that_cannot_start_is_tried_again_with_a_doubling_delay() {
+        let delays: Vec<u64> = [1, 2, 3, 6, 7, 8, 100]
+            .into_iter()
+            .map(|a| start_retry_delay(a).as_secs())
+            .collect();
+        assert_eq!(delays, [5, 10, 20, 160, 300, 300, 300]);
     }
 
     #[test]
