@@ -296,16 +296,6 @@ impl Index {
         refresh_worker(namespace, ns, pod)
     }
 
-    /// The heartbeat watch (re)listed.
-    pub fn reset_heartbeats(&mut self, leases: &[Lease], now: Instant) -> Vec<Key> {
-        let mut keys: Vec<Key> = leases
-            .iter()
-            .flat_map(|l| self.apply_heartbeat(l, now))
-            .collect();
-        keys.extend(self.finish_heartbeat_list(&listed(leases)));
-        keys
-    }
-
     /// The end of a heartbeat (re)list applied one by one: forget the Leases it did not list.
     pub fn finish_heartbeat_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
         self.retain(

@@ -47,12 +47,9 @@ use std::{
 
 use crawler_operator::{controller::FIELD_MANAGER, crd::CrawlerResource};
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event},
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
 use kube::{
-    Api, Client, CustomResourceExt, ResourceExt,
+    Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
     runtime::watcher,
 };
@@ -262,32 +259,6 @@ async fn create_workers(client: &Client, ns: &str, count: usize) {
     .await;
 }
 
-/// Installs the CRD generated from the Rust types and waits until it is served.
-async fn install_crd(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = CrawlerResource::crd();
-    api.patch(
-        &crd.name_any(),
-        &PatchParams::apply("crawler-bench").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("installing the CRD");
-    let resources: Api<CrawlerResource> = Api::all(client.clone());
-    support::wait_for(
-        "CrawlerResources to be served",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || async {
-            resources
-                .list(&ListParams::default().limit(1))
-                .await
-                .map(|_| ())
-        },
-    )
-    .await;
-}
-
 fn watch_config() -> watcher::Config {
     // The harness's client has a 30 s read timeout; let the server end idle watches first.
     watcher::Config::default().timeout(20)
@@ -404,7 +375,7 @@ async fn controller_benchmarks() {
         let cp: &'static ControlPlane =
             Box::leak(Box::new(ControlPlane::builder().fsync(cfg.fsync).start()));
         let client = cp.client();
-        install_crd(&client).await;
+        support::story::install_crd(&client).await;
         let pids = ServerPids::find(cp);
         // Other engineers' cleanups share this machine: say so at once if a server disappears,
         // rather than leave only a timeout to explain it.
