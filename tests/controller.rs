@@ -301,9 +301,22 @@ async fn only_the_leader_writes_and_the_standby_takes_over_when_it_dies() {
         );
     }
 
-    // Operations: both replicas are ready; the leader says so and counts its assignments.
-    let (code, leader_metrics) = Story::http_get(&story.controllers[0], "/metrics").await;
-    assert_eq!(code, 200);
+    // Operations: both replicas are ready; the leader says so and counts its assignments. The
+    // index gauges are refreshed once a second, so wait for a snapshot taken after the placements.
+    let leader_metrics = wait_for(
+        "the leader's gauges to show the worker",
+        BOUND,
+        POLL,
+        || async {
+            match Story::http_get(&story.controllers[0], "/metrics").await {
+                (200, text) if text.contains("crawler_controller_worker_load{namespace=") => {
+                    Ok(text)
+                }
+                (code, text) => Err(format!("{code}: {text}")),
+            }
+        },
+    )
+    .await;
     assert!(
         leader_metrics.contains("crawler_controller_leader 1"),
         "{leader_metrics}"
