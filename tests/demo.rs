@@ -10,6 +10,7 @@
 //! test process goes away, even on SIGKILL).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -49,8 +50,9 @@ fn demo_walk_through() {
 
     let c = demo.step_pod_deleted(&a, &b);
     println!(
-        "[{:.1?}] deleted Pod {b}: its resources moved to {a}; new Pod {c} got a worker process",
-        started.elapsed()
+        "[{:.1?}] deleted Pod {b}: its resources moved to {a} and {c}: {:?}; new Pod {c} got a worker process",
+        started.elapsed(),
+        per_worker(&demo.resources())
     );
 
     demo.step_leader_changed();
@@ -59,9 +61,9 @@ fn demo_walk_through() {
         started.elapsed()
     );
 
-    demo.step_resource_applied_and_deleted(&c);
+    let d = demo.step_resource_applied_and_deleted(&a, &c);
     println!(
-        "[{:.1?}] task-test-4 placed on {c}, crawled, deleted, its crawl stopped",
+        "[{:.1?}] task-test-4 placed on {d}, crawled, deleted, its crawl stopped",
         started.elapsed()
     );
 
@@ -159,10 +161,7 @@ impl Demo {
     /// it again: nothing moves back. Returns (stopped worker, other worker).
     fn step_worker_stopped_and_started(&self) -> (String, String) {
         let resources = self.resources();
-        let mut per_worker: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in resources.values() {
-            *per_worker.entry(r.worker.as_str()).or_default() += 1;
-        }
+        let per_worker = per_worker(&resources);
         let a = per_worker
             .iter()
             .find(|(_, n)| **n == 3)
@@ -176,7 +175,7 @@ impl Demo {
             .to_string();
 
         self.script(&["stop-worker", &a]);
-        let requests_after_stop = self.site_requests_from(&a);
+        let requests_after_stop = self.site_requests_from(&a, None);
         let moved = self.wait(&format!("all five on {b}"), || {
             let now = self.resources();
             now.values()
@@ -192,7 +191,7 @@ impl Demo {
         }
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(
-            self.site_requests_from(&a),
+            self.site_requests_from(&a, None),
             requests_after_stop,
             "no request from the stopped worker {a} after it stopped"
         );
@@ -217,20 +216,17 @@ impl Demo {
         (a, b)
     }
 
-    /// `kubectl delete pod` of the worker holding all five: they move to the other worker; the
-    /// Deployment replaces the Pod and the supervisor gives the new Pod a worker process, and
-    /// stops the deleted Pod's. Returns the new Pod's name.
+    /// `kubectl delete pod` of the worker holding all five: each moves once, off the deleted Pod,
+    /// to the least-loaded ready worker at that moment. That is the other worker, or also the
+    /// replacement Pod when it is already Ready (kwok makes it Ready within a second, so both
+    /// happen). The Deployment replaces the Pod, the supervisor gives the new Pod a worker
+    /// process and stops the deleted Pod's. Returns the new Pod's name.
     fn step_pod_deleted(&self, a: &str, b: &str) -> String {
+        let before = self.resources();
         let old_pid = self
             .pid(&format!("worker-{b}"))
             .expect("b's worker process runs");
         self.kubectl(&["delete", "pod", b, "--wait=false"]);
-        self.wait(&format!("all five on {a}"), || {
-            self.resources()
-                .values()
-                .all(|r| r.worker == a && r.state == "Running")
-                .then_some(())
-        });
         let c = self.wait("a replacement worker Pod, Ready, with a worker process", || {
             let pods = self.kubectl(&[
                 "get",
@@ -246,6 +242,19 @@ impl Demo {
                 .map(|(name, _)| name.to_owned())
                 .filter(|name| self.pid(&format!("worker-{name}")).is_some())
         });
+        let moved = self.wait(&format!("all five off {b}, on {a} or {c}, Running"), || {
+            let now = self.resources();
+            now.values()
+                .all(|r| (r.worker == a || r.worker == c) && r.state == "Running")
+                .then_some(now)
+        });
+        for (name, r) in &moved {
+            assert_eq!(
+                r.assignments,
+                before[name].assignments + 1,
+                "{name}: moved exactly once: {moved:#?}"
+            );
+        }
         self.wait(
             &format!("the worker process of deleted Pod {b} to stop"),
             || (!alive(old_pid)).then_some(()),
@@ -285,38 +294,54 @@ impl Demo {
         );
     }
 
-    /// `kubectl apply` task-test-4: it goes to the empty worker and crawls. `kubectl delete
-    /// crawlerresource task-test-4`: it is gone and that worker sends no more requests.
-    fn step_resource_applied_and_deleted(&self, c: &str) {
+    /// `kubectl apply` task-test-4: it goes to the least-loaded of the two workers and crawls.
+    /// `kubectl delete crawlerresource task-test-4`: it is gone and its crawl stops. Returns the
+    /// worker it ran on.
+    fn step_resource_applied_and_deleted(&self, a: &str, c: &str) -> String {
+        let counts = per_worker(&self.resources())
+            .into_iter()
+            .map(|(w, n)| (w.to_owned(), n))
+            .collect::<BTreeMap<_, _>>();
+        let load = |w: &str| counts.get(w).copied().unwrap_or_default();
+        // Five resources on two workers: never a tie.
+        let d = if load(c) < load(a) { c } else { a };
         let file = self.dir.join("task-test-4.yaml");
         self.kubectl(&["apply", "-f", file.to_str().expect("a UTF-8 path")]);
-        self.wait(
-            &format!("task-test-4 running on {c}, the least-loaded worker"),
+        let assignment = self.wait(
+            &format!("task-test-4 running on {d}, the least-loaded worker ({counts:?})"),
             || {
                 self.resources()
                     .get("task-test-4")
-                    .filter(|r| r.worker == c && r.state == "Running" && r.pages > 0)
-                    .map(|_| ())
+                    .filter(|r| r.worker == d && r.state == "Running" && r.pages > 0)
+                    .map(|r| r.assignments)
             },
         );
+        assert_eq!(assignment, 1, "task-test-4 is placed once");
         self.kubectl(&["delete", "crawlerresource", "task-test-4"]);
         self.wait("task-test-4 to be gone", || {
             (!self.resources().contains_key("task-test-4")).then_some(())
         });
-        // task-test-4 was c's only task: once the worker has seen the deletion, c stays quiet.
+        // The worker's User-Agent names the assignment: task-test-4's is 1, while every other
+        // resource has moved at least once. Once the worker has seen the deletion, no request
+        // from (d, assignment 1).
         std::thread::sleep(Duration::from_secs(1));
-        let after_delete = self.site_requests_from(c);
+        let after_delete = self.site_requests_from(d, Some(1));
+        assert!(
+            after_delete > 0,
+            "the site logged task-test-4's requests from {d}"
+        );
         std::thread::sleep(Duration::from_secs(3));
         assert_eq!(
-            self.site_requests_from(c),
+            self.site_requests_from(d, Some(1)),
             after_delete,
-            "{c} stopped crawling task-test-4 once it was deleted"
+            "{d} stopped crawling task-test-4 once it was deleted"
         );
         let remaining = self.resources();
         assert_eq!(
             remaining.keys().map(String::as_str).collect::<Vec<_>>(),
             SAMPLES
         );
+        d.to_owned()
     }
 
     /// `hack/demo.sh down`: every process it started is gone, and so is its directory.
@@ -453,13 +478,45 @@ impl Demo {
         alive(pid).then_some(pid)
     }
 
-    /// How many requests the demo site has logged from worker Pod `pod`.
-    fn site_requests_from(&self, pod: &str) -> usize {
+    /// How many requests the demo site has logged from worker Pod `pod`, under assignment number
+    /// `assignment` if given (the worker's User-Agent names both).
+    fn site_requests_from(&self, pod: &str, assignment: Option<i64>) -> usize {
         let log =
             std::fs::read_to_string(self.dir.join("logs/site-requests.log")).unwrap_or_default();
+        let assignment = assignment.map(|n| n.to_string());
         log.lines()
-            .filter(|l| l.split(' ').nth(1) == Some(pod))
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .filter(|f| f.get(1) == Some(&pod))
+            .filter(|f| assignment.as_deref().is_none_or(|n| f.get(2) == Some(&n)))
             .count()
+    }
+
+    /// The last lines of the controllers' and the supervisor's logs: a failed step's panic
+    /// message carries them, because the demo directory goes away with the demo.
+    fn log_tails(&self) -> String {
+        const LINES: usize = 25;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("controller-") || n == "supervisor.log")
+            })
+            .collect();
+        files.sort();
+        let mut out = String::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let _ = writeln!(out, "--- last {LINES} lines of {}", file.display());
+            for line in &lines[lines.len().saturating_sub(LINES)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Polls `f` until it returns `Some` (then returns it), at most [`BOUND`].
@@ -471,9 +528,9 @@ impl Demo {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out after {BOUND:?} waiting for {what}; logs in {}/logs; now:\n{:#?}",
-                self.dir.display(),
-                self.resources()
+                "timed out after {BOUND:?} waiting for {what}; now:\n{:#?}\n{}",
+                self.resources(),
+                self.log_tails()
             );
             std::thread::sleep(POLL);
         }
@@ -496,12 +553,17 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Resources per worker, sorted: [2, 3] for a 3/2 split.
-fn split(resources: &BTreeMap<String, Resource>) -> Vec<usize> {
-    let mut per_worker: BTreeMap<&str, usize> = BTreeMap::new();
+/// How many resources each worker has.
+fn per_worker(resources: &BTreeMap<String, Resource>) -> BTreeMap<&str, usize> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for r in resources.values() {
-        *per_worker.entry(r.worker.as_str()).or_default() += 1;
+        *counts.entry(r.worker.as_str()).or_default() += 1;
     }
-    let mut counts: Vec<usize> = per_worker.into_values().collect();
+    counts
+}
+
+fn split(resources: &BTreeMap<String, Resource>) -> Vec<usize> {
+    let mut counts: Vec<usize> = per_worker(resources).into_values().collect();
     counts.sort_unstable();
     counts
 }
