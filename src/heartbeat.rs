@@ -54,6 +54,20 @@ pub fn resume_after(duration: Duration) -> Duration {
     duration
 }
 
+/// Retry schedule of the watches the heartbeat argument leans on (the controller's watch of the
+/// heartbeats, a worker's watch of its assignments): 100 ms, doubling, at most 1 s, with jitter,
+/// forever. kube's default (800 ms up to 30 s) would leave the controller unable to expire a
+/// heartbeat, or a worker unaware of a task moved off it, for up to 30 s after the API server is
+/// back.
+pub fn watch_retry() -> kube::runtime::watcher::ExponentialBackoff {
+    let retry = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::watcher::ExponentialBackoff::from(retry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

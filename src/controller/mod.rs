@@ -288,13 +288,8 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
     let selector = format!("{}={}", heartbeat::LABEL, heartbeat::LABEL_VALUE);
     // Retry within a second at most (not client-go's 30 s): while this watch is down no heartbeat
     // may expire (see `Index::heartbeats_unseen`), so it should come back before one would.
-    let retry = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(1))
-        .with_jitter()
-        .without_max_times();
     let stream = watcher(api, watcher::Config::default().labels(&selector))
-        .backoff(watcher::ExponentialBackoff::from(retry))
+        .backoff(heartbeat::watch_retry())
         .map_ok(|ev| ev.modify(|l: &mut Lease| l.metadata.managed_fields = None));
     feed(
         &ctx,

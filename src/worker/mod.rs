@@ -143,8 +143,10 @@ pub async fn run(
 
     let api: Api<CrawlerResource> = Api::namespaced(client.clone(), &settings.namespace);
     let selector = format!("status.assignedWorker={}", settings.pod_name);
+    // Retry within a second at most: while this watch is down, a task the controller moved off
+    // this worker keeps running here (the heartbeat still renews), so it should come back quickly.
     let stream = watcher(api, watcher::Config::default().fields(&selector))
-        .default_backoff()
+        .backoff(heartbeat::watch_retry())
         .map_ok(|ev| ev.modify(|r: &mut CrawlerResource| r.metadata.managed_fields = None));
     let mut stream = std::pin::pin!(stream);
     tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
