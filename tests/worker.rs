@@ -251,15 +251,9 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported_a
     story.ready_worker("worker-1").await;
     story.start_controller("controller-a");
     story.start_worker("worker-1", None);
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": { "name": "site-login" },
-        "stringData": { "cookie": "session=s3cr3t" },
-    }))
-    .unwrap();
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(story.client.clone(), story.ns())
-        .create(&kube::api::PostParams::default(), &secret)
-        .await
-        .unwrap();
+    story
+        .create_secret("site-login", "cookie", "session=s3cr3t")
+        .await;
     let mut with_cookie = endless(&site, "task-e");
     with_cookie["cookieSecretRef"] = json!({ "name": "site-login", "key": "cookie" });
     story.apply_resource("task-e", with_cookie).await;
@@ -294,15 +288,9 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported_a
     assert!(message.contains("trying again in 5s"), "{message}");
 
     // The user creates the Secret: the worker tries again on its own (5 s later), no spec change.
-    let late: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": { "name": "no-such-secret" },
-        "stringData": { "cookie": "session=late" },
-    }))
-    .unwrap();
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(story.client.clone(), story.ns())
-        .create(&kube::api::PostParams::default(), &late)
-        .await
-        .unwrap();
+    story
+        .create_secret("no-such-secret", "cookie", "session=late")
+        .await;
     site.wait_for_hits("task-f", "worker-1", None, 2).await;
     story
         .wait_for_progress("task-f", "Running after the retry", |p| {

@@ -272,6 +272,28 @@ fn resource_observer(client: &Client, ns: &str) -> Observer<Resources> {
     )
 }
 
+/// Starts watching `ns`, creates `names` there (32 at a time) and waits until the watch has seen
+/// them all; returns the watch and the creation's wall time.
+async fn created_and_seen(
+    client: &Client,
+    ns: &str,
+    names: &Arc<Vec<String>>,
+    what: &str,
+) -> (Observer<Resources>, Duration) {
+    let n = names.len();
+    let observer = resource_observer(client, ns);
+    let create_time = create_resources(client, ns, Arc::clone(names), 0, 32).await;
+    observer
+        .wait_for(
+            &format!("{what} to be seen"),
+            Duration::from_secs(120),
+            |s| (s.objects.len() >= n).then_some(()),
+            |s| format!("{} seen", s.objects.len()),
+        )
+        .await;
+    (observer, create_time)
+}
+
 fn pod_observer(client: &Client, ns: &str) -> Observer<Pods> {
     Observer::start(
         Api::<Pod>::namespaced(client.clone(), ns),
@@ -728,16 +750,8 @@ async fn scenario_ceiling(
     let ns = cp.namespace("ceiling").await;
     let n = cfg.resources;
     let names: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("r-{i:06}")).collect());
-    let observer = resource_observer(&client, ns.name());
-    let create_time = create_resources(&client, ns.name(), Arc::clone(&names), 0, 32).await;
-    observer
-        .wait_for(
-            "the ceiling resources to be seen",
-            Duration::from_secs(120),
-            |s| (s.objects.len() >= n).then_some(()),
-            |s| format!("{} seen", s.objects.len()),
-        )
-        .await;
+    let (observer, create_time) =
+        created_and_seen(&client, ns.name(), &names, "the ceiling resources").await;
     println!("bench: created {n} resources in {create_time:.1?}");
 
     let small = (n / 5).max(1);
@@ -763,16 +777,8 @@ async fn scenario_ceiling(
     // The last pass: fresh objects again, in a second namespace, with one more watch of it (the
     // one a controller keeps), to measure what that watch costs the API server per write.
     let ns2 = cp.namespace("ceiling-watched").await;
-    let observer2 = resource_observer(&client, ns2.name());
-    create_resources(&client, ns2.name(), Arc::clone(&names), 0, 32).await;
-    observer2
-        .wait_for(
-            "the second ceiling set to be seen",
-            Duration::from_secs(120),
-            |s| (s.objects.len() >= n).then_some(()),
-            |s| format!("{} seen", s.objects.len()),
-        )
-        .await;
+    let (observer2, _) =
+        created_and_seen(&client, ns2.name(), &names, "the second ceiling set").await;
     let mut rows = Vec::new();
     let mut ceiling = Ceiling { rate: 0.0 };
     for (pass, (kind, concurrency, count, note)) in passes.into_iter().enumerate() {

@@ -204,6 +204,19 @@ impl Story {
         set_pod_ready(&self.client, self.ns(), name, true, Some(&ip)).await;
     }
 
+    /// Creates Secret `name` with one key, as a user would for `cookieSecretRef`.
+    pub async fn create_secret(&self, name: &str, key: &str, value: &str) {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "stringData": { key: value },
+        }))
+        .expect("a Secret");
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), self.ns())
+            .create(&kube::api::PostParams::default(), &secret)
+            .await
+            .unwrap_or_else(|e| panic!("creating Secret {name}: {e}"));
+    }
+
     pub async fn apply_resource(&self, name: &str, spec: serde_json::Value) {
         let body = json!({
             "apiVersion": "crawler.dev/v1alpha1",
