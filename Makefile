@@ -19,14 +19,14 @@ tools: ## Build the pinned etcd, kube-apiserver and kubectl (cached outside the 
 .PHONY: test
 test: tools ## The whole check: fmt, clippy, generated files current, unit + integration tests
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(MAKE) --no-print-directory check-generated
 	$(MAKE) --no-print-directory check-chart
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --workspace --locked --all-targets
 
 .PHONY: unit
 unit: ## Only the fast tests that need no control plane
-	$(CARGO) test --locked --lib
+	$(CARGO) test --workspace --locked --lib
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types (then `make deploy-manifests` copies it into the chart)
@@ -45,7 +45,7 @@ fmt: ## Format the code
 
 .PHONY: lint
 lint: ## clippy with warnings as errors
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 # --- Packaging: Helm chart, deploy/, Dockerfile (issue 5) ---
 

@@ -1,19 +1,22 @@
 //! crawler-operator: a distributed web crawler whose control plane is Kubernetes.
 //!
+//! The operator crate of the workspace; the two layers below it have no Kubernetes dependency,
+//! and the build enforces that (`cargo tree -p crawler-core`, `-p crawler-crawl`):
+//!
 //! ```text
+//!  crawler-core   (crates/core)   pure placement: filters, policies, diagnosis   (no I/O)
+//!  crawler-crawl  (crates/crawl)  the crawl engine a worker runs per task        (HTTP only)
+//!
 //!  crd          the CrawlerResource API (spec users write, status the operator writes)
-//!  scheduler    pure placement: filters, policies, diagnosis          (no I/O)
-//!  controller   watches -> index -> plan -> fenced status writes       (uses scheduler, leader)
+//!  controller   watches -> index -> plan -> fenced status writes   (uses crawler-core, leader)
 //!  leader       Lease leader election with a local renew deadline
 //!  heartbeat    the worker heartbeat protocol (names, timing)
-//!  crawl        the crawl engine a worker runs per task                (no Kubernetes)
+//!  worker       assignment watch, task lifecycle, progress          (uses crawler-crawl)
 //! ```
 
 pub mod controller;
-pub mod crawl;
 pub mod crd;
 pub mod heartbeat;
 pub mod leader;
-pub mod scheduler;
 pub mod telemetry;
 pub mod worker;

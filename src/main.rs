@@ -6,11 +6,11 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use crawler_core::PolicyKind;
 use crawler_operator::{
     controller,
     crd::CrawlerResource,
     leader::{LeaderElector, LeaseSettings},
-    scheduler::PolicyKind,
     telemetry::{self, Health, Metrics, Role},
     worker,
 };

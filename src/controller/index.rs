@@ -15,14 +15,18 @@ use std::{
 use jiff::Timestamp;
 use k8s_openapi::{
     api::{coordination::v1::Lease, core::v1::Pod},
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time},
 };
 use kube::ResourceExt;
+
+use crawler_core::{
+    self as scheduler, InvalidSelector, Load, NotReady, Policy, Readiness, Request, Requirement,
+    Worker, WorkerSelector,
+};
 
 use crate::{
     crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase},
     heartbeat,
-    scheduler::{self, Load, NotReady, Policy, Readiness, Request, Worker, WorkerSelector},
 };
 
 /// Annotation on a worker Pod declaring how many load units it may carry.
@@ -885,10 +889,24 @@ fn request_for(resource: &CrawlerResource) -> Result<Request, String> {
     let request = Request::new(weight);
     match &resource.spec.worker_selector {
         None => Ok(request),
-        Some(selector) => WorkerSelector::try_from(selector)
+        Some(selector) => worker_selector(selector)
             .map(|s| request.with_selector(s))
             .map_err(|e| e.to_string()),
     }
+}
+
+/// The edge between the API type and placement: a resource's `spec.workerSelector`, checked
+/// as Kubernetes checks it, converted once so placement only ever sees the validated form.
+pub fn worker_selector(selector: &LabelSelector) -> Result<WorkerSelector, InvalidSelector> {
+    Ok(WorkerSelector {
+        match_labels: selector.match_labels.clone().unwrap_or_default(),
+        match_expressions: selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|r| Requirement::parse(&r.key, &r.operator, r.values.iter().flatten().cloned()))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn stop_note(current: &CrawlerResourceStatus, why: &str) -> String {
@@ -973,7 +991,9 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
-    use crate::{crd::CrawlerResourceSpec, scheduler::LeastLoaded};
+    use crawler_core::LeastLoaded;
+
+    use crate::crd::CrawlerResourceSpec;
 
     const NS: &str = "crawl";
 
@@ -1447,6 +1467,35 @@ mod tests {
         };
         assert_eq!(w.status.conditions[0].reason, "InvalidWorkerSelector");
         assert_eq!(worker_of(&r), None);
+    }
+
+    #[test]
+    fn converts_a_valid_label_selector() {
+        let requirement =
+            |key: &str, operator: &str, values: Option<&[&str]>| LabelSelectorRequirement {
+                key: key.to_owned(),
+                operator: operator.to_owned(),
+                values: values.map(|values| values.iter().map(|v| (*v).to_owned()).collect()),
+            };
+        let selector = worker_selector(&LabelSelector {
+            match_labels: Some([("app".to_owned(), "crawler".to_owned())].into()),
+            match_expressions: Some(vec![
+                requirement("zone", "In", Some(&["a", "b"])),
+                requirement("gpu", "Exists", None),
+                requirement("old", "DoesNotExist", Some(&[])),
+            ]),
+        })
+        .unwrap();
+        let expected = WorkerSelector::default()
+            .with_label("app", "crawler")
+            .with_requirement("zone", crawler_core::Operator::is_in(["a", "b"]))
+            .with_requirement("gpu", crawler_core::Operator::Exists)
+            .with_requirement("old", crawler_core::Operator::DoesNotExist);
+        assert_eq!(selector, expected);
+        assert_eq!(
+            worker_selector(&LabelSelector::default()).unwrap(),
+            WorkerSelector::everything()
+        );
     }
 
     #[test]

@@ -37,12 +37,13 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 pub use self::index::{Index, Key, Plan, PlanContext};
+use crawler_core::{Policy, PolicyKind};
+
 use self::queue::WorkQueue;
 use crate::{
     crd::CrawlerResource,
     heartbeat,
     leader::Leadership,
-    scheduler::{Policy, PolicyKind},
     telemetry::{
         AssignmentKind, EventOutcome, Health, Metrics, ReconcileOutcome, WorkerLoad, WriteOutcome,
     },

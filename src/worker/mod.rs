@@ -29,8 +29,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crawler_crawl::{self as crawl, CrawlConfig, JsonLinesSink, PageRecord, Sink, SinkError};
+
 use crate::{
-    crawl::{self, CrawlConfig, JsonLinesSink, PageRecord, Sink, SinkError},
     crd::{CrawlerResource, CrawlerResourceSpec, TaskProgress, TaskState},
     heartbeat,
     telemetry::{Health, Metrics, TaskStopReason},

@@ -7,10 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crawler_core::{PolicyKind, Request, Schedule, Worker, original_algorithm};
 use crawler_operator::{
     controller::{Index, Key, Plan, PlanContext},
     crd::CrawlerResource,
-    scheduler::{PolicyKind, Request, Schedule, Worker, original_algorithm},
 };
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;

@@ -1,9 +1,8 @@
 //! Which workers a resource may run on: Kubernetes `LabelSelector` semantics over worker Pod
-//! labels, as plain data so that placement stays free of API types.
+//! labels, as plain data so that placement stays free of API types (the operator converts
+//! `LabelSelector` with [`Requirement::parse`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
 /// A resource's `workerSelector`: every `match_labels` entry AND every requirement must hold.
 /// The empty selector (the default) matches every worker, as in Kubernetes; a resource without
@@ -121,31 +120,19 @@ pub enum InvalidSelector {
     UnexpectedValues { key: String, operator: String },
 }
 
-/// The edge between the API type and the scheduler: the controller converts a resource's
-/// `spec.workerSelector` once, and placement only ever sees the validated form.
-impl TryFrom<&LabelSelector> for WorkerSelector {
-    type Error = InvalidSelector;
-
-    fn try_from(selector: &LabelSelector) -> Result<Self, Self::Error> {
-        Ok(Self {
-            match_labels: selector.match_labels.clone().unwrap_or_default(),
-            match_expressions: selector
-                .match_expressions
-                .iter()
-                .flatten()
-                .map(Requirement::try_from)
-                .collect::<Result<_, _>>()?,
-        })
-    }
-}
-
-impl TryFrom<&LabelSelectorRequirement> for Requirement {
-    type Error = InvalidSelector;
-
-    fn try_from(requirement: &LabelSelectorRequirement) -> Result<Self, Self::Error> {
-        let key = requirement.key.clone();
-        let values: BTreeSet<String> = requirement.values.iter().flatten().cloned().collect();
-        let operator = match (requirement.operator.as_str(), values.is_empty()) {
+impl Requirement {
+    /// One `matchExpressions` entry as the API spells it (`values` absent and empty alike),
+    /// checked as `metav1.LabelSelectorAsSelector` checks it. The operator crate calls this
+    /// for each entry of a resource's `spec.workerSelector`, so placement only ever sees the
+    /// validated form.
+    pub fn parse(
+        key: impl Into<String>,
+        operator: &str,
+        values: impl IntoIterator<Item = String>,
+    ) -> Result<Self, InvalidSelector> {
+        let key = key.into();
+        let values: BTreeSet<String> = values.into_iter().collect();
+        let operator = match (operator, values.is_empty()) {
             ("In", false) => Operator::In(values),
             ("NotIn", false) => Operator::NotIn(values),
             ("Exists", true) => Operator::Exists,
@@ -153,13 +140,13 @@ impl TryFrom<&LabelSelectorRequirement> for Requirement {
             ("In" | "NotIn", true) => {
                 return Err(InvalidSelector::MissingValues {
                     key,
-                    operator: requirement.operator.clone(),
+                    operator: operator.to_owned(),
                 });
             }
             ("Exists" | "DoesNotExist", false) => {
                 return Err(InvalidSelector::UnexpectedValues {
                     key,
-                    operator: requirement.operator.clone(),
+                    operator: operator.to_owned(),
                 });
             }
             (other, _) => {
@@ -264,75 +251,59 @@ mod tests {
         }
     }
 
-    fn requirement(key: &str, operator: &str, values: Option<&[&str]>) -> LabelSelectorRequirement {
-        LabelSelectorRequirement {
-            key: key.to_owned(),
-            operator: operator.to_owned(),
-            values: values.map(|values| values.iter().map(|v| (*v).to_owned()).collect()),
-        }
-    }
-
-    fn convert(
-        requirements: Vec<LabelSelectorRequirement>,
-    ) -> Result<WorkerSelector, InvalidSelector> {
-        WorkerSelector::try_from(&LabelSelector {
-            match_labels: Some(labels(&[("app", "crawler")])),
-            match_expressions: Some(requirements),
-        })
+    fn requirement(
+        key: &str,
+        operator: &str,
+        values: &[&str],
+    ) -> Result<Requirement, InvalidSelector> {
+        Requirement::parse(key, operator, values.iter().map(|v| (*v).to_owned()))
     }
 
     #[test]
-    fn converts_a_valid_label_selector() {
-        let selector = convert(vec![
-            requirement("zone", "In", Some(&["a", "b"])),
-            requirement("tier", "NotIn", Some(&["spot"])),
-            requirement("gpu", "Exists", None),
-            requirement("old", "DoesNotExist", Some(&[])),
-        ])
-        .unwrap();
+    fn parses_valid_requirements() {
+        let parsed = [
+            requirement("zone", "In", &["a", "b"]),
+            requirement("tier", "NotIn", &["spot"]),
+            requirement("gpu", "Exists", &[]),
+            requirement("old", "DoesNotExist", &[]),
+        ]
+        .map(Result::unwrap);
         let expected = WorkerSelector::default()
-            .with_label("app", "crawler")
             .with_requirement("zone", Operator::is_in(["a", "b"]))
             .with_requirement("tier", Operator::not_in(["spot"]))
             .with_requirement("gpu", Operator::Exists)
-            .with_requirement("old", Operator::DoesNotExist);
-        assert_eq!(selector, expected);
-        assert_eq!(
-            WorkerSelector::try_from(&LabelSelector::default()).unwrap(),
-            WorkerSelector::everything()
-        );
+            .with_requirement("old", Operator::DoesNotExist)
+            .match_expressions;
+        assert_eq!(parsed.to_vec(), expected);
     }
 
     #[test]
     fn refuses_what_kubernetes_refuses() {
         let cases = [
             (
-                requirement("zone", "in", Some(&["a"])),
+                requirement("zone", "in", &["a"]),
                 "key \"zone\" has unknown operator \"in\"; use In, NotIn, Exists or DoesNotExist",
             ),
+            (requirement("zone", "Gt", &["1"]), "unknown operator \"Gt\""),
             (
-                requirement("zone", "Gt", Some(&["1"])),
-                "unknown operator \"Gt\"",
-            ),
-            (
-                requirement("zone", "In", None),
+                requirement("zone", "In", &[]),
                 "key \"zone\" uses operator In, which needs at least one value",
             ),
             (
-                requirement("zone", "NotIn", Some(&[])),
+                requirement("zone", "NotIn", &[]),
                 "operator NotIn, which needs at least one value",
             ),
             (
-                requirement("gpu", "Exists", Some(&["true"])),
+                requirement("gpu", "Exists", &["true"]),
                 "key \"gpu\" uses operator Exists, which takes no values",
             ),
             (
-                requirement("gpu", "DoesNotExist", Some(&["x"])),
+                requirement("gpu", "DoesNotExist", &["x"]),
                 "operator DoesNotExist, which takes no values",
             ),
         ];
         for (requirement, message) in cases {
-            let error = convert(vec![requirement]).unwrap_err().to_string();
+            let error = requirement.unwrap_err().to_string();
             assert!(
                 error.contains(message),
                 "{error:?} should contain {message:?}"

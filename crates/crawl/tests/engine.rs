@@ -18,8 +18,8 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use crawler_operator::crawl::{
-    self, CrawlConfig, CrawlOutcome, JsonLinesSink, PageRecord, Progress, RateLimit, Sink,
+use crawler_crawl::{
+    self as crawl, CrawlConfig, CrawlOutcome, JsonLinesSink, PageRecord, Progress, RateLimit, Sink,
     SinkError, StopReason,
 };
 use parking_lot::Mutex;
