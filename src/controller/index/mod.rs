@@ -1,0 +1,686 @@
+//! The controller's in-memory view of one cluster: worker Pods and `CrawlerResources`, fed by
+//! watches (apply / delete / reset), converted to domain structs on the way in.
+//!
+//! It owns two things nothing else may compute: the load of every worker, derived from the
+//! resources' own assignments (plus decisions in flight), and the decision for one resource,
+//! made and "assumed" under the same lock so that two reconciles running at once never see the
+//! same stale load. Every method is synchronous and free of I/O: the reconciler takes the lock,
+//! asks for a [`Plan`], releases the lock, and only then talks to the API server.
+
+mod status;
+#[cfg(test)]
+mod tests;
+mod workers;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Instant,
+};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+};
+use kube::ResourceExt;
+
+use crawler_core::{
+    self as scheduler, InvalidSelector, Load, Policy, Readiness, Request, Requirement,
+    WorkerSelector,
+};
+
+use crate::crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase};
+
+pub use self::workers::CAPACITY_ANNOTATION;
+use self::{
+    status::{
+        address, controller_fields, lost_reason, set_assigned_condition, set_unassigned, stop_note,
+    },
+    workers::{
+        Heartbeat, WorkerEntry, effective_readiness, triggers_for_worker_change, worker_from_pod,
+    },
+};
+
+/// A resource, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A resource as the controller needs it: its placement inputs and the status it last showed.
+#[derive(Clone, Debug)]
+struct ResourceEntry {
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    weight: Load,
+    /// What placement needs; an error message when `spec.workerSelector` cannot be parsed.
+    request: Result<Request, String>,
+    suspend: bool,
+    status: CrawlerResourceStatus,
+    /// A decision made and being (or just) written, counted in the loads until the watch shows it.
+    assumed: Option<Assumption>,
+}
+
+#[derive(Clone, Debug)]
+struct Assumption {
+    worker: String,
+    /// resourceVersion the write returned; `None` while the write is in flight.
+    written_version: Option<String>,
+}
+
+impl ResourceEntry {
+    /// The worker this resource counts against: the assumed decision, else the observed one.
+    fn effective_worker(&self) -> Option<&str> {
+        match &self.assumed {
+            Some(a) => Some(&a.worker),
+            None => self.status.assigned_worker.as_deref(),
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Namespace {
+    workers: BTreeMap<String, WorkerEntry>,
+    /// Heartbeats by worker Pod name (a worker without one is judged by its Pod alone).
+    heartbeats: BTreeMap<String, Heartbeat>,
+    resources: BTreeMap<String, ResourceEntry>,
+    /// Sum of the weights of the resources whose effective worker is the key. Maintained only by
+    /// `put_resource` / `remove_resource`, so it always equals that sum (see `check_loads`).
+    loads: HashMap<String, Load>,
+}
+
+/// Everything the controller knows; see the module documentation.
+#[derive(Default, Debug)]
+pub struct Index {
+    namespaces: HashMap<String, Namespace>,
+    workers_synced: bool,
+    resources_synced: bool,
+    /// When the heartbeat watch last failed: renewals made while it was down were not seen, so no
+    /// heartbeat expires until its duration has passed since then as well.
+    heartbeats_unseen_at: Option<Instant>,
+}
+
+/// See [`Index::stats`].
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// (namespace, worker, load, capacity)
+    pub workers: Vec<(String, String, Load, Option<Load>)>,
+    pub resources: usize,
+    pub unschedulable: usize,
+}
+
+/// What the reconciler should do for one resource.
+#[derive(Debug, PartialEq)]
+pub enum Plan {
+    /// The status already says what it should: write nothing.
+    Nothing,
+    /// The resource is unknown (deleted) or a write of ours is not yet visible: wait for the watch.
+    Wait,
+    /// Write this status (the controller's fields only), fenced on `resource_version`.
+    Write(Box<Write>),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Write {
+    pub key: Key,
+    pub resource_version: String,
+    pub status: CrawlerResourceStatus,
+    /// Whether this write places the resource (so a failed write must forget the assumption).
+    pub assumes: Option<String>,
+    /// The Event to publish once the write succeeded.
+    pub event: Option<PlanEvent>,
+}
+
+/// An Event for `kubectl describe`: (type Normal/Warning, reason, note).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PlanEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Settings that shape decisions.
+pub struct PlanContext<'a> {
+    pub policy: &'a dyn Policy,
+    /// Port appended to a worker's podIP in `status.assignedAddress`.
+    pub worker_port: u16,
+    pub now: Timestamp,
+}
+
+impl Index {
+    // === Pods ===
+
+    /// A worker Pod was added or changed. Returns the resources to reconcile.
+    pub fn apply_pod(&mut self, pod: &Pod) -> Vec<Key> {
+        let Some(ns_name) = pod.namespace() else {
+            return Vec::new();
+        };
+        let mut entry = worker_from_pod(pod);
+        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        entry.worker.load = ns.loads.get(&entry.worker.name).copied().unwrap_or(0);
+        entry.worker.readiness =
+            effective_readiness(entry.pod_readiness, ns.heartbeats.get(&entry.worker.name));
+        let before = ns.workers.insert(entry.worker.name.clone(), entry);
+        let after = &ns.workers[&pod.name_any()];
+        triggers_for_worker_change(&ns_name, ns, before.as_ref(), Some(after))
+    }
+
+    /// A worker Pod is gone. Returns the resources to reconcile.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Vec<Key> {
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
+        let before = ns.workers.remove(name);
+        triggers_for_worker_change(namespace, ns, before.as_ref(), None)
+    }
+
+    /// The Pod watch (re)listed: replace every worker, so a Pod deleted while the watch was down is
+    /// removed too. Returns the resources to reconcile.
+    pub fn reset_pods(&mut self, pods: &[Pod]) -> Vec<Key> {
+        let mut keys: Vec<Key> = pods.iter().flat_map(|p| self.apply_pod(p)).collect();
+        keys.extend(self.finish_pod_list(&listed(pods)));
+        keys
+    }
+
+    /// The end of a Pod (re)list whose Pods were applied one by one as they arrived: remove the
+    /// workers it did not list. `listed`: (namespace, name) of every listed Pod.
+    pub fn finish_pod_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+        let keys = self.retain(
+            listed,
+            |ns| ns.workers.keys().cloned().collect(),
+            Self::delete_pod,
+        );
+        self.workers_synced = true;
+        keys
+    }
+
+    /// Deletes what the index holds but a list did not show.
+    fn retain(
+        &mut self,
+        listed: &HashSet<(String, String)>,
+        names: fn(&Namespace) -> Vec<String>,
+        delete: fn(&mut Self, &str, &str) -> Vec<Key>,
+    ) -> Vec<Key> {
+        let gone: Vec<(String, String)> = self
+            .namespaces
+            .iter()
+            .flat_map(|(ns, n)| names(n).into_iter().map(move |name| (ns.clone(), name)))
+            .filter(|key| !listed.contains(key))
+            .collect();
+        let mut keys = Vec::new();
+        for (ns, name) in gone {
+            keys.extend(delete(self, &ns, &name));
+        }
+        keys
+    }
+
+    // === CrawlerResources ===
+
+    /// A resource was added or changed (spec or status). Returns the resources to reconcile.
+    pub fn apply_resource(&mut self, resource: &CrawlerResource) -> Vec<Key> {
+        let Some(ns_name) = resource.namespace() else {
+            return Vec::new();
+        };
+        let name = resource.name_any();
+        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let previous = ns.resources.get(&name);
+        // Only the fields the controller writes: the worker's progress is not ours to keep.
+        let status = resource
+            .status
+            .as_ref()
+            .map(controller_fields)
+            .unwrap_or_default();
+        // Keep an assumption until the watch shows our write (or anything placing it there).
+        // The watch may show our write before the write's response arrives: the worker it names
+        // confirms it as well as the version does.
+        let assumed = previous.and_then(|p| p.assumed.clone()).filter(|a| {
+            let confirmed = status.assigned_worker.as_deref() == Some(&a.worker)
+                || (a.written_version.is_some()
+                    && a.written_version == resource.metadata.resource_version);
+            !confirmed
+        });
+        let old_weight = previous.map(|p| p.weight);
+        let entry = ResourceEntry {
+            resource_version: resource.metadata.resource_version.clone(),
+            generation: resource.metadata.generation,
+            weight: Load::from(resource.spec.load_units()),
+            request: request_for(resource),
+            suspend: resource.spec.suspend,
+            status,
+            assumed,
+        };
+        let lighter = old_weight.is_some_and(|w| w > entry.weight) || entry.suspend;
+        ns.put_resource(name.clone(), entry);
+        let mut keys = vec![Key::new(ns_name.clone(), name)];
+        if lighter {
+            keys.extend(ns.waiting(&ns_name));
+        }
+        keys
+    }
+
+    /// A resource is gone. Returns those that may now fit where it was.
+    pub fn delete_resource(&mut self, namespace: &str, name: &str) -> Vec<Key> {
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
+        if ns.remove_resource(name).is_none() {
+            return Vec::new();
+        }
+        ns.waiting(namespace)
+    }
+
+    /// The resource watch (re)listed: replace every resource. Returns the resources to reconcile.
+    pub fn reset_resources(&mut self, resources: &[CrawlerResource]) -> Vec<Key> {
+        let mut keys: Vec<Key> = resources
+            .iter()
+            .flat_map(|r| self.apply_resource(r))
+            .collect();
+        keys.extend(self.finish_resource_list(&listed(resources)));
+        keys
+    }
+
+    /// The end of a resource (re)list applied one by one as it arrived (so the list is never held
+    /// whole in memory): remove the resources it did not list.
+    pub fn finish_resource_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+        let keys = self.retain(
+            listed,
+            |ns| ns.resources.keys().cloned().collect(),
+            Self::delete_resource,
+        );
+        self.resources_synced = true;
+        keys
+    }
+
+    /// Both watches have listed once: decisions before this could mistake an unlisted worker for
+    /// a lost one and move resources that are well placed.
+    pub fn synced(&self) -> bool {
+        self.workers_synced && self.resources_synced
+    }
+
+    /// Every resource known, for a full pass (on becoming leader).
+    pub fn all_keys(&self) -> Vec<Key> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, n)| n.resources.keys().map(|r| Key::new(ns.clone(), r.clone())))
+            .collect()
+    }
+
+    /// Numbers for the metrics: every worker's load and capacity, resources, unschedulable ones.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for (ns_name, ns) in &self.namespaces {
+            stats.resources += ns.resources.len();
+            stats.unschedulable += ns
+                .resources
+                .values()
+                .filter(|r| r.status.phase == Some(Phase::Unschedulable))
+                .count();
+            stats.workers.extend(ns.workers.values().map(|w| {
+                (
+                    ns_name.clone(),
+                    w.worker.name.clone(),
+                    w.worker.load,
+                    w.worker.capacity,
+                )
+            }));
+        }
+        stats
+    }
+
+    /// Load of a worker as decisions see it (for tests, metrics and diagnostics).
+    pub fn load(&self, namespace: &str, worker: &str) -> Load {
+        self.namespaces
+            .get(namespace)
+            .and_then(|n| n.loads.get(worker).copied())
+            .unwrap_or(0)
+    }
+
+    // === Decisions ===
+
+    /// Decide what `key`'s status should be and, if that places it, assume the decision (count
+    /// its weight on the chosen worker) before returning, all under the caller's lock.
+    pub fn plan(&mut self, key: &Key, ctx: &PlanContext<'_>) -> Plan {
+        let Some(ns) = self.namespaces.get_mut(&key.namespace) else {
+            return Plan::Wait;
+        };
+        let Some(entry) = ns.resources.get(&key.name) else {
+            return Plan::Wait;
+        };
+        if entry.assumed.is_some() {
+            // Our last write for it is in flight or not yet seen: deciding again now would decide
+            // on a status we already changed.
+            return Plan::Wait;
+        }
+        let Some(resource_version) = entry.resource_version.clone() else {
+            return Plan::Wait;
+        };
+        let current = &entry.status;
+        let mut desired = controller_fields(current);
+        desired.observed_generation = entry.generation;
+        let mut event = None;
+        let mut assumes = None;
+
+        let keep = current
+            .assigned_worker
+            .as_deref()
+            .and_then(|w| ns.workers.get(w))
+            .filter(|w| w.worker.readiness == Readiness::Ready)
+            .filter(|w| matches!(&entry.request, Ok(r) if r.selector.matches(&w.worker.labels)));
+
+        if entry.suspend {
+            set_unassigned(&mut desired, Phase::Suspended);
+            set_assigned_condition(
+                &mut desired,
+                current,
+                false,
+                "Suspended",
+                "spec.suspend is true: the task does not run anywhere",
+                ctx.now,
+            );
+            if current.phase != Some(Phase::Suspended) {
+                event = Some(PlanEvent {
+                    warning: false,
+                    reason: "Suspended",
+                    note: stop_note(current, "spec.suspend is true"),
+                });
+            }
+        } else if let Err(e) = &entry.request {
+            set_unassigned(&mut desired, Phase::Unschedulable);
+            let message =
+                format!("spec.workerSelector is invalid: {e}; fix it with kubectl edit or apply");
+            if current
+                .condition(CONDITION_ASSIGNED)
+                .is_none_or(|c| c.message != message)
+            {
+                event = Some(PlanEvent {
+                    warning: true,
+                    reason: "InvalidWorkerSelector",
+                    note: message.clone(),
+                });
+            }
+            set_assigned_condition(
+                &mut desired,
+                current,
+                false,
+                "InvalidWorkerSelector",
+                &message,
+                ctx.now,
+            );
+        } else if let Some(kept) = keep {
+            desired.phase = Some(Phase::Assigned);
+            desired.assigned_address = kept.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
+            if current
+                .condition(CONDITION_ASSIGNED)
+                .is_none_or(|c| c.status != "True")
+            {
+                let message = format!("running on worker {}", kept.worker.name);
+                set_assigned_condition(&mut desired, current, true, "Assigned", &message, ctx.now);
+            }
+        } else if let Ok(request) = &entry.request {
+            (event, assumes) = ns.place(entry.weight, request, current, &mut desired, ctx);
+        }
+
+        for condition in &mut desired.conditions {
+            condition.observed_generation = desired.observed_generation;
+        }
+        if desired == controller_fields(current) {
+            return Plan::Nothing;
+        }
+        if let Some(worker) = &assumes {
+            ns.assume(&key.name, worker.clone());
+        }
+        Plan::Write(Box::new(Write {
+            key: key.clone(),
+            resource_version,
+            status: desired,
+            assumes,
+            event,
+        }))
+    }
+
+    /// The write of a decision succeeded; keep counting it until the watch shows that version.
+    pub fn written(&mut self, key: &Key, resource_version: Option<String>) {
+        let Some(entry) = self.entry_mut(key) else {
+            return;
+        };
+        if entry.resource_version == resource_version {
+            // The watch already delivered this very version: nothing left to wait for.
+            entry.assumed = None;
+        } else if let Some(a) = &mut entry.assumed {
+            a.written_version = resource_version;
+        }
+    }
+
+    /// The write of a decision failed: forget it, so the load is what the resources say again.
+    pub fn forget(&mut self, key: &Key) {
+        if let Some(ns) = self.namespaces.get_mut(&key.namespace)
+            && let Some(mut entry) = ns.remove_resource(&key.name)
+        {
+            entry.assumed = None;
+            ns.put_resource(key.name.clone(), entry);
+        }
+    }
+
+    fn entry_mut(&mut self, key: &Key) -> Option<&mut ResourceEntry> {
+        self.namespaces
+            .get_mut(&key.namespace)?
+            .resources
+            .get_mut(&key.name)
+    }
+
+    /// Panics if a load differs from the sum of the weights it is derived from (tests only).
+    #[cfg(test)]
+    pub fn check_loads(&self) {
+        for (ns_name, ns) in &self.namespaces {
+            let mut sums: HashMap<&str, Load> = HashMap::new();
+            for r in ns.resources.values() {
+                if let Some(w) = r.effective_worker() {
+                    *sums.entry(w).or_default() += r.weight;
+                }
+            }
+            for (w, load) in &ns.loads {
+                assert_eq!(
+                    sums.get(w.as_str()).copied().unwrap_or(0),
+                    *load,
+                    "load of {ns_name}/{w}"
+                );
+            }
+            for (w, sum) in sums {
+                assert_eq!(
+                    ns.loads.get(w).copied().unwrap_or(0),
+                    sum,
+                    "load of {ns_name}/{w}"
+                );
+            }
+        }
+    }
+}
+
+// === impl Namespace ===
+
+impl Namespace {
+    /// Chooses a worker for a resource that has none (or lost it), and fills `desired` with the
+    /// decision or with why there is none. Returns the Event to publish and the worker to assume.
+    fn place(
+        &self,
+        weight: Load,
+        request: &Request,
+        current: &CrawlerResourceStatus,
+        desired: &mut CrawlerResourceStatus,
+        ctx: &PlanContext<'_>,
+    ) -> (Option<PlanEvent>, Option<String>) {
+        let workers = self.workers.values().map(|w| &w.worker);
+        match scheduler::place(ctx.policy, workers, request) {
+            Ok(placement) => {
+                let chosen = placement.worker.name.clone();
+                let worker = &self.workers[&chosen];
+                desired.phase = Some(Phase::Assigned);
+                desired.assigned_worker = Some(chosen.clone());
+                desired.assigned_address =
+                    worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
+                desired.assigned_at = Some(Time(ctx.now));
+                desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
+                let load = worker.worker.load;
+                let capacity = worker
+                    .worker
+                    .capacity
+                    .map_or_else(|| "unbounded".to_owned(), |c| c.to_string());
+                let how = format!(
+                    "by {}: load {load} -> {} of {capacity}",
+                    ctx.policy.name(),
+                    load + weight
+                );
+                let (reason, note) = match &current.assigned_worker {
+                    Some(old) => {
+                        let why = lost_reason(self.workers.get(old), request);
+                        (
+                            "Reassigned",
+                            format!("moved from worker {old} ({why}) to {chosen} {how}"),
+                        )
+                    }
+                    None => ("Assigned", format!("placed on worker {chosen} {how}")),
+                };
+                set_assigned_condition(desired, current, true, reason, &note, ctx.now);
+                (
+                    Some(PlanEvent {
+                        warning: false,
+                        reason,
+                        note,
+                    }),
+                    Some(chosen),
+                )
+            }
+            Err(diagnosis) => {
+                set_unassigned(desired, Phase::Unschedulable);
+                let message = diagnosis.to_string();
+                let event = current
+                    .condition(CONDITION_ASSIGNED)
+                    .is_none_or(|c| c.message != message)
+                    .then(|| PlanEvent {
+                        warning: true,
+                        reason: "Unschedulable",
+                        note: message.clone(),
+                    });
+                set_assigned_condition(
+                    desired,
+                    current,
+                    false,
+                    diagnosis.reason(),
+                    &message,
+                    ctx.now,
+                );
+                (event, None)
+            }
+        }
+    }
+
+    fn put_resource(&mut self, name: String, entry: ResourceEntry) {
+        self.remove_resource(&name);
+        if let Some(w) = entry.effective_worker() {
+            let load = self.loads.entry(w.to_owned()).or_default();
+            *load += entry.weight;
+            if let Some(worker) = self.workers.get_mut(w) {
+                worker.worker.load = *load;
+            }
+        }
+        self.resources.insert(name, entry);
+    }
+
+    fn remove_resource(&mut self, name: &str) -> Option<ResourceEntry> {
+        let entry = self.resources.remove(name)?;
+        if let Some(w) = entry.effective_worker()
+            && let Some(load) = self.loads.get_mut(w)
+        {
+            *load -= entry.weight;
+            let load = *load;
+            if load == 0 {
+                self.loads.remove(w);
+            }
+            if let Some(worker) = self.workers.get_mut(w) {
+                worker.worker.load = load;
+            }
+        }
+        Some(entry)
+    }
+
+    fn assume(&mut self, name: &str, worker: String) {
+        if let Some(mut entry) = self.remove_resource(name) {
+            entry.assumed = Some(Assumption {
+                worker,
+                written_version: None,
+            });
+            self.put_resource(name.to_owned(), entry);
+        }
+    }
+
+    /// Resources waiting for a worker (not assigned, not suspended).
+    fn waiting(&self, namespace: &str) -> Vec<Key> {
+        self.resources
+            .iter()
+            .filter(|(_, r)| !r.suspend && r.effective_worker().is_none())
+            .map(|(name, _)| Key::new(namespace, name.clone()))
+            .collect()
+    }
+
+    /// Resources counting against `worker`.
+    fn on_worker(&self, namespace: &str, worker: &str) -> Vec<Key> {
+        self.resources
+            .iter()
+            .filter(|(_, r)| {
+                r.effective_worker() == Some(worker)
+                    || r.status.assigned_worker.as_deref() == Some(worker)
+            })
+            .map(|(name, _)| Key::new(namespace, name.clone()))
+            .collect()
+    }
+}
+
+/// The placement request of a resource, or why its selector cannot be used.
+fn request_for(resource: &CrawlerResource) -> Result<Request, String> {
+    let weight = std::num::NonZeroU64::new(Load::from(resource.spec.load_units()))
+        .unwrap_or(std::num::NonZeroU64::MIN);
+    let request = Request::new(weight);
+    match &resource.spec.worker_selector {
+        None => Ok(request),
+        Some(selector) => worker_selector(selector)
+            .map(|s| request.with_selector(s))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The edge between the API type and placement: a resource's `spec.workerSelector`, checked
+/// as Kubernetes checks it, converted once so placement only ever sees the validated form.
+pub fn worker_selector(selector: &LabelSelector) -> Result<WorkerSelector, InvalidSelector> {
+    Ok(WorkerSelector {
+        match_labels: selector.match_labels.clone().unwrap_or_default(),
+        match_expressions: selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|r| Requirement::parse(&r.key, &r.operator, r.values.iter().flatten().cloned()))
+            .collect::<Result<_, _>>()?,
+    })
+}
+/// (namespace, name) of each object: what a list showed.
+pub fn listed<K: kube::Resource>(objects: &[K]) -> HashSet<(String, String)> {
+    objects
+        .iter()
+        .filter_map(|o| Some((o.meta().namespace.clone()?, o.name_any())))
+        .collect()
+}

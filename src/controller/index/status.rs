@@ -1,0 +1,96 @@
+//! The wording and the fields of the controller's part of `status`: the `Assigned` condition, the
+//! notes of Events, what "unassigned" clears. What users read, in one place.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crawler_core::{NotReady, Readiness, Request};
+
+use crate::crd::{CONDITION_ASSIGNED, CrawlerResourceStatus, Phase};
+
+use super::WorkerEntry;
+
+/// Why a resource's worker can no longer keep it, for the Reassigned event.
+pub(super) fn lost_reason(worker: Option<&WorkerEntry>, request: &Request) -> &'static str {
+    match worker.map(|w| {
+        (
+            w.worker.readiness,
+            request.selector.matches(&w.worker.labels),
+        )
+    }) {
+        None => "its Pod is gone",
+        Some((Readiness::NotReady(NotReady::PodNotReady), _)) => "its Pod is not ready",
+        Some((Readiness::NotReady(NotReady::Terminating), _)) => "its Pod is terminating",
+        Some((Readiness::NotReady(NotReady::NoAddress), _)) => "its Pod has no IP",
+        Some((Readiness::NotReady(NotReady::HeartbeatExpired), _)) => {
+            "its heartbeat expired or was released"
+        }
+        Some((Readiness::Ready, false)) => "it no longer matches spec.workerSelector",
+        Some((Readiness::Ready, true)) => "it cannot keep it",
+    }
+}
+
+pub(super) fn stop_note(current: &CrawlerResourceStatus, why: &str) -> String {
+    match &current.assigned_worker {
+        Some(w) => format!("{why}: unassigned from worker {w}"),
+        None => why.to_owned(),
+    }
+}
+
+pub(super) fn address(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The status fields the controller owns (what its server-side apply sends).
+pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResourceStatus {
+    CrawlerResourceStatus {
+        phase: status.phase,
+        assigned_worker: status.assigned_worker.clone(),
+        assigned_address: status.assigned_address.clone(),
+        assigned_at: status.assigned_at.clone(),
+        assignments: status.assignments,
+        observed_generation: status.observed_generation,
+        progress: None,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == CONDITION_ASSIGNED)
+            .cloned()
+            .collect(),
+    }
+}
+
+pub(super) fn set_unassigned(status: &mut CrawlerResourceStatus, phase: Phase) {
+    status.phase = Some(phase);
+    status.assigned_worker = None;
+    status.assigned_address = None;
+    status.assigned_at = None;
+}
+
+/// Set the `Assigned` condition; `lastTransitionTime` moves only when the status flips.
+pub(super) fn set_assigned_condition(
+    desired: &mut CrawlerResourceStatus,
+    current: &CrawlerResourceStatus,
+    assigned: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let status = if assigned { "True" } else { "False" };
+    let last_transition_time = current
+        .condition(CONDITION_ASSIGNED)
+        .filter(|c| c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    desired.conditions = vec![Condition {
+        type_: CONDITION_ASSIGNED.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time,
+        observed_generation: desired.observed_generation,
+    }];
+}

@@ -1,0 +1,534 @@
+//! The index as a whole: placement, triggers, heartbeats and loads, without a cluster.
+
+use k8s_openapi::{
+    api::core::v1::{PodCondition, PodStatus},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
+};
+use kube::api::ObjectMeta;
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+
+use super::*;
+use crawler_core::LeastLoaded;
+
+use crate::{crd::CrawlerResourceSpec, heartbeat};
+
+const NS: &str = "crawl";
+
+fn pod(name: &str, ready: bool, labels: &[(&str, &str)]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(PodStatus {
+            pod_ip: Some(format!("10.0.0.{}", name.len())),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn resource(name: &str, weight: i32) -> CrawlerResource {
+    let mut spec: CrawlerResourceSpec =
+        serde_json::from_value(serde_json::json!({"seeds": ["https://example.org/"]})).unwrap();
+    spec.weight = weight;
+    let mut r = CrawlerResource::new(name, spec);
+    r.metadata.namespace = Some(NS.into());
+    r.metadata.resource_version = Some("1".into());
+    r.metadata.generation = Some(1);
+    r
+}
+
+fn ctx(policy: &dyn Policy) -> PlanContext<'_> {
+    PlanContext {
+        policy,
+        worker_port: 8080,
+        now: Timestamp::from_second(1_700_000_000).unwrap(),
+    }
+}
+
+/// Plans `name`, pretends the write landed and the watch showed it, as the reconciler does.
+fn place(index: &mut Index, r: &mut CrawlerResource) -> Plan {
+    let key = Key::new(NS, r.name_any());
+    let plan = index.plan(&key, &ctx(&LeastLoaded));
+    if let Plan::Write(w) = &plan {
+        let rv = r
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            + 1;
+        r.metadata.resource_version = Some(rv.to_string());
+        r.status = Some(w.status.clone());
+        index.written(&key, r.metadata.resource_version.clone());
+        index.apply_resource(r);
+    }
+    index.check_loads();
+    plan
+}
+
+fn worker_of(r: &CrawlerResource) -> Option<&str> {
+    r.status.as_ref()?.assigned_worker.as_deref()
+}
+
+fn two_workers_five_resources() -> (Index, Vec<CrawlerResource>) {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let mut resources: Vec<CrawlerResource> = [
+        "douban-book-list",
+        "task-test-1",
+        "task-test-2",
+        "task-test-3",
+        "xxx",
+    ]
+    .iter()
+    .map(|n| resource(n, 1))
+    .collect();
+    index.reset_resources(&resources);
+    for r in &mut resources {
+        assert!(matches!(place(&mut index, r), Plan::Write(_)));
+    }
+    (index, resources)
+}
+
+#[test]
+fn the_original_demonstration_splits_five_resources_three_two() {
+    let (index, resources) = two_workers_five_resources();
+    assert!(index.synced());
+    assert_eq!(index.load(NS, "worker-1"), 3);
+    assert_eq!(index.load(NS, "worker-2"), 2);
+    let first = resources[0].status.as_ref().unwrap();
+    assert_eq!(first.phase, Some(Phase::Assigned));
+    assert_eq!(first.assigned_address.as_deref(), Some("10.0.0.8:8080"));
+    assert_eq!(first.assignments, Some(1));
+    assert_eq!(
+        first.condition(CONDITION_ASSIGNED).unwrap().reason,
+        "Assigned"
+    );
+}
+
+#[test]
+fn well_placed_resources_are_not_written_again() {
+    let (mut index, mut resources) = two_workers_five_resources();
+    for r in &mut resources {
+        assert_eq!(place(&mut index, r), Plan::Nothing, "{}", r.name_any());
+    }
+    // A fresh index (a new leader) over the same objects decides nothing either.
+    let mut fresh = Index::default();
+    fresh.reset_pods(&[pod("worker-2", true, &[]), pod("worker-1", true, &[])]);
+    fresh.reset_resources(&resources);
+    for r in &mut resources {
+        assert_eq!(place(&mut fresh, r), Plan::Nothing);
+    }
+}
+
+#[test]
+fn a_lost_worker_releases_its_resources_to_the_others() {
+    let (mut index, mut resources) = two_workers_five_resources();
+    let mut redo = index.delete_pod(NS, "worker-1");
+    redo.sort();
+    let on_worker_1: Vec<Key> = resources
+        .iter()
+        .filter(|r| worker_of(r) == Some("worker-1"))
+        .map(|r| Key::new(NS, r.name_any()))
+        .collect();
+    assert_eq!(redo, on_worker_1);
+    for r in &mut resources {
+        let was = worker_of(r).map(str::to_owned);
+        let plan = place(&mut index, r);
+        if was.as_deref() == Some("worker-1") {
+            let Plan::Write(w) = plan else {
+                panic!("expected a write")
+            };
+            assert_eq!(w.event.as_ref().unwrap().reason, "Reassigned");
+            assert!(w.event.unwrap().note.contains("its Pod is gone"));
+            assert_eq!(w.status.assignments, Some(2));
+        }
+    }
+    assert!(resources.iter().all(|r| worker_of(r) == Some("worker-2")));
+    assert_eq!(index.load(NS, "worker-2"), 5);
+}
+
+#[test]
+fn a_relist_removes_a_worker_deleted_while_the_watch_was_down() {
+    let (mut index, resources) = two_workers_five_resources();
+    let redo = index.reset_pods(&[pod("worker-2", true, &[])]);
+    let on_worker_1 = resources
+        .iter()
+        .filter(|r| worker_of(r) == Some("worker-1"))
+        .count();
+    assert_eq!(redo.len(), on_worker_1);
+    // Resources deleted meanwhile go too, and their load with them.
+    let kept: Vec<CrawlerResource> = resources
+        .iter()
+        .filter(|r| worker_of(r) == Some("worker-1"))
+        .cloned()
+        .collect();
+    index.reset_resources(&kept);
+    assert_eq!(index.load(NS, "worker-2"), 0);
+    assert_eq!(index.all_keys().len(), on_worker_1);
+    index.check_loads();
+}
+
+#[test]
+fn a_not_ready_worker_loses_its_resources() {
+    let (mut index, mut resources) = two_workers_five_resources();
+    let redo = index.apply_pod(&pod("worker-2", false, &[]));
+    assert_eq!(redo.len(), 2);
+    for r in &mut resources {
+        place(&mut index, r);
+    }
+    assert!(resources.iter().all(|r| worker_of(r) == Some("worker-1")));
+}
+
+#[test]
+fn no_worker_means_unschedulable_with_the_reason_then_placed_when_one_is_ready() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", false, &[])]);
+    let mut r = resource("task-test-4", 1);
+    index.reset_resources(std::slice::from_ref(&r));
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected a write")
+    };
+    assert_eq!(w.status.phase, Some(Phase::Unschedulable));
+    let event = w.event.unwrap();
+    assert!(event.warning);
+    let condition = r
+        .status
+        .as_ref()
+        .unwrap()
+        .condition(CONDITION_ASSIGNED)
+        .unwrap()
+        .clone();
+    assert_eq!(condition.status, "False");
+    assert!(
+        condition.message.starts_with("0/1 workers"),
+        "{}",
+        condition.message
+    );
+    // Deciding again writes nothing: same reason, same message.
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing);
+    // The worker turns ready: the waiting resource is queued and placed.
+    assert_eq!(
+        index.apply_pod(&pod("worker-1", true, &[])),
+        vec![Key::new(NS, "task-test-4")]
+    );
+    place(&mut index, &mut r);
+    assert_eq!(worker_of(&r), Some("worker-1"));
+}
+
+#[test]
+fn decisions_in_flight_count_before_they_are_written() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    index.reset_resources(&[resource("a", 1), resource("b", 1)]);
+    let pa = index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded));
+    let pb = index.plan(&Key::new(NS, "b"), &ctx(&LeastLoaded));
+    let (Plan::Write(a), Plan::Write(b)) = (pa, pb) else {
+        panic!("expected two writes")
+    };
+    assert_ne!(
+        a.assumes, b.assumes,
+        "two decisions in flight must see each other"
+    );
+    // While a's write is in flight, a is not decided again.
+    assert_eq!(
+        index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded)),
+        Plan::Wait
+    );
+    // A failed write is forgotten: the load is what the resources say again.
+    index.forget(&Key::new(NS, "a"));
+    assert_eq!(index.load(NS, a.assumes.as_deref().unwrap()), 0);
+    index.check_loads();
+}
+
+#[test]
+fn a_watch_event_that_overtakes_the_write_response_confirms_the_decision() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[])]);
+    let mut r = resource("a", 1);
+    index.reset_resources(std::slice::from_ref(&r));
+    let key = Key::new(NS, "a");
+    let Plan::Write(w) = index.plan(&key, &ctx(&LeastLoaded)) else {
+        panic!("expected a write")
+    };
+    // The watch event of the write arrives first, then the write's response.
+    r.metadata.resource_version = Some("2".into());
+    r.status = Some(w.status);
+    index.apply_resource(&r);
+    index.written(&key, Some("2".into()));
+    index.check_loads();
+    assert_eq!(index.load(NS, "worker-1"), 1);
+    // Not stuck waiting: the worker is lost, so it is decided again (unschedulable now).
+    index.delete_pod(NS, "worker-1");
+    assert!(matches!(
+        index.plan(&key, &ctx(&LeastLoaded)),
+        Plan::Write(_)
+    ));
+}
+
+#[test]
+fn suspend_unassigns_and_resume_places_again() {
+    let (mut index, mut resources) = two_workers_five_resources();
+    let r = &mut resources[0];
+    r.spec.suspend = true;
+    index.apply_resource(r);
+    let Plan::Write(w) = place(&mut index, r) else {
+        panic!("expected a write")
+    };
+    assert_eq!(w.status.phase, Some(Phase::Suspended));
+    assert_eq!(worker_of(r), None);
+    assert_eq!(index.load(NS, "worker-1") + index.load(NS, "worker-2"), 4);
+    r.spec.suspend = false;
+    index.apply_resource(r);
+    place(&mut index, r);
+    assert!(worker_of(r).is_some());
+    assert_eq!(r.status.as_ref().unwrap().assignments, Some(2));
+}
+
+#[test]
+fn worker_selector_and_weights_are_respected() {
+    let mut index = Index::default();
+    index.reset_pods(&[
+        pod("cpu-1", true, &[("crawler.dev/gpu", "false")]),
+        pod("gpu-1", true, &[("crawler.dev/gpu", "true")]),
+    ]);
+    let mut heavy = resource("heavy", 5);
+    heavy.spec.worker_selector = Some(LabelSelector {
+        match_labels: Some([("crawler.dev/gpu".to_owned(), "true".to_owned())].into()),
+        match_expressions: None,
+    });
+    let mut light = resource("light", 1);
+    index.reset_resources(&[heavy.clone(), light.clone()]);
+    place(&mut index, &mut heavy);
+    place(&mut index, &mut light);
+    assert_eq!(worker_of(&heavy), Some("gpu-1"));
+    assert_eq!(worker_of(&light), Some("cpu-1"));
+    assert_eq!(index.load(NS, "gpu-1"), 5);
+    // Relabelling the worker so it no longer matches moves the resource off it.
+    let redo = index.apply_pod(&pod("gpu-1", true, &[]));
+    assert!(redo.contains(&Key::new(NS, "heavy")));
+    let Plan::Write(w) = place(&mut index, &mut heavy) else {
+        panic!("expected a write")
+    };
+    assert_eq!(w.status.phase, Some(Phase::Unschedulable));
+    assert!(
+        w.status.conditions[0].message.contains("workerSelector"),
+        "{}",
+        w.status.conditions[0].message
+    );
+}
+
+#[test]
+fn terminating_pods_and_full_workers_take_no_work() {
+    let mut index = Index::default();
+    let mut terminating = pod("worker-1", true, &[]);
+    terminating.metadata.deletion_timestamp =
+        Some(Time(Timestamp::from_second(1_700_000_000).unwrap()));
+    let mut small = pod("worker-2", true, &[]);
+    small.metadata.annotations = Some([(CAPACITY_ANNOTATION.to_owned(), "2".to_owned())].into());
+    index.reset_pods(&[terminating, small]);
+    let mut a = resource("a", 2);
+    let mut b = resource("b", 1);
+    index.reset_resources(&[a.clone(), b.clone()]);
+    place(&mut index, &mut a);
+    assert_eq!(worker_of(&a), Some("worker-2"));
+    let Plan::Write(w) = place(&mut index, &mut b) else {
+        panic!("expected a write")
+    };
+    assert_eq!(w.status.phase, Some(Phase::Unschedulable));
+    let message = &w.status.conditions[0].message;
+    assert!(
+        message.contains("terminating") && message.contains("capacity"),
+        "{message}"
+    );
+    // Deleting `a` frees the capacity: `b` is queued again and placed.
+    assert_eq!(index.delete_resource(NS, "a"), vec![Key::new(NS, "b")]);
+    place(&mut index, &mut b);
+    assert_eq!(worker_of(&b), Some("worker-2"));
+}
+
+fn heartbeat(pod: &str, holder: Option<&str>, renewed_at: i64) -> Lease {
+    let mut lease = Lease::default();
+    lease.metadata.name = Some(heartbeat::lease_name(pod));
+    lease.metadata.namespace = Some(NS.into());
+    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+        holder_identity: holder.map(str::to_owned),
+        lease_duration_seconds: Some(10),
+        renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            Timestamp::from_second(renewed_at).unwrap(),
+        )),
+        ..Default::default()
+    });
+    lease
+}
+
+#[test]
+fn no_heartbeat_expires_on_account_of_renewals_a_failed_watch_could_not_show() {
+    let (mut index, _) = two_workers_five_resources();
+    let t0 = Instant::now();
+    index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
+    // The watch fails 5 s later (API server restart) and stays down a while: the renewals
+    // made meanwhile were not seen, so the count starts again from the failure.
+    index.heartbeats_unseen(t0 + Duration::from_secs(5));
+    assert!(
+        index
+            .expire_heartbeats(t0 + Duration::from_secs(12))
+            .is_empty(),
+        "10 s after the last renewal seen, but only 7 s after the watch failed"
+    );
+    assert_eq!(
+        index.expire_heartbeats(t0 + Duration::from_secs(15)).len(),
+        3,
+        "a heartbeat still unseen a whole duration after the failure expires"
+    );
+}
+
+#[test]
+fn an_expired_heartbeat_releases_the_workers_resources_until_it_is_renewed() {
+    let (mut index, mut resources) = two_workers_five_resources();
+    let t0 = Instant::now();
+    index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
+    assert!(
+        index
+            .expire_heartbeats(t0 + Duration::from_secs(9))
+            .is_empty(),
+        "not expired before its duration"
+    );
+    // Renewed at 9 s: the 10 s count starts again from when we saw the renewal.
+    index.apply_heartbeat(
+        &heartbeat("worker-1", Some("worker-1"), 109),
+        t0 + Duration::from_secs(9),
+    );
+    assert!(
+        index
+            .expire_heartbeats(t0 + Duration::from_secs(18))
+            .is_empty()
+    );
+    let redo = index.expire_heartbeats(t0 + Duration::from_secs(19));
+    assert_eq!(redo.len(), 3, "worker-1's resources are released");
+    for r in &mut resources {
+        place(&mut index, r);
+    }
+    assert!(resources.iter().all(|r| worker_of(r) == Some("worker-2")));
+    let moved = resources
+        .iter()
+        .find(|r| r.status.as_ref().unwrap().assignments == Some(2))
+        .unwrap();
+    assert!(
+        moved.status.as_ref().unwrap().conditions[0]
+            .message
+            .contains("heartbeat")
+    );
+    // A renewal makes it ready again: waiting resources would be offered to it.
+    index.apply_heartbeat(
+        &heartbeat("worker-1", Some("worker-1"), 130),
+        t0 + Duration::from_secs(30),
+    );
+    let mut next = resource("task-test-4", 1);
+    index.apply_resource(&next);
+    place(&mut index, &mut next);
+    assert_eq!(worker_of(&next), Some("worker-1"));
+}
+
+#[test]
+fn a_released_heartbeat_takes_the_worker_out_at_once() {
+    let (mut index, mut resources) = two_workers_five_resources();
+    let now = Instant::now();
+    index.apply_heartbeat(&heartbeat("worker-2", Some("worker-2"), 100), now);
+    let redo = index.apply_heartbeat(&heartbeat("worker-2", None, 101), now);
+    assert_eq!(redo.len(), 2);
+    for r in &mut resources {
+        place(&mut index, r);
+    }
+    assert_eq!(index.load(NS, "worker-1"), 5);
+    // Deleting the Lease leaves the worker to its Pod's readiness (Ready) again.
+    index.delete_heartbeat(NS, &heartbeat::lease_name("worker-2"));
+    let mut next = resource("task-test-4", 1);
+    index.apply_resource(&next);
+    place(&mut index, &mut next);
+    assert_eq!(worker_of(&next), Some("worker-2"));
+}
+
+#[test]
+fn an_invalid_selector_is_reported_not_guessed() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[])]);
+    let mut r = resource("bad", 1);
+    r.spec.worker_selector = Some(LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "zone".into(),
+            operator: "In".into(),
+            values: None,
+        }]),
+    });
+    index.reset_resources(std::slice::from_ref(&r));
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected a write")
+    };
+    assert_eq!(w.status.conditions[0].reason, "InvalidWorkerSelector");
+    assert_eq!(worker_of(&r), None);
+}
+
+#[test]
+fn converts_a_valid_label_selector() {
+    let requirement =
+        |key: &str, operator: &str, values: Option<&[&str]>| LabelSelectorRequirement {
+            key: key.to_owned(),
+            operator: operator.to_owned(),
+            values: values.map(|values| values.iter().map(|v| (*v).to_owned()).collect()),
+        };
+    let selector = worker_selector(&LabelSelector {
+        match_labels: Some([("app".to_owned(), "crawler".to_owned())].into()),
+        match_expressions: Some(vec![
+            requirement("zone", "In", Some(&["a", "b"])),
+            requirement("gpu", "Exists", None),
+            requirement("old", "DoesNotExist", Some(&[])),
+        ]),
+    })
+    .unwrap();
+    let expected = WorkerSelector::default()
+        .with_label("app", "crawler")
+        .with_requirement("zone", crawler_core::Operator::is_in(["a", "b"]))
+        .with_requirement("gpu", crawler_core::Operator::Exists)
+        .with_requirement("old", crawler_core::Operator::DoesNotExist);
+    assert_eq!(selector, expected);
+    assert_eq!(
+        worker_selector(&LabelSelector::default()).unwrap(),
+        WorkerSelector::everything()
+    );
+}
+
+#[test]
+fn deleting_a_resource_lowers_the_load_for_the_next_placement() {
+    let (mut index, resources) = two_workers_five_resources();
+    let on_1 = resources
+        .iter()
+        .find(|r| worker_of(r) == Some("worker-1"))
+        .unwrap();
+    index.delete_resource(NS, &on_1.name_any());
+    assert_eq!(index.load(NS, "worker-1"), 2);
+    let mut next = resource("task-test-4", 1);
+    index.apply_resource(&next);
+    place(&mut index, &mut next);
+    // 2/2 now: ties break by name.
+    assert_eq!(worker_of(&next), Some("worker-1"));
+}

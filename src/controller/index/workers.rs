@@ -1,0 +1,242 @@
+//! Worker Pods and their heartbeat Leases, turned into the workers placement sees: readiness
+//! (the Pod's, downgraded by an expired or released heartbeat), labels, capacity, address, and
+//! what a change of one worker means for the resources.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::ResourceExt;
+
+use crawler_core::{Load, NotReady, Readiness, Worker};
+
+use crate::heartbeat;
+
+use super::{Index, Key, Namespace};
+
+/// Annotation on a worker Pod declaring how many load units it may carry.
+pub const CAPACITY_ANNOTATION: &str = "crawler.dev/capacity";
+
+/// A worker Pod as placement sees it, plus its address.
+#[derive(Clone, Debug)]
+pub(super) struct WorkerEntry {
+    /// `worker.readiness` is the effective one: the Pod's, downgraded by an expired heartbeat.
+    pub(super) worker: Worker,
+    pub(super) ip: Option<String>,
+    /// Readiness as the Pod alone says.
+    pub(super) pod_readiness: Readiness,
+}
+
+/// A worker's heartbeat Lease as last observed.
+#[derive(Clone, Debug)]
+pub(super) struct Heartbeat {
+    pub(super) holder: Option<String>,
+    pub(super) renew_time: Option<String>,
+    pub(super) duration: Duration,
+    /// When we saw (holder, renewTime) change, on our monotonic clock: expiry counts from here,
+    /// never from the remote `renewTime` (clock skew).
+    pub(super) observed: Instant,
+    pub(super) expired: bool,
+}
+
+impl Heartbeat {
+    pub(super) fn alive(&self) -> bool {
+        self.holder.is_some() && !self.expired
+    }
+}
+
+impl Index {
+    // === Heartbeats ===
+
+    /// A worker's heartbeat Lease was added or changed (`now`: when we received it).
+    pub fn apply_heartbeat(&mut self, lease: &Lease, now: Instant) -> Vec<Key> {
+        let (Some(ns_name), Some(pod)) = (
+            lease.namespace(),
+            heartbeat::pod_of(&lease.name_any()).map(str::to_owned),
+        ) else {
+            return Vec::new();
+        };
+        let spec = lease.spec.as_ref();
+        let holder = spec
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty());
+        let renew_time = spec
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| t.0.to_string());
+        let seconds = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(0);
+        let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1));
+        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let changed = ns
+            .heartbeats
+            .get(&pod)
+            .is_none_or(|h| h.holder != holder || h.renew_time != renew_time);
+        if changed {
+            ns.heartbeats.insert(
+                pod.clone(),
+                Heartbeat {
+                    holder,
+                    renew_time,
+                    duration,
+                    observed: now,
+                    expired: false,
+                },
+            );
+        }
+        refresh_worker(&ns_name, ns, &pod)
+    }
+
+    /// A heartbeat Lease was deleted: the worker is judged by its Pod alone again.
+    pub fn delete_heartbeat(&mut self, namespace: &str, lease_name: &str) -> Vec<Key> {
+        let Some(pod) = heartbeat::pod_of(lease_name) else {
+            return Vec::new();
+        };
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
+        ns.heartbeats.remove(pod);
+        refresh_worker(namespace, ns, pod)
+    }
+
+    /// The end of a heartbeat (re)list applied one by one: forget the Leases it did not list.
+    pub fn finish_heartbeat_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+        self.retain(
+            listed,
+            |ns| {
+                ns.heartbeats
+                    .keys()
+                    .map(|pod| heartbeat::lease_name(pod))
+                    .collect()
+            },
+            Self::delete_heartbeat,
+        )
+    }
+
+    /// The heartbeat watch failed at `now` (the API server or etcd is unreachable or restarting):
+    /// whatever renewals happened meanwhile are unseen, so none may expire on their account.
+    pub fn heartbeats_unseen(&mut self, now: Instant) {
+        self.heartbeats_unseen_at = Some(now);
+    }
+
+    /// Marks heartbeats not renewed within their duration as expired: counted from when we
+    /// observed the last renewal, or from the last failure of the heartbeat watch if that is later
+    /// (a controller that could not see renewals must not conclude there were none). Call it
+    /// periodically; returns the resources to reconcile.
+    pub fn expire_heartbeats(&mut self, now: Instant) -> Vec<Key> {
+        let mut keys = Vec::new();
+        let unseen = self.heartbeats_unseen_at;
+        for (ns_name, ns) in &mut self.namespaces {
+            let expired: Vec<String> = ns
+                .heartbeats
+                .iter_mut()
+                .filter(|(_, h)| {
+                    let since = unseen.map_or(h.observed, |u| u.max(h.observed));
+                    !h.expired && now >= since + h.duration
+                })
+                .map(|(pod, h)| {
+                    h.expired = true;
+                    pod.clone()
+                })
+                .collect();
+            for pod in expired {
+                tracing::info!(namespace = %ns_name, worker = %pod, "worker heartbeat expired");
+                keys.extend(refresh_worker(ns_name, ns, &pod));
+            }
+        }
+        keys
+    }
+}
+
+/// What a change of one worker means for the resources: a worker that can no longer keep work
+/// releases its resources; one that can take more (new, ready again, relabelled, bigger) is offered
+/// the waiting ones.
+pub(super) fn triggers_for_worker_change(
+    namespace: &str,
+    ns: &Namespace,
+    before: Option<&WorkerEntry>,
+    after: Option<&WorkerEntry>,
+) -> Vec<Key> {
+    let ready = |w: Option<&WorkerEntry>| w.is_some_and(|w| w.worker.readiness == Readiness::Ready);
+    let mut keys = Vec::new();
+    let name = before
+        .or(after)
+        .map(|w| w.worker.name.as_str())
+        .unwrap_or_default();
+    let labels_changed = before.map(|w| &w.worker.labels) != after.map(|w| &w.worker.labels);
+    let address_changed = before.map(|w| &w.ip) != after.map(|w| &w.ip);
+    if (ready(before) && !ready(after)) || labels_changed || address_changed || after.is_none() {
+        keys.extend(ns.on_worker(namespace, name));
+    }
+    let more_room = ready(after)
+        && (!ready(before)
+            || labels_changed
+            || before.map(|w| w.worker.capacity) != after.map(|w| w.worker.capacity));
+    if more_room {
+        keys.extend(ns.waiting(namespace));
+    }
+    keys
+}
+
+pub(super) fn worker_from_pod(pod: &Pod) -> WorkerEntry {
+    let status = pod.status.as_ref();
+    let ip = status
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty());
+    let pod_ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let readiness = if pod.metadata.deletion_timestamp.is_some() {
+        Readiness::NotReady(NotReady::Terminating)
+    } else if !pod_ready {
+        Readiness::NotReady(NotReady::PodNotReady)
+    } else if ip.is_none() {
+        Readiness::NotReady(NotReady::NoAddress)
+    } else {
+        Readiness::Ready
+    };
+    let capacity = pod.annotations().get(CAPACITY_ANNOTATION).and_then(|v| match v.trim().parse::<Load>() {
+        Ok(c) if c > 0 => Some(c),
+        _ => {
+            tracing::warn!(pod = %pod.name_any(), value = %v, "ignoring annotation {CAPACITY_ANNOTATION}: expected a whole number of load units >= 1");
+            None
+        }
+    });
+    WorkerEntry {
+        worker: Worker {
+            name: pod.name_any(),
+            labels: pod.labels().clone(),
+            readiness,
+            capacity,
+            load: 0,
+        },
+        ip,
+        pod_readiness: readiness,
+    }
+}
+
+/// A worker is ready when its Pod is, and its heartbeat (if it has one) is alive.
+pub(super) fn effective_readiness(pod: Readiness, heartbeat: Option<&Heartbeat>) -> Readiness {
+    match (pod, heartbeat) {
+        (Readiness::Ready, Some(h)) if !h.alive() => {
+            Readiness::NotReady(NotReady::HeartbeatExpired)
+        }
+        (readiness, _) => readiness,
+    }
+}
+
+/// Recomputes a worker's readiness after its heartbeat changed; returns what that triggers.
+pub(super) fn refresh_worker(namespace: &str, ns: &mut Namespace, pod: &str) -> Vec<Key> {
+    let Some(entry) = ns.workers.get(pod) else {
+        return Vec::new();
+    };
+    let readiness = effective_readiness(entry.pod_readiness, ns.heartbeats.get(pod));
+    if readiness == entry.worker.readiness {
+        return Vec::new();
+    }
+    let before = entry.clone();
+    let entry = ns.workers.get_mut(pod).expect("present above");
+    entry.worker.readiness = readiness;
+    let after = entry.clone();
+    triggers_for_worker_change(namespace, ns, Some(&before), Some(&after))
+}
