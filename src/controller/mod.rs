@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-pub use self::index::{Index, Key, Plan, PlanContext};
+pub use self::index::{Index, Key, Plan, PlanContext, Reason};
 use crawler_core::{Policy, PolicyKind};
 
 use self::queue::WorkQueue;
@@ -44,9 +44,7 @@ use crate::{
     crd::CrawlerResource,
     heartbeat,
     leader::Leadership,
-    telemetry::{
-        AssignmentKind, EventOutcome, Health, Metrics, ReconcileOutcome, WorkerLoad, WriteOutcome,
-    },
+    telemetry::{EventOutcome, Health, Metrics, ReconcileOutcome, WorkerLoad, WriteOutcome},
 };
 
 /// Server-side apply field manager of the controller's status fields.
@@ -452,8 +450,8 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
     // Server-side apply of the controller's fields only, carrying the resourceVersion the decision
     // was made on: the API server refuses it (409) if the object changed meanwhile.
     let patch = json!({
-        "apiVersion": "crawler.dev/v1alpha1",
-        "kind": "CrawlerResource",
+        "apiVersion": CrawlerResource::api_version(&()),
+        "kind": CrawlerResource::kind(&()),
         "metadata": { "name": key.name, "resourceVersion": write.resource_version },
         "status": write.status,
     });
@@ -469,14 +467,12 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
                 .lock()
                 .written(key, written.metadata.resource_version.clone());
             ctx.metrics.status_write(WriteOutcome::Ok);
-            match write.event.as_ref().map(|e| e.reason) {
-                Some("Assigned") => ctx.metrics.assignment(AssignmentKind::Assigned),
-                Some("Reassigned") => ctx.metrics.assignment(AssignmentKind::Reassigned),
-                _ => {}
+            if let Some(kind) = write.event.as_ref().and_then(|e| e.reason.assignment()) {
+                ctx.metrics.assignment(kind);
             }
             if let Some(event) = write.event {
-                tracing::info!(resource = %key, reason = event.reason, "{}", event.note);
-                if event.reason == "Assigned" && ctx.routine_events.check().is_err() {
+                tracing::info!(resource = %key, reason = event.reason.as_str(), "{}", event.note);
+                if event.reason == Reason::Assigned && ctx.routine_events.check().is_err() {
                     // A bulk create would double the writes with Events that repeat the
                     // `Assigned` condition; moves and warnings are never throttled.
                     ctx.metrics.event(EventOutcome::Throttled);
@@ -549,7 +545,7 @@ async fn publish_events(
             } else {
                 EventType::Normal
             },
-            reason: event.reason.to_owned(),
+            reason: event.reason.as_str().to_owned(),
             note: Some(truncate(event.note, 1000)),
             action: "Schedule".to_owned(),
             secondary: None,

@@ -17,7 +17,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 use futures::TryStreamExt;
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
@@ -684,8 +684,8 @@ impl Reporter {
 
     async fn write(&self, version: &str, report: &TaskProgress) -> Result<(), kube::Error> {
         let patch = json!({
-            "apiVersion": "crawler.dev/v1alpha1",
-            "kind": "CrawlerResource",
+            "apiVersion": CrawlerResource::api_version(&()),
+            "kind": CrawlerResource::kind(&()),
             "metadata": { "name": self.name, "resourceVersion": version },
             "status": { "progress": report },
         });

@@ -31,7 +31,7 @@ use crawler_core::{
 
 use crate::crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase};
 
-pub use self::workers::CAPACITY_ANNOTATION;
+pub use self::{status::Reason, workers::CAPACITY_ANNOTATION};
 use self::{
     status::{
         address, controller_fields, lost_reason, set_assigned_condition, set_unassigned, stop_note,
@@ -151,7 +151,7 @@ pub struct Write {
 #[derive(Debug, PartialEq, Eq)]
 pub struct PlanEvent {
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub note: String,
 }
 
@@ -389,14 +389,14 @@ impl Index {
                 &mut desired,
                 current,
                 false,
-                "Suspended",
+                Reason::Suspended,
                 "spec.suspend is true: the task does not run anywhere",
                 ctx.now,
             );
             if current.phase != Some(Phase::Suspended) {
                 event = Some(PlanEvent {
                     warning: false,
-                    reason: "Suspended",
+                    reason: Reason::Suspended,
                     note: stop_note(current, "spec.suspend is true"),
                 });
             }
@@ -410,7 +410,7 @@ impl Index {
             {
                 event = Some(PlanEvent {
                     warning: true,
-                    reason: "InvalidWorkerSelector",
+                    reason: Reason::InvalidWorkerSelector,
                     note: message.clone(),
                 });
             }
@@ -418,7 +418,7 @@ impl Index {
                 &mut desired,
                 current,
                 false,
-                "InvalidWorkerSelector",
+                Reason::InvalidWorkerSelector,
                 &message,
                 ctx.now,
             );
@@ -430,7 +430,14 @@ impl Index {
                 .is_none_or(|c| c.status != "True")
             {
                 let message = format!("running on worker {}", kept.worker.name);
-                set_assigned_condition(&mut desired, current, true, "Assigned", &message, ctx.now);
+                set_assigned_condition(
+                    &mut desired,
+                    current,
+                    true,
+                    Reason::Assigned,
+                    &message,
+                    ctx.now,
+                );
             }
         } else if let Ok(request) = &entry.request {
             (event, assumes) = ns.place(entry.weight, request, current, &mut desired, ctx);
@@ -550,11 +557,11 @@ impl Namespace {
                     Some(old) => {
                         let why = lost_reason(self.workers.get(old), request);
                         (
-                            "Reassigned",
+                            Reason::Reassigned,
                             format!("moved from worker {old} ({why}) to {chosen} {how}"),
                         )
                     }
-                    None => ("Assigned", format!("placed on worker {chosen} {how}")),
+                    None => (Reason::Assigned, format!("placed on worker {chosen} {how}")),
                 };
                 set_assigned_condition(desired, current, true, reason, &note, ctx.now);
                 (
@@ -574,14 +581,14 @@ impl Namespace {
                     .is_none_or(|c| c.message != message)
                     .then(|| PlanEvent {
                         warning: true,
-                        reason: "Unschedulable",
+                        reason: Reason::Unschedulable,
                         note: message.clone(),
                     });
                 set_assigned_condition(
                     desired,
                     current,
                     false,
-                    diagnosis.reason(),
+                    Reason::unschedulable(&diagnosis),
                     &message,
                     ctx.now,
                 );

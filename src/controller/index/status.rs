@@ -4,11 +4,74 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crawler_core::{NotReady, Readiness, Request};
+use crawler_core::{Diagnosis, NotReady, Readiness, Request};
 
-use crate::crd::{CONDITION_ASSIGNED, CrawlerResourceStatus, Phase};
+use crate::{
+    crd::{CONDITION_ASSIGNED, CrawlerResourceStatus, Phase},
+    telemetry::AssignmentKind,
+};
 
 use super::WorkerEntry;
+
+/// Every reason the controller writes: the `Assigned` condition's reason, the Event's reason and,
+/// through [`Reason::assignment`], the metric. One enum from the decision to what people read,
+/// so no reason is a string compared in two places.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Condition and Event: placed for the first time.
+    Assigned,
+    /// Condition and Event: moved off a worker that could no longer keep it.
+    Reassigned,
+    /// Condition: there is no worker at all.
+    NoWorkers,
+    /// Condition: there are workers, but none may take the resource (the message says why).
+    NoEligibleWorker,
+    /// Event (Warning) for `NoWorkers` and `NoEligibleWorker`.
+    Unschedulable,
+    /// Condition and Event (Warning): `spec.workerSelector` cannot be used.
+    InvalidWorkerSelector,
+    /// Condition and Event: `spec.suspend` is true.
+    Suspended,
+}
+
+impl Reason {
+    /// The `CamelCase` spelling in conditions and Events.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Assigned => "Assigned",
+            Self::Reassigned => "Reassigned",
+            Self::NoWorkers => "NoWorkers",
+            Self::NoEligibleWorker => "NoEligibleWorker",
+            Self::Unschedulable => "Unschedulable",
+            Self::InvalidWorkerSelector => "InvalidWorkerSelector",
+            Self::Suspended => "Suspended",
+        }
+    }
+
+    /// The condition's reason when placement found no worker.
+    pub fn unschedulable(diagnosis: &Diagnosis) -> Self {
+        if diagnosis.workers() == 0 {
+            Self::NoWorkers
+        } else {
+            Self::NoEligibleWorker
+        }
+    }
+
+    /// Which placement this is, for the assignments metric; `None` when it places nothing.
+    pub fn assignment(self) -> Option<AssignmentKind> {
+        match self {
+            Self::Assigned => Some(AssignmentKind::Assigned),
+            Self::Reassigned => Some(AssignmentKind::Reassigned),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why a resource's worker can no longer keep it, for the Reassigned event.
 pub(super) fn lost_reason(worker: Option<&WorkerEntry>, request: &Request) -> &'static str {
@@ -76,7 +139,7 @@ pub(super) fn set_assigned_condition(
     desired: &mut CrawlerResourceStatus,
     current: &CrawlerResourceStatus,
     assigned: bool,
-    reason: &str,
+    reason: Reason,
     message: &str,
     now: Timestamp,
 ) {
@@ -88,7 +151,7 @@ pub(super) fn set_assigned_condition(
     desired.conditions = vec![Condition {
         type_: CONDITION_ASSIGNED.to_owned(),
         status: status.to_owned(),
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
         message: message.to_owned(),
         last_transition_time,
         observed_generation: desired.observed_generation,

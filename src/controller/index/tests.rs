@@ -157,7 +157,7 @@ fn a_lost_worker_releases_its_resources_to_the_others() {
             let Plan::Write(w) = plan else {
                 panic!("expected a write")
             };
-            assert_eq!(w.event.as_ref().unwrap().reason, "Reassigned");
+            assert_eq!(w.event.as_ref().unwrap().reason, Reason::Reassigned);
             assert!(w.event.unwrap().note.contains("its Pod is gone"));
             assert_eq!(w.status.assignments, Some(2));
         }
