@@ -157,7 +157,7 @@ fn init_tracing(format: LogFormat) {
 
 fn crdgen() -> anyhow::Result<()> {
     let yaml =
-        serde_yaml::to_string(&CrawlerResource::crd()).context("cannot render the CRD as YAML")?;
+        serde_saphyr::to_string(&CrawlerResource::crd()).context("cannot render the CRD as YAML")?;
     print!("{yaml}");
     Ok(())
 }
