@@ -20,6 +20,7 @@ tools: ## Build the pinned etcd, kube-apiserver and kubectl (cached outside the 
 test: tools ## The whole check: fmt, clippy, generated files current, unit + integration tests
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --locked --features bench --test bench -- -D warnings
 	$(MAKE) --no-print-directory check-generated
 	$(MAKE) --no-print-directory check-chart
 	$(CARGO) test --workspace --locked --all-targets
@@ -73,7 +74,7 @@ bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; r
 	mkdir -p target/bench/tmp
 	# The control plane's temp dir lives under target/bench/tmp, out of reach of /tmp cleanups.
 	TMPDIR=$(CURDIR)/target/bench/tmp BENCH_UPDATE_DOC=1 \
-	  $(CARGO) test --release --locked --test bench -- --ignored --nocapture --test-threads=1
+	  $(CARGO) test --release --locked --features bench --test bench -- --ignored --nocapture --test-threads=1
 
 # --- The demo: a local cluster with the whole system running (issue 6; docs/demo.md) ---
 

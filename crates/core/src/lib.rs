@@ -19,9 +19,11 @@
 
 mod diagnosis;
 mod filter;
+#[cfg(any(test, feature = "bench"))]
 mod original;
 mod placement;
 mod policy;
+#[cfg(any(test, feature = "bench"))]
 mod schedule;
 mod selector;
 mod worker;
@@ -31,9 +33,11 @@ mod properties;
 
 pub use diagnosis::Diagnosis;
 pub use filter::{Unfit, filter};
+#[cfg(any(test, feature = "bench"))]
 pub use original::original_algorithm;
 pub use placement::{Placement, Request, place};
 pub use policy::{BinPack, LeastLoaded, Policy, PolicyKind, UnknownPolicy};
+#[cfg(any(test, feature = "bench"))]
 pub use schedule::{Outcome, Schedule};
 pub use selector::{InvalidSelector, Operator, Requirement, WorkerSelector};
 pub use worker::{Load, NotReady, Readiness, Worker};

@@ -192,6 +192,7 @@ impl Index {
 
     /// The Pod watch (re)listed: replace every worker, so a Pod deleted while the watch was down is
     /// removed too. Returns the resources to reconcile.
+    #[cfg(any(test, feature = "bench"))]
     pub fn reset_pods(&mut self, pods: &[Pod]) -> Vec<Key> {
         let mut keys: Vec<Key> = pods.iter().flat_map(|p| self.apply_pod(p)).collect();
         keys.extend(self.finish_pod_list(&listed(pods)));
@@ -286,6 +287,7 @@ impl Index {
     }
 
     /// The resource watch (re)listed: replace every resource. Returns the resources to reconcile.
+    #[cfg(any(test, feature = "bench"))]
     pub fn reset_resources(&mut self, resources: &[CrawlerResource]) -> Vec<Key> {
         let mut keys: Vec<Key> = resources
             .iter()
@@ -684,8 +686,10 @@ pub fn worker_selector(selector: &LabelSelector) -> Result<WorkerSelector, Inval
             .collect::<Result<_, _>>()?,
     })
 }
+
 /// (namespace, name) of each object: what a list showed.
-pub fn listed<K: kube::Resource>(objects: &[K]) -> HashSet<(String, String)> {
+#[cfg(any(test, feature = "bench"))]
+fn listed<K: kube::Resource>(objects: &[K]) -> HashSet<(String, String)> {
     objects
         .iter()
         .filter_map(|o| Some((o.meta().namespace.clone()?, o.name_any())))
