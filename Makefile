@@ -73,8 +73,13 @@ bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; r
 	hack/install-tools.sh kube-scheduler
 	mkdir -p target/bench/tmp
 	# The control plane's temp dir lives under target/bench/tmp, out of reach of /tmp cleanups.
-	TMPDIR=$(CURDIR)/target/bench/tmp BENCH_UPDATE_DOC=1 \
+	TMPDIR=$(CURDIR)/target/bench/tmp \
 	  $(CARGO) test --release --locked --features bench --test bench -- --ignored --nocapture --test-threads=1
+	hack/bench-doc.py
+
+.PHONY: bench-doc
+bench-doc: ## Render BENCHMARKS.md's generated section from the last run (target/bench/results.md)
+	hack/bench-doc.py
 
 # --- The demo: a local cluster with the whole system running (issue 6; docs/demo.md) ---
 

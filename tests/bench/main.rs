@@ -530,13 +530,13 @@ fn command_line(program: &str, args: &[&str]) -> String {
 
 fn header(report: &mut Report, cfg: &Config) {
     let overrides: Vec<String> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("BENCH_") && k != "BENCH_UPDATE_DOC")
+        .filter(|(k, _)| k.starts_with("BENCH_"))
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     report.header(
         "command",
         format!(
-            "`{}make bench` (runs `cargo test --release --locked --test bench -- --ignored --nocapture --test-threads=1`)",
+            "`{}make bench` (runs `cargo test --release --locked --features bench --test bench -- --ignored --nocapture --test-threads=1`, then `hack/bench-doc.py`)",
             if overrides.is_empty() { String::new() } else { format!("{} ", overrides.join(" ")) }
         ),
     );

@@ -1,5 +1,5 @@
-//! The Markdown the benchmark writes: `target/bench/results.md` always, and the generated part of
-//! `BENCHMARKS.md` (between the markers) when `BENCH_UPDATE_DOC=1` (`make bench` sets it).
+//! The Markdown the benchmark writes: `target/bench/results.md`. Rendering BENCHMARKS.md from it is
+//! a separate step (`hack/bench-doc.py`, `make bench-doc`), so a run never edits a tracked file.
 
 use std::{fmt::Write as _, fs, path::PathBuf};
 
@@ -72,29 +72,13 @@ impl Report {
         out
     }
 
-    /// Writes `target/bench/results.md`, and the generated part of `BENCHMARKS.md` if asked.
+    /// Writes `target/bench/results.md`; `hack/bench-doc.py` (run by `make bench`, or alone as
+    /// `make bench-doc`) renders BENCHMARKS.md from it.
     pub fn write(&self) {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let generated = self.render();
-        let dir = root.join("target/bench");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
         fs::create_dir_all(&dir).expect("creating target/bench");
-        fs::write(dir.join("results.md"), &generated).expect("writing target/bench/results.md");
+        fs::write(dir.join("results.md"), self.render()).expect("writing target/bench/results.md");
         println!("\nbench: wrote {}", dir.join("results.md").display());
-        if std::env::var("BENCH_UPDATE_DOC").is_ok_and(|v| v == "1") {
-            let path = root.join("BENCHMARKS.md");
-            let doc = fs::read_to_string(&path).unwrap_or_default();
-            let updated = match (doc.find(BEGIN), doc.find(END)) {
-                (Some(begin), Some(end)) if begin < end => format!(
-                    "{}{}{}",
-                    &doc[..begin],
-                    generated.trim_end(),
-                    &doc[end + END.len()..]
-                ),
-                _ => format!("# Benchmarks\n\n{generated}{doc}"),
-            };
-            fs::write(&path, updated).expect("writing BENCHMARKS.md");
-            println!("bench: updated {}", path.display());
-        }
     }
 }
 
