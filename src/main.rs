@@ -156,8 +156,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn crdgen() -> anyhow::Result<()> {
-    let yaml =
-        serde_saphyr::to_string(&CrawlerResource::crd()).context("cannot render the CRD as YAML")?;
+    let yaml = serde_saphyr::to_string(&CrawlerResource::crd())
+        .context("cannot render the CRD as YAML")?;
     print!("{yaml}");
     Ok(())
 }
