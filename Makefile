@@ -17,13 +17,13 @@ tools: ## Build the pinned etcd, kube-apiserver and kubectl (cached outside the 
 	hack/install-tools.sh etcd kube-apiserver kubectl
 
 .PHONY: test
-test: tools ## The whole check: fmt, clippy, generated files current, unit + integration tests
+test: tools ## The whole check: fmt, clippy, generated files current, unit + integration tests (test binaries 3 at a time: TEST_JOBS)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) clippy --locked --features bench --test bench -- -D warnings
 	$(MAKE) --no-print-directory check-generated
 	$(MAKE) --no-print-directory check-chart
-	$(CARGO) test --workspace --locked --all-targets
+	CARGO=$(CARGO) hack/test-all.py
 
 .PHONY: unit
 unit: ## Only the fast tests that need no control plane
