@@ -16,7 +16,7 @@
 #
 # Environment: CRAWLER_DEMO_DIR (state, default ~/.cache/crawler-operator/demo),
 # CRAWLER_DEMO_PORT_BASE (default 16400), CRAWLER_OPERATOR_BIN (use this binary instead of
-# building target/release/crawler-operator), CRAWLER_DEMO_PROFILE (release (default) or debug).
+# building target/debug/crawler-operator), CRAWLER_DEMO_PROFILE (debug (default) or release).
 set -euo pipefail
 # shellcheck source=hack/demo-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/demo-lib.sh"
@@ -26,7 +26,7 @@ RELEASE=crawler-operator
 WORKER_SELECTOR=app.kubernetes.io/component=crawler-worker
 LEASE=$RELEASE-leader # the chart's leader-election Lease (its Role grants only that name)
 SAMPLES=(douban-book-list task-test-1 task-test-2 task-test-3 xxx)
-PROFILE=${CRAWLER_DEMO_PROFILE:-release}
+PROFILE=${CRAWLER_DEMO_PROFILE:-debug}
 SITE=http://127.0.0.1:$PORT_SITE
 BIN_FILE=$DEMO_DIR/bin # which crawler-operator binary this demo runs
 
@@ -46,7 +46,7 @@ build_binary() {
   [[ $PROFILE == release || $PROFILE == debug ]] || die "CRAWLER_DEMO_PROFILE=$PROFILE: release or debug"
   BIN=$demo_repo/target/$dir/crawler-operator
   say "building crawler-operator ($PROFILE): cargo build ${flag[*]} --locked"
-  [[ -x $BIN ]] || note "first time: about 3 minutes on 2 cores (crates from crates.io); later runs only relink what changed"
+  [[ -x $BIN ]] || note "first time: about 2 minutes on 2 cores (crates from crates.io); nothing when make test built it"
   local start=$SECONDS
   (cd "$demo_repo" && cargo build "${flag[@]}" --locked --bin crawler-operator) \
     || die "cargo build failed (the output above says why)"
