@@ -12,6 +12,7 @@
 //!  leader       Lease leader election with a local renew deadline
 //!  heartbeat    the worker heartbeat protocol (names, timing)
 //!  worker       assignment watch, task lifecycle, progress          (uses crawler-crawl)
+//!  watch        watches whose liveness is checked (bookmarks, idle deadline, freshness)
 //! ```
 
 pub mod controller;
@@ -19,4 +20,5 @@ pub mod crd;
 pub mod heartbeat;
 pub mod leader;
 pub mod telemetry;
+pub mod watch;
 pub mod worker;

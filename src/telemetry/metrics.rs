@@ -129,6 +129,9 @@ label_enum! {
         Suspended => "suspended",
         /// The heartbeat could not be renewed in time, so every task stops.
         Heartbeat => "heartbeat",
+        /// The view of the assignments is not known fresh (no LIST of them succeeded lately:
+        /// e.g. the connections to the API server went silent), so every task stops.
+        Stale => "stale",
         /// The spec changed; the task is restarted with the new one.
         SpecChanged => "spec_changed",
         /// The crawl ended by itself (done or `maxPages` reached).

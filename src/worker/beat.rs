@@ -17,17 +17,31 @@ use tokio::{
 
 use crate::{heartbeat, telemetry::Metrics};
 
+/// Which heartbeat: the Lease of `pod` in `namespace`, of `duration`.
+pub struct Params {
+    pub namespace: String,
+    pub pod: String,
+    pub duration: Duration,
+}
+
 /// Renews the heartbeat Lease of `pod` until `stop` turns true, publishing on `alive` whether the
 /// worker may run tasks: true only while a renewal sent less than `stop_after(duration)` ago
 /// succeeded, and, after a lapse (or when an earlier process left the Lease behind), not before a
 /// renewal sent `resume_after(duration)` after the first successful one. On stop it releases the
 /// Lease (holder cleared) so the controller reassigns at once.
+///
+/// A renewal is sent only while the worker's view of its assignments is known fresh (`fresh`:
+/// the send time of the LIST that last proved it complete; see [`crate::watch`]): a worker that
+/// cannot see its assignments lets its heartbeat lapse, so the controller stops counting on it.
 pub async fn run(
     client: Client,
-    namespace: String,
-    pod: String,
-    duration: Duration,
+    Params {
+        namespace,
+        pod,
+        duration,
+    }: Params,
     alive: watch::Sender<bool>,
+    fresh: watch::Receiver<Option<Instant>>,
     mut stop: watch::Receiver<bool>,
     metrics: Metrics,
 ) {
@@ -41,6 +55,7 @@ pub async fn run(
     // controller may be moving that process's tasks right now.
     let mut lapsed = left_behind(&api, &name, interval).await;
     let mut hold_until: Option<Instant> = None;
+    let mut withheld = false;
     let mut next = Instant::now();
     loop {
         // Wake at the next renewal, at the deadline, or on stop, whichever is first.
@@ -65,6 +80,21 @@ pub async fn run(
             continue;
         }
         next = now + interval;
+        let view = *fresh.borrow();
+        if view.is_none() {
+            // Not listed yet (starting): nothing to renew for, nothing failed.
+            next = now + interval / 4;
+            continue;
+        }
+        if !crate::watch::is_fresh(view, now) {
+            metrics.heartbeat_renew_failed();
+            if !withheld {
+                withheld = true;
+                tracing::warn!(lease = %name, "not renewing the heartbeat while the view of this worker's assignments is not known fresh");
+            }
+            continue;
+        }
+        withheld = false;
         let sent = Instant::now();
         match timeout(interval, write(&api, &name, Some(&pod), duration)).await {
             Ok(Ok(())) => {

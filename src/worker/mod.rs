@@ -14,12 +14,11 @@ mod beat;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
 use tokio::{
@@ -132,24 +131,30 @@ pub async fn run(
 
     let (alive_tx, mut alive) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
+    // When the view of the assignments was last proven complete (the send time of the latest
+    // LIST of the checked watch): the heartbeat is renewed only while it is fresh.
+    let (fresh_tx, fresh_rx) = watch::channel(None::<tokio::time::Instant>);
     let beat = tokio::spawn(beat::run(
         client.clone(),
-        settings.namespace.clone(),
-        settings.pod_name.clone(),
-        settings.heartbeat_duration,
+        beat::Params {
+            namespace: settings.namespace.clone(),
+            pod: settings.pod_name.clone(),
+            duration: settings.heartbeat_duration,
+        },
         alive_tx,
+        fresh_rx,
         stop_rx,
         metrics.clone(),
     ));
 
     let api: Api<CrawlerResource> = Api::namespaced(client.clone(), &settings.namespace);
-    let selector = format!("status.assignedWorker={}", settings.pod_name);
-    // Retry within a second at most: while this watch is down, a task the controller moved off
-    // this worker keeps running here (the heartbeat still renews), so it should come back quickly.
-    let stream = watcher(api, watcher::Config::default().fields(&selector))
-        .backoff(heartbeat::watch_retry())
-        .map_ok(|ev| ev.modify(|r: &mut CrawlerResource| r.metadata.managed_fields = None));
-    let mut stream = std::pin::pin!(stream);
+    let selector = crate::watch::Selector {
+        fields: Some(format!("status.assignedWorker={}", settings.pod_name)),
+        labels: None,
+    };
+    // A checked watch (see `crate::watch`): its LISTs prove the view fresh every cycle, and a
+    // connection that goes silent is replaced within a cycle plus its idle bound.
+    let mut stream = std::pin::pin!(crate::watch::checked(api, selector));
     tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
 
     let mut worker = Worker {
@@ -160,65 +165,83 @@ pub async fn run(
         assigned: HashMap::new(),
         tasks: HashMap::new(),
     };
-    let mut listing: Option<HashMap<String, CrawlerResource>> = None;
-    // Whether `assigned` may be out of date: at start, after the watch failed, and after the
-    // heartbeat lapsed (the controller may have moved tasks meanwhile, and a watch that resumes
-    // from its last version says nothing until the next change). While stale, no task starts
-    // until a fresh, consistent LIST has replaced the cache.
-    let mut stale = true;
+    // The send time of the LIST that last proved the view of the assignments complete.
+    let mut fresh_as_of: Option<tokio::time::Instant> = None;
+    // After the heartbeat lapsed (or at start), tasks start only from a view proven complete by a
+    // LIST sent after the heartbeat came back: the controller may have moved tasks meanwhile, and
+    // a move it decided before it saw the renewal lands before that LIST is read.
+    let mut start_after: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut was_alive = false;
     let mut shutdown = std::pin::pin!(shutdown);
     // Tasks that could not start are tried again on a timer, not only on a change.
     let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let stale_at = fresh_as_of.map(|f| f + crate::watch::STALE_AFTER);
         tokio::select! {
             () = &mut shutdown => break,
             _ = retry_tick.tick() => {
                 if !worker.retry_due() { continue; }
             }
+            () = async { match stale_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                tracing::warn!("the view of this worker's assignments is not known fresh (no LIST succeeded for {:?}): stopping every task, withholding the heartbeat", crate::watch::STALE_AFTER);
+            }
             changed = alive.changed() => {
                 if changed.is_err() { anyhow::bail!("the heartbeat task stopped"); }
             }
-            event = stream.try_next() => match event {
-                Ok(Some(watcher::Event::Apply(r))) => { worker.assigned.insert(r.name_any(), r); }
-                Ok(Some(watcher::Event::Delete(r))) => { worker.assigned.remove(&r.name_any()); }
-                Ok(Some(watcher::Event::Init)) => { listing = Some(HashMap::new()); continue; }
-                Ok(Some(watcher::Event::InitApply(r))) => {
-                    listing.get_or_insert_with(HashMap::new).insert(r.name_any(), r);
+            update = stream.next() => match update {
+                Some(crate::watch::Update::Apply(r)) => { worker.assigned.insert(r.name_any(), r); }
+                Some(crate::watch::Update::Delete(r)) => { worker.assigned.remove(&r.name_any()); }
+                // A LIST replaces everything: an assignment that went away while the watch was
+                // down (or silent) stops here.
+                Some(crate::watch::Update::Listed { items, as_of }) => {
+                    worker.assigned = items.into_iter().map(|r| (r.name_any(), r)).collect();
+                    fresh_as_of = Some(as_of);
+                    fresh_tx.send_replace(Some(as_of));
+                }
+                Some(crate::watch::Update::Failed(why)) => {
+                    tracing::warn!("assignment watch: {why}");
                     continue;
                 }
-                // A relist replaces everything: an assignment that went away while the watch
-                // was down stops here.
-                Ok(Some(watcher::Event::InitDone)) => {
-                    worker.assigned = listing.take().unwrap_or_default();
-                    stale = false;
-                }
-                Ok(None) => anyhow::bail!("the assignment watch ended"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "assignment watch failed; retrying");
-                    stale = true;
-                    continue;
-                }
+                None => anyhow::bail!("the assignment watch ended"),
             },
         }
-        let may_run = *alive.borrow_and_update();
-        if may_run && !was_alive {
-            stale = true;
+        let now = tokio::time::Instant::now();
+        let fresh = crate::watch::is_fresh(fresh_as_of, now);
+        let alive_now = *alive.borrow_and_update();
+        if alive_now && !was_alive {
+            start_after = Some(now);
         }
-        was_alive = may_run;
-        if may_run && stale {
-            stale = !worker.refresh(&selector).await;
+        was_alive = alive_now;
+        let may_run = alive_now && fresh;
+        if start_after.is_some_and(|after| fresh_as_of.is_some_and(|f| f >= after)) {
+            start_after = None;
         }
+        let may_start = may_run && start_after.is_none();
         if may_run {
             health.set_ready(true);
+        } else if !fresh {
+            health.set_not_ready(
+                "the view of this worker's assignments is not known fresh: no task may run",
+            );
         } else {
             health.set_not_ready(
                 "the heartbeat is not renewed, or is resuming after a lapse: no task may run",
             );
         }
-        // Stop what must stop; start nothing while the view of the assignments may be stale.
-        worker.sync(may_run, !stale);
+        // Stop what must stop; start nothing until the view is proven complete after the
+        // heartbeat came back.
+        let blocked = if !alive_now {
+            Some((TaskStopReason::Heartbeat, "the heartbeat could not be renewed"))
+        } else if !fresh {
+            Some((
+                TaskStopReason::Stale,
+                "the view of this worker's assignments is not known fresh",
+            ))
+        } else {
+            None
+        };
+        worker.sync(blocked, may_start);
     }
 
     tracing::info!("worker stopping: stopping every task, then releasing the heartbeat");
@@ -241,17 +264,18 @@ struct Worker {
 }
 
 impl Worker {
-    /// Make the running tasks match the assignments (none at all while the heartbeat is not alive).
-    fn sync(&mut self, may_run: bool, may_start: bool) {
+    /// Make the running tasks match the assignments (none at all while `blocked` says why none
+    /// may run).
+    fn sync(&mut self, blocked: Option<(TaskStopReason, &'static str)>, may_start: bool) {
+        let may_run = blocked.is_none();
         let stale: Vec<(String, TaskStopReason, &'static str)> = self
             .tasks
             .iter()
             .filter_map(|(name, task)| {
+                if let Some(blocked) = blocked {
+                    return Some((name.clone(), blocked.0, blocked.1));
+                }
                 let (reason, why) = match self.assigned.get(name) {
-                    _ if !may_run => (
-                        TaskStopReason::Heartbeat,
-                        "the heartbeat could not be renewed",
-                    ),
                     None => (
                         TaskStopReason::Unassigned,
                         "it is no longer assigned to this worker (deleted, suspended or moved)",
@@ -285,7 +309,7 @@ impl Worker {
                 continue;
             }
             if let Some(task) = self.tasks.get(name) {
-                if task.retry_is_due() {
+                if may_start && task.retry_is_due() {
                     let attempt = task.attempt + 1;
                     tracing::info!(resource = %name, attempt, "trying again to start the task");
                     let task = self.start(resource.clone(), attempt);
@@ -299,36 +323,6 @@ impl Worker {
                 self.tasks.insert(name.clone(), task);
             }
         }
-    }
-
-    /// Replaces the assignments with a fresh list; returns whether that worked.
-    async fn refresh(&mut self, selector: &str) -> bool {
-        match self.list_assignments(selector).await {
-            Ok(assigned) => {
-                self.assigned = assigned;
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list this worker's assignments; no task starts until it can");
-                false
-            }
-        }
-    }
-
-    /// A consistent read (quorum, not the watch cache) of the resources assigned to this Pod.
-    async fn list_assignments(
-        &self,
-        selector: &str,
-    ) -> Result<HashMap<String, CrawlerResource>, kube::Error> {
-        let api: Api<CrawlerResource> =
-            Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let list = tokio::time::timeout(
-            Duration::from_secs(5),
-            api.list(&kube::api::ListParams::default().fields(selector)),
-        )
-        .await
-        .map_err(|_| kube::Error::Service("listing assignments timed out after 5s".into()))??;
-        Ok(list.into_iter().map(|r| (r.name_any(), r)).collect())
     }
 
     /// Whether a task that could not start is due to be tried again.

@@ -1,11 +1,18 @@
-//! A loopback TCP proxy that can be cut, for tests where one client loses the API server while
-//! everything else keeps it.
+//! A loopback TCP proxy that can be cut or frozen, for tests where one client loses the API
+//! server while everything else keeps it.
+//!
+//! Two faults, per proxy (one proxy per process under test):
+//! - [`Proxy::cut`]: every open connection is shut down (the client sees EOF or a reset) and new
+//!   ones are held unanswered: a loud failure.
+//! - [`Proxy::freeze`]: every connection open at that instant stays open but passes no byte in
+//!   either direction (no FIN, no RST), while new connections work: what a NAT or load balancer
+//!   that lost its state looks like. Only a client that checks the liveness of its streams notices.
 //!
 //! Plain threads and blocking sockets: the proxy belongs to no test's tokio runtime, so it keeps
 //! working when the test that started it ends, and it needs no tokio feature beyond the crate's.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +35,9 @@ struct Shared {
 struct State {
     cut: bool,
     closed: bool,
+    /// Connections frozen by [`Proxy::freeze`]: their pumps hold what they read and forward
+    /// nothing until [`Proxy::thaw`].
+    frozen: std::collections::HashSet<u64>,
     /// Both sockets of every forwarded connection, to shut them down on `cut`.
     open: HashMap<u64, [TcpStream; 2]>,
     /// Connections accepted while cut: never answered until `restore` forwards them.
@@ -78,6 +88,20 @@ impl Proxy {
         for conn in held {
             self.shared.forward(conn);
         }
+    }
+
+    /// Freezes every connection open now: sockets stay open, no byte passes either way, nothing
+    /// is closed. New connections are forwarded as usual. Returns how many were frozen.
+    pub fn freeze(&self) -> usize {
+        let mut state = self.shared.state.lock().unwrap();
+        let open: Vec<u64> = state.open.keys().copied().collect();
+        state.frozen.extend(open.iter().copied());
+        open.len()
+    }
+
+    /// Lets the frozen connections pass bytes again (what they held is delivered late).
+    pub fn thaw(&self) {
+        self.shared.state.lock().unwrap().frozen.clear();
     }
 
     pub fn is_cut(&self) -> bool {
@@ -137,20 +161,53 @@ impl Shared {
             }
             state.open.insert(id, [in3, out3]);
         }
-        let upstream = thread::spawn(move || pump(inbound, outbound));
+        let up = Arc::clone(self);
+        let upstream = thread::spawn(move || up.pump(id, inbound, outbound));
         let shared = Arc::clone(self);
         thread::spawn(move || {
-            pump(out2, in2);
+            shared.pump(id, out2, in2);
             let _ = upstream.join();
-            shared.state.lock().unwrap().open.remove(&id);
+            let mut state = shared.state.lock().unwrap();
+            state.open.remove(&id);
+            state.frozen.remove(&id);
         });
     }
-}
 
-/// Copies `from` into `to` until EOF or an error, then shuts both down, so that the other
-/// direction ends too.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = io::copy(&mut from, &mut to);
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
+    /// Copies `from` into `to` until EOF or an error, then shuts both down, so that the other
+    /// direction ends too. While connection `id` is frozen, what was read is held (and nothing
+    /// more is read, so the sender's buffers fill as on a dead path) until it thaws or the proxy
+    /// goes away.
+    fn pump(&self, id: u64, mut from: TcpStream, mut to: TcpStream) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            loop {
+                let state = self.state.lock().unwrap();
+                if state.closed {
+                    drop(state);
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
+                if !state.frozen.contains(&id) {
+                    break;
+                }
+                drop(state);
+                thread::sleep(Duration::from_millis(20));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        // A frozen path passes no FIN either: the peer keeps waiting. (Reaching here while frozen
+        // means this side closed or failed; the other side is left as it is.)
+        if self.state.lock().unwrap().frozen.contains(&id) {
+            return;
+        }
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    }
 }
