@@ -109,5 +109,8 @@ async fn a_silent_watch_is_noticed_within_the_idle_bound_and_freshness_resumes()
         noticed <= bound + Duration::from_millis(500),
         "noticed after {noticed:?}, bound {bound:?}"
     );
-    assert!(why.contains("silent") || why.contains("unanswered"), "{why}");
+    assert!(
+        why.contains("silent") || why.contains("unanswered"),
+        "{why}"
+    );
 }

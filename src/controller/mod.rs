@@ -243,7 +243,9 @@ async fn feed<K, A, D, R, F>(
 
 async fn watch_pods(ctx: Arc<Context>) {
     let api: Api<Pod> = resource_api(&ctx.client, ctx.settings.namespace.as_deref());
-    let config = watcher::Config::default().labels(&ctx.settings.worker_selector);
+    let config = watcher::Config::default()
+        .labels(&ctx.settings.worker_selector)
+        .timeout(WATCH_TIMEOUT_SECS);
     let stream = watcher(api, config)
         .default_backoff()
         .map_ok(|ev| ev.modify(strip_pod));
@@ -266,7 +268,7 @@ fn strip_pod(pod: &mut Pod) {
 
 async fn watch_resources(ctx: Arc<Context>) {
     let api: Api<CrawlerResource> = resource_api(&ctx.client, ctx.settings.namespace.as_deref());
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().timeout(WATCH_TIMEOUT_SECS))
         .default_backoff()
         .map_ok(|ev| ev.modify(|r: &mut CrawlerResource| r.metadata.managed_fields = None));
     feed(
@@ -282,39 +284,112 @@ async fn watch_resources(ctx: Arc<Context>) {
     .await;
 }
 
+/// The heartbeat Leases, through a checked watch (see [`crate::watch`]): a LIST every cycle, so a
+/// renewal is seen within a cycle even when a watch connection went silent. A failed cycle makes
+/// the renewals meanwhile unseen (none may expire on their account), and no heartbeat expires
+/// without a consistent read that confirms it ([`expire_heartbeats`]).
 async fn watch_heartbeats(ctx: Arc<Context>) {
     let api: Api<Lease> = resource_api(&ctx.client, ctx.settings.namespace.as_deref());
-    let selector = format!("{}={}", heartbeat::LABEL, heartbeat::LABEL_VALUE);
-    // Retry within a second at most (not client-go's 30 s): while this watch is down no heartbeat
-    // may expire (see `Index::heartbeats_unseen`), so it should come back before one would.
-    let stream = watcher(api, watcher::Config::default().labels(&selector))
-        .backoff(heartbeat::watch_retry())
-        .map_ok(|ev| ev.modify(|l: &mut Lease| l.metadata.managed_fields = None));
-    feed(
-        &ctx,
-        stream,
-        |idx, lease: &Lease| idx.apply_heartbeat(lease, Instant::now()),
-        |idx, lease: &Lease| {
-            idx.delete_heartbeat(&lease.namespace().unwrap_or_default(), &lease.name_any())
-        },
-        Index::finish_heartbeat_list,
-        |idx| idx.heartbeats_unseen(Instant::now()),
-    )
-    .await;
-}
-
-/// Heartbeats expire by the passing of time, not by an event: check them a few times a second.
-async fn expire_heartbeats(ctx: Arc<Context>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let keys = ctx.index.lock().expire_heartbeats(Instant::now());
+    let selector = crate::watch::Selector {
+        labels: Some(format!("{}={}", heartbeat::LABEL, heartbeat::LABEL_VALUE)),
+        fields: None,
+    };
+    let mut stream = std::pin::pin!(crate::watch::checked(api, selector));
+    let mut failing = false;
+    while let Some(update) = futures::StreamExt::next(&mut stream).await {
+        let now = Instant::now();
+        let keys = match update {
+            crate::watch::Update::Apply(lease) => ctx.index.lock().apply_heartbeat(&lease, now),
+            crate::watch::Update::Delete(lease) => ctx
+                .index
+                .lock()
+                .delete_heartbeat(&lease.namespace().unwrap_or_default(), &lease.name_any()),
+            crate::watch::Update::Listed { items, .. } => {
+                failing = false;
+                let mut index = ctx.index.lock();
+                let mut keys = Vec::new();
+                let mut listed = HashSet::new();
+                for lease in &items {
+                    listed.insert((lease.namespace().unwrap_or_default(), lease.name_any()));
+                    keys.extend(index.apply_heartbeat(lease, now));
+                }
+                keys.extend(index.finish_heartbeat_list(&listed));
+                keys
+            }
+            crate::watch::Update::Failed(why) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(
+                        "heartbeat watch: {why}; no heartbeat expires on account of renewals it could not show"
+                    );
+                }
+                ctx.index.lock().heartbeats_unseen(now);
+                continue;
+            }
+        };
         if !keys.is_empty() && ctx.leadership.borrow().is_leading_now() {
             ctx.queue.add_all(keys);
         }
     }
 }
+
+/// Heartbeats expire by the passing of time, not by an event: check them a few times a second.
+/// A due heartbeat expires only after a consistent read of its Lease, sent after it became due,
+/// shows no renewal since the one we observed: a heartbeat watch that stalled silently (or lags)
+/// must not make live workers look dead and move their tasks while they still run them.
+async fn expire_heartbeats(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let due = ctx.index.lock().heartbeats_due(Instant::now());
+        if due.is_empty() {
+            continue;
+        }
+        let reads = due.into_iter().map(|(namespace, pod)| {
+            let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
+            async move {
+                let read = tokio::time::timeout(
+                    HEARTBEAT_READ_TIMEOUT,
+                    api.get_opt(&heartbeat::lease_name(&pod)),
+                )
+                .await;
+                // A renewal the read shows was sent before it was answered.
+                (namespace, pod, Instant::now(), read)
+            }
+        });
+        for (namespace, pod, answered, read) in futures::future::join_all(reads).await {
+            let lease = match read {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(e)) => {
+                    tracing::debug!(%namespace, worker = %pod, error = %e, "cannot confirm a heartbeat's expiry; it does not expire until a read confirms it");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(%namespace, worker = %pod, "reading a heartbeat Lease timed out; it does not expire until a read confirms it");
+                    continue;
+                }
+            };
+            let keys =
+                ctx.index
+                    .lock()
+                    .confirm_heartbeat(&namespace, &pod, lease.as_ref(), answered);
+            if !keys.is_empty() && ctx.leadership.borrow().is_leading_now() {
+                ctx.queue.add_all(keys);
+            }
+        }
+    }
+}
+
+/// Bound on the read that confirms a heartbeat's expiry.
+const HEARTBEAT_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Server-side timeout of the Pod and `CrawlerResource` watches. kube-runtime's watcher gives up on
+/// a watch that delivered nothing for this plus 5 s, so a watch whose connection went silent is
+/// replaced within 30 s (kube's default: 295 s). Neither watch carries the safety argument (status
+/// writes are fenced; heartbeats expire only on a confirming read), only how soon a change is
+/// acted on.
+const WATCH_TIMEOUT_SECS: u32 = 25;
 
 /// On becoming leader (and once both watches have listed), reconcile everything: resources whose
 /// worker went away while no one led get placed, and nothing well placed is written.

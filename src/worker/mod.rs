@@ -165,19 +165,13 @@ pub async fn run(
         assigned: HashMap::new(),
         tasks: HashMap::new(),
     };
-    // The send time of the LIST that last proved the view of the assignments complete.
-    let mut fresh_as_of: Option<tokio::time::Instant> = None;
-    // After the heartbeat lapsed (or at start), tasks start only from a view proven complete by a
-    // LIST sent after the heartbeat came back: the controller may have moved tasks meanwhile, and
-    // a move it decided before it saw the renewal lands before that LIST is read.
-    let mut start_after: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
-    let mut was_alive = false;
+    let mut gate = Gate::default();
     let mut shutdown = std::pin::pin!(shutdown);
     // Tasks that could not start are tried again on a timer, not only on a change.
     let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let stale_at = fresh_as_of.map(|f| f + crate::watch::STALE_AFTER);
+        let stale_at = gate.fresh_as_of.map(|f| f + crate::watch::STALE_AFTER);
         tokio::select! {
             () = &mut shutdown => break,
             _ = retry_tick.tick() => {
@@ -196,7 +190,7 @@ pub async fn run(
                 // down (or silent) stops here.
                 Some(crate::watch::Update::Listed { items, as_of }) => {
                     worker.assigned = items.into_iter().map(|r| (r.name_any(), r)).collect();
-                    fresh_as_of = Some(as_of);
+                    gate.fresh_as_of = Some(as_of);
                     fresh_tx.send_replace(Some(as_of));
                 }
                 Some(crate::watch::Update::Failed(why)) => {
@@ -206,41 +200,14 @@ pub async fn run(
                 None => anyhow::bail!("the assignment watch ended"),
             },
         }
-        let now = tokio::time::Instant::now();
-        let fresh = crate::watch::is_fresh(fresh_as_of, now);
         let alive_now = *alive.borrow_and_update();
-        if alive_now && !was_alive {
-            start_after = Some(now);
-        }
-        was_alive = alive_now;
-        let may_run = alive_now && fresh;
-        if start_after.is_some_and(|after| fresh_as_of.is_some_and(|f| f >= after)) {
-            start_after = None;
-        }
-        let may_start = may_run && start_after.is_none();
-        if may_run {
-            health.set_ready(true);
-        } else if !fresh {
-            health.set_not_ready(
-                "the view of this worker's assignments is not known fresh: no task may run",
-            );
-        } else {
-            health.set_not_ready(
-                "the heartbeat is not renewed, or is resuming after a lapse: no task may run",
-            );
+        let (blocked, may_start) = gate.update(alive_now, tokio::time::Instant::now());
+        match blocked {
+            None => health.set_ready(true),
+            Some((_, why)) => health.set_not_ready(why),
         }
         // Stop what must stop; start nothing until the view is proven complete after the
         // heartbeat came back.
-        let blocked = if !alive_now {
-            Some((TaskStopReason::Heartbeat, "the heartbeat could not be renewed"))
-        } else if !fresh {
-            Some((
-                TaskStopReason::Stale,
-                "the view of this worker's assignments is not known fresh",
-            ))
-        } else {
-            None
-        };
         worker.sync(blocked, may_start);
     }
 
@@ -251,6 +218,63 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = beat.await;
     Ok(())
+}
+
+/// Whether tasks may run, and may start, from the heartbeat and the freshness of the view of the
+/// assignments.
+struct Gate {
+    /// The send time of the LIST that last proved the view of the assignments complete.
+    fresh_as_of: Option<tokio::time::Instant>,
+    /// After the heartbeat lapsed (or at start), tasks start only from a view proven complete by
+    /// a LIST sent after the heartbeat came back: the controller may have moved tasks meanwhile,
+    /// and a move it decided before it saw the renewal lands before that LIST is read.
+    start_after: Option<tokio::time::Instant>,
+    was_alive: bool,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            fresh_as_of: None,
+            start_after: Some(tokio::time::Instant::now()),
+            was_alive: false,
+        }
+    }
+}
+
+impl Gate {
+    /// Why no task may run now (`None`: they may), and whether tasks may start.
+    fn update(
+        &mut self,
+        alive: bool,
+        now: tokio::time::Instant,
+    ) -> (Option<(TaskStopReason, &'static str)>, bool) {
+        if alive && !self.was_alive {
+            self.start_after = Some(now);
+        }
+        self.was_alive = alive;
+        if self
+            .start_after
+            .is_some_and(|after| self.fresh_as_of.is_some_and(|f| f >= after))
+        {
+            self.start_after = None;
+        }
+        let blocked = if !alive {
+            Some((
+                TaskStopReason::Heartbeat,
+                "the heartbeat is not renewed, or is resuming after a lapse: no task may run",
+            ))
+        } else if !crate::watch::is_fresh(self.fresh_as_of, now) {
+            Some((
+                TaskStopReason::Stale,
+                "the view of this worker's assignments is not known fresh: no task may run",
+            ))
+        } else {
+            None
+        };
+        let may_start = blocked.is_none() && self.start_after.is_none();
+        (blocked, may_start)
+    }
 }
 
 struct Worker {

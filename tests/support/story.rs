@@ -65,9 +65,36 @@ impl Story {
 
     /// Starts a controller process (the real binary) named `identity`; returns its index.
     pub fn start_controller(&mut self, identity: &str) -> usize {
+        self.start_controller_via(identity, None)
+    }
+
+    /// A kubeconfig that reaches the API server through `proxy` (or the plain one).
+    fn kubeconfig_for(&self, who: &str, proxy: Option<&Proxy>) -> PathBuf {
+        match proxy {
+            None => self.cp.kubeconfig_path().to_path_buf(),
+            Some(proxy) => {
+                let text = std::fs::read_to_string(self.cp.kubeconfig_path())
+                    .expect("reading the kubeconfig");
+                let via = text.replace(&self.cp.server_url(), &format!("https://{}", proxy.addr()));
+                let path = self
+                    .cp
+                    .dir()
+                    .join(format!("{}-{who}-via-proxy.kubeconfig", self.ns()));
+                std::fs::write(&path, via).expect("writing the proxied kubeconfig");
+                path
+            }
+        }
+    }
+
+    /// Starts a controller process named `identity`, through `proxy` if given (so a test can cut
+    /// or freeze its connections); returns its index.
+    pub fn start_controller_via(&mut self, identity: &str, proxy: Option<&Proxy>) -> usize {
         let log = self.cp.dir().join(format!("{}-{identity}.log", self.ns()));
         let args = [
-            format!("KUBECONFIG={}", self.cp.kubeconfig_path().display()),
+            format!(
+                "KUBECONFIG={}",
+                self.kubeconfig_for(identity, proxy).display()
+            ),
             "RUST_LOG=info,crawler_operator=debug".to_owned(),
             env!("CARGO_BIN_EXE_crawler-operator").to_owned(),
             "controller".to_owned(),
@@ -93,20 +120,7 @@ impl Story {
     /// Starts the worker process playing Pod `pod` (the real binary), writing page records to
     /// `<cp dir>/<ns>-<pod>.jsonl`; through `proxy` if given, so a test can cut it off.
     pub fn start_worker(&mut self, pod: &str, proxy: Option<&Proxy>) -> usize {
-        let kubeconfig = match proxy {
-            None => self.cp.kubeconfig_path().to_path_buf(),
-            Some(proxy) => {
-                let text = std::fs::read_to_string(self.cp.kubeconfig_path())
-                    .expect("reading the kubeconfig");
-                let via = text.replace(&self.cp.server_url(), &format!("https://{}", proxy.addr()));
-                let path = self
-                    .cp
-                    .dir()
-                    .join(format!("{}-{pod}-via-proxy.kubeconfig", self.ns()));
-                std::fs::write(&path, via).expect("writing the proxied kubeconfig");
-                path
-            }
-        };
+        let kubeconfig = self.kubeconfig_for(pod, proxy);
         let log = self.cp.dir().join(format!("{}-{pod}.log", self.ns()));
         let args = [
             format!("KUBECONFIG={}", kubeconfig.display()),

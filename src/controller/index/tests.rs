@@ -532,3 +532,39 @@ fn deleting_a_resource_lowers_the_load_for_the_next_placement() {
     // 2/2 now: ties break by name.
     assert_eq!(worker_of(&next), Some("worker-1"));
 }
+
+#[test]
+fn a_due_heartbeat_expires_only_when_a_read_confirms_no_renewal_since() {
+    let (mut index, _) = two_workers_five_resources();
+    let t0 = Instant::now();
+    index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
+    let due_at = t0 + Duration::from_secs(10);
+    assert_eq!(
+        index.heartbeats_due(due_at),
+        vec![(NS.to_owned(), "worker-1".to_owned())]
+    );
+    // The watch stalled silently: the read finds a renewal it never showed. Not expired; the
+    // count starts again from the read.
+    let renewed = heartbeat("worker-1", Some("worker-1"), 109);
+    assert!(
+        index
+            .confirm_heartbeat(NS, "worker-1", Some(&renewed), due_at)
+            .is_empty()
+    );
+    assert!(
+        index
+            .heartbeats_due(due_at + Duration::from_secs(9))
+            .is_empty()
+    );
+    // Due again, and this time the read shows the same renewal: it expires.
+    let again = due_at + Duration::from_secs(10);
+    assert_eq!(index.heartbeats_due(again).len(), 1);
+    assert_eq!(
+        index
+            .confirm_heartbeat(NS, "worker-1", Some(&renewed), again)
+            .len(),
+        3,
+        "worker-1's resources are released"
+    );
+    assert!(index.heartbeats_due(again).is_empty(), "expired once");
+}

@@ -119,30 +119,93 @@ impl Index {
         self.heartbeats_unseen_at = Some(now);
     }
 
-    /// Marks heartbeats not renewed within their duration as expired: counted from when we
-    /// observed the last renewal, or from the last failure of the heartbeat watch if that is later
-    /// (a controller that could not see renewals must not conclude there were none). Call it
-    /// periodically; returns the resources to reconcile.
+    /// The heartbeats not renewed within their duration, as `(namespace, pod)`: counted from
+    /// when we observed the last renewal, or from the last failure of the heartbeat watch if that
+    /// is later (a controller that could not see renewals must not conclude there were none).
+    ///
+    /// A watch that stalls silently is not a failure anyone reports at once, so these are only
+    /// candidates: the controller confirms each with a consistent read of the Lease
+    /// ([`Index::confirm_heartbeat`]) before it expires it.
+    pub fn heartbeats_due(&self, now: Instant) -> Vec<(String, String)> {
+        let unseen = self.heartbeats_unseen_at;
+        self.namespaces
+            .iter()
+            .flat_map(|(ns_name, ns)| {
+                ns.heartbeats
+                    .iter()
+                    .filter(move |(_, h)| {
+                        let since = unseen.map_or(h.observed, |u| u.max(h.observed));
+                        !h.expired && now >= since + h.duration
+                    })
+                    .map(move |(pod, _)| (ns_name.clone(), pod.clone()))
+            })
+            .collect()
+    }
+
+    /// A consistent read of a due heartbeat's Lease (`lease`; `None`: it is gone), sent after it
+    /// became due (`now`: when the answer came). Unchanged since we last observed it: no renewal
+    /// was committed since, so it expires. Changed: a renewal the watch did not show (stalled or
+    /// slow); it counts as observed now. Returns the resources to reconcile.
+    pub fn confirm_heartbeat(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        lease: Option<&Lease>,
+        now: Instant,
+    ) -> Vec<Key> {
+        let Some(lease) = lease else {
+            return self.delete_heartbeat(namespace, &heartbeat::lease_name(pod));
+        };
+        let spec = lease.spec.as_ref();
+        let holder = spec
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| !h.is_empty());
+        let renew_time = spec
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| t.0.to_string());
+        let unchanged = self
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.heartbeats.get(pod))
+            .is_some_and(|h| h.holder == holder && h.renew_time == renew_time);
+        if !unchanged {
+            tracing::debug!(
+                namespace,
+                worker = pod,
+                "a heartbeat renewal the watch did not show"
+            );
+            return self.apply_heartbeat(lease, now);
+        }
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
+        let Some(h) = ns.heartbeats.get_mut(pod) else {
+            return Vec::new();
+        };
+        if h.expired {
+            return Vec::new();
+        }
+        h.expired = true;
+        tracing::info!(namespace, worker = pod, "worker heartbeat expired");
+        refresh_worker(namespace, ns, pod)
+    }
+
+    /// Expires every due heartbeat without a confirming read: for tests of the index, where the
+    /// index's view is the truth.
+    #[cfg(test)]
     pub fn expire_heartbeats(&mut self, now: Instant) -> Vec<Key> {
         let mut keys = Vec::new();
-        let unseen = self.heartbeats_unseen_at;
-        for (ns_name, ns) in &mut self.namespaces {
-            let expired: Vec<String> = ns
-                .heartbeats
-                .iter_mut()
-                .filter(|(_, h)| {
-                    let since = unseen.map_or(h.observed, |u| u.max(h.observed));
-                    !h.expired && now >= since + h.duration
-                })
-                .map(|(pod, h)| {
-                    h.expired = true;
-                    pod.clone()
-                })
-                .collect();
-            for pod in expired {
-                tracing::info!(namespace = %ns_name, worker = %pod, "worker heartbeat expired");
-                keys.extend(refresh_worker(ns_name, ns, &pod));
-            }
+        for (ns_name, pod) in self.heartbeats_due(now) {
+            let Some(h) = self
+                .namespaces
+                .get_mut(&ns_name)
+                .and_then(|ns| ns.heartbeats.get_mut(&pod))
+            else {
+                continue;
+            };
+            h.expired = true;
+            let ns = self.namespaces.get_mut(&ns_name).expect("present above");
+            keys.extend(refresh_worker(&ns_name, ns, &pod));
         }
         keys
     }
