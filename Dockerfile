@@ -1,12 +1,17 @@
 # syntax=docker/dockerfile:1
 # One small image for both roles: `crawler-operator controller` and `crawler-operator worker`.
 #
-#   docker build -t crawler-operator:0.1.0 .
+#   docker build --build-arg REVISION="$(git rev-parse HEAD)" -t crawler-operator:0.1.0 .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/crawler-operator:0.1.0 --push .
 #
 # Stage 1 builds a fully static binary for the musl target (no libc needed at run time: TLS is
-# rustls + ring, roots are compiled in). Stage 2 is distroless "static": no shell, no package
-# manager, CA certificates and tzdata only, running as UID/GID 65532.
+# rustls + ring, roots are compiled in) and lays out the image's files in /out/rootfs. Stage 2 is
+# an empty image with those files: the binary, the CA bundle, /etc/passwd and /etc/group naming
+# UID/GID 65532. No shell, no package manager.
+#
+# Without registry access, `make image` builds the same image from a binary built on the machine
+# (hack/image.sh, hack/image/Containerfile): the final stages of the two files are the same, line
+# for line, except for where rootfs/ comes from (`make check-chart` compares them).
 
 ARG RUST_VERSION=1.95
 
@@ -16,7 +21,7 @@ ARG TARGETARCH
 # musl-gcc builds ring's C and assembly for the musl target.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
+ && apt-get install -y --no-install-recommends musl-tools ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN case "${TARGETARCH:-amd64}" in \
@@ -29,6 +34,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY crates ./crates
+COPY hack/image/passwd hack/image/group /out/rootfs/etc/
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_PROFILE_RELEASE_LTO=thin \
     CARGO_PROFILE_RELEASE_CODEGEN_UNITS=4
@@ -37,17 +43,24 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(cat /rust-target)" \
  && cargo build --release --locked --target "$target" --bin crawler-operator \
- && install -D -m 0755 "target/$target/release/crawler-operator" /out/crawler-operator \
- && /out/crawler-operator --version
+ && install -D -m 0755 "target/$target/release/crawler-operator" /out/rootfs/usr/local/bin/crawler-operator \
+ && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt /out/rootfs/etc/ssl/certs/ca-certificates.crt \
+ && /out/rootfs/usr/local/bin/crawler-operator --version
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM scratch
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/crawler-operator/crawler-operator
 LABEL org.opencontainers.image.title="crawler-operator" \
       org.opencontainers.image.description="A distributed web crawler whose control plane is Kubernetes (controller and worker)" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="0.1.0"
-COPY --from=build /out/crawler-operator /usr/local/bin/crawler-operator
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
+COPY --from=build /out/rootfs/ /
 # Numeric, so the kubelet can check runAsNonRoot without reading /etc/passwd.
 USER 65532:65532
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 # Metrics and health (/metrics, /healthz, /readyz) of either role.
 EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/crawler-operator"]

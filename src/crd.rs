@@ -145,6 +145,7 @@ pub struct CrawlerResourceSpec {
 
     /// Only worker Pods whose labels match may run this task (a standard label selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "worker_selector_schema")]
     pub worker_selector: Option<LabelSelector>,
 
     /// A suspended task is unassigned and stops on its worker; unsuspending places it again.
@@ -296,6 +297,102 @@ impl CrawlerResourceStatus {
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63 characters
+/// (Kubernetes' qualified name). CEL's RE2 has no look-around, so the lengths are separate checks.
+const LABEL_KEY_RE: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+/// A label value: empty, or at most 63 characters, alphanumeric at both ends.
+const LABEL_VALUE_RE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
+
+/// `spec.workerSelector`: the `LabelSelector` schema, bounded (the CEL cost budget needs every
+/// list and string bounded) and with the rules the API server applies to a Pod's selectors, so
+/// that a selector no worker could ever match for a reason of syntax is refused at apply, naming
+/// the field (`spec.workerSelector.matchExpressions[0]: ...`).
+fn worker_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let key_rule = |what: &str| {
+        format!(
+            "{what}.matches('{LABEL_KEY_RE}') && ({what}.indexOf('/') < 0 || {what}.indexOf('/') <= 253)"
+        )
+    };
+    let value_rule = |what: &str| format!("{what}.matches('{LABEL_VALUE_RE}')");
+    let key_message = "must be a valid label key: an optional DNS subdomain prefix and '/', then at \
+        most 63 characters of letters, digits, '-', '_' or '.', starting and ending with a letter or \
+        digit (e.g. crawler.dev/pool)";
+    let value_message = "must be a valid label value: at most 63 characters of letters, digits, '-', \
+        '_' or '.', starting and ending with a letter or digit (or empty)";
+    schemars::json_schema!({
+        "description": "Only worker Pods whose labels match may run this task (a standard label selector).",
+        "type": "object",
+        "nullable": true,
+        "properties": {
+            "matchLabels": {
+                "description": "Labels a worker Pod must carry, all of them, with these values.",
+                "type": "object",
+                "maxProperties": 32,
+                "additionalProperties": { "type": "string", "maxLength": 63 },
+                "x-kubernetes-validations": [
+                    {
+                        "rule": format!("self.all(k, k.size() <= 317 && {})", key_rule("k")),
+                        "message": format!("every key of matchLabels {key_message}"),
+                    },
+                    {
+                        "rule": format!("self.all(k, {})", value_rule("self[k]")),
+                        "message": format!("every value of matchLabels {value_message}"),
+                    },
+                ],
+            },
+            "matchExpressions": {
+                "description": "Label requirements, all of which a worker Pod must meet.",
+                "type": "array",
+                "maxItems": 32,
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {
+                            "description": "The label key the requirement applies to.",
+                            "type": "string",
+                            "maxLength": 317,
+                            "x-kubernetes-validations": [{
+                                "rule": key_rule("self"),
+                                "message": format!("key {key_message}"),
+                            }],
+                        },
+                        "operator": {
+                            "description": "In, NotIn, Exists or DoesNotExist.",
+                            "type": "string",
+                            "maxLength": 16,
+                            "x-kubernetes-validations": [{
+                                "rule": "self in ['In', 'NotIn', 'Exists', 'DoesNotExist']",
+                                "messageExpression": "'operator must be In, NotIn, Exists or DoesNotExist, not ' + self",
+                            }],
+                        },
+                        "values": {
+                            "description": "The values for In and NotIn (at least one); empty for Exists and DoesNotExist.",
+                            "type": "array",
+                            "maxItems": 64,
+                            "items": { "type": "string", "maxLength": 63 },
+                            "x-kubernetes-validations": [{
+                                "rule": format!("self.all(v, {})", value_rule("v")),
+                                "message": format!("every value {value_message}"),
+                            }],
+                        },
+                    },
+                    "x-kubernetes-validations": [
+                        {
+                            "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+                            "messageExpression": "'operator ' + self.operator + ' needs at least one value in values'",
+                        },
+                        {
+                            "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+                            "messageExpression": "'operator ' + self.operator + ' takes no values: remove values, or use In or NotIn'",
+                        },
+                    ],
+                },
+            },
+        },
+    })
 }
 
 fn default_max_depth() -> i32 {

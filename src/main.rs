@@ -2,7 +2,7 @@
 // Doc comments in this file are `--help` text for people, not rustdoc: no Markdown backticks.
 #![allow(clippy::doc_markdown)]
 
-use std::{process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,7 +11,7 @@ use crawler_operator::{
     controller,
     crd::CrawlerResource,
     leader::{LeaderElector, LeaseSettings},
-    telemetry::{self, Health, Metrics, Role},
+    telemetry::{self, Health, Metrics, Role, Routes},
     worker,
 };
 use kube::CustomResourceExt;
@@ -63,9 +63,12 @@ struct WorkerArgs {
     /// renewal; the worker stops its tasks after half of it without a renewal.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat_duration: Duration,
-    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    /// Address of the HTTP server for /metrics (and /healthz, /readyz unless --probe-addr is set).
     #[arg(long, default_value = "0.0.0.0:9090")]
-    metrics_addr: std::net::SocketAddr,
+    metrics_addr: SocketAddr,
+    /// A separate address for /healthz and /readyz (default: served with /metrics).
+    #[arg(long, env = "CRAWLER_PROBE_ADDR")]
+    probe_addr: Option<SocketAddr>,
     /// How often a running task's progress is written into its status.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     progress_interval: Duration,
@@ -107,12 +110,31 @@ struct ControllerArgs {
     /// How long a leader keeps acting without a successful renewal (< lease duration).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     renew_deadline: Duration,
-    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    /// Address of the HTTP server for /metrics (and /healthz, /readyz unless --probe-addr is set).
     #[arg(long, default_value = "0.0.0.0:9090")]
-    metrics_addr: std::net::SocketAddr,
+    metrics_addr: SocketAddr,
+    /// A separate address for /healthz and /readyz (default: served with /metrics).
+    #[arg(long, env = "CRAWLER_PROBE_ADDR")]
+    probe_addr: Option<SocketAddr>,
     /// Interval between renewals / acquisition attempts (< renew deadline).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     retry_period: Duration,
+}
+
+/// Exit status of a configuration the process cannot run with: flags, environment, kubeconfig or
+/// in-cluster settings (clap's usage errors exit with 2 as well). Fix the configuration.
+const EXIT_BAD_CONFIG: u8 = 2;
+/// Exit status of a failure while running (API server unreachable for too long, a port in use,
+/// a task that panicked). Restarting may help.
+const EXIT_RUNTIME: u8 = 1;
+
+/// Marks an error as the user's configuration rather than a failure while running.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct BadConfig(anyhow::Error);
+
+fn bad_config(error: impl Into<anyhow::Error>) -> anyhow::Error {
+    BadConfig(error.into()).into()
 }
 
 fn main() -> ExitCode {
@@ -130,9 +152,15 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let (code, kind) = if e.chain().any(|c| c.is::<BadConfig>()) {
+                (EXIT_BAD_CONFIG, "configuration")
+            } else {
+                (EXIT_RUNTIME, "runtime")
+            };
+            // Once, through the log: with --log-format json this is one JSON object like every
+            // other line on stderr.
+            tracing::error!(exit_code = code, kind, "{e:#}");
+            ExitCode::from(code)
         }
     }
 }
@@ -174,11 +202,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     lease.lease_duration = args.lease_duration;
     lease.renew_deadline = args.renew_deadline;
     lease.retry_period = args.retry_period;
-    lease.validate().context("invalid leader-election flags")?;
+    lease
+        .validate()
+        .context("invalid leader-election flags")
+        .map_err(bad_config)?;
 
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot build a Kubernetes client (in a Pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config)")?;
+    let client = kube_client().await?;
     let settings = controller::Settings {
         namespace: args.namespace,
         worker_selector: args.worker_selector,
@@ -189,8 +218,9 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         instance: identity,
     };
 
-    let elector =
-        LeaderElector::new(client.clone(), lease).context("invalid leader-election flags")?;
+    let elector = LeaderElector::new(client.clone(), lease)
+        .context("invalid leader-election flags")
+        .map_err(bad_config)?;
     let leadership = elector.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
@@ -205,10 +235,14 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 
     let metrics = Metrics::new(Role::Controller);
     let health = Health::new();
-    let server = telemetry::bind(args.metrics_addr).await?;
-    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
-    let http =
-        tokio::spawn(server.serve(metrics.clone(), health.clone(), stopped(stop_rx.clone())));
+    let http = serve_telemetry(
+        args.metrics_addr,
+        args.probe_addr,
+        &metrics,
+        &health,
+        &stop_rx,
+    )
+    .await?;
     let controller = controller::run(
         client,
         settings,
@@ -233,7 +267,9 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             Err(e) => Err(anyhow::Error::new(e).context("leader election task failed")),
         },
     };
-    http.abort();
+    for server in http {
+        server.abort();
+    }
     if !election.is_finished() {
         // Wake the elector (if the controller ended on its own) and let it release the Lease.
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
@@ -243,21 +279,19 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     if args.heartbeat_duration < Duration::from_secs(1) {
-        anyhow::bail!(
+        return Err(bad_config(anyhow::anyhow!(
             "--heartbeat-duration must be at least 1s (got {:?})",
             args.heartbeat_duration
-        );
+        )));
     }
     let name_len = crawler_operator::heartbeat::lease_name(&args.pod_name).len();
     if name_len > 253 {
-        anyhow::bail!(
+        return Err(bad_config(anyhow::anyhow!(
             "the Pod name {:?} is too long for its heartbeat Lease name ({name_len} > 253 characters)",
             args.pod_name
-        );
+        )));
     }
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot build a Kubernetes client (in a Pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config)")?;
+    let client = kube_client().await?;
     let output = match args.output.as_str() {
         "-" => worker::Output::Stdout,
         path => worker::Output::File(path.into()),
@@ -271,12 +305,57 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let metrics = Metrics::new(Role::Worker);
     let health = Health::new();
-    let server = telemetry::bind(args.metrics_addr).await?;
-    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
-    let http = tokio::spawn(server.serve(metrics.clone(), health.clone(), std::future::pending()));
+    // The worker's servers run until the process ends: aborted below.
+    let (_keep, never) = watch::channel(false);
+    let http = serve_telemetry(args.metrics_addr, args.probe_addr, &metrics, &health, &never).await?;
     let result = worker::run(client, settings, metrics, health, shutdown_signal()).await;
-    http.abort();
+    for server in http {
+        server.abort();
+    }
     result
+}
+
+/// The Kubernetes client: in a Pod from its ServiceAccount (`KUBERNETES_SERVICE_HOST`/`_PORT`, the
+/// token and CA under /var/run/secrets/kubernetes.io/serviceaccount), elsewhere from $KUBECONFIG
+/// or ~/.kube/config. Failing here is a configuration problem.
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
+        bad_config(anyhow::Error::new(e).context(
+            "cannot build a Kubernetes client (in a Pod: mount its ServiceAccount token and set \
+             KUBERNETES_SERVICE_HOST/PORT; elsewhere: set $KUBECONFIG or write ~/.kube/config)",
+        ))
+    })
+}
+
+/// Binds the metrics address and, when given, the separate probe address (both before anything
+/// else starts, so a port in use fails fast) and serves them until `stop` turns true.
+async fn serve_telemetry(
+    metrics_addr: SocketAddr,
+    probe_addr: Option<SocketAddr>,
+    metrics: &Metrics,
+    health: &Health,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let mut servers = Vec::new();
+    match probe_addr {
+        None => servers.push(telemetry::bind(metrics_addr).await?),
+        Some(probe_addr) => {
+            if probe_addr == metrics_addr {
+                return Err(bad_config(anyhow::anyhow!(
+                    "--probe-addr {probe_addr} is the same as --metrics-addr: leave it out to serve \
+                     the probes with /metrics, or give another port"
+                )));
+            }
+            servers.push(telemetry::bind_routes(metrics_addr, Routes::Metrics).await?);
+            servers.push(telemetry::bind_routes(probe_addr, Routes::Probes).await?);
+        }
+    }
+    Ok(servers
+        .into_iter()
+        .map(|server| {
+            tokio::spawn(server.serve(metrics.clone(), health.clone(), stopped(stop.clone())))
+        })
+        .collect())
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).

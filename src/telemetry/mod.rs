@@ -42,14 +42,42 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    routes: Routes,
 }
 
-/// Binds `addr`; the error names the address and why it failed (e.g. address in use).
+/// Which endpoints a [`Server`] answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    /// `/metrics`, `/healthz` and `/readyz`.
+    All,
+    /// `/metrics` only (the probes are served elsewhere).
+    Metrics,
+    /// `/healthz` and `/readyz` only.
+    Probes,
+}
+
+impl Routes {
+    fn describe(self) -> &'static str {
+        match self {
+            Routes::All => "/metrics, /healthz and /readyz",
+            Routes::Metrics => "/metrics",
+            Routes::Probes => "/healthz and /readyz",
+        }
+    }
+}
+
+/// Binds `addr` for all three endpoints; the error names the address and why it failed (e.g.
+/// address in use).
 pub async fn bind(addr: SocketAddr) -> io::Result<Server> {
+    bind_routes(addr, Routes::All).await
+}
+
+/// Binds `addr` for `routes`.
+pub async fn bind_routes(addr: SocketAddr, routes: Routes) -> io::Result<Server> {
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         context(
             &e,
-            &format!("cannot listen on {addr} for /metrics and health"),
+            &format!("cannot listen on {addr} for {}", routes.describe()),
         )
     })?;
     let local_addr = listener
@@ -58,6 +86,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<Server> {
     Ok(Server {
         listener,
         local_addr,
+        routes,
     })
 }
 
@@ -85,26 +114,31 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         let addr = self.local_addr;
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-        axum::serve(self.listener, router(metrics, health))
+        let what = self.routes.describe();
+        tracing::info!(%addr, "serving {what}");
+        axum::serve(self.listener, routes(self.routes, metrics, health))
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(|e| {
-                context(
-                    &e,
-                    &format!("the /metrics and health server on {addr} failed"),
-                )
-            })
+            .map_err(|e| context(&e, &format!("the server for {what} on {addr} failed")))
     }
 }
 
 /// The routes alone, for a process that serves them from its own server.
 pub fn router(metrics: Metrics, health: Health) -> Router {
-    Router::new()
-        .route("/metrics", get(get_metrics))
-        .route("/healthz", get(get_healthz))
-        .route("/readyz", get(get_readyz))
-        .with_state(AppState { metrics, health })
+    routes(Routes::All, metrics, health)
+}
+
+fn routes(routes: Routes, metrics: Metrics, health: Health) -> Router {
+    let mut router = Router::new();
+    if routes != Routes::Probes {
+        router = router.route("/metrics", get(get_metrics));
+    }
+    if routes != Routes::Metrics {
+        router = router
+            .route("/healthz", get(get_healthz))
+            .route("/readyz", get(get_readyz));
+    }
+    router.with_state(AppState { metrics, health })
 }
 
 #[derive(Clone)]
