@@ -24,6 +24,7 @@ test: tools ## The whole check: fmt, clippy, generated files current, unit + int
 	$(MAKE) --no-print-directory check-generated
 	$(MAKE) --no-print-directory check-chart
 	CARGO=$(CARGO) hack/test-all.py
+	$(MAKE) --no-print-directory container-test
 
 .PHONY: unit
 unit: ## Only the fast tests that need no control plane
@@ -51,11 +52,11 @@ lint: ## clippy with warnings as errors
 # --- Packaging: Helm chart, deploy/, Dockerfile (issue 5) ---
 
 .PHONY: chart-tools
-chart-tools: ## Install helm, kubernetes-validate and hadolint (cached outside the repo)
-	hack/install-tools.sh helm kubernetes-validate hadolint
+chart-tools: ## Install helm, kubernetes-validate, hadolint, helm-docs, prometheus-operator CRDs (cached outside the repo)
+	hack/install-tools.sh helm kubernetes-validate hadolint helm-docs prometheus-operator-crds
 
 .PHONY: deploy-manifests
-deploy-manifests: chart-tools ## Copy crds/ into the chart and deploy/, render deploy/ from the chart
+deploy-manifests: chart-tools ## Copy crds/ into the chart and deploy/, render deploy/, the dashboard and the chart README
 	hack/chart.sh generate
 
 .PHONY: check-deploy
@@ -65,6 +66,19 @@ check-deploy: chart-tools ## Fail when the chart's CRD copy or deploy/ is stale
 .PHONY: check-chart
 check-chart: chart-tools ## helm lint/template, offline schema validation, copies current, Dockerfile lint
 	hack/chart.sh check
+
+# --- The container image, built here without a registry (issue 15; docs/install.md) ---
+
+IMAGE_PROFILE ?= release
+
+.PHONY: image
+image: ## Static binary + `podman build` FROM scratch -> crawler-operator:<version> (installs podman if missing)
+	IMAGE_PROFILE=$(IMAGE_PROFILE) hack/image.sh build
+
+.PHONY: container-test
+container-test: tools chart-tools ## The image's controller and worker in podman against the test control plane (image from the dev profile)
+	IMAGE=crawler-operator:test IMAGE_PROFILE=dev hack/image.sh build
+	CRAWLER_IMAGE=crawler-operator:test $(CARGO) test --locked --test container -- --ignored --nocapture
 
 # --- Benchmarks (issue 7) ---
 

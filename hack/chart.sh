@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The Helm chart's generated files and checks (called by the Makefile).
 #
-#   hack/chart.sh generate   copy crds/ into the chart and deploy/, render the rest of deploy/
+#   hack/chart.sh generate   copy crds/ into the chart and deploy/, render the rest of deploy/,
+#                            the Grafana dashboard JSON and the chart's README (helm-docs)
 #   hack/chart.sh check      helm lint --strict; helm template with default values, one watched
 #                            namespace and every option; offline validation of all of it and of
-#                            deploy/ against the Kubernetes 1.37 schemas; copies and deploy/
-#                            current; hadolint on the Dockerfile
-#   hack/chart.sh check-deploy   only: the CRD copies and deploy/ are current
+#                            deploy/ against the Kubernetes 1.37 schemas, and of the monitoring
+#                            objects against prometheus-operator's CRD schemas; copies, deploy/,
+#                            dashboard and chart README current; hadolint on the Dockerfile; the
+#                            Dockerfile's final stage the same as hack/image/Containerfile
+#   hack/chart.sh check-deploy   only: the CRD copies, deploy/, dashboard and README are current
 #
-# Tools come from hack/install-tools.sh (helm, kubernetes-validate, hadolint); `make check-chart`
-# installs them first. Nothing here needs a cluster.
+# Tools come from hack/install-tools.sh (helm, kubernetes-validate, hadolint, helm-docs,
+# prometheus-operator-crds); `make check-chart` installs them first. Nothing here needs a cluster.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,9 +64,16 @@ metadata:
 EOF
 }
 
+# Not installed by Helm, so without the label that says so (everything else is the chart's).
 render_deploy() {
   header
-  "$helm" template "$release" "$chart" --namespace "$namespace" --skip-crds
+  "$helm" template "$release" "$chart" --namespace "$namespace" --skip-crds \
+    | grep -v '^ *app.kubernetes.io/managed-by: Helm$'
+}
+
+helm_docs() { # extra helm-docs flags
+  "$(tool helm-docs)" --chart-search-root "$chart" --sort-values-order file --skip-version-footer \
+    --log-level warning "$@"
 }
 
 # crds/ is written by `make crds` (cargo run > file): refuse a half-written or empty one.
@@ -79,7 +89,9 @@ generate() {
   for copy in "${crd_copies[@]}"; do cp "$crd" "$copy"; done
   render_namespace > deploy/namespace.yaml
   render_deploy > deploy/crawler-operator.yaml
-  echo "wrote ${crd_copies[*]}, deploy/namespace.yaml and deploy/crawler-operator.yaml"
+  python3 hack/dashboard.py
+  helm_docs
+  echo "wrote ${crd_copies[*]}, deploy/namespace.yaml, deploy/crawler-operator.yaml and $chart/README.md"
 }
 
 check_deploy() {
@@ -101,11 +113,37 @@ check_deploy() {
       failed=1
     fi
   done
+  python3 hack/dashboard.py --check || failed=1
+  if ! diff -u "$chart/README.md" <(helm_docs --dry-run) > "$work/readme.diff"; then
+    echo "$chart/README.md is stale against values.yaml / README.md.gotmpl:" >&2
+    head -40 "$work/readme.diff" >&2
+    failed=1
+  fi
   if ((failed)); then
     echo "run 'make deploy-manifests' and commit the result" >&2
     return 1
   fi
-  echo "chart CRD copy and deploy/ are current"
+  echo "chart CRD copy, deploy/, dashboard and chart README are current"
+}
+
+# The Dockerfile's final stage and hack/image/Containerfile (what `make image` builds) must give
+# the same image: the same lines from FROM scratch on, except where rootfs/ comes from; and the
+# version label's default is the crate's version.
+check_image_files() {
+  local ours theirs version
+  ours=$(sed -n '/^FROM scratch$/,$p' Dockerfile | sed 's|^COPY --from=build /out/rootfs/ /$|COPY rootfs/ /|')
+  theirs=$(sed -n '/^FROM scratch$/,$p' hack/image/Containerfile)
+  if [[ -z $ours || $ours != "$theirs" ]]; then
+    echo "the final stage of Dockerfile differs from hack/image/Containerfile:" >&2
+    diff -u <(echo "$ours") <(echo "$theirs") >&2 || true
+    return 1
+  fi
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+  if ! grep -qx "ARG VERSION=$version" Dockerfile; then
+    echo "Dockerfile: ARG VERSION should default to the crate's version $version" >&2
+    return 1
+  fi
+  echo "Dockerfile's final stage and hack/image/Containerfile agree"
 }
 
 check() {
@@ -138,14 +176,29 @@ check() {
     return 1
   fi
 
+  # The monitoring objects are custom resources: kubernetes-validate knows only built-in kinds,
+  # so they are validated against prometheus-operator's own CRDs, and set aside for it.
+  echo "monitoring objects against prometheus-operator v$PROMETHEUS_OPERATOR_VERSION CRD schemas (offline)"
+  "$(dirname "$(readlink -f "$(tool kubernetes-validate)")")/python" hack/validate-crs.py \
+    "$(tool prometheus-operator-crds)" "${rendered[@]}"
+  local builtin=()
+  for out in "${rendered[@]}"; do
+    "$(dirname "$(readlink -f "$(tool kubernetes-validate)")")/python" - "$out" > "$out.builtin" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and not d["apiVersion"].startswith("monitoring.coreos.com/")]
+yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
+PY
+    builtin+=("$out.builtin")
+  done
   echo "kubernetes-validate --strict (Kubernetes $kube_schema_version schemas, offline): ${#rendered[@]} renderings, deploy/"
   "$(tool kubernetes-validate)" --strict --quiet --kubernetes-version "$kube_schema_version" \
-    "${rendered[@]}" deploy/*.yaml "$crd"
+    "${builtin[@]}" deploy/*.yaml "$crd"
 
   check_deploy
 
-  echo "hadolint Dockerfile"
-  "$(tool hadolint)" Dockerfile
+  echo "hadolint Dockerfile hack/image/Containerfile"
+  "$(tool hadolint)" Dockerfile hack/image/Containerfile
+  check_image_files
   echo "check-chart: all passed"
 }
 

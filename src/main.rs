@@ -152,7 +152,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let (code, kind) = if e.chain().any(|c| c.is::<BadConfig>()) {
+            let (code, kind) = if e.chain().any(<dyn std::error::Error>::is::<BadConfig>) {
                 (EXIT_BAD_CONFIG, "configuration")
             } else {
                 (EXIT_RUNTIME, "runtime")
@@ -307,7 +307,14 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let health = Health::new();
     // The worker's servers run until the process ends: aborted below.
     let (_keep, never) = watch::channel(false);
-    let http = serve_telemetry(args.metrics_addr, args.probe_addr, &metrics, &health, &never).await?;
+    let http = serve_telemetry(
+        args.metrics_addr,
+        args.probe_addr,
+        &metrics,
+        &health,
+        &never,
+    )
+    .await?;
     let result = worker::run(client, settings, metrics, health, shutdown_signal()).await;
     for server in http {
         server.abort();

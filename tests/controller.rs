@@ -437,3 +437,102 @@ async fn bad_specs_are_refused_by_the_api_server_naming_the_field() {
         .await;
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+/// spec.workerSelector: what the API server refuses in a Pod's selectors (unknown operators,
+/// In/NotIn without values, Exists/DoesNotExist with values, invalid label keys and values) is
+/// refused at apply too, naming the field and saying what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_worker_selectors_are_refused_by_the_api_server_naming_the_field() {
+    let story = Story::new("invalid-selector").await;
+    let selectors = [
+        (
+            json!({ "matchExpressions": [{ "key": "pool", "operator": "Equals", "values": ["a"] }] }),
+            "spec.workerSelector.matchExpressions[0].operator",
+            "must be In, NotIn, Exists or DoesNotExist, not Equals",
+        ),
+        (
+            json!({ "matchExpressions": [{ "key": "pool", "operator": "In" }] }),
+            "spec.workerSelector.matchExpressions[0]",
+            "operator In needs at least one value",
+        ),
+        (
+            json!({ "matchExpressions": [{ "key": "pool", "operator": "NotIn", "values": [] }] }),
+            "spec.workerSelector.matchExpressions[0]",
+            "operator NotIn needs at least one value",
+        ),
+        (
+            json!({ "matchExpressions": [{ "key": "gpu", "operator": "Exists", "values": ["true"] }] }),
+            "spec.workerSelector.matchExpressions[0]",
+            "operator Exists takes no values",
+        ),
+        (
+            json!({ "matchExpressions": [{ "key": "bad key!", "operator": "Exists" }] }),
+            "spec.workerSelector.matchExpressions[0].key",
+            "must be a valid label key",
+        ),
+        (
+            json!({ "matchExpressions": [{ "key": "pool", "operator": "In", "values": ["ok", "not ok"] }] }),
+            "spec.workerSelector.matchExpressions[0].values",
+            "must be a valid label value",
+        ),
+        (
+            json!({ "matchLabels": { "Crawler.Dev/pool": "a" } }),
+            "spec.workerSelector.matchLabels",
+            "every key of matchLabels must be a valid label key",
+        ),
+        (
+            json!({ "matchLabels": { "pool": "-gpu" } }),
+            "spec.workerSelector.matchLabels",
+            "every value of matchLabels must be a valid label value",
+        ),
+        (
+            json!({ "matchLabels": { "pool": "a".repeat(64) } }),
+            "spec.workerSelector.matchLabels.pool",
+            "may not be more than 63",
+        ),
+    ];
+    for (selector, field, words) in selectors {
+        let raw = json!({ "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource", "metadata": { "name": "bad" },
+            "spec": { "seeds": ["https://a.example/"], "workerSelector": selector } });
+        let result = story
+            .api()
+            .patch(
+                "bad",
+                &PatchParams::apply("kubectl-test"),
+                &Patch::Apply(&raw),
+            )
+            .await;
+        match result {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{selector}: {status:?}");
+                assert!(
+                    status.message.contains(field) && status.message.contains(words),
+                    "{selector}: message {:?} does not name {field} or say {words:?}",
+                    status.message
+                );
+            }
+            other => panic!("workerSelector {selector} was accepted: {other:?}"),
+        }
+    }
+    assert!(story.api().get_opt("bad").await.unwrap().is_none());
+    // Every form of a valid selector is accepted.
+    let fine = story
+        .api()
+        .create(
+            &PostParams::default(),
+            &CrawlerResource::new(
+                "good-selector",
+                serde_json::from_value(json!({"seeds": ["https://x.example/"], "workerSelector": {
+                    "matchLabels": { "crawler.dev/pool": "gpu", "tier": "" },
+                    "matchExpressions": [
+                        { "key": "example.org/zone", "operator": "In", "values": ["a", "b-2", "C_3.x"] },
+                        { "key": "spot", "operator": "DoesNotExist" },
+                        { "key": "gpu", "operator": "Exists", "values": [] },
+                    ],
+                }}))
+                .unwrap(),
+            ),
+        )
+        .await;
+    assert!(fine.is_ok(), "{fine:?}");
+}

@@ -128,12 +128,12 @@ pub fn router(metrics: Metrics, health: Health) -> Router {
     routes(Routes::All, metrics, health)
 }
 
-fn routes(routes: Routes, metrics: Metrics, health: Health) -> Router {
+fn routes(which: Routes, metrics: Metrics, health: Health) -> Router {
     let mut router = Router::new();
-    if routes != Routes::Probes {
+    if which != Routes::Probes {
         router = router.route("/metrics", get(get_metrics));
     }
-    if routes != Routes::Metrics {
+    if which != Routes::Metrics {
         router = router
             .route("/healthz", get(get_healthz))
             .route("/readyz", get(get_readyz));
