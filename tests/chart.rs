@@ -952,6 +952,188 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
     drop((controller, worker, worker_1));
 }
 
+/// The monitoring options: the ServiceMonitor and PrometheusRule are created by a real API
+/// server that serves prometheus-operator's CRDs (with strict field validation, so nothing the
+/// schema lacks slips through as pruned), the dashboard ConfigMap is valid JSON, and every metric
+/// name the alerts and the dashboard use is one that docs/operations.md lists (which a unit test
+/// keeps in step with the code). The install's notes name nothing only a checkout has.
+#[tokio::test]
+async fn monitoring_objects_are_accepted_and_use_only_documented_metrics() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("chart-monitoring").await;
+    let ns = ns.name();
+    install_crd(cp).await;
+    let crds = support::tools::cache_dir().join("prometheus-operator-crds");
+    assert!(
+        crds.is_dir(),
+        "{} is missing: run `make chart-tools`",
+        crds.display()
+    );
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crds.to_str().unwrap(),
+        ],
+    )
+    .await;
+    for crd in ["servicemonitors", "prometheusrules"] {
+        kubectl(
+            cp,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{crd}.monitoring.coreos.com"),
+            ],
+        )
+        .await;
+    }
+    let set = [
+        "fullnameOverride=mon",
+        "monitoring.serviceMonitor.enabled=true",
+        "monitoring.prometheusRule.enabled=true",
+        "monitoring.dashboard.enabled=true",
+    ];
+    // Rendered, then created with strict validation (helm install would drop unknown fields).
+    let mut template = helm(cp);
+    template.args(["template", "mon", CHART, "--namespace", ns, "--skip-crds"]);
+    for value in set {
+        template.args(["--set", value]);
+    }
+    let rendered = run(template, "helm template").await;
+    let file = cp.dir().join(format!("{ns}-monitoring.yaml"));
+    std::fs::write(&file, &rendered).unwrap();
+    let created = kubectl(
+        cp,
+        &[
+            "create",
+            "--validate=strict",
+            "-n",
+            ns,
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    for object in [
+        "servicemonitor.monitoring.coreos.com/mon created",
+        "prometheusrule.monitoring.coreos.com/mon created",
+        "configmap/mon-dashboard created",
+    ] {
+        assert!(created.contains(object), "{created}");
+    }
+
+    // What the API server stored: the alerts and the dashboard.
+    let rule: serde_json::Value = serde_json::from_str(
+        &kubectl(
+            cp,
+            &["get", "-n", ns, "prometheusrule", "mon", "-o", "json"],
+        )
+        .await,
+    )
+    .unwrap();
+    let alerts: BTreeSet<String> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .map(|r| r["alert"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = [
+        "CrawlerControllerNoLeader",
+        "CrawlerResourcesUnschedulable",
+        "CrawlerStatusWriteErrors",
+        "CrawlerWorkerHeartbeatLapsing",
+        "CrawlerTasksFailing",
+        "CrawlerFetchErrorsHigh",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(alerts, expected);
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &kubectl(
+            cp,
+            &[
+                "get",
+                "-n",
+                ns,
+                "configmap",
+                "mon-dashboard",
+                "-o",
+                "jsonpath={.data.crawler-operator\\.json}",
+            ],
+        )
+        .await,
+    )
+    .expect("the dashboard ConfigMap holds JSON");
+    assert_eq!(dashboard["uid"], "crawler-operator");
+
+    let documented = documented_metrics();
+    let used = metric_names(&format!("{rule}\n{dashboard}"));
+    assert!(used.len() >= 15, "the alerts and dashboard use {used:?}");
+    for name in &used {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| documented.contains(*base))
+            .unwrap_or(name);
+        assert!(
+            documented.contains(base),
+            "{name} is used by the chart's alerts or dashboard but not listed in docs/operations.md"
+        );
+    }
+
+    // The notes of an install: nothing that only a repository checkout has.
+    let out = helm_install(
+        cp,
+        ns,
+        "notes",
+        &["fullnameOverride=notes", "controller.enabled=false"],
+    )
+    .await;
+    let notes = out
+        .split("NOTES:")
+        .nth(1)
+        .expect("the install prints its notes");
+    for path in ["examples/", "charts/", "crds/", "hack/", "docs/"] {
+        assert!(!notes.contains(path), "the notes refer to {path}:\n{notes}");
+    }
+}
+
+/// The metric names docs/operations.md lists in its tables.
+fn documented_metrics() -> BTreeSet<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    doc.lines()
+        .filter(|l| l.starts_with("| `crawler_"))
+        .filter_map(|l| l.split('`').nth(1).map(str::to_owned))
+        .collect()
+}
+
+/// Every `crawler_...` name in a text.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("crawler_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        // Not a metric: the dashboard's and the chart's own names.
+        if name != "crawler_" {
+            names.insert(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
 // ----------------------------------------------------------------------------------------------
 // Helpers
 

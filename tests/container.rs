@@ -163,12 +163,15 @@ async fn the_image_runs_the_charts_controller_and_worker_in_podman() {
 
     // A task: assigned by the controller, crawled by the worker (from inside its container, via
     // the host network), its progress reported and its pages written to the output volume.
+    // The seed names its host, so the static binary resolves a name in an image that has no
+    // libc files (here through /etc/hosts, which the runtime mounts as a kubelet does).
+    let seed = site.seed("task-test-4").replace("127.0.0.1", "localhost");
     let resources: Api<CrawlerResource> = Api::namespaced(admin.clone(), ns);
     let body = json!({
         "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
         "metadata": { "name": "task-test-4" },
         "spec": {
-            "seeds": [site.seed("task-test-4")],
+            "seeds": [seed],
             "maxDepth": 1,
             "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
         },

@@ -1,0 +1,157 @@
+//! The command line's failure contract (README "Exit status"): a fatal error is printed once, in
+//! the chosen log format (with `--log-format json`, one JSON object per line like every other log
+//! line), and the exit status says whether the configuration is wrong (2) or running failed (1).
+//! The real binary, no control plane needed: every case fails before talking to one.
+
+use std::process::{Command, Output};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_crawler-operator");
+
+/// Runs the binary with `args` in an environment without any Kubernetes configuration except
+/// what `env` adds.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(BINARY);
+    command
+        .args(args)
+        .env_clear()
+        .env("HOME", home.path())
+        .env("PATH", "/usr/bin:/bin")
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+/// The one line on stderr, parsed: asserts there is exactly one and that it is JSON.
+fn one_json_line(out: &Output) -> serde_json::Value {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stderr: {stderr:?}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", lines[0]))
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_json_line_naming_the_flag() {
+    let out = run(
+        &[
+            "--log-format=json",
+            "worker",
+            "--pod-name=w",
+            "--namespace=n",
+            "--heartbeat-duration=100ms",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let line = one_json_line(&out);
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["fields"]["exit_code"], 2, "{line}");
+    assert_eq!(line["fields"]["kind"], "configuration", "{line}");
+    let message = line["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--heartbeat-duration must be at least 1s"),
+        "{message}"
+    );
+
+    let out = run(
+        &[
+            "--log-format=json",
+            "controller",
+            "--lease-duration=10s",
+            "--renew-deadline=20s",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let message = one_json_line(&out)["fields"]["message"].to_string();
+    assert!(
+        message.contains("invalid leader-election flags"),
+        "{message}"
+    );
+}
+
+#[test]
+fn no_kubernetes_configuration_is_a_configuration_error() {
+    let out = run(
+        &[
+            "--log-format=json",
+            "worker",
+            "--pod-name=w",
+            "--namespace=n",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let message = one_json_line(&out)["fields"]["message"].to_string();
+    assert!(
+        message.contains("cannot build a Kubernetes client")
+            && message.contains("KUBERNETES_SERVICE_HOST"),
+        "says what to set: {message}"
+    );
+}
+
+#[test]
+fn the_probe_address_must_differ_from_the_metrics_address() {
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), KUBECONFIG).unwrap();
+    let out = run(
+        &[
+            "--log-format=json",
+            "worker",
+            "--pod-name=w",
+            "--namespace=n",
+            "--metrics-addr=127.0.0.1:9999",
+            "--probe-addr=127.0.0.1:9999",
+        ],
+        &[("KUBECONFIG", kubeconfig.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let message = one_json_line(&out)["fields"]["message"].to_string();
+    assert!(message.contains("--probe-addr"), "{message}");
+}
+
+/// A port already taken is a failure while running (1), and in text format the error appears
+/// once, not once per layer.
+#[test]
+fn a_port_in_use_is_a_runtime_failure_printed_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), KUBECONFIG).unwrap();
+    let out = run(
+        &[
+            "worker",
+            "--pod-name=w",
+            "--namespace=n",
+            &format!("--metrics-addr={free}"),
+            &format!("--probe-addr={addr}"),
+        ],
+        &[("KUBECONFIG", kubeconfig.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let says = format!("cannot listen on {addr} for /healthz and /readyz");
+    assert_eq!(stderr.matches(&says).count(), 1, "said once: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// A kubeconfig that builds a client (nothing is contacted before the failures above).
+const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    server: https://127.0.0.1:1
+contexts:
+- name: c
+  context: {cluster: c, user: u}
+current-context: c
+users:
+- name: u
+  user: {token: t}
+";
