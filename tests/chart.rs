@@ -963,12 +963,14 @@ async fn monitoring_objects_are_accepted_and_use_only_documented_metrics() {
     let ns = cp.namespace("chart-monitoring").await;
     let ns = ns.name();
     install_crd(cp).await;
-    let crds = support::tools::cache_dir().join("prometheus-operator-crds");
-    assert!(
-        crds.is_dir(),
-        "{} is missing: run `make chart-tools`",
-        crds.display()
-    );
+    // A link to the pinned version's directory, which kubectl would read as a file.
+    let link = support::tools::cache_dir().join("prometheus-operator-crds");
+    let crds = link.canonicalize().unwrap_or_else(|e| {
+        panic!(
+            "{} is missing ({e}): run `make chart-tools`",
+            link.display()
+        )
+    });
     kubectl(
         cp,
         &[
