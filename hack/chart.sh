@@ -181,6 +181,13 @@ check() {
   echo "monitoring objects against prometheus-operator v$PROMETHEUS_OPERATOR_VERSION CRD schemas (offline)"
   "$(dirname "$(readlink -f "$(tool kubernetes-validate)")")/python" hack/validate-crs.py \
     "$(tool prometheus-operator-crds)" "${rendered[@]}"
+  # And a misspelt field it must refuse, so a validator that stopped checking is noticed.
+  sed 's/honorLabels: true/honourLabels: true/' "$work/monitoring-values.yaml" > "$work/misspelt.yaml"
+  if "$(dirname "$(readlink -f "$(tool kubernetes-validate)")")/python" hack/validate-crs.py \
+      "$(tool prometheus-operator-crds)" "$work/misspelt.yaml" > /dev/null 2>&1; then
+    echo "validate-crs.py did not refuse a ServiceMonitor with a misspelt field (honourLabels)" >&2
+    return 1
+  fi
   local builtin=()
   for out in "${rendered[@]}"; do
     "$(dirname "$(readlink -f "$(tool kubernetes-validate)")")/python" - "$out" > "$out.builtin" <<'PY'
