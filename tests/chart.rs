@@ -952,10 +952,10 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
     drop((controller, worker, worker_1));
 }
 
-/// The monitoring options: the ServiceMonitor and PrometheusRule are created by a real API
+/// The monitoring options: the `ServiceMonitor` and `PrometheusRule` are created by a real API
 /// server that serves prometheus-operator's CRDs (with strict field validation, so nothing the
-/// schema lacks slips through as pruned), the dashboard ConfigMap is valid JSON, and every metric
-/// name the alerts and the dashboard use is one that docs/operations.md lists (which a unit test
+/// schema lacks slips through as pruned), the dashboard `ConfigMap` is valid JSON, and every metric
+/// name the alerts and the dashboard use is one that `docs/operations.md` lists (which a unit test
 /// keeps in step with the code). The install's notes name nothing only a checkout has.
 #[tokio::test]
 async fn monitoring_objects_are_accepted_and_use_only_documented_metrics() {
