@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: what a task may do, validated before the first request.
 //! - [`engine`]: the breadth-first loop, rate limit, robots, redirects, cancellation.
+//! - [`extract`]: declarative rules: which links to follow, which fields to take.
 //! - [`html`], [`urls`]: pure parsing and URL rules (unit and property tested).
 //! - `robots`: how a `robots.txt` response is read (internal).
 //! - [`sink`]: the record and its JSON-lines writers.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod extract;
 pub mod html;
 pub(crate) mod robots;
 pub mod sink;
@@ -23,4 +25,5 @@ pub mod urls;
 pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, SecretHeaders};
 pub use engine::{CrawlOutcome, Progress, StopReason, run, watch_progress};
 pub use error::{ConfigError, CrawlError, FetchError, SinkError};
+pub use extract::{Field, FieldValue, Follow, Rule, RuleProblem, Rules, RulesError};
 pub use sink::{JsonLinesSink, PageRecord, Sink};
