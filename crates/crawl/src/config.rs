@@ -12,6 +12,7 @@ use url::Url;
 
 use super::{
     error::ConfigError,
+    extract::{Rule, Rules},
     urls::{HostFilter, normalize},
 };
 
@@ -53,6 +54,10 @@ pub struct CrawlConfig {
     pub headers: SecretHeaders,
     /// Honour `robots.txt`.
     pub respect_robots: bool,
+    /// Extraction rules (see [`crate::extract`]). Empty: every link is followed and nothing is
+    /// extracted. Otherwise a page's links are followed only through its rule's `follow`
+    /// entries or when they match a rule's `url_match`.
+    pub rules: Vec<Rule>,
 }
 
 /// Requests per second across the whole task, with a burst allowance.
@@ -129,6 +134,7 @@ impl CrawlConfig {
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             headers: SecretHeaders::default(),
             respect_robots: true,
+            rules: Vec::new(),
         }
     }
 
@@ -161,6 +167,7 @@ impl CrawlConfig {
         }
         let user_agent =
             HeaderValue::from_str(&self.user_agent).map_err(|_| ConfigError::UserAgent)?;
+        let rules = Rules::compile(&self.rules)?;
         Ok(Validated {
             task: self.task.clone(),
             seeds,
@@ -177,6 +184,7 @@ impl CrawlConfig {
             user_agent,
             headers: self.header_map()?,
             respect_robots: self.respect_robots,
+            rules,
         })
     }
 
@@ -262,6 +270,7 @@ pub(crate) struct Validated {
     pub robots_agent: String,
     pub headers: HeaderMap,
     pub respect_robots: bool,
+    pub rules: Rules,
 }
 
 #[cfg(test)]

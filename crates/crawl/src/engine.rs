@@ -38,6 +38,7 @@ use url::Url;
 use super::{
     config::{CrawlConfig, Validated},
     error::{CrawlError, FetchError, error_chain},
+    extract::{Extraction, Rules},
     html::{self, Page},
     robots::{Denied, MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, Robots, RobotsResponse},
     sink::{PageRecord, Sink},
@@ -54,6 +55,8 @@ pub struct Progress {
     pub errors: u64,
     /// Body bytes read from pages.
     pub bytes: u64,
+    /// Records whose rule's required fields were missing (see `PageRecord::incomplete`).
+    pub incomplete: u64,
     /// URLs waiting to be visited.
     pub queued: usize,
     /// Visits under way.
@@ -125,7 +128,12 @@ where
         "crawl starting"
     );
 
-    let mut queue: VecDeque<(Url, u32)> = cfg.seeds.iter().map(|s| (s.clone(), 0)).collect();
+    // Each queued URL carries the extraction rule it will be given (decided when it is queued).
+    let mut queue: VecDeque<(Url, u32, Option<usize>)> = cfg
+        .seeds
+        .iter()
+        .map(|s| (s.clone(), 0, cfg.rules.rule_for(s.as_str())))
+        .collect();
     engine.seen.lock().extend(cfg.seeds.iter().cloned());
     let mut state = Progress::default();
     let mut in_flight = FuturesUnordered::new();
@@ -145,13 +153,13 @@ where
             && requested + (in_flight.len() as u64) < cfg.max_pages
             && queue
                 .front()
-                .is_some_and(|(_, depth)| in_flight.is_empty() || *depth == level)
+                .is_some_and(|(_, depth, _)| in_flight.is_empty() || *depth == level)
         {
-            let Some((url, depth)) = queue.pop_front() else {
+            let Some((url, depth, rule)) = queue.pop_front() else {
                 break;
             };
             level = depth;
-            in_flight.push(engine.visit(url, depth));
+            in_flight.push(engine.visit(url, depth, rule));
         }
         state.queued = queue.len();
         state.in_flight = in_flight.len();
@@ -174,6 +182,7 @@ where
         state.pages_fetched += u64::from(visit.record.status.is_some());
         state.errors += u64::from(visit.record.error.is_some());
         state.bytes += visit.record.bytes;
+        state.incomplete += u64::from(visit.record.incomplete);
         state.last_activity = Some(Timestamp::now());
         state.in_flight = in_flight.len();
         if visit.record.depth < cfg.max_depth {
@@ -182,7 +191,7 @@ where
             // marked seen: found again once there is room, it is queued then.
             let room = cfg.max_pages.saturating_sub(requested);
             let mut seen = engine.seen.lock();
-            for link in visit.follow {
+            for (link, rule) in visit.follow {
                 if !cfg.hosts.allows(&link) || seen.contains(&link) {
                     continue;
                 }
@@ -191,7 +200,7 @@ where
                     break;
                 }
                 seen.insert(link.clone());
-                queue.push_back((link, visit.record.depth + 1));
+                queue.push_back((link, visit.record.depth + 1, rule));
             }
         }
         state.queued = queue.len();
@@ -235,8 +244,8 @@ struct Engine {
 /// One finished visit.
 struct Visit {
     record: PageRecord,
-    /// Links to queue (the engine still checks hosts, depth and `seen`).
-    follow: Vec<Url>,
+    /// Links to queue with the rule each will get (the engine still checks hosts, depth and `seen`).
+    follow: Vec<(Url, Option<usize>)>,
     /// A request was sent for the page.
     requested: bool,
 }
@@ -252,6 +261,8 @@ struct Attempt {
     bytes: u64,
     truncated: bool,
     page: Page,
+    /// What the page's rule extracted (a parsed HTML page with a rule only).
+    extraction: Option<Extraction>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -311,7 +322,7 @@ impl Engine {
         })
     }
 
-    async fn visit(&self, url: Url, depth: u32) -> Visit {
+    async fn visit(&self, url: Url, depth: u32, rule: Option<usize>) -> Visit {
         let mut attempt = Attempt {
             final_url: url.clone(),
             status: None,
@@ -322,14 +333,35 @@ impl Engine {
             bytes: 0,
             truncated: false,
             page: Page::default(),
+            extraction: None,
         };
-        let result = self.fetch_page(&url, &mut attempt).await;
+        let result = self.fetch_page(&url, &mut attempt, rule).await;
         if let Err(err) = &result {
             debug!(task = %self.cfg.task, %url, kind = err.kind(), error = %error_chain(err), "page failed");
         } else {
             debug!(task = %self.cfg.task, %url, status = ?attempt.status, elapsed_ms = attempt.elapsed.as_millis(), "page fetched");
         }
         let links: Vec<String> = attempt.page.links.iter().map(ToString::to_string).collect();
+        let rules = &self.cfg.rules;
+        // A page with a rule that was not parsed (an error, a 404, not HTML) has none of the
+        // rule's required fields.
+        let extraction = match (rule, attempt.extraction) {
+            (Some(index), None) => Some(rules.extract_html(index, "", &url)),
+            (_, extraction) => extraction,
+        };
+        let follow = if rules.is_empty() {
+            attempt
+                .page
+                .links
+                .into_iter()
+                .map(|link| (link, None))
+                .collect()
+        } else {
+            follow_with_rules(rules, extraction.as_ref(), attempt.page.links)
+        };
+        let (fields, missing) = extraction
+            .map(|e| (e.fields, e.missing))
+            .unwrap_or_default();
         let record = PageRecord {
             task: self.cfg.task.clone(),
             url: url.to_string(),
@@ -346,16 +378,25 @@ impl Engine {
             truncated: attempt.truncated,
             error_kind: result.as_ref().err().map(|e| e.kind().to_owned()),
             error: result.as_ref().err().map(|e| error_chain(e)),
+            rule: rule.and_then(|index| rules.name(index)).map(str::to_owned),
+            fields,
+            incomplete: !missing.is_empty(),
+            missing,
         };
         Visit {
             record,
-            follow: attempt.page.links,
+            follow,
             requested: attempt.requested,
         }
     }
 
     /// Fetches `url`, following redirects, and parses it if it is HTML.
-    async fn fetch_page(&self, url: &Url, attempt: &mut Attempt) -> Result<(), FetchError> {
+    async fn fetch_page(
+        &self,
+        url: &Url,
+        attempt: &mut Attempt,
+        rule: Option<usize>,
+    ) -> Result<(), FetchError> {
         self.robots_allow(url).await?;
         let mut chain = vec![url.clone()];
         loop {
@@ -414,7 +455,8 @@ impl Engine {
                     attempt.truncated = truncated;
                     if !body.is_empty() {
                         let text = decode(&body, content_type.as_deref());
-                        attempt.page = html::parse_page(&text, &current);
+                        (attempt.page, attempt.extraction) =
+                            html::parse_with_rule(&text, &current, &self.cfg.rules, rule);
                     }
                     attempt.content_type = content_type;
                     return Ok(());
@@ -579,6 +621,34 @@ impl Engine {
         }
         robots
     }
+}
+
+/// The links a page with rules leads to: those its rule's `follow` entries select (with the rule
+/// each names, or the first rule matching the link), then any other link on the page that some
+/// rule's `match` claims. A link that is neither is not followed.
+fn follow_with_rules(
+    rules: &Rules,
+    extraction: Option<&Extraction>,
+    links: Vec<Url>,
+) -> Vec<(Url, Option<usize>)> {
+    let mut out: Vec<(Url, Option<usize>)> = Vec::new();
+    let mut taken = HashSet::new();
+    for (link, named) in extraction.map(|e| e.follow.as_slice()).unwrap_or_default() {
+        if taken.insert(link.clone()) {
+            out.push((
+                link.clone(),
+                named.or_else(|| rules.rule_for(link.as_str())),
+            ));
+        }
+    }
+    for link in links {
+        if let Some(index) = rules.rule_for(link.as_str())
+            && taken.insert(link.clone())
+        {
+            out.push((link, Some(index)));
+        }
+    }
+    out
 }
 
 /// TLS with the `ring` provider (the one kube uses here), Mozilla's roots

@@ -75,6 +75,8 @@ pub enum ConfigError {
     UserAgent,
     #[error("header {name:?}: {reason}")]
     Header { name: String, reason: &'static str },
+    #[error("invalid extraction rules: {0}")]
+    Rules(#[from] crate::extract::RulesError),
 }
 
 /// Why one page produced no usable response. Becomes the record's `error`.

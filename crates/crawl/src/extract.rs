@@ -189,17 +189,9 @@ pub struct Extraction {
 impl Rules {
     /// Compiles `rules`, or lists everything wrong with them.
     pub fn compile(rules: &[Rule]) -> Result<Self, RulesError> {
-        let mut problems = Vec::new();
-        let mut problem = |rule: &str, part: &str, input: &str, message: String| {
-            problems.push(RuleProblem {
-                rule: rule.to_owned(),
-                part: part.to_owned(),
-                input: cut_chars(input, 120).to_owned(),
-                message,
-            });
-        };
+        let mut problems = Problems::default();
         if rules.len() > MAX_RULES {
-            problem(
+            problems.add(
                 "",
                 "rules",
                 "",
@@ -212,9 +204,9 @@ impl Rules {
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, rule) in rules.iter().enumerate() {
             if let Some(message) = name_problem(&rule.name) {
-                problem(&format!("#{i}"), "name", &rule.name, message);
+                problems.add(&format!("#{i}"), "name", &rule.name, message);
             } else if names.insert(&rule.name, i).is_some() {
-                problem(
+                problems.add(
                     &format!("#{i}"),
                     "name",
                     &rule.name,
@@ -222,108 +214,16 @@ impl Rules {
                 );
             }
         }
-        let mut compiled = Vec::with_capacity(rules.len());
-        for rule in rules {
-            let name = rule.name.as_str();
-            let url_match = rule.url_match.as_deref().and_then(|pattern| {
-                compile_regex(pattern)
-                    .map_err(|message| problem(name, "match", pattern, message))
-                    .ok()
-            });
-            if rule.follow.len() > MAX_FOLLOWS {
-                problem(
-                    name,
-                    "follow",
-                    "",
-                    format!(
-                        "{} entries; at most {MAX_FOLLOWS} are allowed",
-                        rule.follow.len()
-                    ),
-                );
-            }
-            let mut follow = Vec::with_capacity(rule.follow.len());
-            for (j, entry) in rule.follow.iter().enumerate() {
-                let selector = compile_selector(&entry.selector)
-                    .map_err(|message| {
-                        problem(
-                            name,
-                            &format!("follow[{j}].selector"),
-                            &entry.selector,
-                            message,
-                        );
-                    })
-                    .ok();
-                let target = match entry.rule.as_deref() {
-                    None => Some(None),
-                    Some(target) => match names.get(target) {
-                        Some(index) => Some(Some(*index)),
-                        None => {
-                            problem(
-                                name,
-                                &format!("follow[{j}].rule"),
-                                target,
-                                "no rule has this name: name one of the task's rules, or leave it out to pick the rule by `match`".to_owned(),
-                            );
-                            None
-                        }
-                    },
-                };
-                if let (Some(selector), Some(target)) = (selector, target) {
-                    follow.push((selector, target));
-                }
-            }
-            if rule.fields.len() > MAX_FIELDS {
-                problem(
-                    name,
-                    "fields",
-                    "",
-                    format!(
-                        "{} fields; at most {MAX_FIELDS} are allowed",
-                        rule.fields.len()
-                    ),
-                );
-            }
-            let mut fields = Vec::with_capacity(rule.fields.len());
-            for (field_name, field) in &rule.fields {
-                let at = |part: &str| format!("fields.{field_name}.{part}");
-                if let Some(message) = name_problem(field_name) {
-                    problem(name, &format!("fields.{field_name}"), field_name, message);
-                }
-                let selector = compile_selector(&field.selector)
-                    .map_err(|message| problem(name, &at("selector"), &field.selector, message))
-                    .ok();
-                let value = parse_value(&field.value)
-                    .map_err(|message| problem(name, &at("value"), &field.value, message))
-                    .ok();
-                let pattern = match field.pattern.as_deref() {
-                    None => Some(None),
-                    Some(pattern) => compile_regex(pattern)
-                        .map(Some)
-                        .map_err(|message| problem(name, &at("pattern"), pattern, message))
-                        .ok(),
-                };
-                if let (Some(selector), Some(value), Some(pattern)) = (selector, value, pattern) {
-                    fields.push(CompiledField {
-                        name: field_name.clone(),
-                        selector,
-                        value,
-                        pattern,
-                        multiple: field.multiple,
-                        required: field.required,
-                    });
-                }
-            }
-            compiled.push(Compiled {
-                name: rule.name.clone(),
-                url_match,
-                follow,
-                fields,
-            });
-        }
-        if problems.is_empty() {
+        let compiled: Vec<Compiled> = rules
+            .iter()
+            .map(|rule| compile_rule(rule, &names, &mut problems))
+            .collect();
+        if problems.0.is_empty() {
             Ok(Self(compiled.into()))
         } else {
-            Err(RulesError { problems })
+            Err(RulesError {
+                problems: problems.0,
+            })
         }
     }
 
@@ -438,6 +338,119 @@ impl CompiledField {
         };
         (!value.is_empty()).then_some(value)
     }
+}
+
+#[derive(Default)]
+struct Problems(Vec<RuleProblem>);
+
+impl Problems {
+    fn add(&mut self, rule: &str, part: &str, input: &str, message: String) {
+        self.0.push(RuleProblem {
+            rule: rule.to_owned(),
+            part: part.to_owned(),
+            input: cut_chars(input, 120).to_owned(),
+            message,
+        });
+    }
+}
+
+/// Compiles one rule; what cannot compile is left out and added to `problems`.
+fn compile_rule(rule: &Rule, names: &BTreeMap<&str, usize>, problems: &mut Problems) -> Compiled {
+    let name = rule.name.as_str();
+    let url_match = rule.url_match.as_deref().and_then(|pattern| {
+        compile_regex(pattern)
+            .map_err(|message| problems.add(name, "match", pattern, message))
+            .ok()
+    });
+    if rule.follow.len() > MAX_FOLLOWS {
+        let message = format!(
+            "{} entries; at most {MAX_FOLLOWS} are allowed",
+            rule.follow.len()
+        );
+        problems.add(name, "follow", "", message);
+    }
+    let mut follow = Vec::with_capacity(rule.follow.len());
+    for (j, entry) in rule.follow.iter().enumerate() {
+        let selector = compile_selector(&entry.selector)
+            .map_err(|message| {
+                problems.add(
+                    name,
+                    &format!("follow[{j}].selector"),
+                    &entry.selector,
+                    message,
+                );
+            })
+            .ok();
+        let target = match entry.rule.as_deref() {
+            None => Some(None),
+            Some(target) => {
+                let index = names.get(target).copied();
+                if index.is_none() {
+                    problems.add(
+                        name,
+                        &format!("follow[{j}].rule"),
+                        target,
+                        "no rule has this name: name one of the task's rules, or leave it out to pick the rule by `match`".to_owned(),
+                    );
+                }
+                index.map(Some)
+            }
+        };
+        if let (Some(selector), Some(target)) = (selector, target) {
+            follow.push((selector, target));
+        }
+    }
+    if rule.fields.len() > MAX_FIELDS {
+        let message = format!(
+            "{} fields; at most {MAX_FIELDS} are allowed",
+            rule.fields.len()
+        );
+        problems.add(name, "fields", "", message);
+    }
+    let fields = rule
+        .fields
+        .iter()
+        .filter_map(|(field_name, field)| compile_field(name, field_name, field, problems))
+        .collect();
+    Compiled {
+        name: rule.name.clone(),
+        url_match,
+        follow,
+        fields,
+    }
+}
+
+fn compile_field(
+    rule: &str,
+    name: &str,
+    field: &Field,
+    problems: &mut Problems,
+) -> Option<CompiledField> {
+    let at = |part: &str| format!("fields.{name}.{part}");
+    if let Some(message) = name_problem(name) {
+        problems.add(rule, &format!("fields.{name}"), name, message);
+    }
+    let selector = compile_selector(&field.selector)
+        .map_err(|message| problems.add(rule, &at("selector"), &field.selector, message))
+        .ok();
+    let value = parse_value(&field.value)
+        .map_err(|message| problems.add(rule, &at("value"), &field.value, message))
+        .ok();
+    let pattern = match field.pattern.as_deref() {
+        None => Some(None),
+        Some(pattern) => compile_regex(pattern)
+            .map(Some)
+            .map_err(|message| problems.add(rule, &at("pattern"), pattern, message))
+            .ok(),
+    };
+    Some(CompiledField {
+        name: name.to_owned(),
+        selector: selector?,
+        value: value?,
+        pattern: pattern?,
+        multiple: field.multiple,
+        required: field.required,
+    })
 }
 
 fn name_problem(name: &str) -> Option<String> {
@@ -884,6 +897,48 @@ mod tests {
         };
         assert_eq!(long.chars().count(), MAX_VALUE_CHARS);
         assert!(out.follow.is_empty(), "elements without href add no link");
+    }
+
+    /// A page built to make descendant combinators backtrack (deep nesting, a match only at
+    /// the bottom): matching walks each element's ancestors once, so this finishes (the
+    /// benchmark in tests/bench/micro.rs measures ordinary pages).
+    #[test]
+    fn deep_pages_with_descendant_combinators_finish() {
+        let depth = 5_000;
+        let page = format!(
+            "{}<a href=/x>x</a>{}",
+            "<div><span>".repeat(depth),
+            "</span></div>".repeat(depth)
+        );
+        let rules = Rules::compile(&[Rule {
+            name: "r".into(),
+            fields: BTreeMap::from([
+                (
+                    "deep".into(),
+                    Field {
+                        multiple: true,
+                        ..field("div span div span a", "text")
+                    },
+                ),
+                (
+                    "none".into(),
+                    Field {
+                        multiple: true,
+                        ..field("p span", "text")
+                    },
+                ),
+            ]),
+            follow: vec![Follow {
+                selector: "div > span a".into(),
+                rule: None,
+            }],
+            ..Rule::default()
+        }])
+        .unwrap();
+        let out = rules.extract_html(0, &page, &url("http://s/"));
+        assert_eq!(out.fields["deep"], FieldValue::Many(vec!["x".into()]));
+        assert!(!out.fields.contains_key("none"));
+        assert_eq!(out.follow.len(), 1);
     }
 
     fn css_soup() -> impl Strategy<Value = String> {

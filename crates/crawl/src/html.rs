@@ -1,11 +1,15 @@
-//! What the crawler reads from an HTML page: its title and the links it may follow.
+//! What the crawler reads from an HTML page: its title, the links it may follow and, with a
+//! rule, the fields the rule extracts (one parse for all of it).
 
 use std::{collections::HashSet, sync::LazyLock};
 
 use scraper::{Html, Selector};
 use url::Url;
 
-use super::urls::{normalize, resolve};
+use super::{
+    extract::{Extraction, Rules},
+    urls::{normalize, resolve},
+};
 
 static TITLE: LazyLock<Selector> = LazyLock::new(|| selector("title"));
 static BASE: LazyLock<Selector> = LazyLock::new(|| selector("base[href]"));
@@ -32,7 +36,25 @@ pub struct Page {
 /// first `<base href>` (itself resolved against `page_url`) when there is one.
 /// Never fails: HTML parsing is forgiving and unusable links are skipped.
 pub fn parse_page(html: &str, page_url: &Url) -> Page {
+    page_of(&Html::parse_document(html), page_url).0
+}
+
+/// Parses `html` once for both the page's links and what rule `rule` extracts from it.
+/// Without a rule (`None`) nothing is extracted, as [`parse_page`].
+pub fn parse_with_rule(
+    html: &str,
+    page_url: &Url,
+    rules: &Rules,
+    rule: Option<usize>,
+) -> (Page, Option<Extraction>) {
     let document = Html::parse_document(html);
+    let (page, base) = page_of(&document, page_url);
+    let extraction = rule.map(|index| rules.extract(index, &document, &base));
+    (page, extraction)
+}
+
+/// The page's title and links, and the URL its relative links resolve against.
+fn page_of(document: &Html, page_url: &Url) -> (Page, Url) {
     let title = document
         .select(&TITLE)
         .next()
@@ -52,7 +74,7 @@ pub fn parse_page(html: &str, page_url: &Url) -> Page {
         .filter_map(|href| resolve(&base, href))
         .filter(|url| seen.insert(url.clone()))
         .collect();
-    Page { title, links }
+    (Page { title, links }, base)
 }
 
 /// The links of `html` served at `page_url`; see [`parse_page`].

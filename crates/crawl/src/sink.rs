@@ -1,12 +1,12 @@
 //! Where page records go: one JSON object per line, flushed per record, so a
 //! killed worker loses at most the page it was writing.
 
-use std::{future::Future, path::Path};
+use std::{collections::BTreeMap, future::Future, path::Path};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::error::SinkError;
+use super::{error::SinkError, extract::FieldValue};
 
 /// What the crawl learned about one URL. Exactly one record per URL the crawl
 /// decided to visit, whether it was fetched, failed or was refused by
@@ -42,6 +42,19 @@ pub struct PageRecord {
     pub error: Option<String>,
     /// A bounded label for `error` (`timeout`, `redirect_loop`, `robots_disallowed`, …).
     pub error_kind: Option<String>,
+    /// The extraction rule the page was given (`None`: no rules, or none applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// What the rule extracted: a string per field, a list for `multiple` fields. Fields
+    /// without a value are left out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, FieldValue>,
+    /// Required fields of the rule that have no value on this page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// `missing` is not empty: the record lacks data its rule requires (the crawl goes on).
+    #[serde(default)]
+    pub incomplete: bool,
 }
 
 /// Receives records as the crawl produces them, in completion order.
@@ -140,6 +153,10 @@ mod tests {
             truncated: false,
             error: None,
             error_kind: None,
+            rule: None,
+            fields: BTreeMap::new(),
+            missing: Vec::new(),
+            incomplete: false,
         }
     }
 

@@ -899,3 +899,181 @@ async fn invalid_config_is_refused_before_any_request() {
     );
     assert_eq!(site.total(), 0);
 }
+
+// === extraction rules ===
+
+fn book_page(title: &str, author: &str, price: &str) -> Page {
+    Page::Html(format!(
+        r#"<html><head><title>{title}</title></head><body>
+        <h1 class="title">{title}</h1><p class="author">by <a href="/authors/x">{author}</a></p>
+        <p class="price">Price: {price}</p><a href="/about">about</a><a href="/books/">all books</a>
+        </body></html>"#
+    ))
+}
+
+fn book_rules() -> Vec<crawl::Rule> {
+    use crawl::{Field, Follow, Rule};
+    let field = |selector: &str| Field {
+        selector: selector.into(),
+        ..Field::default()
+    };
+    vec![
+        Rule {
+            name: "list".into(),
+            url_match: Some(r"/books/(\?page=\d+)?$".into()),
+            follow: vec![
+                Follow {
+                    selector: "ul.books a".into(),
+                    rule: Some("book".into()),
+                },
+                Follow {
+                    selector: "a.next".into(),
+                    rule: None,
+                },
+            ],
+            fields: std::collections::BTreeMap::new(),
+        },
+        Rule {
+            name: "book".into(),
+            url_match: Some(r"/books/\d+$".into()),
+            follow: vec![],
+            fields: [
+                (
+                    "title".to_owned(),
+                    Field {
+                        required: true,
+                        ..field("h1.title")
+                    },
+                ),
+                ("author".to_owned(), field(".author a")),
+                (
+                    "price".to_owned(),
+                    Field {
+                        pattern: Some(r"([0-9.]+)".into()),
+                        required: true,
+                        ..field(".price")
+                    },
+                ),
+            ]
+            .into(),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn rules_follow_list_pages_to_detail_pages_and_extract_fields() {
+    let site = Site::start(vec![
+        ("/robots.txt", Page::Typed("text/plain", "User-agent: *\n".to_owned())),
+        (
+            "/books/",
+            html(r#"<title>Books</title><ul class="books"><li><a href="/books/1">Dune</a><li><a href="/books/2">Emma</a></ul>
+                <a class="next" href="?page=2">next</a><a href="/about">about</a>
+                <aside><a href="/books/3">featured</a></aside>"#),
+        ),
+        (
+            "/books/?page=2",
+            html(r#"<ul class="books"><li><a href="/books/4">untitled</a><li><a href="/books/5">gone</a></ul>"#),
+        ),
+        ("/books/1", book_page("Dune", "Frank Herbert", "9.99")),
+        ("/books/2", book_page("Emma", "Jane Austen", "4.50")),
+        ("/books/3", book_page("Ulysses", "James Joyce", "12.00")),
+        ("/books/4", html(r#"<p class="price">Price: 1.00</p>"#)),
+        ("/about", html("<title>About</title>")),
+    ])
+    .await;
+    let mut cfg = config(&[site.url("/books/")]);
+    cfg.max_depth = 3;
+    cfg.rules = book_rules();
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let latest = progress.clone();
+    let records = Records::default();
+    let outcome = crawl::run(cfg, records.clone(), CancellationToken::new(), move |p| {
+        *latest.lock() = p.clone();
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.stop, StopReason::Finished);
+
+    // Pages that match no rule and that no rule follows are never fetched.
+    assert_eq!(site.count("/about"), 0, "{:?}", site.hits());
+    assert_eq!(site.count("/authors/x"), 0);
+    let all = records.all();
+    let mut fetched: Vec<&str> = urls(&all);
+    fetched.sort_unstable();
+    let expected: Vec<String> = [
+        "/books/",
+        "/books/1",
+        "/books/2",
+        "/books/3",
+        "/books/4",
+        "/books/5",
+        "/books/?page=2",
+    ]
+    .iter()
+    .map(|p| site.url(p))
+    .collect();
+    assert_eq!(
+        fetched,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    let dune = records.get(&site.url("/books/1"));
+    assert_eq!(dune.rule.as_deref(), Some("book"));
+    let json = serde_json::to_value(&dune).unwrap();
+    assert_eq!(
+        json["fields"],
+        serde_json::json!({"title": "Dune", "author": "Frank Herbert", "price": "9.99"})
+    );
+    assert_eq!(json["incomplete"], false);
+    assert!(
+        json.get("missing").is_none(),
+        "empty lists are left out: {json}"
+    );
+    // Found through a plain link that the book rule's `match` claims.
+    assert_eq!(
+        records.get(&site.url("/books/3")).fields["title"],
+        crawl::FieldValue::One("Ulysses".into())
+    );
+
+    let list = records.get(&site.url("/books/"));
+    assert_eq!(list.rule.as_deref(), Some("list"));
+    assert!(list.fields.is_empty() && !list.incomplete);
+
+    // A page without a required field, and a page that could not be fetched, are incomplete
+    // records; the crawl itself goes on.
+    let untitled = records.get(&site.url("/books/4"));
+    assert!(untitled.incomplete);
+    assert_eq!(untitled.missing, ["title"]);
+    assert_eq!(
+        untitled.fields["price"],
+        crawl::FieldValue::One("1.00".into())
+    );
+    let gone = records.get(&site.url("/books/5"));
+    assert_eq!(gone.status, Some(404));
+    assert!(
+        gone.incomplete && gone.missing == ["price", "title"],
+        "{gone:?}"
+    );
+    assert_eq!(progress.lock().incomplete, 2);
+    assert_eq!(outcome.progress.incomplete, 2);
+}
+
+#[tokio::test]
+async fn invalid_rules_are_refused_before_any_request() {
+    let site = Site::start(vec![]).await;
+    let mut cfg = config(&[site.url("/")]);
+    cfg.rules = book_rules();
+    cfg.rules[1].fields.get_mut("price").unwrap().pattern = Some("([0-9".into());
+    let err = crawl::run(cfg, Records::default(), CancellationToken::new(), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "InvalidConfig");
+    let message = crawl::error::error_chain(&err);
+    assert!(
+        message.contains(
+            r#"rule "book": fields.price.pattern "([0-9": not a valid regular expression"#
+        ),
+        "{message}"
+    );
+    assert_eq!(site.total(), 0);
+}
