@@ -8,6 +8,8 @@
 // kube's derive copies our #[serde] attributes onto the types it generates.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -17,6 +19,9 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "crawler.dev";
 /// Condition type the controller owns: is this resource placed on a worker?
 pub const CONDITION_ASSIGNED: &str = "Assigned";
+/// Condition type the controller owns: do `spec.rules` compile? A resource whose rules do not is
+/// not placed.
+pub const CONDITION_RULES_VALID: &str = "RulesValid";
 
 /// One crawl task: what to crawl, how politely, how heavy it is and where it may run.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -155,6 +160,84 @@ pub struct CrawlerResourceSpec {
     /// Cookies to send, read from a Secret in the same namespace (never written inline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie_secret_ref: Option<SecretKeyRef>,
+
+    /// What to extract, and which links to follow (at most 32 rules, first match wins). A page
+    /// gets the rule a `follow` entry named for it, else the first rule whose `match` finds
+    /// itself in its URL. With rules, a page's links are followed only through its rule's
+    /// `follow` entries or when a rule's `match` claims them. Without rules every link within
+    /// the hosts is followed and nothing is extracted. Regular expressions and selectors that do
+    /// not compile are reported in the `RulesValid` condition and the task is not started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(o, o.name == r.name))").message("rule names must be unique: two rules in spec.rules have the same name"))]
+    #[x_kube(validation = Rule::new("self.all(r, !has(r.follow) || r.follow.all(f, !has(f.rule) || self.exists(o, o.name == f.rule)))").message("a follow entry's rule must name a rule in spec.rules"))]
+    pub rules: Vec<ExtractionRule>,
+}
+
+/// One extraction rule: which pages it applies to, which links to follow from them and which
+/// fields to extract.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExtractionRule {
+    /// Names the rule in records, in `follow` entries and in error messages.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_-]*$")
+    )]
+    pub name: String,
+    /// A regular expression (Rust regex syntax) searched in the page URL, e.g.
+    /// `/subject/[0-9]+/$`. Unset: the rule applies only to pages a `follow` entry names it for.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub url_match: Option<String>,
+    /// Links to follow from pages of this rule (at most 16 entries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub follow: Vec<FollowLinks>,
+    /// Fields to extract, by name (at most 32). Each becomes a key of the record's `fields`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z][A-Za-z0-9_-]*$') && size(k) <= 63)").message("field names use letters, digits, '_' and '-', start with a letter and are at most 63 characters"))]
+    pub fields: BTreeMap<String, ExtractField>,
+}
+
+/// Links to follow: the `href` of every element the selector matches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FollowLinks {
+    /// A CSS selector, e.g. `a.next` or `ul.books a`. `:has()` is not supported.
+    #[schemars(length(min = 1, max = 512))]
+    pub selector: String,
+    /// The rule for the pages reached. Unset: the first rule whose `match` finds itself in the
+    /// link (or none: the page is fetched and recorded, nothing extracted or followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub rule: Option<String>,
+}
+
+/// One field to extract from a page.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExtractField {
+    /// A CSS selector, e.g. `h1 span[property="v:itemreviewed"]`. `:has()` is not supported.
+    #[schemars(length(min = 1, max = 512))]
+    pub selector: String,
+    /// What to take from the element: `text` (whitespace collapsed, the default), `html` (its
+    /// inner HTML) or `attr:NAME` (an attribute, e.g. `attr:href`).
+    #[serde(default = "default_field_value")]
+    #[schemars(
+        length(min = 1, max = 68),
+        regex(pattern = r"^(text|html|attr:[A-Za-z0-9_:.-]+)$")
+    )]
+    pub value: String,
+    /// A regular expression searched in the value: its first capture group (or the whole match)
+    /// becomes the value, e.g. `([0-9.]+)` for a price; no match means no value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub pattern: Option<String>,
+    /// Take every matching element's value (a list, at most 100) instead of the first.
+    #[serde(default)]
+    pub multiple: bool,
+    /// A page without this field is recorded as incomplete (`incomplete: true`, `missing`).
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// Request rate of one task.
@@ -257,6 +340,9 @@ pub struct TaskProgress {
     pub pages_fetched: i64,
     /// Requests that failed (timeouts, connection errors, robots refusals, ...).
     pub errors: i64,
+    /// Records whose extraction rule's required fields were missing.
+    #[serde(default)]
+    pub incomplete: i64,
     /// When the task last fetched a page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity: Option<Time>,
@@ -395,6 +481,9 @@ fn worker_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema
     })
 }
 
+fn default_field_value() -> String {
+    "text".to_owned()
+}
 fn default_max_depth() -> i32 {
     1
 }

@@ -241,6 +241,7 @@ struct Inner {
     tasks_started: Counter,
     tasks_stopped: Family<TaskStopReason, Counter>,
     pages_fetched: Counter,
+    records_incomplete: Counter,
     fetch_errors: Family<FetchErrorKind, Counter>,
     heartbeat_renew_failures: Counter,
     heartbeat_age: Gauge<f64, AtomicU64>,
@@ -278,6 +279,7 @@ impl Metrics {
             tasks_started: Counter::default(),
             tasks_stopped: Family::default(),
             pages_fetched: Counter::default(),
+            records_incomplete: Counter::default(),
             fetch_errors: Family::default(),
             heartbeat_renew_failures: Counter::default(),
             heartbeat_age: Gauge::default(),
@@ -385,6 +387,11 @@ impl Metrics {
     /// Adds `pages` pages that got an HTTP response.
     pub fn pages_fetched(&self, pages: u64) {
         self.0.pages_fetched.inc_by(pages);
+    }
+
+    /// Counts one record whose extraction rule's required fields were missing.
+    pub fn record_incomplete(&self) {
+        self.0.records_incomplete.inc();
     }
 
     /// Counts one page that got no usable response, by its bounded kind (`FetchError::kind()`).
@@ -505,6 +512,11 @@ impl Inner {
             "pages_fetched",
             "Pages that got an HTTP response (any status)",
             self.pages_fetched.clone(),
+        );
+        r.register(
+            "records_incomplete",
+            "Page records whose extraction rule's required fields were missing",
+            self.records_incomplete.clone(),
         );
         r.register(
             "fetch_errors",
@@ -676,6 +688,7 @@ mod tests {
             ("counter", "crawler_worker_fetch_errors_total"),
             ("counter", "crawler_worker_heartbeat_renew_failures_total"),
             ("counter", "crawler_worker_pages_fetched_total"),
+            ("counter", "crawler_worker_records_incomplete_total"),
             ("counter", "crawler_worker_tasks_started_total"),
             ("counter", "crawler_worker_tasks_stopped_total"),
             ("gauge", "crawler_worker_heartbeat_age_seconds"),

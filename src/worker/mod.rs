@@ -72,6 +72,9 @@ impl Sink for SharedSink {
         if let Some(kind) = &record.error_kind {
             self.metrics.fetch_error(crawl::error::kind_label(kind));
         }
+        if record.incomplete {
+            self.metrics.record_incomplete();
+        }
         self.out.lock().await.write(record).await
     }
 }
@@ -573,6 +576,7 @@ pub fn config_from_spec(
     if let Some(max) = spec.max_pages {
         config.max_pages = u64::try_from(max).unwrap_or(1).max(1);
     }
+    config.rules = crate::rules::crawl_rules(spec);
     config.user_agent = format!(
         "{} (worker {worker}; assignment {assignment})",
         crawl::DEFAULT_USER_AGENT
@@ -650,6 +654,7 @@ impl Reporter {
             state,
             pages_fetched: i64::try_from(progress.pages_fetched).unwrap_or(i64::MAX),
             errors: i64::try_from(progress.errors).unwrap_or(i64::MAX),
+            incomplete: i64::try_from(progress.incomplete).unwrap_or(i64::MAX),
             last_activity: progress.last_activity.map(Time),
             message,
         };
