@@ -7,6 +7,7 @@
 //! same stale load. Every method is synchronous and free of I/O: the reconciler takes the lock,
 //! asks for a [`Plan`], releases the lock, and only then talks to the API server.
 
+mod rules;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -31,8 +32,8 @@ use crawler_core::{
 
 use crate::crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase};
 
-pub use self::{status::Reason, workers::CAPACITY_ANNOTATION};
 use self::{
+    rules::{RulesCheck, keep_off_workers, set_rules_condition},
     status::{
         address, controller_fields, lost_reason, set_assigned_condition, set_unassigned, stop_note,
     },
@@ -40,6 +41,7 @@ use self::{
         Heartbeat, WorkerEntry, effective_readiness, triggers_for_worker_change, worker_from_pod,
     },
 };
+pub use self::{status::Reason, workers::CAPACITY_ANNOTATION};
 
 /// A resource, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,6 +74,8 @@ struct ResourceEntry {
     /// What placement needs; an error message when `spec.workerSelector` cannot be parsed.
     request: Result<Request, String>,
     suspend: bool,
+    /// `spec.rules` compiled (once per generation).
+    rules: RulesCheck,
     status: CrawlerResourceStatus,
     /// A decision made and being (or just) written, counted in the loads until the watch shows it.
     assumed: Option<Assumption>,
@@ -263,6 +267,7 @@ impl Index {
             weight: Load::from(resource.spec.load_units()),
             request: request_for(resource),
             suspend: resource.spec.suspend,
+            rules: rules::check(resource, previous.map(|p| (p.generation, &p.rules))),
             status,
             assumed,
         };
@@ -357,6 +362,7 @@ impl Index {
 
     /// Decide what `key`'s status should be and, if that places it, assume the decision (count
     /// its weight on the chosen worker) before returning, all under the caller's lock.
+    #[allow(clippy::too_many_lines)] // one decision read top to bottom, a branch per case
     pub fn plan(&mut self, key: &Key, ctx: &PlanContext<'_>) -> Plan {
         let Some(ns) = self.namespaces.get_mut(&key.namespace) else {
             return Plan::Wait;
@@ -402,6 +408,8 @@ impl Index {
                     note: stop_note(current, "spec.suspend is true"),
                 });
             }
+        } else if let RulesCheck::Invalid(message) = &entry.rules {
+            event = keep_off_workers(&mut desired, current, message, ctx.now);
         } else if let Err(e) = &entry.request {
             set_unassigned(&mut desired, Phase::Unschedulable);
             let message =
@@ -445,6 +453,7 @@ impl Index {
             (event, assumes) = ns.place(entry.weight, request, current, &mut desired, ctx);
         }
 
+        set_rules_condition(&mut desired, current, &entry.rules, ctx.now);
         for condition in &mut desired.conditions {
             condition.observed_generation = desired.observed_generation;
         }

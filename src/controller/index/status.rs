@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crawler_core::{Diagnosis, NotReady, Readiness, Request};
 
 use crate::{
-    crd::{CONDITION_ASSIGNED, CrawlerResourceStatus, Phase},
+    crd::{CONDITION_ASSIGNED, CONDITION_RULES_VALID, CrawlerResourceStatus, Phase},
     telemetry::AssignmentKind,
 };
 
@@ -32,6 +32,10 @@ pub enum Reason {
     InvalidWorkerSelector,
     /// Condition and Event: `spec.suspend` is true.
     Suspended,
+    /// `Assigned` and `RulesValid` conditions and Event (Warning): `spec.rules` cannot compile.
+    InvalidRules,
+    /// `RulesValid` condition: every rule compiles.
+    RulesCompiled,
 }
 
 impl Reason {
@@ -45,6 +49,8 @@ impl Reason {
             Self::Unschedulable => "Unschedulable",
             Self::InvalidWorkerSelector => "InvalidWorkerSelector",
             Self::Suspended => "Suspended",
+            Self::InvalidRules => "InvalidRules",
+            Self::RulesCompiled => "RulesCompiled",
         }
     }
 
@@ -121,7 +127,7 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
         conditions: status
             .conditions
             .iter()
-            .filter(|c| c.type_ == CONDITION_ASSIGNED)
+            .filter(|c| c.type_ == CONDITION_ASSIGNED || c.type_ == CONDITION_RULES_VALID)
             .cloned()
             .collect(),
     }
@@ -148,12 +154,16 @@ pub(super) fn set_assigned_condition(
         .condition(CONDITION_ASSIGNED)
         .filter(|c| c.status == status)
         .map_or(Time(now), |c| c.last_transition_time.clone());
-    desired.conditions = vec![Condition {
-        type_: CONDITION_ASSIGNED.to_owned(),
-        status: status.to_owned(),
-        reason: reason.as_str().to_owned(),
-        message: message.to_owned(),
-        last_transition_time,
-        observed_generation: desired.observed_generation,
-    }];
+    desired.conditions.retain(|c| c.type_ != CONDITION_ASSIGNED);
+    desired.conditions.insert(
+        0,
+        Condition {
+            type_: CONDITION_ASSIGNED.to_owned(),
+            status: status.to_owned(),
+            reason: reason.as_str().to_owned(),
+            message: message.to_owned(),
+            last_transition_time,
+            observed_generation: desired.observed_generation,
+        },
+    );
 }

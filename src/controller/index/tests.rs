@@ -568,3 +568,80 @@ fn a_due_heartbeat_expires_only_when_a_read_confirms_no_renewal_since() {
     );
     assert!(index.heartbeats_due(again).is_empty(), "expired once");
 }
+
+#[test]
+fn rules_that_cannot_compile_keep_a_resource_off_every_worker() {
+    use crate::crd::CONDITION_RULES_VALID;
+    let (mut index, mut resources) = two_workers_five_resources();
+    let r = &mut resources[0];
+    assert_eq!(
+        r.status.as_ref().unwrap().condition(CONDITION_RULES_VALID),
+        None,
+        "no rules, no RulesValid condition"
+    );
+    r.spec.rules = serde_json::from_value(serde_json::json!([
+        {"name": "list", "match": "(/books/", "follow": [{"selector": "a.book", "rule": "book"}]},
+        {"name": "book", "fields": {"title": {"selector": "h1[", "required": true}}}
+    ]))
+    .unwrap();
+    r.metadata.generation = Some(2);
+    index.apply_resource(r);
+    let Plan::Write(w) = place(&mut index, r) else {
+        panic!("expected a write")
+    };
+    assert_eq!(w.status.phase, Some(Phase::Unschedulable));
+    assert_eq!(worker_of(r), None);
+    let rules = w.status.condition(CONDITION_RULES_VALID).unwrap();
+    assert_eq!(
+        (rules.status.as_str(), rules.reason.as_str()),
+        ("False", "InvalidRules")
+    );
+    assert!(
+        rules
+            .message
+            .contains(r#"rule "list": match "(/books/": not a valid regular expression"#)
+            && rules
+                .message
+                .contains(r#"rule "book": fields.title.selector "h1[": not a valid CSS selector"#),
+        "{}",
+        rules.message
+    );
+    let assigned = w.status.condition(CONDITION_ASSIGNED).unwrap();
+    assert_eq!(assigned.reason, "InvalidRules");
+    let event = w.event.as_ref().unwrap();
+    assert!(event.warning && event.reason == Reason::InvalidRules);
+    assert!(
+        event.note.contains("unassigned from worker"),
+        "{}",
+        event.note
+    );
+    assert!(matches!(place(&mut index, r), Plan::Nothing), "stable");
+
+    // Fixed: placed again, and the condition says the rules compile.
+    r.spec.rules[0].url_match = Some("/books/$".into());
+    r.spec.rules[1].fields.get_mut("title").unwrap().selector = "h1".into();
+    r.metadata.generation = Some(3);
+    index.apply_resource(r);
+    let Plan::Write(w) = place(&mut index, r) else {
+        panic!("expected a write")
+    };
+    assert!(worker_of(r).is_some());
+    let rules = w.status.condition(CONDITION_RULES_VALID).unwrap();
+    assert_eq!(
+        (rules.status.as_str(), rules.reason.as_str()),
+        ("True", "RulesCompiled")
+    );
+    assert_eq!(rules.observed_generation, Some(3));
+    assert!(matches!(place(&mut index, r), Plan::Nothing), "stable");
+
+    // Rules removed: the condition goes too.
+    r.spec.rules.clear();
+    r.metadata.generation = Some(4);
+    index.apply_resource(r);
+    place(&mut index, r);
+    assert_eq!(
+        r.status.as_ref().unwrap().condition(CONDITION_RULES_VALID),
+        None
+    );
+    assert!(worker_of(r).is_some());
+}
