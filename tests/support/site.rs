@@ -46,6 +46,8 @@ impl Site {
             .route("/robots.txt", get(|| async { "User-agent: *\nAllow: /\n" }))
             .route("/t/{task}/{n}", get(page))
             .route("/slow/{task}/{n}", get(slow_page))
+            .route("/shelf/{task}/list/{n}", get(shelf_list))
+            .route("/shelf/{task}/book/{n}", get(shelf_book))
             .with_state(Arc::clone(&hits));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -149,11 +151,75 @@ impl Site {
     }
 }
 
-async fn page(
+/// Book list pages of the shelf: this many pages of [`SHELF_PER_PAGE`] books each.
+pub const SHELF_PAGES: u64 = 3;
+pub const SHELF_PER_PAGE: u64 = 4;
+/// The one book page without a title (an incomplete record for a rule that requires one).
+pub const SHELF_UNTITLED: u64 = SHELF_PAGES * SHELF_PER_PAGE;
+
+impl Site {
+    /// The first list page of a book shelf: `/shelf/<task>/list/<n>` lists books
+    /// `/shelf/<task>/book/<m>` and links to the next list page; every page also links to an
+    /// page of the tree (`/t/<task>/999`) that no rule wants.
+    pub fn shelf_seed(&self, task: &str) -> String {
+        format!("http://{}/shelf/{task}/list/1", self.addr)
+    }
+}
+
+/// What a book page of the shelf says: title, author, price.
+pub fn shelf_book_data(n: u64) -> (String, String, String) {
+    (
+        format!("Book {n}"),
+        format!("Author {}", n % 3),
+        format!("{n}.50"),
+    )
+}
+
+async fn shelf_list(
     State(hits): State<Arc<Mutex<Vec<Hit>>>>,
     Path((task, n)): Path<(String, u64)>,
     headers: HeaderMap,
 ) -> Html<String> {
+    record_hit(&hits, &task, &headers);
+    let books: String = (1..=SHELF_PER_PAGE)
+        .map(|i| {
+            let m = (n - 1) * SHELF_PER_PAGE + i;
+            format!("<li><a class=\"book\" href=\"/shelf/{task}/book/{m}\">book {m}</a></li>")
+        })
+        .collect();
+    let next = if n < SHELF_PAGES {
+        format!(
+            "<a class=\"next\" href=\"/shelf/{task}/list/{}\">next</a>",
+            n + 1
+        )
+    } else {
+        String::new()
+    };
+    Html(format!(
+        "<html><head><title>Shelf page {n}</title></head><body><ul class=\"books\">{books}</ul>\
+         {next} <a href=\"/t/{task}/999\">about</a></body></html>"
+    ))
+}
+
+async fn shelf_book(
+    State(hits): State<Arc<Mutex<Vec<Hit>>>>,
+    Path((task, n)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Html<String> {
+    record_hit(&hits, &task, &headers);
+    let (title, author, price) = shelf_book_data(n);
+    let title = if n == SHELF_UNTITLED {
+        String::new()
+    } else {
+        format!("<h1 class=\"title\">{title}</h1>")
+    };
+    Html(format!(
+        "<html><body>{title}<p class=\"author\">by <a href=\"/t/{task}/998\">{author}</a></p>\
+         <p class=\"price\">Price: {price} EUR</p><a href=\"/shelf/{task}/list/1\">all books</a></body></html>"
+    ))
+}
+
+fn record_hit(hits: &Mutex<Vec<Hit>>, task: &str, headers: &HeaderMap) {
     let ua = headers
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
@@ -176,11 +242,19 @@ async fn page(
         .map(str::to_owned);
     hits.lock().unwrap().push(Hit {
         at: Instant::now(),
-        task: task.clone(),
+        task: task.to_owned(),
         worker,
         assignment,
         cookie,
     });
+}
+
+async fn page(
+    State(hits): State<Arc<Mutex<Vec<Hit>>>>,
+    Path((task, n)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> Html<String> {
+    record_hit(&hits, &task, &headers);
     Html(format!(
         "<html><head><title>{task} page {n}</title></head><body>\
          <a href=\"/t/{task}/{}\">left</a> <a href=\"/t/{task}/{}\">right</a></body></html>",
