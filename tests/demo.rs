@@ -136,11 +136,23 @@ impl Demo {
             stdout.contains("kubectl get crawlerresources -o wide") && stdout.contains("PAGES"),
             "make demo's output ends with the resources table:\n{stdout}"
         );
+        // The extraction example ran to completion and its books were printed (issue 14).
+        for expected in [
+            "book-list: 27 pages fetched, 0 incomplete records",
+            "24 books extracted (0 incomplete)",
+            r#"{"author":"Alexandre Dumas","price":"16.07","rating":"8.6","tags":["novel","adventure"],"title":"The Count of Monte Cristo"}"#,
+            r#""author":"Bram Stoker""#,
+        ] {
+            assert!(
+                stdout.contains(expected),
+                "make demo printed the example's books ({expected}):\n{stdout}"
+            );
+        }
         let resources = demo.resources();
         assert_eq!(
             resources.keys().map(String::as_str).collect::<Vec<_>>(),
             SAMPLES,
-            "the five samples"
+            "the five samples (the example was deleted again)"
         );
         assert_eq!(split(&resources), vec![2, 3], "a 3/2 split: {resources:#?}");
         assert!(

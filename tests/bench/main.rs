@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! 7a micro          placement alone: our policies vs the original algorithm, Index::plan
+//! 7c extract        extraction rules: cost per page against parsing, and in a loopback crawl
 //!  1 ceiling        raw status writes (SSA like the controller's, and merge-patch) at 1/16/64
 //!  2 bulk           N resources, 100 ready workers, then the controller starts and places them
 //!  3 orphans        a worker Pod deleted / turning NotReady -> its resources reassigned
@@ -24,6 +25,7 @@
     clippy::similar_names
 )]
 
+mod extract;
 mod kube_scheduler;
 mod micro;
 mod observe;
@@ -101,7 +103,8 @@ pub struct Config {
     /// measured.
     pub worker_tasks: Vec<usize>,
     /// `BENCH_SCENARIOS` (all): comma-separated subset of
-    /// micro,ceiling,bulk,orphans,coldstart,failover,bulk-noevents,large,kube-scheduler,worker.
+    /// micro,extract,ceiling,bulk,orphans,coldstart,failover,bulk-noevents,large,kube-scheduler,
+    /// worker.
     pub scenarios: Option<HashSet<String>>,
     /// `BENCH_FSYNC` (1): etcd fsync on.
     pub fsync: bool,
@@ -397,6 +400,9 @@ async fn controller_benchmarks() {
 
     if cfg.enabled("micro") {
         scenario_micro(&cfg, &mut report);
+    }
+    if cfg.enabled("extract") {
+        extract::run(cfg.micro_reps, &mut report).await;
     }
 
     let needs_cp = ["ceiling", "bulk", "large", "kube-scheduler", "worker"]

@@ -4,6 +4,7 @@
 //! the User-Agent `crawler-operator/<v> (worker <pod>; assignment <n>)`).
 
 use std::{
+    fmt::Write as _,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -181,12 +182,14 @@ async fn shelf_list(
     headers: HeaderMap,
 ) -> Html<String> {
     record_hit(&hits, &task, &headers);
-    let books: String = (1..=SHELF_PER_PAGE)
-        .map(|i| {
-            let m = (n - 1) * SHELF_PER_PAGE + i;
-            format!("<li><a class=\"book\" href=\"/shelf/{task}/book/{m}\">book {m}</a></li>")
-        })
-        .collect();
+    let mut books = String::new();
+    for i in 1..=SHELF_PER_PAGE {
+        let m = (n - 1) * SHELF_PER_PAGE + i;
+        let _ = write!(
+            books,
+            "<li><a class=\"book\" href=\"/shelf/{task}/book/{m}\">book {m}</a></li>"
+        );
+    }
     let next = if n < SHELF_PAGES {
         format!(
             "<a class=\"next\" href=\"/shelf/{task}/list/{}\">next</a>",
