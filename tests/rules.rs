@@ -272,3 +272,49 @@ async fn structurally_bad_rules_are_refused_by_the_api_server_naming_the_field()
     }
     assert!(story.api().get_opt("bad").await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_describes_the_rule_language() {
+    let story = Story::new("explain").await;
+    for (path, expected) in [
+        ("crawlerresources.spec.rules", "first match wins"),
+        (
+            "crawlerresources.spec.rules.match",
+            "searched in the page URL",
+        ),
+        (
+            "crawlerresources.spec.rules.follow.rule",
+            "The rule for the pages reached",
+        ),
+        ("crawlerresources.spec.rules.fields.value", "attr:NAME"),
+        (
+            "crawlerresources.spec.rules.fields.pattern",
+            "first capture group",
+        ),
+        ("crawlerresources.spec.rules.fields.required", "incomplete"),
+    ] {
+        let cp = story.cp;
+        // The API server publishes a new CRD's OpenAPI a moment after it is established.
+        wait_for(
+            &format!("kubectl explain {path}"),
+            BOUND,
+            POLL,
+            || async move {
+                let out = cp
+                    .kubectl()
+                    .args(["explain", path])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                // kubectl wraps descriptions: compare with whitespace collapsed.
+                let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                if words.contains(expected) {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        )
+        .await;
+    }
+}
