@@ -25,7 +25,6 @@
     clippy::similar_names
 )]
 
-mod extract;
 mod kube_scheduler;
 mod micro;
 mod observe;
@@ -402,7 +401,7 @@ async fn controller_benchmarks() {
         scenario_micro(&cfg, &mut report);
     }
     if cfg.enabled("extract") {
-        extract::run(cfg.micro_reps, &mut report).await;
+        scenarios::extract::run(cfg.micro_reps, &mut report).await;
     }
 
     let needs_cp = ["ceiling", "bulk", "large", "kube-scheduler", "worker"]

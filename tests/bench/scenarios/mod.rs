@@ -3,6 +3,7 @@
 pub(crate) mod bulk;
 pub(crate) mod ceiling;
 pub(crate) mod cold_start;
+pub(crate) mod extract;
 pub(crate) mod failover;
 pub(crate) mod footprint;
 pub(crate) mod micro_scenario;

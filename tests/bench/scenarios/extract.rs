@@ -167,7 +167,7 @@ async fn crawl_per_page(site: &Site, task: &str, pages: u64, rules: Vec<Rule>) -
     elapsed / u32::try_from(pages).unwrap()
 }
 
-pub async fn run(reps: usize, report: &mut Report) {
+pub(crate) async fn run(reps: usize, report: &mut Report) {
     let rules = Rules::compile(&book_rules()).expect("the example's rules compile");
     let list_url = Url::parse("http://127.0.0.1:16480/books/").unwrap();
     let book_url = Url::parse("http://127.0.0.1:16480/books/subject/1006/").unwrap();
