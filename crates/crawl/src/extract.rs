@@ -253,8 +253,8 @@ impl Rules {
         self.0.get(index).map(|rule| rule.name.as_str())
     }
 
-    /// Evaluates rule `index` on a parsed page served at `page_url`; relative links resolve
-    /// against `base` (the page's `<base href>`, or the page URL).
+    /// Evaluates rule `index` on a parsed page; relative links resolve against `base` (the
+    /// page's `<base href>`, or its URL).
     pub fn extract(&self, index: usize, document: &Html, base: &Url) -> Extraction {
         let Some(rule) = self.0.get(index) else {
             return Extraction::default();
