@@ -16,7 +16,8 @@ use std::{
 };
 
 use crawler_operator::leader::{
-    LeaderElector, LeaderError, Leadership, LeaseSettings, until_leading, until_lost,
+    LeaderElector, LeaderError, Leadership, LeaseSettings, MAX_BACKOFF_FACTOR, until_leading,
+    until_lost,
 };
 use k8s_openapi::api::{
     coordination::v1::Lease,
@@ -624,4 +625,158 @@ async fn missing_rbac_is_reported_with_the_verb_and_the_fix() {
         )),
         "{error}"
     );
+}
+
+/// Waits until one of two replicas leads; returns its identity and `since`.
+async fn first_to_lead(
+    a: &mut Candidate,
+    b: &mut Candidate,
+    within: Duration,
+) -> (String, Instant) {
+    let (who, leading) = tokio::time::timeout(within, async {
+        tokio::select! {
+            led = until_leading(&mut a.rx) => (a.identity.clone(), led),
+            led = until_leading(&mut b.rx) => (b.identity.clone(), led),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("neither replica led within {within:?}"));
+    match leading.expect("the elector is running") {
+        Leadership::Leading { since, .. } => (who, since),
+        Leadership::Standby { .. } => unreachable!("until_leading returns a Leading value"),
+    }
+}
+
+/// The Lease deleted (or freed by hand) under a leader: the leader acts until its next renewal
+/// fails, so no one may take over for a lease duration after finding it so. Judged from both
+/// replicas' terms (a term lasts until the test saw it end) and the Lease's transitions.
+async fn vacated_lease_is_taken_only_after_a_lease_duration(prefix: &str, delete: bool) {
+    init_tracing();
+    let _api_server = API_SERVER.read().await;
+    let cp = support::control_plane();
+    let ns = cp.namespace(prefix).await;
+    let a = Candidate::start(cp.client(), settings(ns.name(), "replica-a"));
+    let (mut a, mut b) = leader_and_standby(a, cp.client(), ns.name()).await;
+    let leases = Api::<Lease>::namespaced(cp.client(), ns.name());
+
+    let vacated = Instant::now();
+    if delete {
+        leases
+            .delete(LEASE_NAME, &kube::api::DeleteParams::default())
+            .await
+            .expect("deleting the Lease");
+    } else {
+        let mut lease = leases.get(LEASE_NAME).await.expect("reading the Lease");
+        lease.spec.as_mut().expect("a spec").holder_identity = None;
+        leases
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+            .expect("clearing the holder by hand");
+    }
+    let lost = a.loses_within(RETRY + SLACK).await;
+    let (who, since) = first_to_lead(&mut a, &mut b, LEASE + RETRY * 2 + SLACK).await;
+    let a_term = a.terms()[0];
+    let what = if delete { "deleted" } else { "cleared by hand" };
+    eprintln!(
+        "Lease {what}: the leader stopped {:?} after it (seen {:?}); {who} led {:?} after it \
+         (lease {LEASE:?}); {} term(s) of a, {} of b",
+        a_term.stopped().saturating_duration_since(vacated),
+        lost - vacated,
+        since - vacated,
+        a.terms().len(),
+        b.terms().len()
+    );
+    assert!(
+        since >= vacated + LEASE,
+        "{who} took the {what} Lease {:?} after it, less than a lease duration",
+        since - vacated
+    );
+    assert!(
+        a_term.seen_ended() < since,
+        "the old leader still acted when {who} began"
+    );
+    assert_no_overlap(&[&a, &b]);
+    let spec = leases
+        .get(LEASE_NAME)
+        .await
+        .expect("the Lease exists again")
+        .spec
+        .expect("a spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some(who.as_str()));
+    eprintln!(
+        "Lease {what}: now held by {who}, leaseTransitions {:?}",
+        spec.lease_transitions
+    );
+    a.shut_down().await.expect("a shuts down cleanly");
+    b.shut_down().await.expect("b shuts down cleanly");
+}
+
+#[tokio::test]
+async fn a_lease_deleted_under_a_leader_is_recreated_only_after_a_lease_duration() {
+    vacated_lease_is_taken_only_after_a_lease_duration("leader-deleted", true).await;
+}
+
+#[tokio::test]
+async fn a_lease_cleared_by_hand_is_taken_only_after_a_lease_duration() {
+    vacated_lease_is_taken_only_after_a_lease_duration("leader-cleared", false).await;
+}
+
+#[tokio::test]
+async fn a_standby_whose_lease_reads_fail_fast_backs_off() {
+    init_tracing();
+    let _api_server = API_SERVER.read().await;
+    let cp = support::control_plane();
+    let ns = cp.namespace("leader-backoff").await;
+    let proxy = Proxy::start(cp.apiserver_addr());
+    let a = Candidate::start(cp.client(), settings(ns.name(), "replica-a"));
+    let (mut a, mut b) = leader_and_standby(a, cp.client_via(&proxy), ns.name()).await;
+
+    let window = Duration::from_secs(12);
+    // b's connections go through the proxy; now each is closed as soon as it opens.
+    proxy.refuse();
+    let before = proxy.accepted();
+    tokio::select! {
+        () = tokio::time::sleep(window) => {}
+        lost = until_lost(&mut a.rx) => panic!("a lost leadership: {lost:?}"),
+    }
+    let tried = proxy.accepted() - before;
+
+    // What the elector's schedule allows in the window (one read per round), plus the Lease
+    // watch's own reconnects: kube-runtime's default backoff (0.8 s doubling, jitter only
+    // lengthens it), each attempt up to two connections (hyper retries a request whose
+    // connection closed before it was sent).
+    let s = settings(ns.name(), "replica-b");
+    let (mut rounds, mut at, mut failures) = (0u64, Duration::ZERO, 0u32);
+    while at <= window {
+        rounds += 1;
+        failures += 1;
+        at += s.retry_delay(false, failures);
+    }
+    let (mut watch_attempts, mut at, mut delay) =
+        (0u64, Duration::ZERO, Duration::from_millis(800));
+    while at <= window {
+        watch_attempts += 1;
+        at += delay;
+        delay *= 2;
+    }
+    let watch_reconnects = 2 * watch_attempts;
+    let fixed_period = u64::try_from(window.as_millis() / RETRY.as_millis()).unwrap_or(u64::MAX);
+    eprintln!(
+        "fail-fast reads: the standby opened {tried} connections in {window:?} \
+         (its schedule allows {rounds} reads + {watch_reconnects} watch connections; \
+         a fixed {RETRY:?} period would be {fixed_period} reads)"
+    );
+    assert!(tried >= 3, "the standby kept trying ({tried} connections)");
+    assert!(
+        tried <= rounds + watch_reconnects,
+        "{tried} connections in {window:?}: the standby does not back off"
+    );
+
+    // Once the API server answers again, the standby is back within its longest backoff.
+    proxy.restore();
+    b.stands_by_for_within("replica-a", RETRY * MAX_BACKOFF_FACTOR + SLACK)
+        .await;
+    assert_no_overlap(&[&a, &b]);
+    b.crash();
+    a.shut_down().await.expect("a shuts down cleanly");
 }

@@ -105,7 +105,7 @@ async fn watch_for_release(
             Err(error) => {
                 if !warned {
                     warned = true;
-                    warn!(lease = %lease_ref, %error, "cannot watch the Lease (RBAC: list and watch on it); a standby takes over a released Lease only at its next retry period");
+                    warn!(lease = %lease_ref, %error, "cannot watch the Lease (if this persists: RBAC list and watch on leases); a standby takes over a released Lease only at its next round");
                 }
                 false
             }
@@ -137,8 +137,13 @@ struct Campaign {
     observed: Option<Observed>,
     /// While we lead.
     term: Option<Term>,
-    /// While another replica holds the Lease: when it is gone unless the record changes.
+    /// While another replica holds the Lease, or it is vacant but may not be taken yet: when
+    /// we may, unless the record changes.
     holder_expires: Option<Instant>,
+    /// When we first found the Lease missing after having seen it (see [`decide`]).
+    gone_since: Option<Instant>,
+    /// Consecutive failed rounds while standing by: the next attempt backs off.
+    failures: u32,
 }
 
 struct Term {
@@ -151,6 +156,8 @@ struct Term {
 enum Failure {
     /// 409: another writer got there first.
     Conflict,
+    /// 404 on a replace: the Lease was deleted; a fresh read decides what next.
+    Gone,
     /// Worth retrying next period.
     Transient(String),
     Fatal(LeaderError),
@@ -256,8 +263,8 @@ impl LeaderElector {
                 Ok(true)
             }
             Err(Failure::Fatal(error)) => Err(error),
-            Err(Failure::Conflict) => {
-                debug!(lease = %self.lease_ref, "renewal conflicted; reading the Lease");
+            Err(Failure::Conflict | Failure::Gone) => {
+                debug!(lease = %self.lease_ref, "renewal conflicted or the Lease is gone; reading the Lease");
                 Ok(false)
             }
             Err(Failure::Transient(why)) => {
@@ -270,32 +277,49 @@ impl LeaderElector {
     /// Reads the Lease and decides; steps down at once if the Lease no longer names us.
     /// `None` when the read failed and the next round should retry.
     async fn observe(&self, c: &mut Campaign) -> Result<Option<Decision>, LeaderError> {
+        // The expiry belongs to the decision this read replaces: kept after a failed read, a
+        // past expiry would make the next round start at once, and the next, without end.
+        c.holder_expires = None;
         let budget = self.budget(c, Instant::now());
         let request = self.api.get_opt(&self.settings.name);
         let current = match self.call(Verb::Get, budget, request).await {
             Ok(current) => current,
             Err(Failure::Fatal(error)) => return Err(error),
-            Err(Failure::Conflict) => return Ok(None),
+            Err(Failure::Conflict | Failure::Gone) => return Ok(None),
             Err(Failure::Transient(why)) => {
-                warn!(lease = %self.lease_ref, %why, "reading the Lease failed; retrying");
+                c.failures = c.failures.saturating_add(1);
+                warn!(lease = %self.lease_ref, %why, failures = c.failures, "reading the Lease failed; retrying");
                 return Ok(None);
             }
         };
         let received = Instant::now();
+        c.failures = 0;
+        c.gone_since = match (&current, &c.observed) {
+            (Some(_), _) => None,
+            // Seen before, missing now: its holder may still act until its next renewal fails.
+            (None, Some(_)) => Some(c.gone_since.unwrap_or(received)),
+            (None, None) => c.gone_since,
+        };
         c.observed = current.as_ref().map(|lease| {
             Observed::update(c.observed.take(), LeaseRecord::from_lease(lease), received)
         });
         c.lease = current;
-        c.holder_expires = None;
 
-        let decision = decide(c.observed.as_ref(), received, &self.settings);
+        let decision = decide(c.observed.as_ref(), c.gone_since, received, &self.settings);
         if c.term.is_some() && decision != Decision::Renew {
-            let (holder, reason) = match &decision {
-                Decision::Wait { holder, .. } => {
-                    (Some(holder.clone()), "another replica took the Lease")
-                }
-                Decision::Create => (None, "the Lease was deleted"),
-                _ => (None, "the Lease was released by someone else"),
+            let reason = match (&decision, &c.lease) {
+                (
+                    Decision::Wait {
+                        holder: Some(_), ..
+                    },
+                    _,
+                ) => "another replica took the Lease",
+                (_, None) => "the Lease was deleted",
+                _ => "the Lease was freed by someone else",
+            };
+            let holder = match &decision {
+                Decision::Wait { holder, .. } => holder.clone(),
+                _ => None,
             };
             self.step_down(c, holder, reason);
         }
@@ -308,8 +332,11 @@ impl LeaderElector {
         let budget = self.budget(c, sent);
         let (written, previous_holder) = match (decision, &c.lease) {
             (Decision::Wait { holder, until }, _) => {
+                if holder.is_none() {
+                    debug!(lease = %self.lease_ref, wait = ?until.saturating_duration_since(sent), "the Lease was deleted or freed by someone other than its holder; waiting a lease duration before taking it");
+                }
                 c.holder_expires = Some(until);
-                self.publish_standby(Some(holder));
+                self.publish_standby(holder);
                 return Ok(());
             }
             (Decision::Create, _) => {
@@ -341,10 +368,11 @@ impl LeaderElector {
             Ok(lease) if c.term.is_some() => self.renewal_succeeded(c, lease, sent),
             Ok(lease) => self.won(c, lease, sent, previous_holder.as_deref()),
             Err(Failure::Fatal(error)) => return Err(error),
-            Err(Failure::Conflict) => {
-                debug!(lease = %self.lease_ref, "another replica wrote the Lease first");
+            Err(Failure::Conflict | Failure::Gone) => {
+                debug!(lease = %self.lease_ref, "another writer changed the Lease first");
             }
             Err(Failure::Transient(why)) => {
+                c.failures = c.failures.saturating_add(1);
                 warn!(lease = %self.lease_ref, %why, "writing the Lease failed; retrying");
             }
         }
@@ -419,7 +447,7 @@ impl LeaderElector {
         let budget = self.settings.retry_period;
         // A renewal cancelled by the shutdown may have landed: then retry once on a fresh read.
         for _ in 0..2 {
-            let body = released(&lease);
+            let body = released(&self.settings, &lease);
             let why = match self.call(Verb::Update, budget, self.replace(&body)).await {
                 Ok(_) => {
                     info!(lease = %self.lease_ref, identity = %self.settings.identity, "released leadership");
@@ -437,11 +465,12 @@ impl LeaderElector {
                         // Someone else holds it already, or it is gone.
                         Ok(_) => return,
                         Err(Failure::Fatal(error)) => error.to_string(),
-                        Err(Failure::Conflict) => "conflict".to_owned(),
+                        Err(Failure::Conflict | Failure::Gone) => "conflict".to_owned(),
                         Err(Failure::Transient(why)) => why,
                     }
                 }
                 Err(Failure::Fatal(error)) => error.to_string(),
+                Err(Failure::Gone) => return,
                 Err(Failure::Transient(why)) => why,
             };
             warn!(
@@ -454,11 +483,11 @@ impl LeaderElector {
     }
 
     fn next_attempt(&self, c: &Campaign, started: Instant) -> Instant {
-        let mut wake = started + self.settings.retry_period;
+        let mut wake = started + self.settings.retry_delay(c.term.is_some(), c.failures);
         if let Some(term) = &c.term {
             wake = wake.min(term.valid_until);
         }
-        if let Some(until) = c.holder_expires {
+        if let Some(until) = c.holder_expires.filter(|until| *until > started) {
             wake = wake.min(until);
         }
         wake
@@ -554,8 +583,9 @@ impl LeaderElector {
                 message: status.message.clone(),
             }),
             // Creating in a namespace that does not exist; a Lease deleted under a replace is
-            // transient (the next read creates it).
+            // for the next read to notice (and wait out, see `decide`).
             404 if verb == Verb::Create => refused(),
+            404 if verb == Verb::Update => Failure::Gone,
             400 | 422 => refused(),
             code => Failure::Transient(format!(
                 "{verb}: {code} {}: {}",

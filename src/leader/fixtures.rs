@@ -22,6 +22,16 @@ pub fn record(holder: Option<&str>, resource_version: &str) -> LeaseRecord {
         resource_version: Some(resource_version.to_owned()),
         lease_duration_seconds: Some(15),
         transitions: 4,
+        released_by_holder: false,
+    }
+}
+
+/// A record freed by its holder's own release.
+pub fn released_record(resource_version: &str) -> LeaseRecord {
+    LeaseRecord {
+        released_by_holder: true,
+        lease_duration_seconds: Some(1),
+        ..record(None, resource_version)
     }
 }
 

@@ -7,7 +7,14 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
 
-use super::LeaseSettings;
+use super::{LeaseSettings, RELEASED_ANNOTATION};
+
+/// Drops the release marker: a held Lease never carries one, so a stale marker never matches.
+fn unmark(lease: &mut Lease) {
+    if let Some(annotations) = lease.metadata.annotations.as_mut() {
+        annotations.remove(RELEASED_ANNOTATION);
+    }
+}
 
 pub(super) fn created(settings: &LeaseSettings) -> Lease {
     let now = MicroTime(Timestamp::now());
@@ -31,6 +38,7 @@ pub(super) fn created(settings: &LeaseSettings) -> Lease {
 pub(super) fn claimed(settings: &LeaseSettings, base: &Lease, transitions: i32) -> Lease {
     let now = MicroTime(Timestamp::now());
     let mut lease = base.clone();
+    unmark(&mut lease);
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = Some(settings.identity.clone());
     spec.lease_duration_seconds = Some(settings.lease_duration_seconds());
@@ -43,6 +51,7 @@ pub(super) fn claimed(settings: &LeaseSettings, base: &Lease, transitions: i32) 
 pub(super) fn renewed(settings: &LeaseSettings, base: &Lease) -> Lease {
     let now = MicroTime(Timestamp::now());
     let mut lease = base.clone();
+    unmark(&mut lease);
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = Some(settings.identity.clone());
     spec.lease_duration_seconds = Some(settings.lease_duration_seconds());
@@ -51,10 +60,21 @@ pub(super) fn renewed(settings: &LeaseSettings, base: &Lease) -> Lease {
     lease
 }
 
-/// client-go's release: no holder, and a one-second lease so that anyone may take it.
-pub(super) fn released(base: &Lease) -> Lease {
+/// client-go's release (no holder, a one-second lease), marked with [`RELEASED_ANNOTATION`] so
+/// that candidates can tell it from a Lease cleared by hand and take it at once. Sent only after
+/// this replica stopped acting.
+pub(super) fn released(settings: &LeaseSettings, base: &Lease) -> Lease {
     let now = MicroTime(Timestamp::now());
     let mut lease = base.clone();
+    let transitions = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_transitions)
+        .unwrap_or(0);
+    lease.metadata.annotations.get_or_insert_default().insert(
+        RELEASED_ANNOTATION.to_owned(),
+        format!("{transitions}/{}", settings.identity),
+    );
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
@@ -106,7 +126,7 @@ mod tests {
     #[test]
     fn a_release_frees_the_lease_for_anyone_at_once() {
         let base = lease(Some("replica-a"), "9");
-        let release = released(&base);
+        let release = released(&settings(), &base);
         let spec = release.spec.as_ref().unwrap();
         assert_eq!(release.metadata.resource_version.as_deref(), Some("9"));
         assert_eq!(spec.holder_identity, None);
@@ -118,11 +138,22 @@ mod tests {
         assert!(matches!(
             decide(
                 Some(&observed),
+                None,
                 t0,
                 &LeaseSettings::new("crawler", "l", "replica-b")
             ),
             Decision::Acquire { transitions: 5, .. }
         ));
+    }
+
+    #[test]
+    fn the_release_marker_is_dropped_by_the_next_holder() {
+        let release = released(&settings(), &lease(Some("replica-a"), "9"));
+        let other = LeaseSettings::new("crawler", "crawler-operator", "replica-b");
+        for written in [claimed(&other, &release, 5), renewed(&other, &release)] {
+            let annotations = written.metadata.annotations.unwrap_or_default();
+            assert!(!annotations.contains_key(RELEASED_ANNOTATION));
+        }
     }
 
     #[test]

@@ -46,11 +46,11 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-pub use decision::{Decision, LeaseRecord, Observed, decide};
+pub use decision::{Decision, LeaseRecord, Observed, RELEASED_ANNOTATION, decide};
 pub use elector::{LeaderElector, LeaderError, Verb};
 pub use settings::{
     DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD, LeaseSettings,
-    SettingsError,
+    MAX_BACKOFF_FACTOR, SettingsError,
 };
 
 /// This replica's part in the election, as published to the rest of the process.

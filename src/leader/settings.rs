@@ -10,6 +10,9 @@ pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// client-go's default: how often to renew, or to retry acquiring.
 pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
 
+/// A standby's wait after failed rounds grows up to this many retry periods (8 s by default).
+pub const MAX_BACKOFF_FACTOR: u32 = 4;
+
 /// Where the Lease lives, who we are, and the three durations of the election.
 ///
 /// Invariant (checked by [`LeaseSettings::validate`]):
@@ -125,6 +128,22 @@ impl LeaseSettings {
             return Err(SettingsError::LeaseDurationTooLong(self.lease_duration));
         }
         Ok(())
+    }
+
+    /// How long to wait before the next round. A leader renews every retry period whatever
+    /// happens (its deadline depends on it). A standby waits a retry period, doubled for each
+    /// consecutive failed round up to [`MAX_BACKOFF_FACTOR`] times it: an API server that
+    /// refuses fast is not hammered, and a standby that comes back is at most that late (it
+    /// still needs the record unchanged for a lease duration before it takes over).
+    pub fn retry_delay(&self, leading: bool, failures: u32) -> Duration {
+        if leading || failures <= 1 {
+            return self.retry_period;
+        }
+        let factor = 1u32
+            .checked_shl(failures - 1)
+            .unwrap_or(u32::MAX)
+            .min(MAX_BACKOFF_FACTOR);
+        self.retry_period.saturating_mul(factor)
     }
 
     /// `leaseDurationSeconds` as written to the Lease: rounded up, so that what others read is
@@ -259,6 +278,19 @@ mod tests {
             LeaseSettings::new("crawler", "lease", "").validate(),
             Err(SettingsError::EmptyIdentity)
         );
+    }
+
+    #[test]
+    fn a_failing_standby_backs_off_and_a_leader_never_does() {
+        let s = settings();
+        let delays: Vec<_> = (0..6).map(|n| s.retry_delay(false, n)).collect();
+        assert_eq!(
+            delays,
+            [2 * SEC, 2 * SEC, 4 * SEC, 8 * SEC, 8 * SEC, 8 * SEC],
+            "doubling from the retry period, capped"
+        );
+        assert_eq!(s.retry_delay(false, u32::MAX), 8 * SEC);
+        assert_eq!(s.retry_delay(true, 7), 2 * SEC);
     }
 
     #[test]

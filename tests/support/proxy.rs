@@ -4,6 +4,9 @@
 //! Two faults, per proxy (one proxy per process under test):
 //! - [`Proxy::cut`]: every open connection is shut down (the client sees EOF or a reset) and new
 //!   ones are held unanswered: a loud failure.
+//! - [`Proxy::refuse`]: every open connection is shut down and new ones are closed as soon as
+//!   they are accepted: an API server that fails fast. [`Proxy::accepted`] counts connections,
+//!   so a test can tell how often a client tried.
 //! - [`Proxy::freeze`]: every connection open at that instant stays open but passes no byte in
 //!   either direction (no FIN, no RST), while new connections work: what a NAT or load balancer
 //!   that lost its state looks like. Only a client that checks the liveness of its streams notices.
@@ -28,12 +31,16 @@ pub struct Proxy {
 struct Shared {
     target: SocketAddr,
     next_id: AtomicU64,
+    /// Connections accepted, forwarded or not.
+    accepted: AtomicU64,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     cut: bool,
+    /// New connections are closed at once (see [`Proxy::refuse`]).
+    refusing: bool,
     closed: bool,
     /// Connections frozen by [`Proxy::freeze`]: their pumps hold what they read and forward
     /// nothing until [`Proxy::thaw`].
@@ -52,6 +59,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             target,
             next_id: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         });
         let accept = Arc::clone(&shared);
@@ -78,11 +86,26 @@ impl Proxy {
         }
     }
 
+    /// Closes every forwarded connection, and every new one as soon as it is accepted: clients
+    /// fail at once (EOF in the TLS handshake), as against an API server that refuses fast.
+    pub fn refuse(&self) {
+        self.cut();
+        let mut state = self.shared.state.lock().unwrap();
+        state.refusing = true;
+        state.held.clear();
+    }
+
+    /// How many connections clients opened so far (forwarded, held or refused).
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
     /// Forwards again, including the connections that arrived while cut.
     pub fn restore(&self) {
         let held = {
             let mut state = self.shared.state.lock().unwrap();
             state.cut = false;
+            state.refusing = false;
             std::mem::take(&mut state.held)
         };
         for conn in held {
@@ -128,6 +151,11 @@ impl Shared {
             let mut state = self.state.lock().unwrap();
             if state.closed {
                 return;
+            }
+            self.accepted.fetch_add(1, Ordering::SeqCst);
+            if state.refusing {
+                let _ = conn.shutdown(Shutdown::Both);
+                continue;
             }
             if state.cut {
                 state.held.push(conn);
