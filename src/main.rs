@@ -92,7 +92,8 @@ struct ControllerArgs {
     /// Status writes in flight at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
-    /// Bound on each status write.
+    /// Bound on each status write; never past the end of the leader's term (a write that could
+    /// not finish within it is not sent).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     write_timeout: Duration,
     /// Name of the leader-election Lease.
@@ -224,7 +225,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let leadership = elector.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
-    let mut election = tokio::spawn(elector.run(stopped(stop_rx.clone())));
+    // The Lease is released only after the controller stopped and its writes in flight ended
+    // (bounded by the write timeout), so that none lands after a standby took over.
+    let (release_tx, release_rx) = watch::channel(false);
+    let mut election = tokio::spawn(elector.run(stopped(release_rx)));
     let signals = tokio::spawn({
         let stop_tx = std::sync::Arc::clone(&stop_tx);
         async move {
@@ -254,14 +258,15 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     tokio::pin!(controller);
     let result = tokio::select! {
         r = &mut controller => {
-            // The controller stopped (shutdown or failure): release the Lease so a standby takes
-            // over at once rather than after the lease duration.
+            // The controller stopped (shutdown or failure) and its writes are done: release the
+            // Lease so a standby takes over at once rather than after the lease duration.
             signals.abort();
             let _ = stop_tx.send(true);
+            let _ = release_tx.send(true);
             r
         }
         r = &mut election => match r {
-            // The elector only returns Ok on shutdown; the controller got the same signal.
+            // The elector returns Ok only once released, after the controller stopped.
             Ok(Ok(())) => controller.await,
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("leader election failed")),
             Err(e) => Err(anyhow::Error::new(e).context("leader election task failed")),
@@ -270,6 +275,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     for server in http {
         server.abort();
     }
+    let _ = release_tx.send(true);
     if !election.is_finished() {
         // Wake the elector (if the controller ended on its own) and let it release the Lease.
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;

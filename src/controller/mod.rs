@@ -83,6 +83,11 @@ pub enum Error {
     },
     #[error("status write of {key} timed out after {timeout:?}")]
     Timeout { key: Key, timeout: Duration },
+    #[error(
+        "status write of {key} not sent: the term ends in {left:?} unless renewed, too soon for a \
+         write to finish; retrying after the next renewal"
+    )]
+    TermEnding { key: Key, left: Duration },
 }
 
 impl Error {
@@ -92,6 +97,7 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::Write { .. } => "write",
             Error::Timeout { .. } => "timeout",
+            Error::TermEnding { .. } => "term_ending",
         }
     }
 }
@@ -161,21 +167,42 @@ pub async fn run(
         ctx.queue.clone(),
         metrics,
     ));
+    let mut reconcilers = tokio::task::JoinSet::new();
     for _ in 0..ctx.settings.concurrency.max(1) {
-        tasks.spawn(reconcile_loop(Arc::clone(&ctx)));
+        reconcilers.spawn(reconcile_loop(Arc::clone(&ctx)));
     }
 
     tokio::select! {
-        () = shutdown => tracing::info!("controller stopping"),
+        () = shutdown => tracing::info!("controller stopping: no new decisions; waiting for the writes in flight"),
         Some(ended) = tasks.join_next() => {
             tasks.abort_all();
+            reconcilers.abort_all();
             anyhow::bail!("a controller task ended unexpectedly: {ended:?}");
         }
+        Some(ended) = reconcilers.join_next() => {
+            tasks.abort_all();
+            reconcilers.abort_all();
+            anyhow::bail!("a reconcile task ended unexpectedly: {ended:?}");
+        }
     }
+    // Stop placing, then let the writes in flight finish (each is bounded by the write timeout
+    // and the term) before the caller releases the Lease: a write must not land after another
+    // replica took over.
     ctx.queue.close();
+    let drained = tokio::time::timeout(ctx.settings.write_timeout + DRAIN_SLACK, async {
+        while reconcilers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("writes still in flight after the write timeout; abandoning them");
+    }
+    reconcilers.abort_all();
     tasks.abort_all();
     Ok(())
 }
+
+/// Beyond the write timeout, what the drain on shutdown allows for a reconcile to wind up.
+const DRAIN_SLACK: Duration = Duration::from_secs(1);
 
 fn resource_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -489,6 +516,56 @@ async fn report(ctx: Arc<Context>) {
     }
 }
 
+/// How long a status write decided now may take. Leadership may have ended while we decided: a
+/// decision is only written by a leader (`None`: not leading), and only if it can finish within
+/// the term (the local deadline of the last renewal): its timeout never reaches past that
+/// deadline, and it is not sent at all when too little is left.
+fn write_time(ctx: &Context, key: &Key, now: Instant) -> Result<Option<Duration>, Error> {
+    let valid_until = ctx.leadership.borrow().valid_until();
+    let Some(left) = valid_until
+        .map(|until| until.saturating_duration_since(now))
+        .filter(|left| !left.is_zero())
+    else {
+        ctx.index.lock().forget(key);
+        return Ok(None);
+    };
+    let timeout = ctx.settings.write_timeout.min(left);
+    if timeout < MIN_WRITE_TIME {
+        ctx.index.lock().forget(key);
+        return Err(Error::TermEnding {
+            key: key.clone(),
+            left,
+        });
+    }
+    Ok(Some(timeout))
+}
+
+/// Sends the status write under `timeout` (already bounded by the term); `None` when leadership
+/// ended before it finished (the request is abandoned).
+async fn write_within_term(
+    ctx: &Context,
+    api: &Api<CrawlerResource>,
+    key: &Key,
+    patch: &serde_json::Value,
+    timeout: Duration,
+) -> Option<Result<kube::Result<CrawlerResource>, tokio::time::error::Elapsed>> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut leadership = ctx.leadership.clone();
+    let patch = Patch::Apply(patch);
+    let result = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            written = api.patch_status(&key.name, &params, &patch) => Some(written),
+            () = crate::leader::until_lost(&mut leadership) => None,
+        }
+    })
+    .await;
+    match result {
+        Ok(Some(written)) => Some(Ok(written)),
+        Ok(None) => None,
+        Err(elapsed) => Some(Err(elapsed)),
+    }
+}
+
 /// Decide under the index lock, write without it.
 async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> {
     if !ctx.leadership.borrow().is_leading_now() {
@@ -516,11 +593,10 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
         Plan::Wait => return Ok(ReconcileOutcome::Wait),
         Plan::Write(write) => write,
     };
-    // Leadership may have ended while we decided: a decision is only written by a leader.
-    if !ctx.leadership.borrow().is_leading_now() {
-        ctx.index.lock().forget(key);
+    let sent = Instant::now();
+    let Some(timeout) = write_time(ctx, key, sent)? else {
         return Ok(ReconcileOutcome::Nothing);
-    }
+    };
     let api: Api<CrawlerResource> = Api::namespaced(ctx.client.clone(), &key.namespace);
     // Server-side apply of the controller's fields only, carrying the resourceVersion the decision
     // was made on: the API server refuses it (409) if the object changed meanwhile.
@@ -530,12 +606,14 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
         "metadata": { "name": key.name, "resourceVersion": write.resource_version },
         "status": write.status,
     });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let result = tokio::time::timeout(
-        ctx.settings.write_timeout,
-        api.patch_status(&key.name, &params, &Patch::Apply(&patch)),
-    )
-    .await;
+    let Some(result) = write_within_term(ctx, &api, key, &patch, timeout).await else {
+        // Leadership ended first. The request may still land (bytes held in the network);
+        // its resourceVersion fences it against any later write to this resource.
+        tracing::warn!(resource = %key, after = ?sent.elapsed(), "status write abandoned: leadership ended before it finished");
+        ctx.index.lock().forget(key);
+        ctx.metrics.status_write(WriteOutcome::Timeout);
+        return Ok(ReconcileOutcome::Nothing);
+    };
     match result {
         Ok(Ok(written)) => {
             ctx.index
@@ -579,13 +657,21 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             // The write may still land; forgetting is safe because its watch event will be applied.
             ctx.index.lock().forget(key);
             ctx.metrics.status_write(WriteOutcome::Timeout);
+            if timeout < ctx.settings.write_timeout {
+                tracing::warn!(resource = %key, ?timeout, "status write abandoned at the end of the term (no renewal meanwhile)");
+            }
             Err(Error::Timeout {
                 key: key.clone(),
-                timeout: ctx.settings.write_timeout,
+                timeout,
             })
         }
     }
 }
+
+/// A status write is not sent when less than this is left of the term: it could not finish
+/// within it (a write takes milliseconds; a leader renews every retry period, so this only
+/// happens while renewals fail).
+const MIN_WRITE_TIME: Duration = Duration::from_millis(500);
 
 /// How long an Event may wait for the placements to finish before it is published anyway.
 const EVENT_MAX_DEFERRAL: Duration = Duration::from_secs(2);

@@ -36,11 +36,23 @@ struct Shared {
     state: Mutex<State>,
 }
 
+/// What the proxy does with a connection it accepts.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum NewConnections {
+    #[default]
+    Forward,
+    /// Forwarded, and frozen at once (see [`Proxy::freeze_all`]).
+    Freeze,
+    /// Held unanswered (see [`Proxy::cut`]).
+    Hold,
+    /// Closed at once (see [`Proxy::refuse`]).
+    Refuse,
+}
+
 #[derive(Default)]
 struct State {
-    cut: bool,
-    /// New connections are closed at once (see [`Proxy::refuse`]).
-    refusing: bool,
+    /// What happens to a new connection.
+    new: NewConnections,
     closed: bool,
     /// Connections frozen by [`Proxy::freeze`]: their pumps hold what they read and forward
     /// nothing until [`Proxy::thaw`].
@@ -79,7 +91,7 @@ impl Proxy {
     /// as in a network partition: clients hit their connect or read timeouts).
     pub fn cut(&self) {
         let mut state = self.shared.state.lock().unwrap();
-        state.cut = true;
+        state.new = NewConnections::Hold;
         for [a, b] in state.open.values() {
             let _ = a.shutdown(Shutdown::Both);
             let _ = b.shutdown(Shutdown::Both);
@@ -91,7 +103,7 @@ impl Proxy {
     pub fn refuse(&self) {
         self.cut();
         let mut state = self.shared.state.lock().unwrap();
-        state.refusing = true;
+        state.new = NewConnections::Refuse;
         state.held.clear();
     }
 
@@ -104,8 +116,7 @@ impl Proxy {
     pub fn restore(&self) {
         let held = {
             let mut state = self.shared.state.lock().unwrap();
-            state.cut = false;
-            state.refusing = false;
+            state.new = NewConnections::Forward;
             std::mem::take(&mut state.held)
         };
         for conn in held {
@@ -122,13 +133,25 @@ impl Proxy {
         open.len()
     }
 
+    /// Freezes every connection open now and every new one: the process is silently partitioned
+    /// (a new connection is accepted and then passes nothing), and what it sends meanwhile is
+    /// held, to be delivered late by [`Proxy::thaw`], as a network that delays packets.
+    pub fn freeze_all(&self) -> usize {
+        self.shared.state.lock().unwrap().new = NewConnections::Freeze;
+        self.freeze()
+    }
+
     /// Lets the frozen connections pass bytes again (what they held is delivered late).
     pub fn thaw(&self) {
-        self.shared.state.lock().unwrap().frozen.clear();
+        let mut state = self.shared.state.lock().unwrap();
+        state.frozen.clear();
+        if state.new == NewConnections::Freeze {
+            state.new = NewConnections::Forward;
+        }
     }
 
     pub fn is_cut(&self) -> bool {
-        self.shared.state.lock().unwrap().cut
+        self.shared.state.lock().unwrap().new == NewConnections::Hold
     }
 }
 
@@ -153,11 +176,11 @@ impl Shared {
                 return;
             }
             self.accepted.fetch_add(1, Ordering::SeqCst);
-            if state.refusing {
+            if state.new == NewConnections::Refuse {
                 let _ = conn.shutdown(Shutdown::Both);
                 continue;
             }
-            if state.cut {
+            if state.new == NewConnections::Hold {
                 state.held.push(conn);
                 continue;
             }
@@ -182,12 +205,15 @@ impl Shared {
         };
         {
             let mut state = self.state.lock().unwrap();
-            if state.cut {
+            if state.new == NewConnections::Hold {
                 // `cut` came in while we were connecting: hold it like the others.
                 state.held.push(inbound);
                 return;
             }
             state.open.insert(id, [in3, out3]);
+            if state.new == NewConnections::Freeze {
+                state.frozen.insert(id);
+            }
         }
         let up = Arc::clone(self);
         let upstream = thread::spawn(move || up.pump(id, inbound, outbound));

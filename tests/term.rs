@@ -1,0 +1,95 @@
+//! Writes and the end of a term: a status write held in the network past its leader's term
+//! must not land after the next leader's writes. Judged from the resources' resourceVersions
+//! (nothing changes once the held bytes are delivered), the Lease timeline against the
+//! Assigned Events, and the old leader's own log of the writes it abandoned.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kube::api::ListParams;
+use support::{
+    invariants::LeaseTimeline,
+    proxy::Proxy,
+    story::{LEASE, Story},
+};
+
+const RESOURCES: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_held_past_the_term_does_not_land_after_the_next_leaders_writes() {
+    let mut story = Story::new("term-write").await;
+    let timeline = LeaseTimeline::start(story.client.clone(), story.ns(), LEASE);
+    let proxy = Proxy::start(story.cp.apiserver_addr());
+    story.ready_worker("worker-1").await;
+    story.ready_worker("worker-2").await;
+    story.start_controller_via("controller-a", Some(&proxy));
+    story.wait_for_leader("controller-a").await;
+    story.start_controller("controller-b");
+
+    // A burst of resources: controller-a places them with up to 32 writes in flight; freeze it
+    // (and every connection it opens later) as soon as the first placements land, so that
+    // writes are held in the network while its term runs out.
+    let names: Vec<String> = (0..RESOURCES).map(|i| format!("held-{i:02}")).collect();
+    futures::future::join_all(names.iter().map(|n| story.apply_simple(n))).await;
+    let api = story.api();
+    let placed_at_freeze = loop {
+        let placed = api
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| support::story::assigned_worker(r).is_some())
+            .count();
+        if placed > 0 {
+            break placed;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let froze = Instant::now();
+    let frozen = proxy.freeze_all();
+
+    // controller-b takes over after the lease duration and places the rest.
+    story.wait_for_leader("controller-b").await;
+    let took_over = froze.elapsed();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    story.assert_all_assigned(&refs).await;
+    let before = story.resource_versions().await;
+
+    // Deliver what controller-a sent meanwhile, and give it time to land.
+    let thawed = Instant::now();
+    proxy.thaw();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = story.resource_versions().await;
+    let changed: Vec<_> = before
+        .iter()
+        .filter(|(name, rv)| after.get(*name) != Some(rv))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let log = std::fs::read_to_string(&story.controllers[0].log).unwrap();
+    let abandoned = log
+        .lines()
+        .filter(|l| l.contains("status write abandoned"))
+        .count();
+    let (judged, violations) = timeline.judge(&story.events().await);
+    println!(
+        "term: {frozen} connections frozen after {placed_at_freeze}/{RESOURCES} placements; \
+         controller-b led {took_over:?} after the freeze; controller-a abandoned {abandoned} \
+         write(s) at the end of its term; after the thaw {} of {RESOURCES} resources changed \
+         ({changed:?}) within {:?}; {judged} Assigned Events judged against the Lease timeline, \
+         {} violation(s)",
+        changed.len(),
+        thawed.elapsed(),
+        violations.len()
+    );
+    assert!(
+        abandoned > 0,
+        "no write of controller-a was in flight at the freeze, the scenario did not happen:\n{}",
+        story.logs()
+    );
+    assert!(
+        changed.is_empty(),
+        "writes held past controller-a's term landed after controller-b's: {changed:?}"
+    );
+    assert!(violations.is_empty(), "{violations:#?}");
+}
