@@ -37,6 +37,31 @@ pub fn pod_of(lease_name: &str) -> Option<&str> {
     lease_name.strip_prefix(PREFIX).filter(|p| !p.is_empty())
 }
 
+/// `leaseDurationSeconds` for a heartbeat of `duration`: whole seconds rounded up (at least 1),
+/// so the controller never waits less than the worker's timing argument assumes.
+pub fn lease_duration_seconds(duration: Duration) -> i32 {
+    let seconds = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
+    i32::try_from(seconds.max(1)).unwrap_or(i32::MAX)
+}
+
+/// The heartbeat Lease's `ownerReferences`: its worker Pod, so the Lease is garbage-collected
+/// with it (one would otherwise be left per worker Pod ever created). Without the Pod's UID
+/// (`$POD_UID` unset) there is none. `blockOwnerDeletion` is left unset: setting it needs
+/// permission on the Pod's finalizers, and nothing needs to block.
+pub fn owner_references(pod: &str, pod_uid: Option<&str>) -> serde_json::Value {
+    match pod_uid.filter(|uid| !uid.is_empty()) {
+        Some(uid) => serde_json::json!([{
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod,
+            "uid": uid,
+        }]),
+        None => serde_json::json!([]),
+    }
+}
+
 /// How often a worker renews a heartbeat of `duration`.
 pub fn renew_interval(duration: Duration) -> Duration {
     duration / 5
@@ -71,6 +96,29 @@ pub fn watch_retry() -> kube::runtime::watcher::ExponentialBackoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_written_duration_is_rounded_up_to_whole_seconds() {
+        assert_eq!(lease_duration_seconds(Duration::from_millis(2500)), 3);
+        assert_eq!(lease_duration_seconds(Duration::from_secs(10)), 10);
+        assert_eq!(lease_duration_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(lease_duration_seconds(Duration::ZERO), 1);
+        assert_eq!(lease_duration_seconds(Duration::MAX), i32::MAX);
+    }
+
+    #[test]
+    fn the_lease_is_owned_by_its_pod_when_its_uid_is_known() {
+        let owners = owner_references("worker-1", Some("5d1c"));
+        assert_eq!(owners[0]["kind"], "Pod");
+        assert_eq!(owners[0]["name"], "worker-1");
+        assert_eq!(owners[0]["uid"], "5d1c");
+        assert!(owners[0].get("blockOwnerDeletion").is_none());
+        assert_eq!(owner_references("worker-1", None), serde_json::json!([]));
+        assert_eq!(
+            owner_references("worker-1", Some("")),
+            serde_json::json!([])
+        );
+    }
 
     #[test]
     fn names_round_trip() {

@@ -56,6 +56,10 @@ struct WorkerArgs {
     /// Namespace of that Pod.
     #[arg(long, env = "POD_NAMESPACE")]
     namespace: String,
+    /// UID of that Pod (downward API metadata.uid): the Pod then owns the heartbeat Lease, which
+    /// is garbage-collected with it.
+    #[arg(long, env = "POD_UID")]
+    pod_uid: Option<String>,
     /// Where page records go, as JSON lines: "-" for stdout, or a file path (appended to).
     #[arg(long, default_value = "-", env = "CRAWLER_OUTPUT")]
     output: String,
@@ -304,6 +308,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let settings = worker::Settings {
         pod_name: args.pod_name,
+        pod_uid: args.pod_uid,
         namespace: args.namespace,
         output,
         heartbeat_duration: args.heartbeat_duration,

@@ -21,6 +21,8 @@ use crate::{heartbeat, telemetry::Metrics};
 pub struct Params {
     pub namespace: String,
     pub pod: String,
+    /// The Pod's UID, to make it the Lease's owner (garbage-collected with it).
+    pub pod_uid: Option<String>,
     pub duration: Duration,
 }
 
@@ -38,6 +40,7 @@ pub async fn run(
     Params {
         namespace,
         pod,
+        pod_uid,
         duration,
     }: Params,
     alive: watch::Sender<bool>,
@@ -47,6 +50,10 @@ pub async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let name = heartbeat::lease_name(&pod);
+    let owners = heartbeat::owner_references(&pod, pod_uid.as_deref());
+    if pod_uid.is_none() {
+        tracing::info!(lease = %name, "POD_UID is not set: the heartbeat Lease has no owner and outlives its Pod");
+    }
     let interval = heartbeat::renew_interval(duration);
     let grace = heartbeat::stop_after(duration);
     let alive = Arc::new(alive);
@@ -96,7 +103,7 @@ pub async fn run(
         }
         withheld = false;
         let sent = Instant::now();
-        match timeout(interval, write(&api, &name, Some(&pod), duration)).await {
+        match timeout(interval, write(&api, &name, Some(&pod), duration, &owners)).await {
             Ok(Ok(())) => {
                 valid_until = Some(sent + grace);
                 if lapsed {
@@ -123,7 +130,12 @@ pub async fn run(
         }
     }
     alive.send_replace(false);
-    match timeout(Duration::from_secs(2), write(&api, &name, None, duration)).await {
+    match timeout(
+        Duration::from_secs(2),
+        write(&api, &name, None, duration, &owners),
+    )
+    .await
+    {
         Ok(Ok(())) => tracing::info!(lease = %name, "heartbeat released"),
         Ok(Err(e)) => {
             tracing::warn!(lease = %name, error = %e, "cannot release the heartbeat; the controller will notice when it expires");
@@ -146,16 +158,17 @@ async fn left_behind(api: &Api<Lease>, name: &str, within: Duration) -> bool {
 }
 
 /// Server-side apply of the heartbeat. Without a holder it is a release: the field is removed
-/// because this manager owned it.
+/// because this manager owned it (so every write carries the owner references, or they would be
+/// removed the same way).
 async fn write(
     api: &Api<Lease>,
     name: &str,
     holder: Option<&str>,
     duration: Duration,
+    owners: &serde_json::Value,
 ) -> Result<(), kube::Error> {
-    let seconds = i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let mut spec = json!({
-        "leaseDurationSeconds": seconds,
+        "leaseDurationSeconds": heartbeat::lease_duration_seconds(duration),
         "renewTime": MicroTime(Timestamp::now()),
     });
     if let Some(holder) = holder {
@@ -164,7 +177,11 @@ async fn write(
     let lease = json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
-        "metadata": { "name": name, "labels": { heartbeat::LABEL: heartbeat::LABEL_VALUE } },
+        "metadata": {
+            "name": name,
+            "labels": { heartbeat::LABEL: heartbeat::LABEL_VALUE },
+            "ownerReferences": owners,
+        },
         "spec": spec,
     });
     api.patch(

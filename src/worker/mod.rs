@@ -41,6 +41,8 @@ use crate::{
 pub struct Settings {
     /// The Pod this process plays: assignments name it.
     pub pod_name: String,
+    /// That Pod's UID (downward API), to make the Pod own the heartbeat Lease.
+    pub pod_uid: Option<String>,
     pub namespace: String,
     /// Where page records go.
     pub output: Output,
@@ -142,6 +144,7 @@ pub async fn run(
         beat::Params {
             namespace: settings.namespace.clone(),
             pod: settings.pod_name.clone(),
+            pod_uid: settings.pod_uid.clone(),
             duration: settings.heartbeat_duration,
         },
         alive_tx,

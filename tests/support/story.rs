@@ -120,9 +120,20 @@ impl Story {
     /// Starts the worker process playing Pod `pod` (the real binary), writing page records to
     /// `<cp dir>/<ns>-<pod>.jsonl`; through `proxy` if given, so a test can cut it off.
     pub fn start_worker(&mut self, pod: &str, proxy: Option<&Proxy>) -> usize {
+        self.start_worker_as(pod, proxy, None)
+    }
+
+    /// [`Story::start_worker`], with the Pod's UID as the downward API would give it.
+    pub fn start_worker_as(
+        &mut self,
+        pod: &str,
+        proxy: Option<&Proxy>,
+        uid: Option<&str>,
+    ) -> usize {
         let kubeconfig = self.kubeconfig_for(pod, proxy);
         let log = self.cp.dir().join(format!("{}-{pod}.log", self.ns()));
         let args = [
+            format!("POD_UID={}", uid.unwrap_or_default()),
             format!("KUBECONFIG={}", kubeconfig.display()),
             "RUST_LOG=info,crawler_operator=debug".to_owned(),
             env!("CARGO_BIN_EXE_crawler-operator").to_owned(),

@@ -125,6 +125,10 @@ namespace, so workers anywhere else would never get work.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
 - name: RUST_LOG
   value: {{ .Values.logging.level | quote }}
 - name: CRAWLER_LOG_FORMAT

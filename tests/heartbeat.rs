@@ -1,0 +1,85 @@
+//! The heartbeat Lease against the real API server: what the worker writes into it.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::Api;
+use support::{
+    story::{HEARTBEAT, Story},
+    wait_for,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_lease_is_owned_by_its_pod_and_keeps_its_owner_when_released() {
+    let mut story = Story::new("heartbeat-owner").await;
+    story.ready_worker("worker-1").await;
+    let pod = Api::<Pod>::namespaced(story.client.clone(), story.ns())
+        .get("worker-1")
+        .await
+        .expect("the worker Pod");
+    let uid = pod.metadata.uid.expect("a Pod UID");
+    story.start_worker_as("worker-1", None, Some(&uid));
+
+    let leases = Api::<Lease>::namespaced(story.client.clone(), story.ns());
+    let lease = wait_for(
+        "the heartbeat Lease",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            leases
+                .get_opt("crawler-worker-worker-1")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
+    .await;
+    let owners = lease.metadata.owner_references.unwrap_or_default();
+    println!(
+        "heartbeat Lease owners: {:?}; leaseDurationSeconds {:?} for a {HEARTBEAT:?} heartbeat",
+        owners
+            .iter()
+            .map(|o| format!("{}/{} {}", o.kind, o.name, o.uid))
+            .collect::<Vec<_>>(),
+        lease.spec.as_ref().and_then(|s| s.lease_duration_seconds)
+    );
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(
+        (
+            owners[0].kind.as_str(),
+            owners[0].name.as_str(),
+            owners[0].uid.as_str()
+        ),
+        ("Pod", "worker-1", uid.as_str())
+    );
+    assert_eq!(
+        lease.spec.and_then(|s| s.lease_duration_seconds),
+        Some(i32::try_from(HEARTBEAT.as_secs()).unwrap())
+    );
+
+    // The release on SIGTERM keeps the owner (a server-side apply that left it out would remove it).
+    story.workers[0].signal("TERM");
+    let released = wait_for(
+        "the heartbeat released",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let lease = leases
+                .get("crawler-worker-worker-1")
+                .await
+                .map_err(|e| e.to_string())?;
+            match lease.spec.as_ref().and_then(|s| s.holder_identity.as_ref()) {
+                None => Ok(lease),
+                Some(holder) => Err(format!("still held by {holder}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        released.metadata.owner_references.unwrap_or_default().len(),
+        1,
+        "the release keeps the owner"
+    );
+}
