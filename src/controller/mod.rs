@@ -673,6 +673,10 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
 /// happens while renewals fail).
 const MIN_WRITE_TIME: Duration = Duration::from_millis(500);
 
+/// Bound on publishing one Event (the client has no read timeout): a hung API server must not
+/// hold every later Event back.
+const EVENT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long an Event may wait for the placements to finish before it is published anyway.
 const EVENT_MAX_DEFERRAL: Duration = Duration::from_secs(2);
 
@@ -711,7 +715,17 @@ async fn publish_events(
             action: "Schedule".to_owned(),
             secondary: None,
         };
-        match recorder.publish(&ev, &resource.object_ref(&())).await {
+        let published = tokio::time::timeout(
+            EVENT_PUBLISH_TIMEOUT,
+            recorder.publish(&ev, &resource.object_ref(&())),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("publishing the Event timed out after {EVENT_PUBLISH_TIMEOUT:?}").into(),
+            ))
+        });
+        match published {
             Ok(()) => metrics.event(EventOutcome::Published),
             Err(e) if !warned => {
                 warned = true;

@@ -587,6 +587,10 @@ pub fn config_from_spec(
     config
 }
 
+/// Bound on reading a task's cookie Secret (the client has no read timeout): a hung read fails
+/// the start, which is retried with backoff like any other start failure.
+const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The crawl configuration of a resource, with its cookie read from the referenced Secret.
 async fn crawl_config(
     client: &Client,
@@ -598,7 +602,15 @@ async fn crawl_config(
     let mut config = config_from_spec(&r.name_any(), spec, &settings.pod_name, assignment);
     if let Some(secret_ref) = &spec.cookie_secret_ref {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
-        let secret = secrets.get_opt(&secret_ref.name).await.map_err(|e| {
+        let read = tokio::time::timeout(SECRET_READ_TIMEOUT, secrets.get_opt(&secret_ref.name))
+            .await
+            .map_err(|_| {
+                format!(
+                    "reading Secret {}/{} for spec.cookieSecretRef timed out after {SECRET_READ_TIMEOUT:?}",
+                    settings.namespace, secret_ref.name
+                )
+            })?;
+        let secret = read.map_err(|e| {
             format!(
                 "cannot read Secret {}/{} for spec.cookieSecretRef: {e}",
                 settings.namespace, secret_ref.name
@@ -670,8 +682,10 @@ impl Reporter {
             {
                 Ok(Ok(())) => return,
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 && attempt + 1 < REPORT_ATTEMPTS => {
-                    match self.api.get_opt(&self.name).await {
-                        Ok(Some(r)) if self.may_write(&r, state) => {
+                    // Bounded like the write: the client has no read timeout of its own.
+                    let read = self.api.get_opt(&self.name);
+                    match tokio::time::timeout(Duration::from_secs(5), read).await {
+                        Ok(Ok(Some(r))) if self.may_write(&r, state) => {
                             version = r.resource_version().unwrap_or_default();
                         }
                         _ => return,
