@@ -84,6 +84,10 @@ struct ResourceEntry {
 #[derive(Clone, Debug)]
 struct Assumption {
     worker: String,
+    /// The resourceVersion the decision was made on. The write is fenced on it, so any other
+    /// version the watch delivers is our write, a later one, or proof that our write will be
+    /// refused: either way the assumption is settled.
+    decided_on: Option<String>,
     /// resourceVersion the write returned; `None` while the write is in flight.
     written_version: Option<String>,
 }
@@ -253,11 +257,16 @@ impl Index {
             .unwrap_or_default();
         // Keep an assumption until the watch shows our write (or anything placing it there).
         // The watch may show our write before the write's response arrives: the worker it names
-        // confirms it as well as the version does.
+        // confirms it as well as the version does. And a relist (after a 410) may skip our
+        // write's version altogether, showing only a newer one that names another worker: any
+        // version other than the one the decision was made on settles it too (the write was
+        // fenced on that version), or the resource would wait forever, its weight counted on
+        // the wrong worker.
         let assumed = previous.and_then(|p| p.assumed.clone()).filter(|a| {
             let confirmed = status.assigned_worker.as_deref() == Some(&a.worker)
                 || (a.written_version.is_some()
-                    && a.written_version == resource.metadata.resource_version);
+                    && a.written_version == resource.metadata.resource_version)
+                || a.decided_on != resource.metadata.resource_version;
             !confirmed
         });
         let old_weight = previous.map(|p| p.weight);
@@ -640,6 +649,7 @@ impl Namespace {
     fn assume(&mut self, name: &str, worker: String) {
         if let Some(mut entry) = self.remove_resource(name) {
             entry.assumed = Some(Assumption {
+                decided_on: entry.resource_version.clone(),
                 worker,
                 written_version: None,
             });

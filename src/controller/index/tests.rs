@@ -285,6 +285,44 @@ fn a_watch_event_that_overtakes_the_write_response_confirms_the_decision() {
 }
 
 #[test]
+fn an_assumed_decision_whose_write_a_relist_skipped_is_settled_not_kept_forever() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let mut r = resource("a", 3);
+    index.reset_resources(std::slice::from_ref(&r));
+    let key = Key::new(NS, "a");
+    let Plan::Write(w) = index.plan(&key, &ctx(&LeastLoaded)) else {
+        panic!("expected a write")
+    };
+    let ours = w.status.assigned_worker.clone().expect("placed");
+    let other = if ours == "worker-1" {
+        "worker-2"
+    } else {
+        "worker-1"
+    };
+    index.written(&key, Some("2".into()));
+    // The watch expired (410) before it showed version 2; meanwhile another writer (a later
+    // leader) moved the resource, and the relist shows only version 3, naming the other worker.
+    r.metadata.resource_version = Some("3".into());
+    let mut moved = w.status;
+    moved.assigned_worker = Some(other.to_owned());
+    r.status = Some(moved);
+    index.reset_resources(std::slice::from_ref(&r));
+    index.check_loads();
+    assert_eq!(
+        index.load(NS, &ours),
+        0,
+        "no weight left on the worker we had assumed"
+    );
+    assert_eq!(index.load(NS, other), 3);
+    // Not waiting forever: the resource is decided again (here: it stays where it is, no write).
+    assert!(matches!(
+        index.plan(&key, &ctx(&LeastLoaded)),
+        Plan::Nothing
+    ));
+}
+
+#[test]
 fn suspend_unassigns_and_resume_places_again() {
     let (mut index, mut resources) = two_workers_five_resources();
     let r = &mut resources[0];
