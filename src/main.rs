@@ -308,7 +308,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     };
     let settings = worker::Settings {
         pod_name: args.pod_name,
-        pod_uid: args.pod_uid,
+        pod_uid: args.pod_uid.filter(|uid| !uid.is_empty()),
         namespace: args.namespace,
         output,
         heartbeat_duration: args.heartbeat_duration,

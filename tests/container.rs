@@ -391,14 +391,23 @@ impl Pod {
             format!("POD_NAMESPACE={ns}"),
         ]);
         for var in spec.container.env.iter().flatten() {
+            let field = var
+                .value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str());
             if let Some(value) = &var.value {
                 args.extend(["--env".into(), format!("{}={value}", var.name)]);
+            } else if field == Some("metadata.uid") {
+                // The UID of the Pod object this container plays, when the test created one.
+                let uid = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cp.client(), ns)
+                    .get_opt(spec.name)
+                    .await
+                    .expect("reading the Pod")
+                    .and_then(|pod| pod.metadata.uid)
+                    .unwrap_or_default();
+                args.extend(["--env".into(), format!("{}={uid}", var.name)]);
             } else {
-                let field = var
-                    .value_from
-                    .as_ref()
-                    .and_then(|v| v.field_ref.as_ref())
-                    .map(|f| f.field_path.as_str());
                 assert!(
                     matches!(field, Some("metadata.name" | "metadata.namespace")),
                     "{}: env {} comes from {:?}, which this test does not fill in",
