@@ -13,8 +13,8 @@ help: ## List the developer commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Build the pinned etcd, kube-apiserver and kubectl (cached outside the repo)
-	hack/install-tools.sh etcd kube-apiserver kubectl
+tools: ## Build the pinned etcd, kube-apiserver and kubectl (cached outside the repo); install PostgreSQL
+	hack/install-tools.sh etcd kube-apiserver kubectl postgres
 
 .PHONY: test
 test: tools ## The whole check: fmt, clippy, generated files current, unit + integration tests (test binaries 3 at a time: TEST_JOBS)
@@ -94,6 +94,11 @@ bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; r
 .PHONY: bench-doc
 bench-doc: ## Render BENCHMARKS.md's generated section from the last run (target/bench/results.md)
 	hack/bench-doc.py
+
+.PHONY: bench-store
+bench-store: ## Result-store benchmarks: PostgreSQL vs file sink, checkpoint cost, resume after a move; rewrites its BENCHMARKS.md section (~1 min)
+	hack/install-tools.sh postgres
+	BENCH_UPDATE_DOC=1 $(CARGO) test --release --locked --test store_bench -- --ignored --nocapture
 
 # --- The demo: a local cluster with the whole system running (issue 6; docs/demo.md) ---
 

@@ -30,6 +30,7 @@ PORT_KWOK=$((BASE + 47))
 PORT_KCM=$((BASE + 57))
 PORT_SCHEDULER=$((BASE + 59))
 PORT_SITE=$((BASE + 80))
+PORT_POSTGRES=$((BASE + 85))
 PORT_CONTROLLER0=$((BASE + 90)) # controller-N: BASE+90+N (N = 1..9)
 PORT_WORKER0=$((BASE + 100))    # worker processes: BASE+100.. BASE+199, one per worker Pod
 

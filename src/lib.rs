@@ -12,8 +12,9 @@
 //!  leader       Lease leader election with a local renew deadline
 //!  heartbeat    the worker heartbeat protocol (names, timing)
 //!  rules        spec.rules in the crawl engine's terms (worker config, controller check)
-//!  worker       assignment watch, task lifecycle, progress          (uses crawler-crawl)
+//!  worker       assignment watch, task lifecycle, progress          (uses crawler-crawl, store)
 //!  watch        watches whose liveness is checked (bookmarks, idle deadline, freshness)
+//!  store        PostgreSQL result store: schema, fenced batches, resumable frontier
 //! ```
 
 pub mod controller;
@@ -21,6 +22,7 @@ pub mod crd;
 pub mod heartbeat;
 pub mod leader;
 pub mod rules;
+pub mod store;
 pub mod telemetry;
 pub mod watch;
 pub mod worker;

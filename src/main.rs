@@ -46,6 +46,25 @@ enum Command {
     Worker(WorkerArgs),
     /// Print the CrawlerResource CustomResourceDefinition as YAML (what crds/ holds).
     Crdgen,
+    /// Apply the result store's schema migrations to a PostgreSQL database and exit (workers
+    /// with --sink=postgres also apply them at start unless --migrate=false).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// PostgreSQL connection string, e.g. postgres://user:password@host:5432/crawler. Give it
+    /// through the environment (a Secret in a Pod), not on the command line.
+    #[arg(long, env = "CRAWLER_DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SinkKind {
+    /// JSON lines to --output (stdout or a file). No fencing; a moved task starts again.
+    File,
+    /// The PostgreSQL result store at --database-url: fenced writes, resume after a move.
+    Postgres,
 }
 
 #[derive(Args)]
@@ -60,9 +79,25 @@ struct WorkerArgs {
     /// is garbage-collected with it.
     #[arg(long, env = "POD_UID")]
     pod_uid: Option<String>,
-    /// Where page records go, as JSON lines: "-" for stdout, or a file path (appended to).
+    /// Where page records go: JSON lines (file) or the PostgreSQL result store (postgres).
+    #[arg(long, value_enum, default_value_t = SinkKind::File, env = "CRAWLER_SINK")]
+    sink: SinkKind,
+    /// With --sink=file: "-" for stdout, or a file path (appended to).
     #[arg(long, default_value = "-", env = "CRAWLER_OUTPUT")]
     output: String,
+    /// With --sink=postgres: the connection string, e.g.
+    /// postgres://user:password@host:5432/crawler. Give it through the environment (the chart
+    /// reads it from a Secret), never inline.
+    #[arg(long, env = "CRAWLER_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// With --sink=postgres: apply the schema migrations at start (false: run
+    /// `crawler-operator migrate` yourself, e.g. when the worker's user may not create tables).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "CRAWLER_MIGRATE")]
+    migrate: bool,
+    /// With --sink=postgres: how often a task's pages and frontier are written (at most this
+    /// much crawling is fetched again after a move).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    checkpoint_interval: Duration,
     /// Heartbeat Lease duration: the controller treats the worker as gone this long after its last
     /// renewal; the worker stops its tasks after half of it without a renewal.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -153,6 +188,9 @@ fn main() -> ExitCode {
         Command::Worker(args) => tokio::runtime::Runtime::new()
             .context("cannot start the Tokio runtime")
             .and_then(|rt| rt.block_on(run_worker(args))),
+        Command::Migrate(args) => tokio::runtime::Runtime::new()
+            .context("cannot start the Tokio runtime")
+            .and_then(|rt| rt.block_on(run_migrate(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -302,9 +340,20 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         )));
     }
     let client = kube_client().await?;
-    let output = match args.output.as_str() {
-        "-" => worker::Output::Stdout,
-        path => worker::Output::File(path.into()),
+    let output = match (args.sink, args.output.as_str()) {
+        (SinkKind::Postgres, _) => {
+            let url = args.database_url.as_deref().ok_or_else(|| {
+                bad_config(anyhow::anyhow!(
+                    "--sink=postgres needs --database-url (or CRAWLER_DATABASE_URL; the chart sets \
+                     it from the Secret named by worker.postgres.secretName)"
+                ))
+            })?;
+            worker::Output::Postgres(
+                crawler_operator::store::Store::new(url, args.migrate).map_err(bad_config)?,
+            )
+        }
+        (SinkKind::File, "-") => worker::Output::Stdout,
+        (SinkKind::File, path) => worker::Output::File(path.into()),
     };
     let settings = worker::Settings {
         pod_name: args.pod_name,
@@ -313,6 +362,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         output,
         heartbeat_duration: args.heartbeat_duration,
         progress_interval: args.progress_interval,
+        checkpoint_interval: args.checkpoint_interval,
     };
     let metrics = Metrics::new(Role::Worker);
     let health = Health::new();
@@ -374,6 +424,35 @@ async fn serve_telemetry(
             tokio::spawn(server.serve(metrics.clone(), health.clone(), stopped(stop.clone())))
         })
         .collect())
+}
+
+async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    use crawler_operator::store;
+    let mut client = store::connect(&args.database_url, Duration::from_secs(10))
+        .await
+        .map_err(|e| match e {
+            store::StoreError::BadUrl(_) => bad_config(e),
+            other => other.into(),
+        })?;
+    let applied = store::migrate(&mut client).await.map_err(|e| match e {
+        store::StoreError::Migration {
+            version,
+            name,
+            source,
+        } => anyhow::anyhow!(
+            "migration {version} ({name}) failed: {}",
+            store::describe(&source)
+        ),
+        store::StoreError::Query(source) => anyhow::anyhow!("{}", store::describe(&source)),
+        other => other.into(),
+    })?;
+    let latest = store::MIGRATIONS.last().map_or(0, |m| m.0);
+    if applied.is_empty() {
+        println!("the schema is current (version {latest})");
+    } else {
+        println!("applied migrations {applied:?}; the schema is at version {latest}");
+    }
+    Ok(())
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).

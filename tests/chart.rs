@@ -494,6 +494,13 @@ async fn the_worker_account_may_do_its_job_and_nothing_more() {
             .await,
     );
 
+    // Warning Events for what a person must act on (cannot start, database unreachable, refused
+    // as stale).
+    allowed(
+        "create an event about a task",
+        create_event(&me, ns, "task").await,
+    );
+
     // What it may not do.
     forbidden("list secrets", secrets.list(&ListParams::default()).await);
     forbidden("watch secrets", watch(&secrets).await);
@@ -562,7 +569,10 @@ async fn the_worker_account_may_do_its_job_and_nothing_more() {
             .patch("crawler-worker-worker-0", &apply, &Patch::Apply(&heartbeat))
             .await,
     );
-    forbidden("create an event", create_event(&me, ns, "task").await);
+    forbidden(
+        "create an event in another namespace",
+        create_event(&me, other, "task").await,
+    );
 }
 
 #[tokio::test]
@@ -1479,4 +1489,67 @@ fn cookies(site: &Site) -> Vec<String> {
         .into_iter()
         .map(|h| h.cookie.unwrap_or_default())
         .collect()
+}
+
+#[tokio::test]
+async fn the_chart_runs_the_worker_with_the_postgres_sink_from_a_secret() {
+    let cp = support::control_plane();
+    let ns = cp.namespace("chart-pg").await;
+    let ns = ns.name();
+    install_crd(cp).await;
+    let url = support::postgres::shared().database("chart");
+    helm_install(
+        cp,
+        ns,
+        "pg",
+        &[
+            "fullnameOverride=pg",
+            "worker.sink=postgres",
+            "worker.postgres.secretName=crawler-db",
+        ],
+    )
+    .await;
+    let admin = cp.client();
+    let deployment: Deployment = get(&admin, ns, "pg-worker").await;
+    let pod = deployment.spec.template.spec.unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap();
+    assert!(args.contains(&"--sink=postgres".to_owned()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--output")), "{args:?}");
+    // The connection string is only referenced, never inline.
+    let var = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "CRAWLER_DATABASE_URL")
+        .expect("CRAWLER_DATABASE_URL");
+    assert!(var.value.is_none());
+    let key = var
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("a secretKeyRef");
+    assert_eq!((key.name.as_str(), key.key.as_str()), ("crawler-db", "url"));
+    assert!(
+        pod.volumes.unwrap_or_default().is_empty(),
+        "no output volume"
+    );
+
+    // The chart's arguments run: the worker (with the Secret's value, as the kubelet would pass
+    // it) applies the migrations at start, before any task is assigned.
+    let mut with_secret = container.clone();
+    with_secret.env.get_or_insert_default().push(
+        serde_json::from_value(json!({ "name": "CRAWLER_DATABASE_URL", "value": url })).unwrap(),
+    );
+    let worker = run_as_chart(cp, ns, "pg-worker", &with_secret, "pg-worker-0", None);
+    let db = support::postgres::Postgres::db_of(&url).to_owned();
+    wait_for("the worker applied the migrations", BOUND, POLL, || async {
+        let applied = support::postgres::shared()
+            .psql(&db, "SELECT max(version) FROM crawler_schema_migrations");
+        match applied {
+            Ok(v) if v == "1" => Ok(()),
+            other => Err(format!("{other:?}\n{}", worker.log_tail(20))),
+        }
+    })
+    .await;
 }

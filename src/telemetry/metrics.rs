@@ -138,6 +138,8 @@ label_enum! {
         Finished => "finished",
         /// The crawl ended with an error.
         Failed => "failed",
+        /// The result store refused a write: it holds a newer assignment of the task.
+        Fenced => "fenced",
         /// The worker process is stopping.
         Shutdown => "shutdown",
     }

@@ -11,11 +11,17 @@
 //! ```
 
 mod beat;
+mod results;
+
+pub use results::{CONDITION_COMPLETE, CONDITION_FAILED, Verdict, conditions};
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::{
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -33,6 +39,7 @@ use crawler_crawl::{self as crawl, CrawlConfig, JsonLinesSink, PageRecord, Sink,
 use crate::{
     crd::{CrawlerResource, CrawlerResourceSpec, TaskProgress, TaskState},
     heartbeat,
+    store::TaskKey,
     telemetry::{Health, Metrics, TaskStopReason},
 };
 
@@ -50,13 +57,16 @@ pub struct Settings {
     pub heartbeat_duration: Duration,
     /// How often progress is written into status while a task runs.
     pub progress_interval: Duration,
+    /// How often a task's pages and frontier are written to the store (the `postgres` sink).
+    pub checkpoint_interval: Duration,
 }
 
-/// Destination of the JSON-lines page records.
+/// Destination of the page records: JSON lines (the `file` sink), or the PostgreSQL store.
 #[derive(Clone, Debug)]
 pub enum Output {
     Stdout,
     File(PathBuf),
+    Postgres(crate::store::Store),
 }
 
 /// One sink shared by all tasks, so records of different tasks never interleave mid-line.
@@ -120,18 +130,8 @@ pub async fn run(
     health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let writer: Box<dyn AsyncWrite + Unpin + Send> = match &settings.output {
-        Output::Stdout => Box::new(tokio::io::stdout()),
-        Output::File(path) => Box::new(JsonLinesSink::append_file(path).await?.into_inner()),
-    };
-    let target = match &settings.output {
-        Output::Stdout => "stdout".to_owned(),
-        Output::File(path) => path.display().to_string(),
-    };
-    let sink = SharedSink {
-        out: Arc::new(Mutex::new(JsonLinesSink::new(writer, target))),
-        metrics: metrics.clone(),
-    };
+    let results = results::Results::new(&settings.output, &metrics).await?;
+    let alerts = results::Alerts::new(client.clone(), &settings.pod_name);
     health.set_not_ready("waiting for the first heartbeat renewal");
 
     let (alive_tx, mut alive) = watch::channel(false);
@@ -166,7 +166,8 @@ pub async fn run(
     let mut worker = Worker {
         client,
         settings,
-        sink,
+        results,
+        alerts,
         metrics,
         assigned: HashMap::new(),
         tasks: HashMap::new(),
@@ -286,7 +287,8 @@ impl Gate {
 struct Worker {
     client: Client,
     settings: Settings,
-    sink: SharedSink,
+    results: results::Results,
+    alerts: results::Alerts,
     metrics: Metrics,
     /// What the watch says is assigned to this Pod now.
     assigned: HashMap<String, CrawlerResource>,
@@ -370,7 +372,8 @@ impl Worker {
         let shared = Shared {
             client: self.client.clone(),
             settings: self.settings.clone(),
-            sink: self.sink.clone(),
+            results: self.results.clone(),
+            alerts: self.alerts.clone(),
             metrics: self.metrics.clone(),
         };
         let handle = tokio::spawn(run_task(
@@ -432,7 +435,8 @@ fn run_of(r: &CrawlerResource) -> Run {
 struct Shared {
     client: Client,
     settings: Settings,
-    sink: SharedSink,
+    results: results::Results,
+    alerts: results::Alerts,
     metrics: Metrics,
 }
 
@@ -458,7 +462,8 @@ async fn run_crawl(
     Shared {
         client,
         settings,
-        sink,
+        results,
+        alerts,
         ..
     }: Shared,
     resource: CrawlerResource,
@@ -468,59 +473,73 @@ async fn run_crawl(
     (attempt, retry_at): (u32, Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>),
 ) -> Option<TaskStopReason> {
     let name = resource.name_any();
-    let reporter = Reporter {
+    let (health_tx, health) = watch::channel::<Option<String>>(None);
+    let reporter = Arc::new(Reporter {
         api: Api::namespaced(client.clone(), &settings.namespace),
         name: name.clone(),
         worker: settings.pod_name.clone(),
         assignment: run.assignment,
+        generation: run.generation,
         version,
+        conditions: parking_lot::Mutex::new(Vec::new()),
+    });
+    let cannot_start = async |message: String| {
+        let delay = start_retry_delay(attempt);
+        tracing::warn!(resource = %name, attempt, "task cannot start (trying again in {delay:?}): {message}");
+        let message = format!("{message} (trying again in {}s)", delay.as_secs());
+        alerts.warn(&resource, "CannotStart", &message).await;
+        reporter
+            .report(failed("CannotStart", message), &crawl::Progress::default())
+            .await;
+        *retry_at.lock() = Some(tokio::time::Instant::now() + delay);
+        Some(TaskStopReason::Failed)
     };
     let config = match crawl_config(&client, &settings, &resource, run.assignment).await {
         Ok(config) => config,
-        Err(message) => {
-            let delay = start_retry_delay(attempt);
-            tracing::warn!(resource = %name, attempt, "task cannot start (trying again in {delay:?}): {message}");
-            reporter
-                .report(
-                    TaskState::Failed,
-                    &crawl::Progress::default(),
-                    Some(format!("{message} (trying again in {}s)", delay.as_secs())),
-                )
-                .await;
-            *retry_at.lock() = Some(tokio::time::Instant::now() + delay);
-            return Some(TaskStopReason::Failed);
-        }
+        Err(message) => return cannot_start(message).await,
     };
     let (progress_tx, progress_rx) = watch::channel(crawl::Progress::default());
-    let reporter = Arc::new(reporter);
     // Reports go out from their own task: a slow or unreachable API server must never hold up
-    // the crawl (or its cancellation).
+    // the crawl (or its cancellation). They start before the store is opened, so a task
+    // waiting for its database says so.
     let crawl_done = CancellationToken::new();
-    let periodic = tokio::spawn({
-        let reporter = Arc::clone(&reporter);
-        let mut progress_rx = progress_rx.clone();
-        let interval = settings.progress_interval;
-        let crawl_done = crawl_done.clone();
-        async move {
-            reporter
-                .report(TaskState::Running, &crawl::Progress::default(), None)
-                .await;
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = crawl_done.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if progress_rx.has_changed().unwrap_or(false) {
-                    let progress = progress_rx.borrow_and_update().clone();
-                    reporter.report(TaskState::Running, &progress, None).await;
-                }
-            }
+    let periodic = tokio::spawn(report_periodically(
+        Arc::clone(&reporter),
+        progress_rx.clone(),
+        health,
+        settings.progress_interval,
+        crawl_done.clone(),
+        (alerts.clone(), resource.clone()),
+    ));
+    let stop_reports = async || {
+        crawl_done.cancel();
+        let _ = periodic.await;
+    };
+    let key = TaskKey {
+        namespace: settings.namespace.clone(),
+        uid: run.uid.clone(),
+        name: name.clone(),
+        worker: settings.pod_name.clone(),
+        assignment: run.assignment,
+    };
+    let (sink, frontier) = match results.open(key, &config, health_tx, cancel.clone()).await {
+        Ok(opened) => opened,
+        Err(e) if e.is_fenced() => {
+            stop_reports().await;
+            return Some(refused_as_stale(&alerts, &resource, &e).await);
         }
-    });
-    let outcome = crawl::run(
+        Err(_) if cancel.is_cancelled() => {
+            stop_reports().await;
+            return None;
+        }
+        Err(e) => {
+            stop_reports().await;
+            return cannot_start(crawl::error::error_chain(&e)).await;
+        }
+    };
+    let outcome = crawl::run_from(
         config,
+        frontier,
         sink,
         cancel.clone(),
         crawl::watch_progress(progress_tx),
@@ -528,37 +547,129 @@ async fn run_crawl(
     .await;
     // Let a report in flight finish before the final one, so a late Running can never land
     // after it (a report is bounded by its own timeout).
-    crawl_done.cancel();
-    let _ = periodic.await;
+    stop_reports().await;
     let progress = progress_rx.borrow().clone();
+    report_outcome(outcome, progress, &reporter, &alerts, &resource).await
+}
+
+/// Writes the progress (and the store's wait, if any) every `interval` while it changes.
+async fn report_periodically(
+    reporter: Arc<Reporter>,
+    mut progress_rx: watch::Receiver<crawl::Progress>,
+    mut health: watch::Receiver<Option<String>>,
+    interval: Duration,
+    crawl_done: CancellationToken,
+    (alerts, resource): (results::Alerts, CrawlerResource),
+) {
+    reporter
+        .report(running(None), &crawl::Progress::default())
+        .await;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = crawl_done.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let health_changed = health.has_changed().unwrap_or(false);
+        if progress_rx.has_changed().unwrap_or(false) || health_changed {
+            let progress = progress_rx.borrow_and_update().clone();
+            let waiting = health.borrow_and_update().clone();
+            if health_changed && let Some(why) = &waiting {
+                alerts.warn(&resource, "WaitingForDatabase", why).await;
+            }
+            reporter.report(running(waiting), &progress).await;
+        }
+    }
+}
+
+/// The final report of a crawl that ended; returns how it ended by itself (`None`: stopped).
+async fn report_outcome(
+    outcome: Result<crawl::CrawlOutcome, crawl::CrawlError>,
+    progress: crawl::Progress,
+    reporter: &Reporter,
+    alerts: &results::Alerts,
+    resource: &CrawlerResource,
+) -> Option<TaskStopReason> {
+    let name = resource.name_any();
     match outcome {
         Ok(outcome) if outcome.stop == crawl::StopReason::Cancelled => {
             // Stopped on purpose; a report may be refused (moved, deleted): that is fine.
-            reporter
-                .report(
-                    TaskState::Stopped,
-                    &outcome.progress,
-                    Some("stopped by the worker".to_owned()),
-                )
-                .await;
+            let verdict = Verdict {
+                state: TaskState::Stopped,
+                reason: "Stopped",
+                message: "stopped by the worker".to_owned(),
+            };
+            reporter.report(verdict, &outcome.progress).await;
             None
         }
         Ok(outcome) => {
             tracing::info!(resource = %name, pages = outcome.progress.pages_fetched, "task completed");
-            reporter
-                .report(TaskState::Completed, &outcome.progress, None)
-                .await;
+            let (reason, message) = if outcome.stop == crawl::StopReason::MaxPages {
+                (
+                    "MaxPages",
+                    "spec.maxPages pages were fetched; links were left unvisited",
+                )
+            } else {
+                ("Finished", "every page within the limits was fetched")
+            };
+            let verdict = Verdict {
+                state: TaskState::Completed,
+                reason,
+                message: message.to_owned(),
+            };
+            reporter.report(verdict, &outcome.progress).await;
             Some(TaskStopReason::Finished)
+        }
+        Err(e) if e.sink_error().is_some_and(SinkError::is_fenced) => {
+            Some(refused_as_stale(alerts, resource, e.sink_error().expect("matched above")).await)
         }
         Err(e) => {
             let message = crawl::error::error_chain(&e);
             tracing::warn!(resource = %name, "task failed: {message}");
+            alerts.warn(resource, "CrawlFailed", &message).await;
             reporter
-                .report(TaskState::Failed, &progress, Some(message))
+                .report(failed("CrawlFailed", message), &progress)
                 .await;
             Some(TaskStopReason::Failed)
         }
     }
+}
+
+fn running(waiting: Option<String>) -> Verdict {
+    match waiting {
+        None => Verdict {
+            state: TaskState::Running,
+            reason: "Crawling",
+            message: "the task is running".to_owned(),
+        },
+        Some(why) => Verdict {
+            state: TaskState::Running,
+            reason: "WaitingForDatabase",
+            message: why,
+        },
+    }
+}
+
+fn failed(reason: &'static str, message: String) -> Verdict {
+    Verdict {
+        state: TaskState::Failed,
+        reason,
+        message,
+    }
+}
+
+/// The store refused this worker's write: a newer assignment owns the task. Nothing is written
+/// into status (it belongs to the new owner now); the log and an Event say why.
+async fn refused_as_stale(
+    alerts: &results::Alerts,
+    resource: &CrawlerResource,
+    e: &SinkError,
+) -> TaskStopReason {
+    let message = crawl::error::error_chain(e);
+    tracing::warn!(resource = %resource.name_any(), "stopping task: {message}");
+    alerts.warn(resource, "RefusedAsStale", &message).await;
+    TaskStopReason::Fenced
 }
 
 /// The crawl configuration of a resource (without credentials): pure, so it can be fuzzed.
@@ -600,6 +711,7 @@ async fn crawl_config(
 ) -> Result<CrawlConfig, String> {
     let spec = &r.spec;
     let mut config = config_from_spec(&r.name_any(), spec, &settings.pod_name, assignment);
+    config.checkpoint_interval = settings.checkpoint_interval;
     if let Some(secret_ref) = &spec.cookie_secret_ref {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
         let read = tokio::time::timeout(SECRET_READ_TIMEOUT, secrets.get_opt(&secret_ref.name))
@@ -657,12 +769,21 @@ struct Reporter {
     name: String,
     worker: String,
     assignment: i64,
+    /// `metadata.generation` of the spec this run crawls (the conditions' observedGeneration).
+    generation: i64,
     /// The latest version the assignment watch delivered.
     version: watch::Receiver<String>,
+    /// The conditions this reporter last wrote, for their transition times.
+    conditions: parking_lot::Mutex<Vec<Condition>>,
 }
 
 impl Reporter {
-    async fn report(&self, state: TaskState, progress: &crawl::Progress, message: Option<String>) {
+    async fn report(&self, verdict: Verdict, progress: &crawl::Progress) {
+        let state = verdict.state;
+        let message = match state {
+            TaskState::Running if verdict.reason == "Crawling" => None,
+            _ => Some(verdict.message.clone()),
+        };
         let report = TaskProgress {
             worker: self.worker.clone(),
             assignment: self.assignment,
@@ -673,13 +794,18 @@ impl Reporter {
             last_activity: progress.last_activity.map(Time),
             message,
         };
+        let conditions = {
+            let mut last = self.conditions.lock();
+            *last = conditions(&verdict, self.generation, &last, &jiff::Timestamp::now());
+            last.clone()
+        };
         let mut version = self.version.borrow().clone();
         // Our own previous report (or anyone's write) may have moved the version on before the
         // watch told us: on a conflict, read the resource and write again only if it is still
         // ours under the same assignment (or, for a final report, still shows our own report).
         for attempt in 0..REPORT_ATTEMPTS {
-            match tokio::time::timeout(Duration::from_secs(5), self.write(&version, &report)).await
-            {
+            let write = self.write(&version, &report, &conditions);
+            match tokio::time::timeout(Duration::from_secs(5), write).await {
                 Ok(Ok(())) => return,
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 && attempt + 1 < REPORT_ATTEMPTS => {
                     // Bounded like the write: the client has no read timeout of its own.
@@ -722,12 +848,19 @@ impl Reporter {
         })
     }
 
-    async fn write(&self, version: &str, report: &TaskProgress) -> Result<(), kube::Error> {
+    async fn write(
+        &self,
+        version: &str,
+        report: &TaskProgress,
+        conditions: &[Condition],
+    ) -> Result<(), kube::Error> {
+        // `conditions` is a list-map keyed by type: this field manager owns `Complete` and
+        // `Failed`, the controller's `Assigned` is left alone.
         let patch = json!({
             "apiVersion": CrawlerResource::api_version(&()),
             "kind": CrawlerResource::kind(&()),
             "metadata": { "name": self.name, "resourceVersion": version },
-            "status": { "progress": report },
+            "status": { "progress": report, "conditions": conditions },
         });
         let params = PatchParams::apply(heartbeat::FIELD_MANAGER).force();
         self.api

@@ -18,6 +18,7 @@
 pub mod certs;
 pub mod invariants;
 pub mod pods;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod site;

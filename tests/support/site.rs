@@ -32,6 +32,8 @@ pub struct Hit {
     pub worker: String,
     pub assignment: i64,
     pub cookie: Option<String>,
+    /// The number `n` of the path (`/t/<task>/<n>`, `/shelf/<task>/list/<n>`, ...).
+    pub page: u64,
 }
 
 /// An endless binary tree of pages per task: /t/<task>/<n> links to 2n and 2n+1.
@@ -181,7 +183,7 @@ async fn shelf_list(
     Path((task, n)): Path<(String, u64)>,
     headers: HeaderMap,
 ) -> Html<String> {
-    record_hit(&hits, &task, &headers);
+    record_hit(&hits, &task, n, &headers);
     let mut books = String::new();
     for i in 1..=SHELF_PER_PAGE {
         let m = (n - 1) * SHELF_PER_PAGE + i;
@@ -209,7 +211,7 @@ async fn shelf_book(
     Path((task, n)): Path<(String, u64)>,
     headers: HeaderMap,
 ) -> Html<String> {
-    record_hit(&hits, &task, &headers);
+    record_hit(&hits, &task, n, &headers);
     let (title, author, price) = shelf_book_data(n);
     let title = if n == SHELF_UNTITLED {
         String::new()
@@ -222,7 +224,7 @@ async fn shelf_book(
     ))
 }
 
-fn record_hit(hits: &Mutex<Vec<Hit>>, task: &str, headers: &HeaderMap) {
+fn record_hit(hits: &Mutex<Vec<Hit>>, task: &str, n: u64, headers: &HeaderMap) {
     let ua = headers
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
@@ -249,6 +251,7 @@ fn record_hit(hits: &Mutex<Vec<Hit>>, task: &str, headers: &HeaderMap) {
         worker,
         assignment,
         cookie,
+        page: n,
     });
 }
 
@@ -257,7 +260,7 @@ async fn page(
     Path((task, n)): Path<(String, u64)>,
     headers: HeaderMap,
 ) -> Html<String> {
-    record_hit(&hits, &task, &headers);
+    record_hit(&hits, &task, n, &headers);
     Html(format!(
         "<html><head><title>{task} page {n}</title></head><body>\
          <a href=\"/t/{task}/{}\">left</a> <a href=\"/t/{task}/{}\">right</a></body></html>",

@@ -120,7 +120,7 @@ impl Story {
     /// Starts the worker process playing Pod `pod` (the real binary), writing page records to
     /// `<cp dir>/<ns>-<pod>.jsonl`; through `proxy` if given, so a test can cut it off.
     pub fn start_worker(&mut self, pod: &str, proxy: Option<&Proxy>) -> usize {
-        self.start_worker_as(pod, proxy, None)
+        self.start_worker_process(pod, proxy, None, &[])
     }
 
     /// [`Story::start_worker`], with the Pod's UID as the downward API would give it.
@@ -129,6 +129,27 @@ impl Story {
         pod: &str,
         proxy: Option<&Proxy>,
         uid: Option<&str>,
+    ) -> usize {
+        self.start_worker_process(pod, proxy, uid, &[])
+    }
+
+    /// [`Story::start_worker`] with extra flags (replacing defaults of the same name), e.g. the
+    /// `postgres` sink's.
+    pub fn start_worker_with(
+        &mut self,
+        pod: &str,
+        proxy: Option<&Proxy>,
+        extra: &[String],
+    ) -> usize {
+        self.start_worker_process(pod, proxy, None, extra)
+    }
+
+    fn start_worker_process(
+        &mut self,
+        pod: &str,
+        proxy: Option<&Proxy>,
+        uid: Option<&str>,
+        extra: &[String],
     ) -> usize {
         let kubeconfig = self.kubeconfig_for(pod, proxy);
         let log = self.cp.dir().join(format!("{}-{pod}.log", self.ns()));
@@ -145,7 +166,14 @@ impl Story {
             "--progress-interval=300ms".to_owned(),
             "--metrics-addr=127.0.0.1:0".to_owned(),
         ];
-        let server = Server::new("worker", PathBuf::from("/usr/bin/env"), args.to_vec(), log);
+        // A flag in `extra` replaces the default of the same name (clap refuses repeats).
+        let name = |a: &str| a.split('=').next().unwrap_or_default().to_owned();
+        let mut args: Vec<String> = args
+            .into_iter()
+            .filter(|a| !extra.iter().any(|e| name(e) == name(a)))
+            .collect();
+        args.extend_from_slice(extra);
+        let server = Server::new("worker", PathBuf::from("/usr/bin/env"), args, log);
         server.start();
         self.workers.push(server);
         self.workers.len() - 1

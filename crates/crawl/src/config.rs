@@ -58,6 +58,10 @@ pub struct CrawlConfig {
     /// extracted. Otherwise a page's links are followed only through its rule's `follow`
     /// entries or when they match a rule's `url_match`.
     pub rules: Vec<Rule>,
+    /// How often a buffering sink is told to write what it holds (for the PostgreSQL store: a
+    /// checkpoint of the pages and the frontier). A move re-fetches at most what the last
+    /// interval fetched. Zero is taken as 1 s.
+    pub checkpoint_interval: Duration,
 }
 
 /// Requests per second across the whole task, with a burst allowance.
@@ -135,6 +139,7 @@ impl CrawlConfig {
             headers: SecretHeaders::default(),
             respect_robots: true,
             rules: Vec::new(),
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 
@@ -185,7 +190,22 @@ impl CrawlConfig {
             headers: self.header_map()?,
             respect_robots: self.respect_robots,
             rules,
+            checkpoint_interval: if self.checkpoint_interval.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                self.checkpoint_interval
+            },
         })
+    }
+
+    /// The seeds as the engine queues them (parsed, normalised, each once): what a store
+    /// records as the frontier's starting point.
+    pub fn normalized_seeds(&self) -> Result<Vec<String>, ConfigError> {
+        Ok(self
+            .parse_seeds()?
+            .iter()
+            .map(ToString::to_string)
+            .collect())
     }
 
     fn parse_seeds(&self) -> Result<Vec<Url>, ConfigError> {
@@ -271,6 +291,7 @@ pub(crate) struct Validated {
     pub headers: HeaderMap,
     pub respect_robots: bool,
     pub rules: Rules,
+    pub checkpoint_interval: Duration,
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ use super::{
     extract::{Extraction, Rules},
     html::{self, Page},
     robots::{Denied, MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, Robots, RobotsResponse},
-    sink::{PageRecord, Sink},
+    sink::{Discovered, PageRecord, Sink},
     urls::{origin_key, resolve},
 };
 
@@ -104,6 +104,35 @@ pub fn watch_progress(
 /// sink never holds half a line.
 pub async fn run<S, P>(
     config: CrawlConfig,
+    sink: S,
+    cancel: CancellationToken,
+    progress: P,
+) -> Result<CrawlOutcome, CrawlError>
+where
+    S: Sink,
+    P: FnMut(&Progress) + Send,
+{
+    run_from(config, None, sink, cancel, progress).await
+}
+
+/// Where a crawl that stopped (moved, restarted) picks up: what a store kept of its frontier.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frontier {
+    /// Every URL already visited or queued (normalised): none is queued again.
+    pub seen: Vec<String>,
+    /// URLs still to visit and their depth, shallowest first.
+    pub queue: Vec<(String, u32)>,
+    /// The counts so far, continued rather than restarted.
+    pub progress: Progress,
+    /// Requests made so far, counted against `max_pages`.
+    pub requested: u64,
+}
+
+/// [`run`], resuming from `frontier` when given (`None`: start from the seeds). A frontier
+/// whose queue is empty is a finished crawl: it returns [`StopReason::Finished`] at once.
+pub async fn run_from<S, P>(
+    config: CrawlConfig,
+    frontier: Option<Frontier>,
     mut sink: S,
     cancel: CancellationToken,
     mut progress: P,
@@ -128,22 +157,24 @@ where
         "crawl starting"
     );
 
-    // Each queued URL carries the extraction rule it will be given (decided when it is queued).
-    let mut queue: VecDeque<(Url, u32, Option<usize>)> = cfg
-        .seeds
-        .iter()
-        .map(|s| (s.clone(), 0, cfg.rules.rule_for(s.as_str())))
-        .collect();
-    engine.seen.lock().extend(cfg.seeds.iter().cloned());
-    let mut state = Progress::default();
+    let (mut queue, mut state, mut requested) = engine.start(frontier);
     let mut in_flight = FuturesUnordered::new();
     // Depth of the visits in flight: a level is finished before the next
     // starts, so every URL is first reached at its smallest depth.
-    let mut level = 0;
-    // Visits that sent a request; `max_pages` bounds it together with those in flight.
-    let mut requested: u64 = 0;
+    let mut level = queue.front().map_or(0, |(_, depth, _)| *depth);
+    // A buffering sink writes its batch (a checkpoint of the frontier) at least this often.
+    let mut checkpoint = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.checkpoint_interval,
+        cfg.checkpoint_interval,
+    );
+    let sink_error = |url: &str, source| CrawlError::Sink {
+        task: cfg.task.clone(),
+        url: url.to_owned(),
+        source,
+    };
     // Links left out because the queue already held all that `max_pages` allows.
     let mut left_out = false;
+    let mut discovered: Vec<Discovered> = Vec::new();
 
     let stop = loop {
         if cancel.is_cancelled() {
@@ -175,6 +206,10 @@ where
         let visit = tokio::select! {
             biased;
             () = cancel.cancelled() => break StopReason::Cancelled,
+            _ = checkpoint.tick() => {
+                sink.flush().await.map_err(|source| sink_error("(checkpoint)", source))?;
+                continue;
+            }
             Some(visit) = in_flight.next() => visit,
         };
 
@@ -186,35 +221,23 @@ where
         state.last_activity = Some(Timestamp::now());
         state.in_flight = in_flight.len();
         if visit.record.depth < cfg.max_depth {
-            // The queue never holds more than the pages still allowed, so a
-            // huge site cannot grow it without bound. A link left out is not
-            // marked seen: found again once there is room, it is queued then.
-            let room = cfg.max_pages.saturating_sub(requested);
-            let mut seen = engine.seen.lock();
-            for (link, rule) in visit.follow {
-                if !cfg.hosts.allows(&link) || seen.contains(&link) {
-                    continue;
-                }
-                if (queue.len() + in_flight.len()) as u64 >= room {
-                    left_out = true;
-                    break;
-                }
-                seen.insert(link.clone());
-                queue.push_back((link, visit.record.depth + 1, rule));
-            }
+            let room = cfg
+                .max_pages
+                .saturating_sub(requested)
+                .saturating_sub(in_flight.len() as u64);
+            let depth = visit.record.depth + 1;
+            left_out |= engine.follow(visit.follow, depth, room, &mut queue, &mut discovered);
         }
         state.queued = queue.len();
-        sink.write(&visit.record)
+        sink.write_visit(&visit.record, &discovered)
             .await
-            .map_err(|source| CrawlError::Sink {
-                task: cfg.task.clone(),
-                url: visit.record.url.clone(),
-                source,
-            })?;
+            .map_err(|source| sink_error(&visit.record.url, source))?;
+        discovered.clear();
         progress(&state);
     };
     // Dropping the visits drops their requests and connections.
     drop(in_flight);
+    final_checkpoint(&mut sink, &cfg.task).await?;
 
     state.queued = queue.len();
     state.in_flight = 0;
@@ -225,6 +248,30 @@ where
         progress: state,
     })
 }
+
+/// Makes what was written durable when the crawl stops, also on a cancel (a moved task's last
+/// batch is kept unless the new owner has written already: the store's fence decides), within
+/// a bound.
+async fn final_checkpoint<S: Sink>(sink: &mut S, task: &str) -> Result<(), CrawlError> {
+    let Ok(result) = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, sink.flush()).await else {
+        warn!(
+            task,
+            "the final checkpoint did not finish within {FINAL_FLUSH_TIMEOUT:?}; the next owner fetches what it held again"
+        );
+        return Ok(());
+    };
+    result.map_err(|source| CrawlError::Sink {
+        task: task.to_owned(),
+        url: "(final checkpoint)".to_owned(),
+        source,
+    })
+}
+
+/// A URL waiting to be visited: its depth and the extraction rule it will be given.
+type Queued = (Url, u32, Option<usize>);
+
+/// How long a stopping crawl waits for its sink's last checkpoint.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
@@ -293,6 +340,69 @@ enum Exchange {
 }
 
 impl Engine {
+    /// Queues the allowed, unseen links at `depth`, and records them in `discovered`; returns
+    /// whether some were left out. The queue never holds more than `room` (the pages still
+    /// allowed), so a huge site cannot grow it without bound. A link left out is not marked
+    /// seen: found again once there is room, it is queued then.
+    fn follow(
+        &self,
+        links: Vec<(Url, Option<usize>)>,
+        depth: u32,
+        room: u64,
+        queue: &mut VecDeque<Queued>,
+        discovered: &mut Vec<Discovered>,
+    ) -> bool {
+        let mut seen = self.seen.lock();
+        for (link, rule) in links {
+            if !self.cfg.hosts.allows(&link) || seen.contains(&link) {
+                continue;
+            }
+            if queue.len() as u64 >= room {
+                return true;
+            }
+            seen.insert(link.clone());
+            discovered.push(Discovered {
+                url: link.to_string(),
+                depth,
+            });
+            queue.push_back((link, depth, rule));
+        }
+        false
+    }
+
+    /// The queue, counts and requests to start from: the seeds, or a stored frontier (whose
+    /// seen URLs are marked seen here). Each queued URL carries the extraction rule it will be
+    /// given; a resumed URL gets the rule its URL matches (a rule named by a `follow` entry of
+    /// the page that linked it is not stored).
+    fn start(&self, frontier: Option<Frontier>) -> (VecDeque<Queued>, Progress, u64) {
+        let cfg = &self.cfg;
+        let Some(frontier) = frontier else {
+            self.seen.lock().extend(cfg.seeds.iter().cloned());
+            let queue = cfg
+                .seeds
+                .iter()
+                .map(|s| (s.clone(), 0, cfg.rules.rule_for(s.as_str())))
+                .collect();
+            return (queue, Progress::default(), 0);
+        };
+        let parse = |u: &str| Url::parse(u).ok();
+        let mut queue: Vec<Queued> = frontier
+            .queue
+            .iter()
+            .filter_map(|(u, d)| {
+                let url = parse(u)?;
+                let rule = cfg.rules.rule_for(url.as_str());
+                Some((url, *d, rule))
+            })
+            .collect();
+        queue.sort_by_key(|(_, depth, _)| *depth);
+        let mut seen = self.seen.lock();
+        seen.extend(frontier.seen.iter().filter_map(|u| parse(u)));
+        seen.extend(queue.iter().map(|(u, _, _)| u.clone()));
+        info!(task = %cfg.task, queued = queue.len(), seen = seen.len(), pages = frontier.progress.pages_fetched, "crawl resuming from its stored frontier");
+        (queue.into(), frontier.progress, frontier.requested)
+    }
+
     fn new(cfg: Validated, cancel: CancellationToken) -> Result<Self, CrawlError> {
         let client = Client::builder()
             .user_agent(cfg.user_agent.clone())

@@ -180,8 +180,36 @@ pub enum SinkError {
     },
     #[error("could not serialise the record")]
     Serialize(#[source] serde_json::Error),
+    /// The store holds a newer assignment of this task: another worker owns it now. The worker
+    /// stops the task at once; nothing of this write was kept.
+    #[error(
+        "refused as stale: the store holds assignment {current} of task {task}, this worker runs \
+         assignment {assignment}; the task moved to another worker, so this one stops it"
+    )]
+    Fenced {
+        task: String,
+        assignment: i64,
+        current: i64,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+impl SinkError {
+    /// Whether the task must stop now because a newer owner holds it (never retried).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SinkError::Fenced { .. })
+    }
+}
+
+impl CrawlError {
+    /// The sink's error, when the crawl stopped because a record could not be written.
+    pub fn sink_error(&self) -> Option<&SinkError> {
+        match self {
+            CrawlError::Sink { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// An error and its sources, `: `-separated, for a one-line record field.

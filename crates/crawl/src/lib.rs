@@ -23,7 +23,7 @@ pub mod sink;
 pub mod urls;
 
 pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, SecretHeaders};
-pub use engine::{CrawlOutcome, Progress, StopReason, run, watch_progress};
+pub use engine::{CrawlOutcome, Frontier, Progress, StopReason, run, run_from, watch_progress};
 pub use error::{ConfigError, CrawlError, FetchError, SinkError};
 pub use extract::{Field, FieldValue, Follow, Rule, RuleProblem, Rules, RulesError};
-pub use sink::{JsonLinesSink, PageRecord, Sink};
+pub use sink::{Discovered, JsonLinesSink, PageRecord, Sink};

@@ -57,16 +57,55 @@ pub struct PageRecord {
     pub incomplete: bool,
 }
 
+/// A link the crawl queued because of a page: the URL (normalised) and its depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub url: String,
+    pub depth: u32,
+}
+
 /// Receives records as the crawl produces them, in completion order.
+///
+/// A sink that keeps the crawl's frontier (the PostgreSQL store) also gets, with each record,
+/// the links the crawl queued because of it ([`Sink::write_visit`]), and may buffer: the engine
+/// calls [`Sink::flush`] at its checkpoint interval and when it stops.
 pub trait Sink: Send {
     /// Writes one record durably enough that a crash right after loses nothing
     /// (for the JSON-lines sinks: written and flushed).
     fn write(&mut self, record: &PageRecord) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Writes one record and the links queued because of it; a sink without a frontier writes
+    /// the record alone.
+    fn write_visit(
+        &mut self,
+        record: &PageRecord,
+        discovered: &[Discovered],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = discovered;
+        self.write(record)
+    }
+
+    /// Makes everything written so far durable (a buffering sink writes its batch).
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for &mut S {
     fn write(&mut self, record: &PageRecord) -> impl Future<Output = Result<(), SinkError>> + Send {
         (**self).write(record)
+    }
+
+    fn write_visit(
+        &mut self,
+        record: &PageRecord,
+        discovered: &[Discovered],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        (**self).write_visit(record, discovered)
+    }
+
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        (**self).flush()
     }
 }
 

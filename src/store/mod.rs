@@ -1,0 +1,249 @@
+//! The PostgreSQL result store: one table per concern, owned by this project's migrations.
+//!
+//! ```text
+//!  crawl_tasks  one row per task (namespace, resource uid): the highest assignment that has
+//!               written (the fence), who holds it, when it was claimed
+//!  crawl_pages  one row per (namespace, resource uid, normalised URL): the frontier, the dedup
+//!               set and the results at once (state 'queued' until visited, then 'visited'
+//!               with the page's fields)
+//! ```
+//!
+//! Every write is a transaction that first raises-or-checks the task's fence row (an upsert
+//! that only succeeds while the stored assignment is not higher than the writer's) and then
+//! writes pages and newly queued links. The upsert takes the row's lock, so writes of one task
+//! are serialised, and a writer whose assignment is lower than the stored one gets no row back:
+//! its transaction is rolled back and the task stops ([`crawl::SinkError::Fenced`]). That is a
+//! fencing token in Kleppmann's sense, with `status.assignments` as the token: once the new
+//! owner has written (its claim at start is a write), nothing of an older owner is ever stored.
+//!
+//! Resume comes from the same table: the visited rows are the seen set and the progress
+//! counts, the queued rows are the queue. [`sink::PgSink`] writes in batches (every
+//! `checkpoint_interval`, or every [`sink::BATCH`] pages), so a move re-fetches at most what
+//! the last interval fetched.
+
+pub mod sink;
+
+use std::{fmt::Write as _, time::Duration};
+
+use thiserror::Error;
+use tokio_postgres::{Client, NoTls, error::SqlState};
+
+pub use sink::{PgSink, Store, StoreHealth, TaskKey};
+
+/// The schema, one entry per version, applied in order, each in its own transaction. Never
+/// edit an entry that has shipped: add one.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "crawl_tasks and crawl_pages",
+    r"
+CREATE TABLE crawl_tasks (
+    namespace     text        NOT NULL,
+    resource_uid  text        NOT NULL,
+    name          text        NOT NULL,
+    -- The fence: the highest status.assignments that has written for this task.
+    assignment    bigint      NOT NULL,
+    worker        text        NOT NULL,
+    -- When that assignment first wrote (its claim at start).
+    claimed_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    PRIMARY KEY (namespace, resource_uid)
+);
+CREATE TABLE crawl_pages (
+    namespace     text        NOT NULL,
+    resource_uid  text        NOT NULL,
+    url           text        NOT NULL,
+    -- 'queued': in the frontier, not yet visited; 'visited': the columns below are filled.
+    state         text        NOT NULL CHECK (state IN ('queued', 'visited')),
+    depth         integer     NOT NULL,
+    status        integer,
+    final_url     text,
+    title         text,
+    content_type  text,
+    bytes         bigint,
+    links_count   integer,
+    fetched_at    timestamptz,
+    elapsed_ms    bigint,
+    truncated     boolean,
+    error         text,
+    error_kind    text,
+    -- Extracted fields (spec.rules); an empty object until a task has rules.
+    fields        jsonb       NOT NULL DEFAULT '{}',
+    worker        text,
+    assignment    bigint,
+    stored_at     timestamptz NOT NULL,
+    PRIMARY KEY (namespace, resource_uid, url)
+);
+-- The queue of one task, shallowest first, read on resume.
+CREATE INDEX crawl_pages_queued ON crawl_pages (namespace, resource_uid, depth)
+    WHERE state = 'queued';
+",
+)];
+
+/// Errors of the store outside a crawl (migrations, connecting), with the setting involved.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error(
+        "the database connection string (--database-url / CRAWLER_DATABASE_URL) is not valid: \
+         {0}; expected e.g. postgres://user:password@host:5432/dbname"
+    )]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error("cannot connect to the database named by --database-url / CRAWLER_DATABASE_URL")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("migration {version} ({name}) failed")]
+    Migration {
+        version: i32,
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// Connects (plain TCP; `sslmode=require` is refused by this build) and drives the connection
+/// on its own task. Bounded by `timeout`, so an unreachable host fails rather than hangs.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
+    config.connect_timeout(timeout);
+    if config.get_application_name().is_none() {
+        config.application_name("crawler-operator");
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(StoreError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies the migrations not yet applied; returns the versions it applied. Safe to run from
+/// many workers at once: a transaction-scoped advisory lock serialises them.
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS crawler_schema_migrations (
+                 version integer PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .or_else(|e| {
+            // Two first migrations racing on CREATE TABLE IF NOT EXISTS: the loser sees a
+            // unique violation on the catalog; the table exists either way.
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    let mut applied = Vec::new();
+    for &(version, name, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        // 0x6372_6177 = "craw": one lock for every crawler-operator migration.
+        tx.execute("SELECT pg_advisory_xact_lock(1668440439)", &[])
+            .await?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM crawler_schema_migrations WHERE version = $1",
+                &[&version],
+            )
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        let migration = |source| StoreError::Migration {
+            version,
+            name,
+            source,
+        };
+        tx.batch_execute(sql).await.map_err(migration)?;
+        tx.execute(
+            "INSERT INTO crawler_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await
+        .map_err(migration)?;
+        tx.commit().await.map_err(migration)?;
+        tracing::info!(version, name, "applied database migration");
+        applied.push(version);
+    }
+    Ok(applied)
+}
+
+/// Whether an error is worth waiting out (the server is unreachable, restarting, or the
+/// connection broke), as opposed to one a person must fix (a missing table, bad credentials).
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true, // I/O, closed connection, timeout
+        Some(code) => {
+            let class = &code.code()[..2];
+            class == "08" // connection exception
+                || class == "57" // operator intervention: admin shutdown, cannot connect now
+                || class == "53" // insufficient resources: too many connections, disk full
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    }
+}
+
+/// One line for a person: the error and its database detail, with what to do for the errors a
+/// user causes.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let mut out = e.to_string();
+    if let Some(db) = e.as_db_error() {
+        let _ = write!(out, ": {}", db.message());
+        if let Some(detail) = db.detail() {
+            let _ = write!(out, " ({detail})");
+        }
+    } else if let Some(source) = std::error::Error::source(e) {
+        let _ = write!(out, ": {source}");
+    }
+    match e.code() {
+        Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => {
+            out.push_str(
+                "; the schema is missing or old: run `crawler-operator migrate` against this \
+                 database (or start the worker with --migrate=true)",
+            );
+        }
+        Some(c)
+            if *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            out.push_str(
+                "; check the user and password in the Secret named by the chart's \
+                 store.postgres.secretName (key url)",
+            );
+        }
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            out.push_str("; create the database, or fix its name in the connection string");
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_from_one_without_gaps() {
+        for (i, (version, _, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i32::try_from(i).unwrap() + 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_connection_string_names_the_setting_and_not_the_password() {
+        let err = connect(
+            "postgres://u:secret@host:notaport/db",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("--database-url"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}

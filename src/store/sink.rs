@@ -1,0 +1,568 @@
+//! [`PgSink`]: a crawl task's pages and frontier, written in fenced batches.
+//!
+//! The sink waits out an unreachable or restarting database (the crawl pauses: the engine
+//! awaits the write), reporting why through [`StoreHealth`]; it stops at once on a fencing
+//! refusal and on errors a person must fix. A batch that may or may not have committed when
+//! the connection broke is written again: every statement in it is idempotent (upserts keyed by
+//! URL, the fence upsert), so nothing is lost and nothing is duplicated.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use crawler_crawl::{Discovered, Frontier, PageRecord, Progress, Sink, SinkError};
+use serde_json::{Value, json};
+use tokio::{
+    sync::{OnceCell, mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+use tokio_postgres::{Client, GenericClient};
+use tokio_util::sync::CancellationToken;
+
+use super::{StoreError, describe, is_transient};
+
+/// Pages held before a write even when the checkpoint interval has not passed.
+pub const BATCH: usize = 200;
+/// Bound on connecting, so an unreachable host is retried rather than waited on.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `None` while the store works; `Some(why)` while the task waits for the database.
+pub type StoreHealth = watch::Sender<Option<String>>;
+
+/// Which task, and which assignment of it, a sink writes for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskKey {
+    pub namespace: String,
+    /// `metadata.uid`: a resource deleted and created again under its name is a new task.
+    pub uid: String,
+    pub name: String,
+    pub worker: String,
+    /// `status.assignments`: the fencing token.
+    pub assignment: i64,
+}
+
+/// A database shared by every task of a worker: its connection string and whether the
+/// worker applies the migrations (once, before the first task opens).
+#[derive(Clone)]
+pub struct Store {
+    config: Arc<tokio_postgres::Config>,
+    migrate: bool,
+    migrated: Arc<OnceCell<()>>,
+}
+
+/// Why an attempt failed: wait and try again, or give up with a message for a person.
+enum Failure {
+    Transient(String),
+    Fatal(String),
+    Fenced(i64),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if is_transient(&e) {
+            Failure::Transient(describe(&e))
+        } else {
+            Failure::Fatal(describe(&e))
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    /// Host and database only: the connection string's password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("migrate", &self.migrate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Checks the connection string now, so a bad one fails the worker at start, naming the
+    /// setting (and never echoing the password).
+    pub fn new(url: &str, migrate: bool) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("crawler-operator");
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            migrate,
+            migrated: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// Connects once (applying the migrations when the worker does): called at worker start so
+    /// a wrong database or missing rights show in the log before any task runs. Tasks retry by
+    /// themselves; this only reports.
+    pub async fn check(&self) -> Result<(), String> {
+        match self.connect().await {
+            Err(Failure::Transient(why) | Failure::Fatal(why)) => Err(why),
+            Ok(_) | Err(Failure::Fenced(_)) => Ok(()),
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, Failure> {
+        let (mut client, connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(Failure::from)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        if self.migrate {
+            self.migrated
+                .get_or_try_init(|| async {
+                    super::migrate(&mut client)
+                        .await
+                        .map(drop)
+                        .map_err(|e| match e {
+                            StoreError::Migration { source, .. } | StoreError::Query(source) => {
+                                Failure::from(source)
+                            }
+                            other => Failure::Fatal(other.to_string()),
+                        })
+                })
+                .await?;
+        }
+        Ok(client)
+    }
+}
+
+/// A task's writer to [`Store`]; see the module docs.
+///
+/// Batches are written by a task of their own, one at a time, while the crawl goes on (at most
+/// one batch waits behind the one being written, so memory stays bounded and a slow database
+/// slows the crawl down rather than piling up pages). [`Sink::flush`] waits until everything
+/// handed over is committed. A batch the store refuses (fenced) or cannot take (an error a
+/// person must fix) ends the writer; the next write or flush returns that error.
+pub struct PgSink {
+    pages: Vec<Value>,
+    queued: Vec<Value>,
+    batches: mpsc::Sender<Batch>,
+    writer: Option<JoinHandle<Result<(), SinkError>>>,
+}
+
+/// What the writer task writes in one transaction, and whom to tell when it is committed.
+struct Batch {
+    pages: Vec<Value>,
+    queued: Vec<Value>,
+    committed: Option<oneshot::Sender<()>>,
+}
+
+/// The writer task's state: one connection, the fence key, the retry and health reporting.
+struct Writer {
+    store: Store,
+    client: Option<Client>,
+    key: TaskKey,
+    pages: Vec<Value>,
+    queued: Vec<Value>,
+    health: StoreHealth,
+    cancel: CancellationToken,
+}
+
+const FENCE: &str = "
+INSERT INTO crawl_tasks AS t (namespace, resource_uid, name, assignment, worker, claimed_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp())
+ON CONFLICT (namespace, resource_uid) DO UPDATE
+   SET name = EXCLUDED.name, worker = EXCLUDED.worker, assignment = EXCLUDED.assignment,
+       -- Read here, once the row's lock is held (an older writer's transaction has committed),
+       -- not in VALUES, which is evaluated before waiting for it.
+       claimed_at = CASE WHEN t.assignment = EXCLUDED.assignment THEN t.claimed_at
+                         ELSE clock_timestamp() END,
+       updated_at = clock_timestamp()
+ WHERE t.assignment <= EXCLUDED.assignment
+RETURNING t.assignment";
+
+const QUEUE: &str = "
+INSERT INTO crawl_pages (namespace, resource_uid, url, state, depth, worker, assignment, stored_at)
+SELECT $1, $2, r.url, 'queued', r.depth, $3, $4, clock_timestamp()
+  FROM jsonb_to_recordset($5::jsonb) AS r(url text, depth integer)
+ON CONFLICT (namespace, resource_uid, url) DO NOTHING";
+
+const PAGES: &str = "
+INSERT INTO crawl_pages AS p (namespace, resource_uid, url, state, depth, status, final_url, title,
+    content_type, bytes, links_count, fetched_at, elapsed_ms, truncated, error, error_kind, fields,
+    worker, assignment, stored_at)
+SELECT $1, $2, r.url, 'visited', r.depth, r.status, r.final_url, r.title, r.content_type, r.bytes,
+       r.links_count, r.fetched_at, r.elapsed_ms, r.truncated, r.error, r.error_kind,
+       COALESCE(r.fields, '{}'::jsonb), $3, $4, clock_timestamp()
+  FROM jsonb_to_recordset($5::jsonb) AS r(url text, depth integer, status integer,
+       final_url text, title text, content_type text, bytes bigint, links_count integer,
+       fetched_at timestamptz, elapsed_ms bigint, truncated boolean, error text,
+       error_kind text, fields jsonb)
+ON CONFLICT (namespace, resource_uid, url) DO UPDATE SET
+    state = 'visited', depth = LEAST(p.depth, EXCLUDED.depth), status = EXCLUDED.status,
+    final_url = EXCLUDED.final_url, title = EXCLUDED.title, content_type = EXCLUDED.content_type,
+    bytes = EXCLUDED.bytes, links_count = EXCLUDED.links_count, fetched_at = EXCLUDED.fetched_at,
+    elapsed_ms = EXCLUDED.elapsed_ms, truncated = EXCLUDED.truncated, error = EXCLUDED.error,
+    error_kind = EXCLUDED.error_kind, fields = EXCLUDED.fields, worker = EXCLUDED.worker,
+    assignment = EXCLUDED.assignment, stored_at = EXCLUDED.stored_at";
+
+impl PgSink {
+    /// Claims the task for `key.assignment` (raising its fence: from here on no older
+    /// assignment can write), records the seeds as queued, and reads back what to resume from.
+    /// Waits out an unreachable database (see [`StoreHealth`]) until `cancel` fires.
+    pub async fn open(
+        store: Store,
+        key: TaskKey,
+        seeds: &[String],
+        health: StoreHealth,
+        cancel: CancellationToken,
+    ) -> Result<(Self, Frontier), SinkError> {
+        let mut writer = Writer {
+            store,
+            client: None,
+            key,
+            pages: Vec::new(),
+            queued: seeds
+                .iter()
+                .map(|u| json!({"url": u, "depth": 0}))
+                .collect(),
+            health,
+            cancel,
+        };
+        let mut delay = Backoff::default();
+        let frontier = loop {
+            let result = writer.try_open().await;
+            if let Some(frontier) = writer.settle(result, &mut delay).await? {
+                writer.queued.clear();
+                break frontier;
+            }
+        };
+        let (batches, rx) = mpsc::channel(1);
+        let sink = Self {
+            pages: Vec::new(),
+            queued: Vec::new(),
+            batches,
+            writer: Some(tokio::spawn(writer.run(rx))),
+        };
+        Ok((sink, frontier))
+    }
+
+    /// Hands the current batch to the writer; with `wait`, returns once it (and every batch
+    /// before it) is committed.
+    async fn hand_over(&mut self, wait: bool) -> Result<(), SinkError> {
+        let (committed, done) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let batch = Batch {
+            pages: std::mem::take(&mut self.pages),
+            queued: std::mem::take(&mut self.queued),
+            committed,
+        };
+        if self.batches.send(batch).await.is_err() {
+            return Err(self.writer_error().await);
+        }
+        if let Some(done) = done
+            && done.await.is_err()
+        {
+            return Err(self.writer_error().await);
+        }
+        Ok(())
+    }
+
+    /// Why the writer task ended.
+    async fn writer_error(&mut self) -> SinkError {
+        match self.writer.take() {
+            Some(handle) => match handle.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => SinkError::Other("the result store's writer stopped".to_owned()),
+                Err(e) => SinkError::Other(format!("the result store's writer failed: {e}")),
+            },
+            None => SinkError::Other(
+                "the result store's writer stopped earlier (the error was reported then)"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+impl Writer {
+    async fn run(mut self, mut batches: mpsc::Receiver<Batch>) -> Result<(), SinkError> {
+        while let Some(batch) = batches.recv().await {
+            if !batch.pages.is_empty() || !batch.queued.is_empty() {
+                self.pages = batch.pages;
+                self.queued = batch.queued;
+                let mut delay = Backoff::default();
+                loop {
+                    let result = self.try_flush().await;
+                    if self.settle(result, &mut delay).await?.is_some() {
+                        break;
+                    }
+                }
+            }
+            if let Some(committed) = batch.committed {
+                let _ = committed.send(());
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok(Some)` on success, `Ok(None)` after waiting out a transient failure.
+    async fn settle<T>(
+        &mut self,
+        result: Result<T, Failure>,
+        delay: &mut Backoff,
+    ) -> Result<Option<T>, SinkError> {
+        match result {
+            Ok(value) => {
+                if self.health.borrow().is_some() {
+                    tracing::info!(task = %self.key.name, "the database is back; the task goes on");
+                    self.health.send_replace(None);
+                }
+                Ok(Some(value))
+            }
+            Err(Failure::Fenced(current)) => Err(SinkError::Fenced {
+                task: self.key.name.clone(),
+                assignment: self.key.assignment,
+                current,
+            }),
+            Err(Failure::Fatal(why)) => Err(SinkError::Other(format!("the database: {why}"))),
+            Err(Failure::Transient(why)) => {
+                self.client = None;
+                let wait = delay.next();
+                let message = format!(
+                    "waiting for the database (--database-url): {why}; trying again in {}ms, \
+                     nothing fetched is lost",
+                    wait.as_millis()
+                );
+                tracing::warn!(task = %self.key.name, "{message}");
+                self.health.send_replace(Some(message));
+                tokio::select! {
+                    () = self.cancel.cancelled() => Err(SinkError::Other(format!(
+                        "stopped while waiting for the database: {why}"
+                    ))),
+                    () = tokio::time::sleep(wait) => Ok(None),
+                }
+            }
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, Failure> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(self.store.connect().await?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    async fn try_open(&mut self) -> Result<Frontier, Failure> {
+        let key = self.key.clone();
+        let queued = Value::Array(self.queued.clone());
+        let client = self.client().await?;
+        let tx = client.transaction().await?;
+        fence(&tx, &key).await?;
+        tx.execute(
+            QUEUE,
+            &[
+                &key.namespace,
+                &key.uid,
+                &key.worker,
+                &key.assignment,
+                &queued,
+            ],
+        )
+        .await?;
+        let rows = tx
+            .query(
+                "SELECT url, depth, state = 'queued' FROM crawl_pages
+                  WHERE namespace = $1 AND resource_uid = $2",
+                &[&key.namespace, &key.uid],
+            )
+            .await?;
+        let counts = tx
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status IS NOT NULL),
+                        count(*) FILTER (WHERE error IS NOT NULL),
+                        COALESCE(sum(bytes), 0)::bigint,
+                        count(*) FILTER (WHERE error_kind IS NULL OR error_kind NOT LIKE 'robots%')
+                   FROM crawl_pages
+                  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'",
+                &[&key.namespace, &key.uid],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut frontier = Frontier::default();
+        for row in rows {
+            let url: String = row.get(0);
+            let depth: i32 = row.get(1);
+            if row.get::<_, bool>(2) {
+                frontier
+                    .queue
+                    .push((url.clone(), u32::try_from(depth).unwrap_or(0)));
+            }
+            frontier.seen.push(url);
+        }
+        let count = |i: usize| u64::try_from(counts.get::<_, i64>(i)).unwrap_or(0);
+        frontier.progress = Progress {
+            pages_fetched: count(0),
+            errors: count(1),
+            bytes: count(2),
+            ..Progress::default()
+        };
+        frontier.requested = count(3);
+        Ok(frontier)
+    }
+
+    async fn try_flush(&mut self) -> Result<(), Failure> {
+        let key = self.key.clone();
+        // The engine visits each URL once per run; keep the last record of a URL regardless,
+        // since one statement may not update a row twice.
+        let mut urls = HashSet::new();
+        let pages: Vec<&Value> = self
+            .pages
+            .iter()
+            .rev()
+            .filter(|p| urls.insert(p["url"].as_str().unwrap_or_default().to_owned()))
+            .collect();
+        let pages = json!(pages);
+        let queued = Value::Array(self.queued.clone());
+        let client = self.client().await?;
+        let tx = client.transaction().await?;
+        fence(&tx, &key).await?;
+        if queued.as_array().is_some_and(|q| !q.is_empty()) {
+            tx.execute(
+                QUEUE,
+                &[
+                    &key.namespace,
+                    &key.uid,
+                    &key.worker,
+                    &key.assignment,
+                    &queued,
+                ],
+            )
+            .await?;
+        }
+        if pages.as_array().is_some_and(|p| !p.is_empty()) {
+            tx.execute(
+                PAGES,
+                &[
+                    &key.namespace,
+                    &key.uid,
+                    &key.worker,
+                    &key.assignment,
+                    &pages,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Raises the task's fence to this assignment, or finds it higher: then the write is refused.
+async fn fence(tx: &impl GenericClient, key: &TaskKey) -> Result<(), Failure> {
+    let claimed = tx
+        .query_opt(
+            FENCE,
+            &[
+                &key.namespace,
+                &key.uid,
+                &key.name,
+                &key.assignment,
+                &key.worker,
+            ],
+        )
+        .await?;
+    if claimed.is_some() {
+        return Ok(());
+    }
+    let current: i64 = tx
+        .query_one(
+            "SELECT assignment FROM crawl_tasks WHERE namespace = $1 AND resource_uid = $2",
+            &[&key.namespace, &key.uid],
+        )
+        .await?
+        .get(0);
+    Err(Failure::Fenced(current))
+}
+
+/// A record as the `jsonb_to_recordset` of [`PAGES`] reads it. `fields` is the record's
+/// extracted-fields object when the record has one, else an empty object.
+fn page_row(record: &PageRecord) -> Value {
+    let fields = serde_json::to_value(record)
+        .ok()
+        .and_then(|mut v| v.get_mut("fields").map(Value::take))
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    json!({
+        "url": record.url,
+        "depth": record.depth,
+        "status": record.status,
+        "final_url": record.final_url,
+        "title": record.title,
+        "content_type": record.content_type,
+        "bytes": record.bytes,
+        "links_count": record.links_count,
+        "fetched_at": record.fetched_at.to_string(),
+        "elapsed_ms": record.elapsed_ms,
+        "truncated": record.truncated,
+        "error": record.error,
+        "error_kind": record.error_kind,
+        "fields": fields,
+    })
+}
+
+impl Sink for PgSink {
+    async fn write(&mut self, record: &PageRecord) -> Result<(), SinkError> {
+        self.write_visit(record, &[]).await
+    }
+
+    async fn write_visit(
+        &mut self,
+        record: &PageRecord,
+        discovered: &[Discovered],
+    ) -> Result<(), SinkError> {
+        self.pages.push(page_row(record));
+        self.queued.extend(
+            discovered
+                .iter()
+                .map(|d| json!({"url": d.url, "depth": d.depth})),
+        );
+        if self.pages.len() >= BATCH {
+            self.hand_over(false).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        self.hand_over(true).await
+    }
+}
+
+/// 100 ms doubling to 5 s: a restarting database (a few seconds) is noticed within a second
+/// of coming back, an absent one costs a connection attempt every 5 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_seconds() {
+        let mut b = Backoff::default();
+        let ms: Vec<u128> = (0..8).map(|_| b.next().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+}
