@@ -14,7 +14,7 @@ use support::{
     story::{LEASE, Story},
 };
 
-const RESOURCES: usize = 40;
+const RESOURCES: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_write_held_past_the_term_does_not_land_after_the_next_leaders_writes() {
@@ -23,15 +23,15 @@ async fn a_status_write_held_past_the_term_does_not_land_after_the_next_leaders_
     let proxy = Proxy::start(story.cp.apiserver_addr());
     story.ready_worker("worker-1").await;
     story.ready_worker("worker-2").await;
+    // The resources exist before any controller: controller-a's first pass as leader queues all
+    // of them at once and places them with up to 32 writes in flight. Freezing it (and every
+    // connection it opens later) as soon as the first placements land holds the rest of its
+    // writes in the network while its term runs out, whatever the machine's load.
+    let names: Vec<String> = (0..RESOURCES).map(|i| format!("held-{i:03}")).collect();
+    futures::future::join_all(names.iter().map(|n| story.apply_simple(n))).await;
     story.start_controller_via("controller-a", Some(&proxy));
     story.wait_for_leader("controller-a").await;
     story.start_controller("controller-b");
-
-    // A burst of resources: controller-a places them with up to 32 writes in flight; freeze it
-    // (and every connection it opens later) as soon as the first placements land, so that
-    // writes are held in the network while its term runs out.
-    let names: Vec<String> = (0..RESOURCES).map(|i| format!("held-{i:02}")).collect();
-    futures::future::join_all(names.iter().map(|n| story.apply_simple(n))).await;
     let api = story.api();
     let placed_at_freeze = loop {
         let placed = api
