@@ -215,20 +215,26 @@ book_list_state() { kc -n "$NS" get crawlerresource book-list -o jsonpath='{.sta
 book_list_completed() { [[ $(book_list_state) == Completed ]]; }
 
 # The extraction example: examples/book-list.yaml (pointed at this demo's site) runs to
-# completion, its books are printed from the workers' JSON lines, and it is deleted again, so the
-# walk-through of docs/demo.md starts from the five samples.
+# completion, its books are printed from the result store (the `fields` column of its rows), and
+# it is deleted again, so the walk-through of docs/demo.md starts from the five samples.
 run_book_list() {
   say "extraction rules: applying examples/book-list.yaml (the original douban_book_list task, declared)"
   sed "s|http://127.0.0.1:16480/|$SITE/|" "$demo_repo/examples/book-list.yaml" >"$DEMO_DIR/book-list.yaml"
   kc -n "$NS" apply -f "$DEMO_DIR/book-list.yaml" | sed 's/^/    /'
   wait_until 60 "book-list to complete (kubectl describe crr book-list; logs in $LOGS)" book_list_completed
-  local records complete incomplete
-  records=$(cat "$DEMO_DIR"/output/*.jsonl | grep '"task":"douban_book_list"' | grep '"rule":"book"' || true)
-  complete=$(grep -c '"incomplete":false' <<<"$records" || true)
-  incomplete=$(grep -c '"incomplete":true' <<<"$records" || true)
+  local books incomplete uid
+  uid=$(kc -n "$NS" get crawlerresource book-list -o jsonpath='{.metadata.uid}')
+  # The book pages are the ones whose rule extracted fields (the list pages only follow links).
+  books=$(psql_demo -d "$PG_URL" -At -c "SELECT fields FROM crawl_pages
+    WHERE resource_uid = '$uid' AND state = 'visited' AND fields <> '{}'::jsonb")
+  incomplete=$(kc -n "$NS" get crawlerresource book-list -o jsonpath='{.status.progress.incomplete}')
   note "book-list: $(kc -n "$NS" get crawlerresource book-list -o jsonpath='{.status.progress.pagesFetched} pages fetched, {.status.progress.incomplete} incomplete records')"
-  note "$complete books extracted ($incomplete incomplete); the first five by author (\"fields\" of their records):"
-  grep -o '"fields":{[^}]*}' <<<"$records" | sed 's/^"fields":/      /' | LC_ALL=C sort | head -5
+  note "$(grep -c . <<<"$books" || true) books extracted (${incomplete:-0} incomplete); the first five by author (the \"fields\" column of their rows):"
+  # jsonb prints keys in its own order; print them sorted and compact, as the JSON lines carry them.
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    print("      " + json.dumps(json.loads(line), sort_keys=True, separators=(",", ":"), ensure_ascii=False))' \
+    <<<"$books" | LC_ALL=C sort | head -5
   kc -n "$NS" delete crawlerresource book-list | sed 's/^/    /'
 }
 
@@ -241,6 +247,7 @@ up() {
   need go "Go >= 1.26 builds the cluster's tools and the demo site (docs/development.md)"
   [[ -n ${CRAWLER_OPERATOR_BIN:-} ]] || need cargo "Rust (stable) builds crawler-operator (docs/development.md)"
   need openssl "it creates the cluster's certificates"
+  need python3 "it prints the books the extraction example stored"
   check_demo_ports
   trap 'echo "error: make demo did not finish; the logs are in $LOGS; make demo-down removes what it started" >&2' EXIT
   "$demo_repo/hack/cluster.sh" tools helm
