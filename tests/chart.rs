@@ -1443,27 +1443,7 @@ impl Running {
 
     /// `GET path` on its metrics port: (status code, body), or why not.
     async fn http_get(&self, path: &str) -> Result<(u16, String), String> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics)
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.metrics))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics);
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
-        let code = response
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        Ok((code, body.to_owned()))
+        support::raw_http::get(&self.metrics.to_string(), path).await
     }
 
     /// Waits until `GET path` answers 200; returns the body.

@@ -606,34 +606,10 @@ fn free_port() -> u16 {
 
 /// `GET path` on 127.0.0.1:port, retried until it answers: (status, body).
 async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    wait_for(
-        &format!("GET 127.0.0.1:{port}{path}"),
-        BOUND,
-        POLL,
-        || async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| e.to_string())?;
-            let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut response = String::new();
-            stream
-                .read_to_string(&mut response)
-                .await
-                .map_err(|e| e.to_string())?;
-            let code = response
-                .split(' ')
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
-            let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            Ok::<_, String>((code, body.to_owned()))
-        },
-    )
+    let addr = format!("127.0.0.1:{port}");
+    wait_for(&format!("GET {addr}{path}"), BOUND, POLL, || {
+        support::raw_http::get(&addr, path)
+    })
     .await
 }
 

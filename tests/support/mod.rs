@@ -21,6 +21,7 @@ pub mod pods;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod raw_http;
 pub mod site;
 pub mod story;
 pub mod tools;

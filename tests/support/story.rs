@@ -10,7 +10,7 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Client, CustomResourceExt, ResourceExt,
+    Api, Client, CustomResourceExt, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
 use serde_json::json;
@@ -61,6 +61,25 @@ impl Story {
 
     pub fn api(&self) -> Api<CrawlerResource> {
         Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    /// Applies a `CrawlerResource` named `bad` with `spec` (server-side, as `kubectl apply` does)
+    /// and returns the API server's message; panics unless it was refused as invalid (422).
+    pub async fn refused_spec(&self, spec: &serde_json::Value) -> String {
+        let raw = json!({
+            "apiVersion": CrawlerResource::api_version(&()),
+            "kind": CrawlerResource::kind(&()),
+            "metadata": { "name": "bad" },
+            "spec": spec,
+        });
+        let params = PatchParams::apply("kubectl-test");
+        match self.api().patch("bad", &params, &Patch::Apply(&raw)).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{spec}: {status:?}");
+                status.message
+            }
+            other => panic!("{spec} was accepted: {other:?}"),
+        }
     }
 
     /// Starts a controller process (the real binary) named `identity`; returns its index.
@@ -182,7 +201,6 @@ impl Story {
     /// GET `path` from the metrics/health server of `process` (found in its log); returns the
     /// status code and body.
     pub async fn http_get(process: &Server, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = wait_for("the metrics address in the log", BOUND, POLL, || async {
             let log = std::fs::read_to_string(&process.log).unwrap_or_default();
             log.lines()
@@ -193,26 +211,9 @@ impl Story {
                 .ok_or("not logged yet")
         })
         .await;
-        let mut stream = tokio::net::TcpStream::connect(&addr)
+        super::raw_http::get(&addr, path)
             .await
-            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        (code, body)
+            .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
     }
 
     /// Waits until `name`'s `status.progress` satisfies `ready`; returns it.
