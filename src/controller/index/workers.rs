@@ -47,6 +47,19 @@ impl Heartbeat {
     }
 }
 
+/// What tells one renewal of a heartbeat Lease from the next: (holder, renewTime). An empty
+/// holder is none (a released heartbeat).
+fn renewal_of(lease: &Lease) -> (Option<String>, Option<String>) {
+    let spec = lease.spec.as_ref();
+    let holder = spec
+        .and_then(|s| s.holder_identity.clone())
+        .filter(|h| !h.is_empty());
+    let renew_time = spec
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| t.0.to_string());
+    (holder, renew_time)
+}
+
 impl Index {
     // === Heartbeats ===
 
@@ -58,14 +71,10 @@ impl Index {
         ) else {
             return Vec::new();
         };
-        let spec = lease.spec.as_ref();
-        let holder = spec
-            .and_then(|s| s.holder_identity.clone())
-            .filter(|h| !h.is_empty());
-        let renew_time = spec
-            .and_then(|s| s.renew_time.as_ref())
-            .map(|t| t.0.to_string());
-        let seconds = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(0);
+        let (holder, renew_time) = renewal_of(lease);
+        let seconds = (lease.spec.as_ref())
+            .and_then(|s| s.lease_duration_seconds)
+            .unwrap_or(0);
         let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1));
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
         let changed = ns
@@ -156,13 +165,7 @@ impl Index {
         let Some(lease) = lease else {
             return self.delete_heartbeat(namespace, &heartbeat::lease_name(pod));
         };
-        let spec = lease.spec.as_ref();
-        let holder = spec
-            .and_then(|s| s.holder_identity.clone())
-            .filter(|h| !h.is_empty());
-        let renew_time = spec
-            .and_then(|s| s.renew_time.as_ref())
-            .map(|t| t.0.to_string());
+        let (holder, renew_time) = renewal_of(lease);
         let unchanged = self
             .namespaces
             .get(namespace)
