@@ -46,7 +46,7 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Assigned, Unschedulable or Suspended"
+        description = "Pending, Assigned, Releasing, Unschedulable or Suspended"
     ),
     printcolumn(
         name = "Age",
@@ -287,6 +287,10 @@ pub enum Phase {
     Pending,
     /// Placed on a ready worker (`assignedWorker`).
     Assigned,
+    /// Being moved off `assignedWorker` (a handoff): that worker was asked to stop the task and
+    /// the new placement waits until it confirms the stop (`progress.released`) or its heartbeat
+    /// lapses. The task counts on that worker until then; the `Assigned` condition says why.
+    Releasing,
     /// No worker may take it now; the `Assigned` condition says why. Placed as soon as one can.
     Unschedulable,
     /// `spec.suspend` is true: unassigned on purpose.
@@ -297,7 +301,7 @@ pub enum Phase {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CrawlerResourceStatus {
-    /// Pending, Assigned, Unschedulable or Suspended.
+    /// Pending, Assigned, Releasing, Unschedulable or Suspended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Name of the worker Pod that runs the task.
@@ -352,6 +356,11 @@ pub struct TaskProgress {
     /// Why the task failed or stopped, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The worker let go of this assignment after the controller asked it to (phase
+    /// `Releasing`): it stopped the task, wrote its results, and never runs this assignment
+    /// again. The controller completes the handoff on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 /// Lifecycle of a task on its worker.

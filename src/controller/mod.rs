@@ -418,7 +418,7 @@ const HEARTBEAT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// acted on.
 const WATCH_TIMEOUT_SECS: u32 = 25;
 
-/// On becoming leader (and once both watches have listed), reconcile everything: resources whose
+/// On becoming leader (and once the Pod, resource and heartbeat watches have listed), reconcile everything: resources whose
 /// worker went away while no one led get placed, and nothing well placed is written.
 async fn follow_leadership(ctx: Arc<Context>) {
     let mut rx = ctx.leadership.clone();
@@ -426,7 +426,7 @@ async fn follow_leadership(ctx: Arc<Context>) {
         if crate::leader::until_leading(&mut rx).await.is_err() {
             return;
         }
-        // Wait for the first full list of both watches before the full pass.
+        // Wait for the first full list of the three watches before the full pass.
         while !ctx.index.lock().synced() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -508,7 +508,7 @@ async fn report(ctx: Arc<Context>) {
             (true, true) => ctx.health.set_ready(true),
             (false, _) => ctx
                 .health
-                .set_not_ready("the Pod and CrawlerResource caches have not listed yet"),
+                .set_not_ready("the Pod, CrawlerResource and heartbeat caches have not listed yet"),
             (true, false) => ctx
                 .health
                 .set_not_ready("the leader election has not answered yet"),

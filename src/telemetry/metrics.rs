@@ -127,6 +127,9 @@ label_enum! {
         Unassigned => "unassigned",
         /// `spec.suspend` was set.
         Suspended => "suspended",
+        /// The controller is moving it off this worker (phase `Releasing`): stopped, then the
+        /// stop confirmed in status.
+        Released => "released",
         /// The heartbeat could not be renewed in time, so every task stops.
         Heartbeat => "heartbeat",
         /// The view of the assignments is not known fresh (no LIST of them succeeded lately:

@@ -26,6 +26,15 @@ pub struct Params {
     pub duration: Duration,
 }
 
+/// What holds renewals back: the view of the assignments not known fresh, or a release seen and
+/// left unconfirmed for too long.
+pub struct Holds {
+    /// The send time of the LIST that last proved the view of the assignments complete.
+    pub fresh: watch::Receiver<Option<Instant>>,
+    /// Since when the oldest release seen is unconfirmed (see [`super::release`]).
+    pub unconfirmed: watch::Receiver<Option<Instant>>,
+}
+
 /// Renews the heartbeat Lease of `pod` until `stop` turns true, publishing on `alive` whether the
 /// worker may run tasks: true only while a renewal sent less than `stop_after(duration)` ago
 /// succeeded, and, after a lapse (or when an earlier process left the Lease behind), not before a
@@ -35,6 +44,8 @@ pub struct Params {
 /// A renewal is sent only while the worker's view of its assignments is known fresh (`fresh`:
 /// the send time of the LIST that last proved it complete; see [`crate::watch`]): a worker that
 /// cannot see its assignments lets its heartbeat lapse, so the controller stops counting on it.
+/// Nor is one sent while a release this worker has seen stays unconfirmed past
+/// [`super::release::CONFIRM_BOUND`]: the lapse then completes the controller's handoff.
 pub async fn run(
     client: Client,
     Params {
@@ -44,7 +55,7 @@ pub async fn run(
         duration,
     }: Params,
     alive: watch::Sender<bool>,
-    fresh: watch::Receiver<Option<Instant>>,
+    Holds { fresh, unconfirmed }: Holds,
     mut stop: watch::Receiver<bool>,
     metrics: Metrics,
 ) {
@@ -62,7 +73,7 @@ pub async fn run(
     // controller may be moving that process's tasks right now.
     let mut lapsed = left_behind(&api, &name, interval).await;
     let mut hold_until: Option<Instant> = None;
-    let mut withheld = false;
+    let mut withheld: Option<&'static str> = None;
     let mut next = Instant::now();
     loop {
         // Wake at the next renewal, at the deadline, or on stop, whichever is first.
@@ -93,15 +104,16 @@ pub async fn run(
             next = now + interval / 4;
             continue;
         }
-        if !crate::watch::is_fresh(view, now) {
+        let reason = withheld_because(view, *unconfirmed.borrow(), now);
+        if let Some(why) = reason {
             metrics.heartbeat_renew_failed();
-            if !withheld {
-                withheld = true;
-                tracing::warn!(lease = %name, "not renewing the heartbeat while the view of this worker's assignments is not known fresh");
+            if withheld != Some(why) {
+                tracing::warn!(lease = %name, "not renewing the heartbeat: {why}");
             }
+            withheld = reason;
             continue;
         }
-        withheld = false;
+        withheld = None;
         let sent = Instant::now();
         match timeout(interval, write(&api, &name, Some(&pod), duration, &owners)).await {
             Ok(Ok(())) => {
@@ -141,6 +153,25 @@ pub async fn run(
             tracing::warn!(lease = %name, error = %e, "cannot release the heartbeat; the controller will notice when it expires");
         }
         Err(_) => tracing::warn!(lease = %name, "releasing the heartbeat timed out"),
+    }
+}
+
+/// Why a renewal must not be sent now (`None`: it may): the view of the assignments is not
+/// known fresh, or a release seen stayed unconfirmed past its bound.
+fn withheld_because(
+    view: Option<Instant>,
+    unconfirmed_since: Option<Instant>,
+    now: Instant,
+) -> Option<&'static str> {
+    if !crate::watch::is_fresh(view, now) {
+        Some("the view of this worker's assignments is not known fresh")
+    } else if super::release::withhold_heartbeat(unconfirmed_since, now) {
+        Some(
+            "a release stayed unconfirmed past its bound; the controller completes the handoff \
+             when the heartbeat lapses",
+        )
+    } else {
+        None
     }
 }
 

@@ -11,7 +11,10 @@
 //! ```
 
 mod beat;
+mod release;
 mod results;
+
+pub use release::{CONFIRM_BOUND as RELEASE_CONFIRM_BOUND, withhold_heartbeat};
 
 pub use results::{CONDITION_COMPLETE, CONDITION_FAILED, Verdict, conditions};
 
@@ -29,7 +32,7 @@ use kube::{
 use serde_json::json;
 use tokio::{
     io::AsyncWrite,
-    sync::{Mutex, watch},
+    sync::{Mutex, mpsc, watch},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -37,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crawler_crawl::{self as crawl, CrawlConfig, JsonLinesSink, PageRecord, Sink, SinkError};
 
 use crate::{
-    crd::{CrawlerResource, CrawlerResourceSpec, TaskProgress, TaskState},
+    crd::{CrawlerResource, CrawlerResourceSpec, Phase, TaskProgress, TaskState},
     heartbeat,
     store::TaskKey,
     telemetry::{Health, Metrics, TaskStopReason},
@@ -139,6 +142,10 @@ pub async fn run(
     // When the view of the assignments was last proven complete (the send time of the latest
     // LIST of the checked watch): the heartbeat is renewed only while it is fresh.
     let (fresh_tx, fresh_rx) = watch::channel(None::<tokio::time::Instant>);
+    // Since when the oldest release seen here is unconfirmed: past a bound, the heartbeat is
+    // withheld so the controller completes the handoff on the lapse.
+    let (holding_tx, holding_rx) = watch::channel(None::<tokio::time::Instant>);
+    let (confirmed_tx, mut confirmed_rx) = mpsc::unbounded_channel();
     let beat = tokio::spawn(beat::run(
         client.clone(),
         beat::Params {
@@ -148,7 +155,10 @@ pub async fn run(
             duration: settings.heartbeat_duration,
         },
         alive_tx,
-        fresh_rx,
+        beat::Holds {
+            fresh: fresh_rx,
+            unconfirmed: holding_rx,
+        },
         stop_rx,
         metrics.clone(),
     ));
@@ -171,6 +181,9 @@ pub async fn run(
         metrics,
         assigned: HashMap::new(),
         tasks: HashMap::new(),
+        stopping: HashMap::new(),
+        releases: release::Releases::default(),
+        confirmed_tx,
     };
     let mut gate = Gate::default();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -189,6 +202,9 @@ pub async fn run(
             }
             changed = alive.changed() => {
                 if changed.is_err() { anyhow::bail!("the heartbeat task stopped"); }
+            }
+            Some((name, uid, assignment)) = confirmed_rx.recv() => {
+                worker.releases.confirmed(&name, &uid, assignment);
             }
             update = stream.next() => match update {
                 Some(crate::watch::Update::Apply(r)) => { worker.assigned.insert(r.name_any(), r); }
@@ -216,10 +232,12 @@ pub async fn run(
         // Stop what must stop; start nothing until the view is proven complete after the
         // heartbeat came back.
         worker.sync(blocked, may_start);
+        holding_tx.send_replace(worker.releases.unconfirmed_since());
     }
 
     tracing::info!("worker stopping: stopping every task, then releasing the heartbeat");
     health.set_not_ready("shutting down");
+    worker.releases.cancel_all();
     let handles = worker.stop_all("the worker is shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(handles)).await;
     let _ = stop_tx.send(true);
@@ -293,6 +311,19 @@ struct Worker {
     /// What the watch says is assigned to this Pod now.
     assigned: HashMap<String, CrawlerResource>,
     tasks: HashMap<String, Task>,
+    /// Runs stopped and maybe still winding up (final write, final report), by resource: a
+    /// release is confirmed only once they have ended.
+    stopping: HashMap<String, Vec<JoinHandle<()>>>,
+    /// Assignments the controller asked this worker to release (see [`release`]).
+    releases: release::Releases,
+    confirmed_tx: mpsc::UnboundedSender<(String, String, i64)>,
+}
+
+/// Whether the controller is moving `r` off its worker (the handoff's first phase).
+fn is_releasing(r: &CrawlerResource) -> bool {
+    r.status
+        .as_ref()
+        .is_some_and(|s| s.phase == Some(Phase::Releasing))
 }
 
 impl Worker {
@@ -312,6 +343,10 @@ impl Worker {
                         TaskStopReason::Unassigned,
                         "it is no longer assigned to this worker (deleted, suspended or moved)",
                     ),
+                    Some(r) if is_releasing(r) => (
+                        TaskStopReason::Released,
+                        "the controller is moving it off this worker (phase Releasing)",
+                    ),
                     Some(r) if r.spec.suspend => {
                         (TaskStopReason::Suspended, "spec.suspend is true")
                     }
@@ -328,8 +363,10 @@ impl Worker {
             if let Some(task) = self.tasks.remove(&name) {
                 tracing::info!(resource = %name, "stopping task: {why}");
                 task.stop(reason);
+                self.stopping.entry(name).or_default().push(task.handle);
             }
         }
+        self.track_releases();
         if !may_run {
             return;
         }
@@ -337,7 +374,11 @@ impl Worker {
             if !may_start && !self.tasks.contains_key(name) {
                 continue;
             }
-            if resource.spec.suspend {
+            let run = run_of(resource);
+            if resource.spec.suspend
+                || is_releasing(resource)
+                || self.releases.is_released(name, &run.uid, run.assignment)
+            {
                 continue;
             }
             if let Some(task) = self.tasks.get(name) {
@@ -354,6 +395,43 @@ impl Worker {
                 let task = self.start(resource.clone(), 1);
                 self.tasks.insert(name.clone(), task);
             }
+        }
+    }
+
+    /// Starts confirming each release newly in view, once the runs stopped for it have ended
+    /// (whether or not tasks may run now: a stopped task is confirmed as stopped either way), and
+    /// forgets the releases no longer in view.
+    fn track_releases(&mut self) {
+        self.stopping.retain(|_, handles| {
+            handles.retain(|h| !h.is_finished());
+            !handles.is_empty()
+        });
+        let assigned = &self.assigned;
+        self.releases.retain_in_view(|name| {
+            assigned.get(name).map(|r| {
+                let run = run_of(r);
+                (run.uid, run.assignment)
+            })
+        });
+        let now = tokio::time::Instant::now();
+        for (name, resource) in self.assigned.iter().filter(|(_, r)| is_releasing(r)) {
+            let run = run_of(resource);
+            let Some(cancel) = self.releases.observe(name, &run.uid, run.assignment, now) else {
+                continue;
+            };
+            tracing::info!(resource = %name, assignment = run.assignment, "released by the controller: stopping the task here and confirming the stop");
+            tokio::spawn(release::confirm(
+                Api::namespaced(self.client.clone(), &self.settings.namespace),
+                (
+                    name.clone(),
+                    self.settings.pod_name.clone(),
+                    run.uid,
+                    run.assignment,
+                ),
+                self.stopping.remove(name).unwrap_or_default(),
+                cancel,
+                self.confirmed_tx.clone(),
+            ));
         }
     }
 
@@ -452,7 +530,11 @@ async fn run_task(
 ) {
     let metrics = shared.metrics.clone();
     metrics.task_started();
-    let reason = run_crawl(shared, resource, run, cancel, version, retry).await;
+    let stopper = Stopper {
+        cancel,
+        reason: Arc::clone(&stop_reason),
+    };
+    let reason = run_crawl(shared, resource, run, stopper, version, retry).await;
     let reason = reason.unwrap_or_else(|| *stop_reason.lock());
     metrics.task_stopped(reason);
 }
@@ -468,20 +550,23 @@ async fn run_crawl(
     }: Shared,
     resource: CrawlerResource,
     run: Run,
-    cancel: CancellationToken,
+    stopper: Stopper,
     version: watch::Receiver<String>,
     (attempt, retry_at): (u32, Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>),
 ) -> Option<TaskStopReason> {
     let name = resource.name_any();
+    let cancel = stopper.cancel.clone();
     let (health_tx, health) = watch::channel::<Option<String>>(None);
     let reporter = Arc::new(Reporter {
         api: Api::namespaced(client.clone(), &settings.namespace),
         name: name.clone(),
         worker: settings.pod_name.clone(),
+        uid: run.uid.clone(),
         assignment: run.assignment,
         generation: run.generation,
         version,
         conditions: parking_lot::Mutex::new(Vec::new()),
+        stopper,
     });
     let cannot_start = async |message: String| {
         let delay = start_retry_delay(attempt);
@@ -768,6 +853,8 @@ struct Reporter {
     api: Api<CrawlerResource>,
     name: String,
     worker: String,
+    /// The object this run is for: a resource re-created under the same name is another task.
+    uid: String,
     assignment: i64,
     /// `metadata.generation` of the spec this run crawls (the conditions' observedGeneration).
     generation: i64,
@@ -775,6 +862,53 @@ struct Reporter {
     version: watch::Receiver<String>,
     /// The conditions this reporter last wrote, for their transition times.
     conditions: parking_lot::Mutex<Vec<Condition>>,
+    /// Stops the run when a report finds the resource moved away.
+    stopper: Stopper,
+}
+
+/// What stops one run: its cancellation, and why (set first, for the metrics).
+struct Stopper {
+    cancel: CancellationToken,
+    reason: Arc<parking_lot::Mutex<TaskStopReason>>,
+}
+
+impl Stopper {
+    fn stop(&self, reason: TaskStopReason) {
+        *self.reason.lock() = reason;
+        self.cancel.cancel();
+    }
+}
+
+/// Why a run of (`worker`, `uid`, `assignment`) must stop, judging by `found` (a fresh read of
+/// its resource; `None`: deleted): the resource moved away (another worker or assignment, or a
+/// new object under the same name) or the controller is moving it (phase `Releasing`). `None`
+/// while it is still this run's to do.
+fn moved_away(
+    found: Option<&CrawlerResource>,
+    worker: &str,
+    uid: &str,
+    assignment: i64,
+) -> Option<(TaskStopReason, &'static str)> {
+    let Some(r) = found else {
+        return Some((TaskStopReason::Unassigned, "the resource is gone"));
+    };
+    let status = r.status.as_ref();
+    let ours = r.uid().as_deref() == Some(uid)
+        && status.and_then(|s| s.assigned_worker.as_deref()) == Some(worker)
+        && status.and_then(|s| s.assignments) == Some(assignment);
+    if !ours {
+        return Some((
+            TaskStopReason::Unassigned,
+            "it was moved to another worker or assignment",
+        ));
+    }
+    if is_releasing(r) {
+        return Some((
+            TaskStopReason::Released,
+            "the controller is moving it off this worker (phase Releasing)",
+        ));
+    }
+    None
 }
 
 impl Reporter {
@@ -793,6 +927,7 @@ impl Reporter {
             incomplete: i64::try_from(progress.incomplete).unwrap_or(i64::MAX),
             last_activity: progress.last_activity.map(Time),
             message,
+            released: false,
         };
         let conditions = {
             let mut last = self.conditions.lock();
@@ -814,11 +949,18 @@ impl Reporter {
                         Ok(Ok(Some(r))) if self.may_write(&r, state) => {
                             version = r.resource_version().unwrap_or_default();
                         }
+                        Ok(Ok(found)) => {
+                            self.stop_if_moved(found.as_ref(), state);
+                            return;
+                        }
                         _ => return,
                     }
                 }
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 || s.code == 404 => {
                     tracing::debug!(resource = %self.name, code = s.code, "progress report refused: the resource moved on");
+                    if s.code == 404 {
+                        self.stop_if_moved(None, state);
+                    }
                     return;
                 }
                 Ok(Err(e)) => {
@@ -833,12 +975,31 @@ impl Reporter {
         }
     }
 
+    /// A report of a running task found the resource moved away (or being moved): the run
+    /// stops here at once, without waiting for the assignment watch to say so.
+    fn stop_if_moved(&self, found: Option<&CrawlerResource>, state: TaskState) {
+        if state != TaskState::Running {
+            return;
+        }
+        if let Some((reason, why)) = moved_away(found, &self.worker, &self.uid, self.assignment) {
+            tracing::info!(resource = %self.name, "stopping task: a progress report found that {why}");
+            self.stopper.stop(reason);
+        }
+    }
+
     /// Whether this report may be written: the resource is still assigned to this worker under
-    /// this assignment, or (for a final report, after a suspend or a move) the progress shown is
-    /// still this worker's own report of this assignment, so no newer owner is overwritten.
+    /// this assignment (and, for a running task, not being released), or (for a final report,
+    /// after a suspend or a move) the progress shown is still this worker's own report of this
+    /// assignment, so no newer owner is overwritten.
     fn may_write(&self, r: &CrawlerResource, state: TaskState) -> bool {
+        if state == TaskState::Running
+            && moved_away(Some(r), &self.worker, &self.uid, self.assignment).is_some()
+        {
+            return false;
+        }
         r.status.as_ref().is_some_and(|s| {
-            let assigned = s.assigned_worker.as_deref() == Some(self.worker.as_str())
+            let assigned = r.uid().as_deref() == Some(self.uid.as_str())
+                && s.assigned_worker.as_deref() == Some(self.worker.as_str())
                 && s.assignments == Some(self.assignment);
             let own_report = s
                 .progress

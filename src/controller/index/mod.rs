@@ -77,8 +77,30 @@ struct ResourceEntry {
     /// `spec.rules` compiled (once per generation).
     rules: RulesCheck,
     status: CrawlerResourceStatus,
+    /// (worker, assignment) whose release the worker confirmed in `status.progress`
+    /// (`released: true`): that worker stopped the task and never runs that assignment again.
+    released_by: Option<(String, i64)>,
+    /// A move that something asked for ([`Index::move_off`]); kept while the resource still
+    /// has that assignment.
+    move_requested: Option<MoveRequest>,
     /// A decision made and being (or just) written, counted in the loads until the watch shows it.
     assumed: Option<Assumption>,
+}
+
+/// A move off `from` of its assignment `assignment`, asked for `why`.
+#[derive(Clone, Debug)]
+struct MoveRequest {
+    from: String,
+    assignment: Option<i64>,
+    why: String,
+}
+
+impl MoveRequest {
+    /// Whether it still applies to a resource with this status.
+    fn applies_to(&self, status: &CrawlerResourceStatus) -> bool {
+        status.assigned_worker.as_deref() == Some(self.from.as_str())
+            && status.assignments == self.assignment
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +141,9 @@ pub struct Index {
     namespaces: HashMap<String, Namespace>,
     workers_synced: bool,
     resources_synced: bool,
+    /// The heartbeat watch has listed once: before that a live worker's heartbeat is unknown,
+    /// and a move off it would not wait for the handoff.
+    heartbeats_synced: bool,
     /// When the heartbeat watch last failed: renewals made while it was down were not seen, so no
     /// heartbeat expires until its duration has passed since then as well.
     heartbeats_unseen_at: Option<Instant>,
@@ -161,6 +186,36 @@ pub struct PlanEvent {
     pub warning: bool,
     pub reason: Reason,
     pub note: String,
+}
+
+/// Where a move off a worker stands (see [`Namespace::handoff`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handoff {
+    /// The resource is not being released.
+    None,
+    /// Released on its worker, which is alive and has not confirmed the stop yet.
+    Waiting,
+    /// The old worker no longer runs it: place it (or unassign it) now.
+    Done(HandedOff),
+}
+
+/// How a handoff completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HandedOff {
+    /// The old worker reported the stop of that very assignment (`progress.released`).
+    Confirmed,
+    /// The old worker's heartbeat lapsed (confirmed by a read) or was released: it stopped
+    /// every task at least half a heartbeat duration before.
+    Lapsed,
+}
+
+impl HandedOff {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Confirmed => "it confirmed the stop",
+            Self::Lapsed => "its heartbeat lapsed or was released",
+        }
+    }
 }
 
 /// Settings that shape decisions.
@@ -270,6 +325,15 @@ impl Index {
             !confirmed
         });
         let old_weight = previous.map(|p| p.weight);
+        let released_by = resource
+            .status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref())
+            .filter(|p| p.released)
+            .map(|p| (p.worker.clone(), p.assignment));
+        let move_requested = previous
+            .and_then(|p| p.move_requested.clone())
+            .filter(|m| m.applies_to(&status));
         let entry = ResourceEntry {
             resource_version: resource.metadata.resource_version.clone(),
             generation: resource.metadata.generation,
@@ -278,6 +342,8 @@ impl Index {
             suspend: resource.spec.suspend,
             rules: rules::check(resource, previous.map(|p| (p.generation, &p.rules))),
             status,
+            released_by,
+            move_requested,
             assumed,
         };
         let lighter = old_weight.is_some_and(|w| w > entry.weight) || entry.suspend;
@@ -323,10 +389,34 @@ impl Index {
         keys
     }
 
-    /// Both watches have listed once: decisions before this could mistake an unlisted worker for
-    /// a lost one and move resources that are well placed.
+    /// The Pod, resource and heartbeat watches have listed once: decisions before this could
+    /// mistake an unlisted worker for a lost one and move resources that are well placed, or
+    /// take a live worker's unlisted heartbeat for none and move a task without a handoff.
     pub fn synced(&self) -> bool {
-        self.workers_synced && self.resources_synced
+        self.workers_synced && self.resources_synced && self.heartbeats_synced
+    }
+
+    /// Moves `key` off `worker` through the handoff, whatever asks for it (a rebalance): the
+    /// resource is released there (phase `Releasing` while that worker's heartbeat is alive) and
+    /// placed again, least loaded at that moment, once the worker confirmed the stop or its
+    /// heartbeat lapsed. `why` is said in the condition and the Event. Returns the keys to
+    /// reconcile (none when the resource is not on `worker`, or is already being moved).
+    pub fn move_off(&mut self, key: &Key, worker: &str, why: &str) -> Vec<Key> {
+        let Some(entry) = self.entry_mut(key) else {
+            return Vec::new();
+        };
+        if entry.status.assigned_worker.as_deref() != Some(worker)
+            || entry.status.phase == Some(Phase::Releasing)
+            || entry.assumed.is_some()
+        {
+            return Vec::new();
+        }
+        entry.move_requested = Some(MoveRequest {
+            from: worker.to_owned(),
+            assignment: entry.status.assignments,
+            why: why.to_owned(),
+        });
+        vec![key.clone()]
     }
 
     /// Every resource known, for a full pass (on becoming leader).
@@ -393,14 +483,53 @@ impl Index {
         let mut event = None;
         let mut assumes = None;
 
+        // A handoff under way completes on the old worker's confirmation or its lapse; until
+        // then nothing changes (a release is never taken back: assignment N is over).
+        let handed_off = match ns.handoff(entry) {
+            Handoff::None => None,
+            Handoff::Waiting => return Plan::Nothing,
+            Handoff::Done(how) => Some(how),
+        };
         let keep = current
             .assigned_worker
             .as_deref()
+            .filter(|_| handed_off.is_none())
+            .filter(|_| (entry.move_requested.as_ref()).is_none_or(|m| !m.applies_to(current)))
             .and_then(|w| ns.workers.get(w))
             .filter(|w| w.worker.readiness == Readiness::Ready)
             .filter(|w| matches!(&entry.request, Ok(r) if r.selector.matches(&w.worker.labels)));
+        // Leaving a worker whose heartbeat is alive: release it there first (phase one).
+        let leaves = keep.is_none()
+            || entry.suspend
+            || matches!(entry.rules, RulesCheck::Invalid(_))
+            || entry.request.is_err();
+        let release_from = current
+            .assigned_worker
+            .as_deref()
+            .filter(|_| leaves && handed_off.is_none())
+            .filter(|w| ns.heartbeat_alive(w));
 
-        if entry.suspend {
+        if let Some(worker) = release_from {
+            let note = format!(
+                "moving off worker {worker} ({}): waiting for it to confirm the stop or for its \
+                 heartbeat to lapse",
+                ns.leave_reason(entry, worker)
+            );
+            desired.phase = Some(Phase::Releasing);
+            set_assigned_condition(
+                &mut desired,
+                current,
+                true,
+                Reason::Releasing,
+                &note,
+                ctx.now,
+            );
+            event = Some(PlanEvent {
+                warning: false,
+                reason: Reason::Releasing,
+                note,
+            });
+        } else if entry.suspend {
             set_unassigned(&mut desired, Phase::Suspended);
             set_assigned_condition(
                 &mut desired,
@@ -459,7 +588,14 @@ impl Index {
                 );
             }
         } else if let Ok(request) = &entry.request {
-            (event, assumes) = ns.place(entry.weight, request, current, &mut desired, ctx);
+            (event, assumes) = ns.place(
+                entry.weight,
+                request,
+                current,
+                handed_off,
+                &mut desired,
+                ctx,
+            );
         }
 
         set_rules_condition(&mut desired, current, &entry.rules, ctx.now);
@@ -549,13 +685,43 @@ impl Namespace {
         weight: Load,
         request: &Request,
         current: &CrawlerResourceStatus,
+        handed_off: Option<HandedOff>,
         desired: &mut CrawlerResourceStatus,
         ctx: &PlanContext<'_>,
     ) -> (Option<PlanEvent>, Option<String>) {
-        let workers = self.workers.values().map(|w| &w.worker);
-        match scheduler::place(ctx.policy, workers, request) {
+        // The resource still counts on its current worker; if that worker may take it again
+        // (a completed handoff off a worker that is still ready), it competes without that
+        // weight, as it will carry once the resource has left.
+        let own = current.assigned_worker.as_deref().filter(|w| {
+            self.workers
+                .get(*w)
+                .is_some_and(|e| e.worker.readiness == Readiness::Ready)
+        });
+        let adjusted: Vec<scheduler::Worker>;
+        let placed = if let Some(own) = own {
+            adjusted = self
+                .workers
+                .values()
+                .map(|w| {
+                    let mut worker = w.worker.clone();
+                    if worker.name == own {
+                        worker.load = worker.load.saturating_sub(weight);
+                    }
+                    worker
+                })
+                .collect();
+            scheduler::place(ctx.policy, &adjusted, request)
+        } else {
+            scheduler::place(
+                ctx.policy,
+                self.workers.values().map(|w| &w.worker),
+                request,
+            )
+        };
+        match placed {
             Ok(placement) => {
                 let chosen = placement.worker.name.clone();
+                let load = placement.worker.load;
                 let worker = &self.workers[&chosen];
                 desired.phase = Some(Phase::Assigned);
                 desired.assigned_worker = Some(chosen.clone());
@@ -563,7 +729,6 @@ impl Namespace {
                     worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
                 desired.assigned_at = Some(Time(ctx.now));
                 desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
-                let load = worker.worker.load;
                 let capacity = worker
                     .worker
                     .capacity
@@ -575,7 +740,10 @@ impl Namespace {
                 );
                 let (reason, note) = match &current.assigned_worker {
                     Some(old) => {
-                        let why = lost_reason(self.workers.get(old), request);
+                        let why = match handed_off {
+                            Some(how) => how.describe(),
+                            None => lost_reason(self.workers.get(old), request),
+                        };
                         (
                             Reason::Reassigned,
                             format!("moved from worker {old} ({why}) to {chosen} {how}"),
@@ -655,6 +823,65 @@ impl Namespace {
             });
             self.put_resource(name.to_owned(), entry);
         }
+    }
+
+    /// Whether `worker` has a heartbeat Lease that is alive (renewed, not released): a move off
+    /// it is a handoff. A worker without one (an older worker) cannot confirm, and one whose
+    /// heartbeat lapsed or was released has stopped its tasks already: nothing to wait for.
+    fn heartbeat_alive(&self, worker: &str) -> bool {
+        self.heartbeats.get(worker).is_some_and(Heartbeat::alive)
+    }
+
+    /// Where the handoff of a resource in phase `Releasing` stands.
+    fn handoff(&self, entry: &ResourceEntry) -> Handoff {
+        let status = &entry.status;
+        let Some(worker) = status
+            .assigned_worker
+            .as_deref()
+            .filter(|_| status.phase == Some(Phase::Releasing))
+        else {
+            return Handoff::None;
+        };
+        let confirmed = entry
+            .released_by
+            .as_ref()
+            .is_some_and(|(w, n)| w == worker && Some(*n) == status.assignments);
+        if confirmed {
+            Handoff::Done(HandedOff::Confirmed)
+        } else if !self.heartbeat_alive(worker) {
+            Handoff::Done(HandedOff::Lapsed)
+        } else {
+            Handoff::Waiting
+        }
+    }
+
+    /// Why a resource leaves `worker`, for the `Releasing` condition and Event.
+    fn leave_reason(&self, entry: &ResourceEntry, worker: &str) -> String {
+        if entry.suspend {
+            return "spec.suspend is true".to_owned();
+        }
+        if let RulesCheck::Invalid(_) = entry.rules {
+            return "spec.rules cannot be compiled".to_owned();
+        }
+        if let Some(m) = entry.move_requested.as_ref().filter(|m| m.from == worker) {
+            return m.why.clone();
+        }
+        match &entry.request {
+            Err(_) => "spec.workerSelector is invalid".to_owned(),
+            Ok(request) => lost_reason(self.workers.get(worker), request).to_owned(),
+        }
+    }
+
+    /// Resources in phase `Releasing` off `worker`: its heartbeat lapsing completes them.
+    fn releasing_on(&self, namespace: &str, worker: &str) -> Vec<Key> {
+        self.resources
+            .iter()
+            .filter(|(_, r)| {
+                r.status.phase == Some(Phase::Releasing)
+                    && r.status.assigned_worker.as_deref() == Some(worker)
+            })
+            .map(|(name, _)| Key::new(namespace, name.clone()))
+            .collect()
     }
 
     /// Resources waiting for a worker (not assigned, not suspended).

@@ -22,6 +22,9 @@ pub enum Reason {
     Assigned,
     /// Condition and Event: moved off a worker that could no longer keep it.
     Reassigned,
+    /// Condition and Event: being moved off a worker that is still alive; waiting for it to
+    /// confirm the stop or for its heartbeat to lapse (phase `Releasing`).
+    Releasing,
     /// Condition: there is no worker at all.
     NoWorkers,
     /// Condition: there are workers, but none may take the resource (the message says why).
@@ -44,6 +47,7 @@ impl Reason {
         match self {
             Self::Assigned => "Assigned",
             Self::Reassigned => "Reassigned",
+            Self::Releasing => "Releasing",
             Self::NoWorkers => "NoWorkers",
             Self::NoEligibleWorker => "NoEligibleWorker",
             Self::Unschedulable => "Unschedulable",

@@ -91,6 +91,7 @@ fn worker_of(r: &CrawlerResource) -> Option<&str> {
 fn two_workers_five_resources() -> (Index, Vec<CrawlerResource>) {
     let mut index = Index::default();
     index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    index.finish_heartbeat_list(&HashSet::new());
     let mut resources: Vec<CrawlerResource> = [
         "douban-book-list",
         "task-test-1",
@@ -682,4 +683,382 @@ fn rules_that_cannot_compile_keep_a_resource_off_every_worker() {
         None
     );
     assert!(worker_of(r).is_some());
+}
+
+// === The handoff ===
+
+/// Two ready workers, each with a live heartbeat, and `a` placed on worker-1.
+fn live_workers_and_one_resource() -> (Index, CrawlerResource) {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let now = Instant::now();
+    let leases = ["worker-1", "worker-2"].map(|w| heartbeat(w, Some(w), 100));
+    for lease in &leases {
+        index.apply_heartbeat(lease, now);
+    }
+    index.finish_heartbeat_list(&listed(&leases));
+    let mut r = resource("a", 1);
+    index.reset_resources(std::slice::from_ref(&r));
+    assert!(index.synced());
+    place(&mut index, &mut r);
+    assert_eq!(worker_of(&r), Some("worker-1"));
+    (index, r)
+}
+
+/// The old worker's confirmation, as its release code writes it.
+fn confirm(index: &mut Index, r: &mut CrawlerResource, worker: &str, assignment: i64) -> Vec<Key> {
+    let rv = r
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        + 1;
+    r.metadata.resource_version = Some(rv.to_string());
+    r.status.as_mut().unwrap().progress = Some(crate::crd::TaskProgress {
+        worker: worker.to_owned(),
+        assignment,
+        state: crate::crd::TaskState::Stopped,
+        released: true,
+        ..Default::default()
+    });
+    index.apply_resource(r)
+}
+
+fn phase_of(r: &CrawlerResource) -> Option<Phase> {
+    r.status.as_ref()?.phase
+}
+
+#[test]
+fn a_move_off_a_live_worker_is_released_there_and_placed_only_once_it_confirms() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    let key = Key::new(NS, "a");
+    assert_eq!(
+        index.apply_pod(&pod("worker-1", false, &[])),
+        vec![key.clone()]
+    );
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected the release")
+    };
+    // Phase one: still on worker-1, same assignment, its load still counted there.
+    assert_eq!(phase_of(&r), Some(Phase::Releasing));
+    assert_eq!(
+        (worker_of(&r), w.status.assignments),
+        (Some("worker-1"), Some(1))
+    );
+    assert_eq!(w.assumes, None);
+    let condition = w.status.condition(CONDITION_ASSIGNED).unwrap();
+    assert_eq!(condition.reason, "Releasing");
+    assert_eq!(
+        condition.message,
+        "moving off worker worker-1 (its Pod is not ready): waiting for it to confirm the stop \
+         or for its heartbeat to lapse"
+    );
+    assert_eq!(w.event.unwrap().reason, Reason::Releasing);
+    assert_eq!(index.load(NS, "worker-1"), 1);
+    // Waiting: nothing is written, however often it is reconciled.
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing);
+    // A confirmation of another worker or another assignment completes nothing.
+    confirm(&mut index, &mut r, "worker-2", 1);
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing);
+    confirm(&mut index, &mut r, "worker-1", 0);
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing);
+    // worker-1 confirms assignment 1: placed, least loaded, as assignment 2.
+    assert_eq!(confirm(&mut index, &mut r, "worker-1", 1), vec![key]);
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected the placement")
+    };
+    assert_eq!(
+        (phase_of(&r), worker_of(&r), w.status.assignments),
+        (Some(Phase::Assigned), Some("worker-2"), Some(2))
+    );
+    let event = w.event.unwrap();
+    assert_eq!(event.reason, Reason::Reassigned);
+    assert!(
+        event
+            .note
+            .contains("moved from worker worker-1 (it confirmed the stop) to worker-2"),
+        "{}",
+        event.note
+    );
+    assert_eq!(
+        (index.load(NS, "worker-1"), index.load(NS, "worker-2")),
+        (0, 1)
+    );
+}
+
+#[test]
+fn a_handoff_completes_when_the_old_workers_heartbeat_lapses_instead() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    // The selector changes so that worker-1 no longer matches.
+    r.spec.worker_selector = Some(LabelSelector {
+        match_labels: Some([("zone".to_owned(), "b".to_owned())].into()),
+        match_expressions: None,
+    });
+    index.apply_resource(&r);
+    index.apply_pod(&pod("worker-2", true, &[("zone", "b")]));
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Releasing));
+    assert!(
+        r.status.as_ref().unwrap().conditions[0]
+            .message
+            .contains("it no longer matches spec.workerSelector")
+    );
+    // worker-1 never confirms; its heartbeat lapses (its Pod was ready all along).
+    let t0 = Instant::now();
+    index.apply_heartbeat(
+        &heartbeat("worker-2", Some("worker-2"), 200),
+        t0 + Duration::from_secs(9),
+    );
+    let redo = index.expire_heartbeats(t0 + Duration::from_secs(11));
+    assert!(redo.contains(&Key::new(NS, "a")), "{redo:?}");
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected the placement")
+    };
+    assert_eq!(
+        (worker_of(&r), w.status.assignments),
+        (Some("worker-2"), Some(2))
+    );
+    assert!(
+        w.event
+            .unwrap()
+            .note
+            .contains("(its heartbeat lapsed or was released)")
+    );
+}
+
+#[test]
+fn a_lapse_completes_the_handoff_even_when_the_pod_was_already_unready_or_gone() {
+    for gone in [false, true] {
+        let (mut index, mut r) = live_workers_and_one_resource();
+        if gone {
+            index.delete_pod(NS, "worker-1");
+        } else {
+            index.apply_pod(&pod("worker-1", false, &[]));
+        }
+        place(&mut index, &mut r);
+        assert_eq!(phase_of(&r), Some(Phase::Releasing), "gone: {gone}");
+        // Released on SIGTERM: readiness does not change (the Pod was not ready, or is gone),
+        // yet the handoff waiting on it is reconciled and completes.
+        let redo = index.apply_heartbeat(&heartbeat("worker-1", None, 101), Instant::now());
+        assert_eq!(redo, vec![Key::new(NS, "a")], "gone: {gone}");
+        place(&mut index, &mut r);
+        assert_eq!(worker_of(&r), Some("worker-2"), "gone: {gone}");
+    }
+}
+
+#[test]
+fn suspend_on_a_live_worker_is_released_then_suspended() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    r.spec.suspend = true;
+    index.apply_resource(&r);
+    place(&mut index, &mut r);
+    assert_eq!(
+        (phase_of(&r), worker_of(&r)),
+        (Some(Phase::Releasing), Some("worker-1"))
+    );
+    assert!(
+        r.status.as_ref().unwrap().conditions[0]
+            .message
+            .contains("(spec.suspend is true)")
+    );
+    confirm(&mut index, &mut r, "worker-1", 1);
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected Suspended")
+    };
+    assert_eq!(
+        (phase_of(&r), worker_of(&r)),
+        (Some(Phase::Suspended), None)
+    );
+    assert_eq!(w.event.unwrap().reason, Reason::Suspended);
+    assert_eq!(index.load(NS, "worker-1"), 0);
+    // Unsuspended: a new assignment.
+    r.spec.suspend = false;
+    index.apply_resource(&r);
+    place(&mut index, &mut r);
+    assert_eq!(r.status.as_ref().unwrap().assignments, Some(2));
+}
+
+#[test]
+fn a_move_off_a_worker_whose_heartbeat_is_not_alive_is_one_phase() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    // Released (SIGTERM): nothing to wait for.
+    index.apply_heartbeat(&heartbeat("worker-1", None, 101), Instant::now());
+    place(&mut index, &mut r);
+    assert_eq!(
+        (phase_of(&r), worker_of(&r)),
+        (Some(Phase::Assigned), Some("worker-2"))
+    );
+    // A worker without a heartbeat Lease (an older worker) cannot confirm: one phase too.
+    let (mut index, mut r) = live_workers_and_one_resource();
+    index.delete_heartbeat(NS, &heartbeat::lease_name("worker-1"));
+    index.apply_pod(&pod("worker-1", false, &[]));
+    place(&mut index, &mut r);
+    assert_eq!(worker_of(&r), Some("worker-2"));
+}
+
+#[test]
+fn a_release_is_never_taken_back_and_a_requested_move_goes_through_it() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    let key = Key::new(NS, "a");
+    // The one entry point for moves (a rebalance): not on worker-2, so nothing happens.
+    assert!(index.move_off(&key, "worker-2", "rebalance").is_empty());
+    assert_eq!(
+        index.move_off(
+            &key,
+            "worker-1",
+            "rebalance: worker-1 carries 1 more than worker-2"
+        ),
+        vec![key.clone()]
+    );
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Releasing));
+    assert!(
+        r.status.as_ref().unwrap().conditions[0]
+            .message
+            .starts_with("moving off worker worker-1 (rebalance: worker-1 carries 1 more"),
+        "{}",
+        r.status.as_ref().unwrap().conditions[0].message
+    );
+    assert!(
+        index.move_off(&key, "worker-1", "again").is_empty(),
+        "already moving"
+    );
+    // worker-1 turns unready and ready again meanwhile: still releasing (assignment 1 is over).
+    index.apply_pod(&pod("worker-1", false, &[]));
+    index.apply_pod(&pod("worker-1", true, &[]));
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing);
+    // Confirmed: placed least loaded at that moment, the resource's own weight no longer
+    // counted on worker-1 (both carry 0 then; ties break by name).
+    confirm(&mut index, &mut r, "worker-1", 1);
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected the placement")
+    };
+    assert_eq!(
+        (worker_of(&r), w.status.assignments),
+        (Some("worker-1"), Some(2))
+    );
+    assert!(w.event.unwrap().note.contains("load 0 -> 1"));
+    // The request is spent: well placed now, nothing more moves.
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing);
+}
+
+#[test]
+fn nothing_is_decided_before_the_heartbeats_have_listed() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[])]);
+    index.reset_resources(&[resource("a", 1)]);
+    assert!(
+        !index.synced(),
+        "a live worker's heartbeat is not known yet"
+    );
+    index.finish_heartbeat_list(&HashSet::new());
+    assert!(index.synced());
+}
+
+mod handoff_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        PodReady(usize, bool),
+        Lapse(usize),
+        Renew(usize),
+        Confirm,
+        Suspend(bool),
+        MoveOff(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..3usize, any::<bool>()).prop_map(|(w, r)| Step::PodReady(w, r)),
+            (0..3usize).prop_map(Step::Lapse),
+            (0..3usize).prop_map(Step::Renew),
+            Just(Step::Confirm),
+            any::<bool>().prop_map(Step::Suspend),
+            (0..3usize).prop_map(Step::MoveOff),
+        ]
+    }
+
+    const WORKERS: [&str; 3] = ["worker-1", "worker-2", "worker-3"];
+
+    proptest! {
+        /// Whatever happens to workers, heartbeats and the spec, a resource leaves a worker
+        /// only when that worker confirmed the stop of that very assignment or its heartbeat
+        /// is not alive; loads stay derived from the assignments; and a handoff completes as
+        /// soon as its worker confirms.
+        #[test]
+        fn a_resource_leaves_a_live_worker_only_after_its_confirmation(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            let mut index = Index::default();
+            index.reset_pods(&WORKERS.map(|w| pod(w, true, &[])));
+            let t0 = Instant::now();
+            let mut clock = 0u64;
+            let mut renewed = 100;
+            let leases = WORKERS.map(|w| heartbeat(w, Some(w), renewed));
+            for lease in &leases {
+                index.apply_heartbeat(lease, t0);
+            }
+            index.finish_heartbeat_list(&listed(&leases));
+            let mut r = resource("a", 1);
+            index.reset_resources(std::slice::from_ref(&r));
+            place(&mut index, &mut r);
+            // (worker, assignment) confirmed, and whether each heartbeat is alive.
+            let mut confirmed: Option<(String, i64)> = None;
+            let mut alive = [true; 3];
+            for step in steps {
+                clock += 1;
+                let now = t0 + Duration::from_secs(clock * 20);
+                match step {
+                    Step::PodReady(w, ready) => { index.apply_pod(&pod(WORKERS[w], ready, &[])); }
+                    Step::Lapse(w) => {
+                        index.apply_heartbeat(&heartbeat(WORKERS[w], None, renewed), now);
+                        alive[w] = false;
+                    }
+                    Step::Renew(w) => {
+                        renewed += 1;
+                        index.apply_heartbeat(&heartbeat(WORKERS[w], Some(WORKERS[w]), renewed), now);
+                        alive[w] = true;
+                    }
+                    Step::Confirm => {
+                        let status = r.status.clone().unwrap_or_default();
+                        if status.phase == Some(Phase::Releasing) {
+                            let w = status.assigned_worker.unwrap();
+                            let n = status.assignments.unwrap();
+                            confirm(&mut index, &mut r, &w, n);
+                            confirmed = Some((w, n));
+                        }
+                    }
+                    Step::Suspend(s) => { r.spec.suspend = s; index.apply_resource(&r); }
+                    Step::MoveOff(w) => { index.move_off(&Key::new(NS, "a"), WORKERS[w], "asked"); }
+                }
+                let before = r.status.clone().unwrap_or_default();
+                place(&mut index, &mut r);
+                let after = r.status.clone().unwrap_or_default();
+                if let Some(old) = &before.assigned_worker
+                    && after.assigned_worker.as_ref() != Some(old)
+                {
+                    let w = WORKERS.iter().position(|x| x == old).unwrap();
+                    let by_confirmation = before.phase == Some(Phase::Releasing)
+                        && confirmed == Some((old.clone(), before.assignments.unwrap()));
+                    prop_assert!(by_confirmation || !alive[w],
+                        "left live {old} without its confirmation: {before:?} -> {after:?}");
+                }
+                if after.assigned_worker != before.assigned_worker
+                    || after.assignments != before.assignments
+                {
+                    prop_assert!(after.assignments >= before.assignments);
+                }
+                if before.phase == Some(Phase::Releasing)
+                    && confirmed == Some((before.assigned_worker.clone().unwrap(), before.assignments.unwrap()))
+                {
+                    prop_assert_ne!(after.phase, Some(Phase::Releasing), "a confirmed handoff completes");
+                }
+            }
+        }
+    }
 }

@@ -77,6 +77,7 @@ impl Index {
             .unwrap_or(0);
         let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1));
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let was_alive = ns.heartbeat_alive(&pod);
         let changed = ns
             .heartbeats
             .get(&pod)
@@ -93,7 +94,7 @@ impl Index {
                 },
             );
         }
-        refresh_worker(&ns_name, ns, &pod)
+        heartbeat_changed(&ns_name, ns, &pod, was_alive)
     }
 
     /// A heartbeat Lease was deleted: the worker is judged by its Pod alone again.
@@ -104,12 +105,14 @@ impl Index {
         let Some(ns) = self.namespaces.get_mut(namespace) else {
             return Vec::new();
         };
+        let was_alive = ns.heartbeat_alive(pod);
         ns.heartbeats.remove(pod);
-        refresh_worker(namespace, ns, pod)
+        heartbeat_changed(namespace, ns, pod, was_alive)
     }
 
     /// The end of a heartbeat (re)list applied one by one: forget the Leases it did not list.
     pub fn finish_heartbeat_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+        self.heartbeats_synced = true;
         self.retain(
             listed,
             |ns| {
@@ -190,7 +193,7 @@ impl Index {
         }
         h.expired = true;
         tracing::info!(namespace, worker = pod, "worker heartbeat expired");
-        refresh_worker(namespace, ns, pod)
+        heartbeat_changed(namespace, ns, pod, true)
     }
 
     /// Expires every due heartbeat without a confirming read: for tests of the index, where the
@@ -206,9 +209,10 @@ impl Index {
             else {
                 continue;
             };
+            let was_alive = h.alive();
             h.expired = true;
             let ns = self.namespaces.get_mut(&ns_name).expect("present above");
-            keys.extend(refresh_worker(&ns_name, ns, &pod));
+            keys.extend(heartbeat_changed(&ns_name, ns, &pod, was_alive));
         }
         keys
     }
@@ -289,6 +293,17 @@ pub(super) fn effective_readiness(pod: Readiness, heartbeat: Option<&Heartbeat>)
         }
         (readiness, _) => readiness,
     }
+}
+
+/// What a change of `pod`'s heartbeat triggers: its readiness recomputed, and, when it stopped
+/// being alive (lapsed, released, deleted), the handoffs waiting on it, which it completes
+/// (its Pod may have been unready, or gone, all along: readiness alone would not tell).
+fn heartbeat_changed(namespace: &str, ns: &mut Namespace, pod: &str, was_alive: bool) -> Vec<Key> {
+    let mut keys = refresh_worker(namespace, ns, pod);
+    if was_alive && !ns.heartbeat_alive(pod) {
+        keys.extend(ns.releasing_on(namespace, pod));
+    }
+    keys
 }
 
 /// Recomputes a worker's readiness after its heartbeat changed; returns what that triggers.
