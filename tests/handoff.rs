@@ -1,0 +1,216 @@
+//! The confirmed handoff, against a real API server: a task moved or suspended off a worker that
+//! is still alive is first released there (phase `Releasing`); the new worker starts only after
+//! the old one confirmed the stop, or its heartbeat lapsed. Judged from what the site received
+//! (who fetched which task, when): the old worker's last request comes strictly before the new
+//! worker's first.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use crawler_operator::crd::{CONDITION_ASSIGNED, CrawlerResource, Phase, TaskState};
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use support::{
+    pods::set_pod_ready,
+    proxy::Proxy,
+    site::{Site, endless},
+    story::{BOUND, HEARTBEAT, POLL, Story, assigned_worker},
+    wait_for,
+};
+
+/// Waits until `name` satisfies `done`; returns it and when that was first seen.
+async fn wait_until(
+    story: &Story,
+    name: &str,
+    what: &str,
+    done: impl Fn(&CrawlerResource) -> bool,
+) -> (CrawlerResource, Instant) {
+    let api = story.api();
+    let done = &done;
+    let r = wait_for(&format!("{name}: {what}"), BOUND, POLL, || {
+        let api = api.clone();
+        async move {
+            let r = api.get(name).await.map_err(|e| e.to_string())?;
+            if done(&r) {
+                Ok(r)
+            } else {
+                Err(format!("{:?}", r.status))
+            }
+        }
+    })
+    .await;
+    (r, Instant::now())
+}
+
+fn phase(r: &CrawlerResource) -> Option<Phase> {
+    r.status.as_ref()?.phase
+}
+
+fn assigned_message(r: &CrawlerResource) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.condition(CONDITION_ASSIGNED))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// The IP `Story::worker` gave Pod `name`.
+fn ip_of(name: &str) -> String {
+    format!(
+        "10.1.0.{}",
+        name.bytes().map(u32::from).sum::<u32>() % 250 + 1
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_moved_off_a_live_worker_starts_elsewhere_only_after_the_old_one_confirmed() {
+    let site = Site::start().await;
+    let mut story = Story::new("handoff-live").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", None);
+    story
+        .apply_resource("task-h", endless(&site, "task-h"))
+        .await;
+    story.assert_assigned("task-h", "worker-1").await;
+    site.wait_for_hits("task-h", "worker-1", None, 3).await;
+    story.ready_worker("worker-2").await;
+    story.start_worker("worker-2", None);
+
+    // worker-1's Pod turns not ready; its process (and heartbeat) lives on.
+    let ip = ip_of("worker-1");
+    set_pod_ready(&story.client, story.ns(), "worker-1", false, Some(&ip)).await;
+    let changed = Instant::now();
+    let (r, moved) = wait_until(&story, "task-h", "assigned to worker-2", |r| {
+        assigned_worker(r).as_deref() == Some("worker-2")
+    })
+    .await;
+    let handoff = moved - changed;
+    assert_eq!(r.status.as_ref().unwrap().assignments, Some(2));
+    let message = assigned_message(&r);
+    assert!(
+        message.contains("moved from worker worker-1 (it confirmed the stop) to worker-2"),
+        "{message}"
+    );
+    site.wait_for_hits("task-h", "worker-2", None, 3).await;
+    let (last_old, first_new) = site.handover("task-h", "worker-1", "worker-2");
+    println!(
+        "handoff off a live worker (Pod not ready): worker-1's last request {:?} after the change, \
+         worker-2's first {:?} after it: gap {:?}; handoff took {handoff:?}",
+        last_old.saturating_duration_since(changed),
+        first_new.saturating_duration_since(changed),
+        first_new.saturating_duration_since(last_old)
+    );
+    assert!(
+        last_old < first_new,
+        "overlap: worker-1 still crawled {:?} after worker-2 started",
+        last_old - first_new
+    );
+    assert_eq!(site.overlaps(), Vec::<String>::new());
+    let log = std::fs::read_to_string(&story.workers[0].log).unwrap();
+    assert!(log.contains("release confirmed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_on_a_live_worker_is_written_only_after_the_confirmed_stop() {
+    let site = Site::start().await;
+    let mut story = Story::new("handoff-suspend").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", None);
+    story
+        .apply_resource("task-p", endless(&site, "task-p"))
+        .await;
+    site.wait_for_hits("task-p", "worker-1", None, 3).await;
+
+    story
+        .api()
+        .patch(
+            "task-p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "suspend": true } })),
+        )
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let (r, suspended) = wait_until(&story, "task-p", "phase Suspended", |r| {
+        phase(r) == Some(Phase::Suspended)
+    })
+    .await;
+    let progress = r.status.as_ref().unwrap().progress.clone().unwrap();
+    assert!(
+        progress.released && progress.state == TaskState::Stopped,
+        "{progress:?}"
+    );
+    assert_eq!(
+        (progress.worker.as_str(), progress.assignment),
+        ("worker-1", 1)
+    );
+    // Absence is observed over a window: nothing more comes after Suspended was seen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = site.hits("task-p").iter().map(|h| h.at).max().unwrap();
+    println!(
+        "suspend on a live worker: last request {:?} after the suspend, Suspended seen {:?} after it",
+        last.saturating_duration_since(asked),
+        suspended - asked
+    );
+    assert!(
+        last < suspended,
+        "worker-1 still crawled {:?} after Suspended was seen",
+        last - suspended
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_whose_old_worker_is_killed_midway_completes_after_its_heartbeat_lapses() {
+    let site = Site::start().await;
+    let mut story = Story::new("handoff-kill").await;
+    let proxy = Proxy::start(story.cp.apiserver_addr());
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    let old = story.start_worker("worker-1", Some(&proxy));
+    story
+        .apply_resource("task-k", endless(&site, "task-k"))
+        .await;
+    story.assert_assigned("task-k", "worker-1").await;
+    site.wait_for_hits("task-k", "worker-1", None, 3).await;
+    story.ready_worker("worker-2").await;
+    story.start_worker("worker-2", None);
+
+    // worker-1 can no longer confirm (every byte to the API server is held), the move starts,
+    // and worker-1 is killed before anything could reach it.
+    proxy.freeze_all();
+    let ip = ip_of("worker-1");
+    set_pod_ready(&story.client, story.ns(), "worker-1", false, Some(&ip)).await;
+    let changed = Instant::now();
+    let (r, releasing) = wait_until(&story, "task-k", "phase Releasing", |r| {
+        phase(r) == Some(Phase::Releasing)
+    })
+    .await;
+    assert_eq!(assigned_worker(&r).as_deref(), Some("worker-1"));
+    story.workers[old].signal("KILL");
+    let killed = Instant::now();
+    let (r, moved) = wait_until(&story, "task-k", "assigned to worker-2", |r| {
+        assigned_worker(r).as_deref() == Some("worker-2")
+    })
+    .await;
+    let message = assigned_message(&r);
+    assert!(
+        message.contains("(its heartbeat lapsed or was released)"),
+        "{message}"
+    );
+    site.wait_for_hits("task-k", "worker-2", None, 3).await;
+    let (last_old, first_new) = site.handover("task-k", "worker-1", "worker-2");
+    println!(
+        "handoff, old worker killed midway: Releasing seen {:?} after the change, killed {:?}, \
+         placed on worker-2 {:?} after it (heartbeat {HEARTBEAT:?}); gap between worker-1's last \
+         and worker-2's first request {:?}",
+        releasing - changed,
+        killed - changed,
+        moved - changed,
+        first_new.saturating_duration_since(last_old)
+    );
+    assert!(last_old < first_new, "overlap after the kill");
+    assert_eq!(site.overlaps(), Vec::<String>::new());
+}
