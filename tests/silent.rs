@@ -6,14 +6,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use crawler_operator::watch::STALE_AFTER;
+use crawler_operator::{crd::Phase, watch::STALE_AFTER};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use support::{
     pods::delete_pod,
     proxy::Proxy,
     site::{Site, endless},
-    story::{HEARTBEAT, Story},
+    story::{BOUND, HEARTBEAT, POLL, Story},
+    wait_for,
 };
 
 /// Slack for a loaded 2-core machine on top of a stated bound.
@@ -69,15 +70,45 @@ async fn a_worker_whose_connections_went_silent_stops_tasks_deleted_or_suspended
         .map(|h| h.at.saturating_duration_since(froze))
         .max()
         .unwrap_or_default();
+    // Suspended is written only once worker-1 confirmed the stop or its heartbeat lapsed.
+    let api = story.api();
+    let r = wait_for("paused: phase Suspended", BOUND, POLL, || async {
+        let r = api.get("paused").await.map_err(|e| e.to_string())?;
+        match r.status.as_ref().and_then(|s| s.phase) {
+            Some(Phase::Suspended) => Ok(r),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let suspended = froze.elapsed();
+    let how =
+        r.status
+            .as_ref()
+            .and_then(|s| s.progress.as_ref())
+            .map_or("its heartbeat lapsed", |p| {
+                if p.released {
+                    "worker-1 confirmed the stop"
+                } else {
+                    "its heartbeat lapsed"
+                }
+            });
     println!(
-        "{frozen} connections frozen: last request of the deleted task {last_gone:?}, of the suspended one {last_paused:?} after the freeze (bound {STALE_AFTER:?})"
+        "{frozen} connections frozen: last request of the deleted task {last_gone:?}, of the \
+         suspended one {last_paused:?} after the freeze (bound {STALE_AFTER:?}); Suspended seen \
+         {suspended:?} after it ({how})"
     );
     assert!(last_gone < STALE_AFTER + SLACK, "{last_gone:?}");
     assert!(last_paused < STALE_AFTER + SLACK, "{last_paused:?}");
+    assert!(
+        last_paused < suspended,
+        "the suspended task was crawled {:?} after Suspended was seen",
+        last_paused - suspended
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_moved_off_a_worker_whose_connections_went_silent_stops_there_within_the_bound() {
+async fn a_task_moved_off_a_worker_whose_connections_went_silent_starts_elsewhere_only_after_it_stopped()
+ {
     let site = Site::start().await;
     let mut story = Story::new("silent-move").await;
     let proxy = Proxy::start(story.cp.apiserver_addr());
@@ -94,32 +125,42 @@ async fn a_task_moved_off_a_worker_whose_connections_went_silent_stops_there_wit
 
     proxy.freeze();
     let froze = Instant::now();
-    // The Pod goes (its process lives on, as while a kubelet is still killing it): the controller
-    // moves the task at once.
+    // The Pod goes (its process lives on, as while a kubelet is still killing it): the move is a
+    // handoff, since worker-1's heartbeat is alive. worker-1 either sees the release on a new
+    // connection and confirms, or its view goes stale, it withholds its heartbeat and the lapse
+    // completes the handoff: either way worker-2 starts only after worker-1 stopped.
     delete_pod(&story.client, story.ns(), "worker-1").await;
     story.assert_assigned("task-s", "worker-2").await;
+    let moved = froze.elapsed();
     site.wait_for_hits("task-s", "worker-2", None, 3).await;
-    let last_old = last_request_after(&site, "task-s", froze, STALE_AFTER + SLACK).await;
-    let last_old_at = site
-        .hits("task-s")
-        .iter()
-        .filter(|h| h.worker == "worker-1")
-        .map(|h| h.at)
-        .max()
-        .unwrap();
-    let (_, first_new) = site.handover("task-s", "worker-1", "worker-2");
+    // Absence is observed over a window: wait past the bound, then look at worker-1's requests.
+    last_request_after(&site, "task-s", froze, STALE_AFTER + SLACK).await;
+    let (last_old_at, first_new) = site.handover("task-s", "worker-1", "worker-2");
+    let last_old = last_old_at.saturating_duration_since(froze);
+    let r = story.api().get("task-s").await.unwrap();
+    let how = r
+        .status
+        .as_ref()
+        .and_then(|s| s.condition("Assigned"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     println!(
-        "moved while frozen: worker-1's last request {:?} after the freeze, worker-2's first {:?} after it; overlap {:?} (no confirmed handoff yet: docs/architecture.md#known-gaps)",
-        last_old_at.saturating_duration_since(froze),
+        "moved while frozen: worker-1's last request {last_old:?} after the freeze, the task \
+         placed on worker-2 {moved:?} after it, worker-2's first request {:?} after it: gap {:?} \
+         ({how})",
         first_new.saturating_duration_since(froze),
-        last_old_at.saturating_duration_since(first_new)
+        first_new.saturating_duration_since(last_old_at)
     );
-    let _ = last_old;
     assert!(
-        last_old_at.saturating_duration_since(froze) < STALE_AFTER + SLACK,
-        "worker-1 kept the task {:?} after the freeze (bound {STALE_AFTER:?})",
-        last_old_at.saturating_duration_since(froze)
+        last_old_at < first_new,
+        "overlap: worker-1 still crawled {:?} after worker-2 started",
+        last_old_at - first_new
     );
+    assert!(
+        last_old < STALE_AFTER + SLACK,
+        "worker-1 kept the task {last_old:?} after the freeze (bound {STALE_AFTER:?})"
+    );
+    assert_eq!(site.overlaps(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
