@@ -373,7 +373,8 @@ pub enum TaskState {
     Completed,
     /// Could not run (bad configuration, missing Secret, output not writable); see `message`.
     Failed,
-    /// Stopped by its worker (shutdown, or the heartbeat could not be renewed).
+    /// Stopped by its worker (shutdown, a release for a move or suspend, or the heartbeat could
+    /// not be renewed).
     Stopped,
 }
 
