@@ -102,7 +102,7 @@ async fn a_worker_whose_connections_went_silent_stops_tasks_deleted_or_suspended
     assert!(
         last_paused < suspended,
         "the suspended task was crawled {:?} after Suspended was seen",
-        last_paused - suspended
+        last_paused.saturating_sub(suspended)
     );
 }
 
