@@ -27,6 +27,17 @@ pub const PREFIX: &str = "crawler-worker-";
 /// Field manager of the worker's writes (heartbeat and progress).
 pub const FIELD_MANAGER: &str = "crawler-worker";
 
+/// The worker's default heartbeat duration (`--heartbeat-duration`).
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// How long the controller waits, from its first list of heartbeat Leases, before it takes a
+/// worker Pod without a Lease for one without a heartbeat (and then only once a read finds none).
+/// A live worker whose Lease was deleted before the controller started re-creates it at its next
+/// renewal (a fifth of its duration later) and runs no task half a duration past its last
+/// successful renewal, so this covers every heartbeat duration up to twice the default; the
+/// controller also never waits less than the longest duration it has seen on a Lease.
+pub const UNSEEN_WAIT: Duration = DEFAULT_DURATION;
+
 /// Name of the heartbeat Lease of worker Pod `pod`.
 pub fn lease_name(pod: &str) -> String {
     format!("{PREFIX}{pod}")

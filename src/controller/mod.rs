@@ -140,7 +140,7 @@ pub async fn run(
         client: client.clone(),
         policy: settings.policy.build(),
         settings,
-        index: Mutex::new(Index::default()),
+        index: Mutex::new(Index::with_unseen_heartbeat_wait(heartbeat::UNSEEN_WAIT)),
         queue: WorkQueue::new(),
         leadership,
         events: events_tx,
@@ -340,7 +340,7 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
                     listed.insert((lease.namespace().unwrap_or_default(), lease.name_any()));
                     keys.extend(index.apply_heartbeat(lease, now));
                 }
-                keys.extend(index.finish_heartbeat_list(&listed));
+                keys.extend(index.finish_heartbeat_list(&listed, now));
                 keys
             }
             crate::watch::Update::Failed(why) => {
@@ -363,12 +363,17 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
 /// Heartbeats expire by the passing of time, not by an event: check them a few times a second.
 /// A due heartbeat expires only after a consistent read of its Lease, sent after it became due,
 /// shows no renewal since the one we observed: a heartbeat watch that stalled silently (or lags)
-/// must not make live workers look dead and move their tasks while they still run them.
+/// must not make live workers look dead and move their tasks while they still run them. The
+/// same tick ends the holds on objects created again under a deleted one's name.
 async fn expire_heartbeats(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let successors = ctx.index.lock().successors_due(Instant::now());
+        if !successors.is_empty() && ctx.leadership.borrow().is_leading_now() {
+            ctx.queue.add_all(successors);
+        }
         let due = ctx.index.lock().heartbeats_due(Instant::now());
         if due.is_empty() {
             continue;

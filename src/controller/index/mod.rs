@@ -14,8 +14,8 @@ mod tests;
 mod workers;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    time::Instant,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    time::{Duration, Instant},
 };
 
 use jiff::Timestamp;
@@ -68,6 +68,8 @@ impl std::fmt::Display for Key {
 /// A resource as the controller needs it: its placement inputs and the status it last showed.
 #[derive(Clone, Debug)]
 struct ResourceEntry {
+    /// `metadata.uid`: an object created again under the same name is another task.
+    uid: Option<String>,
     resource_version: Option<String>,
     generation: Option<i64>,
     weight: Load,
@@ -124,11 +126,38 @@ impl ResourceEntry {
     }
 }
 
+/// A deleted resource whose task its worker may still be running (its view of its assignments
+/// can lag the deletion by up to [`crate::watch::STALE_AFTER`]): an object created again under
+/// the same name is not placed until [`SUCCESSOR_HOLD`] after the deletion was seen, or until
+/// that worker's heartbeat stops being alive.
+#[derive(Clone, Debug)]
+struct Tombstone {
+    /// The deleted object's uid: only another object is held back.
+    uid: Option<String>,
+    worker: String,
+    /// When the deletion was seen, stamped by the next [`Index::successors_due`] (a tick: later
+    /// than the event by at most one tick, which only lengthens the hold).
+    seen: Option<Instant>,
+}
+
+/// How long after a deletion was seen an object created again under the same name waits before
+/// it is placed, when the deleted one was assigned to a worker that may still run it: that
+/// worker stops the task when a LIST sent after the deletion answers, or, when none does, when
+/// its view goes stale ([`crate::watch::STALE_AFTER`], 5 s, after the last LIST sent before the
+/// deletion); plus a second for the stop itself and the tick that ends the hold.
+pub const SUCCESSOR_HOLD: Duration = Duration::from_secs(crate::watch::STALE_AFTER.as_secs() + 1);
+
 #[derive(Default, Debug)]
 struct Namespace {
     workers: BTreeMap<String, WorkerEntry>,
-    /// Heartbeats by worker Pod name (a worker without one is judged by its Pod alone).
+    /// Heartbeats by worker Pod name (a worker without one is judged by its Pod alone), ghosts
+    /// included (see [`workers::LeaseSeen`]).
     heartbeats: BTreeMap<String, Heartbeat>,
+    /// Worker Pods a read found without a heartbeat Lease after the wait: judged by their Pod
+    /// alone, no unseen ghost again (forgotten with the Pod, or when a Lease appears).
+    no_lease: BTreeSet<String>,
+    /// Deleted resources whose successor under the same name is held back, by name.
+    tombstones: BTreeMap<String, Tombstone>,
     resources: BTreeMap<String, ResourceEntry>,
     /// Sum of the weights of the resources whose effective worker is the key. Maintained only by
     /// `put_resource` / `remove_resource`, so it always equals that sum (see `check_loads`).
@@ -147,6 +176,13 @@ pub struct Index {
     /// When the heartbeat watch last failed: renewals made while it was down were not seen, so no
     /// heartbeat expires until its duration has passed since then as well.
     heartbeats_unseen_at: Option<Instant>,
+    /// When the heartbeat watch first listed: the unseen wait counts from here.
+    heartbeats_listed_at: Option<Instant>,
+    /// See [`Index::with_unseen_heartbeat_wait`]; `None`: a worker without a Lease is judged by
+    /// its Pod alone at once.
+    unseen_wait: Option<Duration>,
+    /// The longest heartbeat duration seen: the unseen wait is never shorter.
+    longest_heartbeat: Duration,
 }
 
 /// See [`Index::stats`].
@@ -207,13 +243,19 @@ enum HandedOff {
     /// The old worker's heartbeat lapsed (confirmed by a read) or was released: it stopped
     /// every task at least half a heartbeat duration before.
     Lapsed,
+    /// The old worker's heartbeat Lease is gone, or was never seen, and a read after the wait
+    /// found none: it renewed nothing for longer than its tasks may run without a renewal.
+    NoHeartbeat,
 }
 
 impl HandedOff {
-    fn describe(self) -> &'static str {
+    /// Why the resource left, for the `Reassigned` note (`None`: the reason the worker lost it,
+    /// as for a one-phase move).
+    fn describe(self) -> Option<&'static str> {
         match self {
-            Self::Confirmed => "it confirmed the stop",
-            Self::Lapsed => "its heartbeat lapsed or was released",
+            Self::Confirmed => Some("it confirmed the stop"),
+            Self::Lapsed => Some("its heartbeat lapsed or was released"),
+            Self::NoHeartbeat => None,
         }
     }
 }
@@ -227,6 +269,20 @@ pub struct PlanContext<'a> {
 }
 
 impl Index {
+    /// The controller's index: a worker Pod without a heartbeat Lease is not taken for one
+    /// without a heartbeat until `wait` (or the longest heartbeat duration seen, if longer) after
+    /// the heartbeat watch first listed, confirmed by a read that finds no Lease. A worker that
+    /// is alive renews (and so re-creates its Lease) every fifth of its duration, and runs tasks
+    /// only half a duration past its last successful renewal: a Lease deleted before this
+    /// controller started (it never saw it) must not make a move off that worker one-phase.
+    /// `wait` covers workers whose heartbeat duration is up to twice as long.
+    pub fn with_unseen_heartbeat_wait(wait: Duration) -> Self {
+        Self {
+            unseen_wait: Some(wait),
+            ..Self::default()
+        }
+    }
+
     // === Pods ===
 
     /// A worker Pod was added or changed. Returns the resources to reconcile.
@@ -234,8 +290,15 @@ impl Index {
         let Some(ns_name) = pod.namespace() else {
             return Vec::new();
         };
+        let ghost = self.unseen_ghost();
         let mut entry = worker_from_pod(pod);
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        if let Some(ghost) = ghost
+            && !ns.heartbeats.contains_key(&entry.worker.name)
+            && !ns.no_lease.contains(&entry.worker.name)
+        {
+            ns.heartbeats.insert(entry.worker.name.clone(), ghost);
+        }
         entry.worker.load = ns.loads.get(&entry.worker.name).copied().unwrap_or(0);
         entry.worker.readiness =
             effective_readiness(entry.pod_readiness, ns.heartbeats.get(&entry.worker.name));
@@ -250,6 +313,7 @@ impl Index {
             return Vec::new();
         };
         let before = ns.workers.remove(name);
+        ns.no_lease.remove(name);
         triggers_for_worker_change(namespace, ns, before.as_ref(), None)
     }
 
@@ -303,6 +367,17 @@ impl Index {
         };
         let name = resource.name_any();
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        // Another object under the same name (a relist after a delete and a create): the old
+        // one is gone, whether or not its deletion was seen; nothing of it carries over.
+        let replaced = ns
+            .resources
+            .get(&name)
+            .filter(|p| p.uid.is_some() && p.uid != resource.metadata.uid)
+            .cloned();
+        if let Some(old) = &replaced {
+            ns.bury(&ns_name, &name, old);
+            ns.remove_resource(&name);
+        }
         let previous = ns.resources.get(&name);
         // Only the fields the controller writes: the worker's progress is not ours to keep.
         let status = resource
@@ -335,6 +410,7 @@ impl Index {
             .and_then(|p| p.move_requested.clone())
             .filter(|m| m.applies_to(&status));
         let entry = ResourceEntry {
+            uid: resource.metadata.uid.clone(),
             resource_version: resource.metadata.resource_version.clone(),
             generation: resource.metadata.generation,
             weight: Load::from(resource.spec.load_units()),
@@ -346,7 +422,8 @@ impl Index {
             move_requested,
             assumed,
         };
-        let lighter = old_weight.is_some_and(|w| w > entry.weight) || entry.suspend;
+        let lighter =
+            old_weight.is_some_and(|w| w > entry.weight) || entry.suspend || replaced.is_some();
         ns.put_resource(name.clone(), entry);
         let mut keys = vec![Key::new(ns_name.clone(), name)];
         if lighter {
@@ -360,10 +437,35 @@ impl Index {
         let Some(ns) = self.namespaces.get_mut(namespace) else {
             return Vec::new();
         };
-        if ns.remove_resource(name).is_none() {
+        let Some(gone) = ns.remove_resource(name) else {
             return Vec::new();
-        }
+        };
+        ns.bury(namespace, name, &gone);
         ns.waiting(namespace)
+    }
+
+    /// Ends the holds on successors that are due (`now`: the tick's time; a hold not yet stamped
+    /// starts now). Returns the successors to reconcile.
+    pub fn successors_due(&mut self, now: Instant) -> Vec<Key> {
+        let mut keys = Vec::new();
+        for (ns_name, ns) in &mut self.namespaces {
+            let mut ended = Vec::new();
+            ns.tombstones.retain(|name, t| {
+                let seen = *t.seen.get_or_insert(now);
+                let due = now >= seen + SUCCESSOR_HOLD;
+                if due {
+                    ended.push(name.clone());
+                }
+                !due
+            });
+            keys.extend(
+                ended
+                    .into_iter()
+                    .filter(|name| ns.resources.contains_key(name))
+                    .map(|name| Key::new(ns_name.clone(), name)),
+            );
+        }
+        keys
     }
 
     /// The resource watch (re)listed: replace every resource. Returns the resources to reconcile.
@@ -472,6 +574,15 @@ impl Index {
         if entry.assumed.is_some() {
             // Our last write for it is in flight or not yet seen: deciding again now would decide
             // on a status we already changed.
+            return Plan::Wait;
+        }
+        if ns
+            .tombstones
+            .get(&key.name)
+            .is_some_and(|t| t.uid != entry.uid)
+        {
+            // An object deleted under this name may still run on its worker: this one waits
+            // ([`SUCCESSOR_HOLD`]); `successors_due` queues it when the hold ends.
             return Plan::Wait;
         }
         let Some(resource_version) = entry.resource_version.clone() else {
@@ -740,10 +851,9 @@ impl Namespace {
                 );
                 let (reason, note) = match &current.assigned_worker {
                     Some(old) => {
-                        let why = match handed_off {
-                            Some(how) => how.describe(),
-                            None => lost_reason(self.workers.get(old), request),
-                        };
+                        let why = handed_off
+                            .and_then(HandedOff::describe)
+                            .unwrap_or_else(|| lost_reason(self.workers.get(old), request));
                         (
                             Reason::Reassigned,
                             format!("moved from worker {old} ({why}) to {chosen} {how}"),
@@ -848,11 +958,65 @@ impl Namespace {
             .is_some_and(|(w, n)| w == worker && Some(*n) == status.assignments);
         if confirmed {
             Handoff::Done(HandedOff::Confirmed)
+        } else if !self.heartbeats.contains_key(worker) {
+            Handoff::Done(HandedOff::NoHeartbeat)
         } else if !self.heartbeat_alive(worker) {
             Handoff::Done(HandedOff::Lapsed)
         } else {
             Handoff::Waiting
         }
+    }
+
+    /// Remembers a resource just deleted (or replaced by another object under its name) whose
+    /// task its worker may still run: assigned, not confirmed released, on a worker whose
+    /// heartbeat has not lapsed. Its successor is held back (see [`Tombstone`]).
+    fn bury(&mut self, namespace: &str, name: &str, gone: &ResourceEntry) {
+        let status = &gone.status;
+        let Some(worker) = status.assigned_worker.clone() else {
+            return;
+        };
+        let released = status.phase == Some(Phase::Releasing)
+            && gone
+                .released_by
+                .as_ref()
+                .is_some_and(|(w, n)| *w == worker && Some(*n) == status.assignments);
+        let stopped = self.heartbeats.get(&worker).is_some_and(|h| !h.alive());
+        if released || stopped {
+            return;
+        }
+        tracing::info!(
+            namespace,
+            resource = name,
+            %worker,
+            "deleted while its worker may still run it: an object created again under this name \
+             is placed no earlier than {SUCCESSOR_HOLD:?} from now"
+        );
+        self.tombstones.insert(
+            name.to_owned(),
+            Tombstone {
+                uid: gone.uid.clone(),
+                worker,
+                seen: None,
+            },
+        );
+    }
+
+    /// `worker`'s heartbeat stopped being alive: it has stopped every task, so the successors
+    /// held back for it may be placed. Returns them.
+    fn unbury_on(&mut self, namespace: &str, worker: &str) -> Vec<Key> {
+        let mut ended = Vec::new();
+        self.tombstones.retain(|name, t| {
+            let on = t.worker == worker;
+            if on {
+                ended.push(name.clone());
+            }
+            !on
+        });
+        ended
+            .into_iter()
+            .filter(|name| self.resources.contains_key(name))
+            .map(|name| Key::new(namespace, name))
+            .collect()
     }
 
     /// Why a resource leaves `worker`, for the `Releasing` condition and Event.

@@ -49,6 +49,7 @@ fn resource(name: &str, weight: i32) -> CrawlerResource {
     spec.weight = weight;
     let mut r = CrawlerResource::new(name, spec);
     r.metadata.namespace = Some(NS.into());
+    r.metadata.uid = Some(format!("uid-{name}"));
     r.metadata.resource_version = Some("1".into());
     r.metadata.generation = Some(1);
     r
@@ -91,7 +92,7 @@ fn worker_of(r: &CrawlerResource) -> Option<&str> {
 fn two_workers_five_resources() -> (Index, Vec<CrawlerResource>) {
     let mut index = Index::default();
     index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
-    index.finish_heartbeat_list(&HashSet::new());
+    index.finish_heartbeat_list(&HashSet::new(), Instant::now());
     let mut resources: Vec<CrawlerResource> = [
         "douban-book-list",
         "task-test-1",
@@ -696,7 +697,7 @@ fn live_workers_and_one_resource() -> (Index, CrawlerResource) {
     for lease in &leases {
         index.apply_heartbeat(lease, now);
     }
-    index.finish_heartbeat_list(&listed(&leases));
+    index.finish_heartbeat_list(&listed(&leases), now);
     let mut r = resource("a", 1);
     index.reset_resources(std::slice::from_ref(&r));
     assert!(index.synced());
@@ -890,12 +891,14 @@ fn a_move_off_a_worker_whose_heartbeat_is_not_alive_is_one_phase() {
         (phase_of(&r), worker_of(&r)),
         (Some(Phase::Assigned), Some("worker-2"))
     );
-    // A worker without a heartbeat Lease (an older worker) cannot confirm: one phase too.
-    let (mut index, mut r) = live_workers_and_one_resource();
-    index.delete_heartbeat(NS, &heartbeat::lease_name("worker-1"));
+    // A worker this index never saw a Lease of (an older worker), with the unseen wait off:
+    // judged by its Pod alone, one phase too.
+    let (mut index, mut resources) = two_workers_five_resources();
     index.apply_pod(&pod("worker-1", false, &[]));
-    place(&mut index, &mut r);
-    assert_eq!(worker_of(&r), Some("worker-2"));
+    for r in &mut resources {
+        place(&mut index, r);
+    }
+    assert!(resources.iter().all(|r| worker_of(r) == Some("worker-2")));
 }
 
 #[test]
@@ -953,8 +956,307 @@ fn nothing_is_decided_before_the_heartbeats_have_listed() {
         !index.synced(),
         "a live worker's heartbeat is not known yet"
     );
-    index.finish_heartbeat_list(&HashSet::new());
+    index.finish_heartbeat_list(&HashSet::new(), Instant::now());
     assert!(index.synced());
+}
+
+// === A heartbeat Lease that disappears ===
+
+fn releasing_message(r: &CrawlerResource) -> String {
+    r.status.as_ref().unwrap().conditions[0].message.clone()
+}
+
+#[test]
+fn a_deleted_lease_keeps_its_worker_alive_until_its_last_renewal_expires_confirmed_by_a_read() {
+    let t0 = Instant::now();
+    let (mut index, mut r) = live_workers_and_one_resource();
+    // Deleted by hand (or garbage-collected after a forced Pod deletion): nothing changes yet.
+    assert!(
+        index
+            .delete_heartbeat(NS, &heartbeat::lease_name("worker-1"))
+            .is_empty()
+    );
+    // A move off it is still a handoff.
+    index.apply_pod(&pod("worker-1", false, &[]));
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Releasing), "{:?}", r.status);
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing, "waiting");
+    // A relist that does not show it changes nothing either.
+    let worker_2 = heartbeat("worker-2", Some("worker-2"), 100);
+    index.apply_heartbeat(&worker_2, t0);
+    assert!(
+        index
+            .finish_heartbeat_list(&listed(std::slice::from_ref(&worker_2)), t0)
+            .is_empty()
+    );
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing, "still waiting");
+    // Due a whole duration after its last renewal was observed, like any heartbeat.
+    assert!(
+        !index
+            .heartbeats_due(t0 + Duration::from_secs(9))
+            .contains(&(NS.to_owned(), "worker-1".to_owned()))
+    );
+    let due = t0 + Duration::from_secs(11);
+    assert!(
+        index
+            .heartbeats_due(due)
+            .contains(&(NS.to_owned(), "worker-1".to_owned()))
+    );
+    // The read finds no Lease: no renewal since (it would have re-created it). The handoff
+    // completes, and the worker is judged by its Pod alone from now on.
+    assert_eq!(
+        index.confirm_heartbeat(NS, "worker-1", None, due),
+        vec![Key::new(NS, "a")]
+    );
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected the placement")
+    };
+    assert_eq!(worker_of(&r), Some("worker-2"));
+    let note = w.event.unwrap().note;
+    assert!(
+        note.contains("moved from worker worker-1 (its Pod is not ready) to worker-2"),
+        "{note}"
+    );
+    assert!(
+        !index
+            .heartbeats_due(due + Duration::from_secs(60))
+            .contains(&(NS.to_owned(), "worker-1".to_owned())),
+        "forgotten"
+    );
+}
+
+#[test]
+fn a_worker_that_recreates_its_deleted_lease_is_alive_again_and_confirms() {
+    let t0 = Instant::now();
+    let (mut index, mut r) = live_workers_and_one_resource();
+    index.apply_pod(&pod("worker-1", false, &[]));
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Releasing));
+    // The Lease goes while the handoff waits on it: it does not complete at once.
+    assert!(
+        index
+            .delete_heartbeat(NS, &heartbeat::lease_name("worker-1"))
+            .is_empty()
+    );
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing);
+    // Its next renewal re-creates it: a renewal like any other.
+    index.apply_heartbeat(
+        &heartbeat("worker-1", Some("worker-1"), 105),
+        t0 + Duration::from_secs(5),
+    );
+    assert!(
+        !index
+            .heartbeats_due(t0 + Duration::from_secs(14))
+            .contains(&(NS.to_owned(), "worker-1".to_owned())),
+        "counted from the re-creation"
+    );
+    // Deleted again and due: the confirming read finds it re-created once more (the watch did
+    // not show it): alive, counted from the read.
+    index.delete_heartbeat(NS, &heartbeat::lease_name("worker-1"));
+    let due = t0 + Duration::from_secs(16);
+    assert!(
+        index
+            .heartbeats_due(due)
+            .contains(&(NS.to_owned(), "worker-1".to_owned()))
+    );
+    assert!(
+        index
+            .confirm_heartbeat(
+                NS,
+                "worker-1",
+                Some(&heartbeat("worker-1", Some("worker-1"), 115)),
+                due
+            )
+            .is_empty()
+    );
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing, "still alive");
+    confirm(&mut index, &mut r, "worker-1", 1);
+    let Plan::Write(w) = place(&mut index, &mut r) else {
+        panic!("expected the placement")
+    };
+    assert!(
+        w.event.unwrap().note.contains("(it confirmed the stop)"),
+        "{}",
+        releasing_message(&r)
+    );
+}
+
+#[test]
+fn a_deleted_lease_that_was_released_or_lapsed_is_simply_forgotten() {
+    let (mut index, _) = live_workers_and_one_resource();
+    index.apply_heartbeat(&heartbeat("worker-1", None, 101), Instant::now());
+    index.delete_heartbeat(NS, &heartbeat::lease_name("worker-1"));
+    assert!(
+        index
+            .heartbeats_due(Instant::now() + Duration::from_secs(3600))
+            .iter()
+            .all(|(_, w)| w != "worker-1"),
+        "nothing left to wait for"
+    );
+}
+
+#[test]
+fn a_fresh_controller_waits_for_a_lease_it_never_saw_before_judging_by_the_pod_alone() {
+    let t0 = Instant::now();
+    let mut index = Index::with_unseen_heartbeat_wait(Duration::from_secs(10));
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    // A resource placed on worker-1 by an earlier leader.
+    let mut r = resource("a", 1);
+    let mut placed = Index::default();
+    placed.reset_pods(&[pod("worker-1", true, &[])]);
+    placed.finish_heartbeat_list(&HashSet::new(), t0);
+    placed.reset_resources(std::slice::from_ref(&r));
+    place(&mut placed, &mut r);
+    assert_eq!(worker_of(&r), Some("worker-1"));
+    index.reset_resources(std::slice::from_ref(&r));
+    // No Lease listed for either worker (worker-1's was deleted just before this start).
+    index.finish_heartbeat_list(&HashSet::new(), t0);
+    assert!(index.synced());
+    // worker-2's worker renews: a Lease like any other.
+    index.apply_heartbeat(
+        &heartbeat("worker-2", Some("worker-2"), 100),
+        t0 + Duration::from_secs(1),
+    );
+    // A move off worker-1 waits: it may still run the task.
+    index.apply_pod(&pod("worker-1", false, &[]));
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Releasing), "{:?}", r.status);
+    assert_eq!(
+        index.heartbeats_due(t0 + Duration::from_secs(9)),
+        Vec::<(String, String)>::new()
+    );
+    let due = t0 + Duration::from_secs(10);
+    assert_eq!(
+        index.heartbeats_due(due),
+        vec![(NS.to_owned(), "worker-1".to_owned())]
+    );
+    // The read after the wait finds no Lease: judged by its Pod alone; the move completes.
+    assert_eq!(
+        index.confirm_heartbeat(NS, "worker-1", None, due),
+        vec![Key::new(NS, "a")]
+    );
+    place(&mut index, &mut r);
+    assert_eq!(worker_of(&r), Some("worker-2"));
+    assert!(
+        releasing_message(&r).contains("(its Pod is not ready)"),
+        "{}",
+        releasing_message(&r)
+    );
+    // Known now to have none: no second wait when its Pod changes again.
+    index.apply_pod(&pod("worker-1", true, &[]));
+    assert!(
+        index
+            .heartbeats_due(due + Duration::from_secs(60))
+            .iter()
+            .all(|(_, w)| w != "worker-1")
+    );
+    // A worker Pod first seen after the wait gets a read at once, not another wait.
+    index.apply_pod(&pod("worker-3", true, &[]));
+    let later = due + Duration::from_secs(30);
+    let worker_3 = (NS.to_owned(), "worker-3".to_owned());
+    assert!(index.heartbeats_due(later).contains(&worker_3));
+    index.confirm_heartbeat(NS, "worker-3", None, later);
+    assert!(!index.heartbeats_due(later).contains(&worker_3));
+}
+
+#[test]
+fn the_unseen_wait_is_never_shorter_than_the_longest_heartbeat_seen() {
+    let t0 = Instant::now();
+    let mut index = Index::with_unseen_heartbeat_wait(Duration::from_secs(10));
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let mut long = heartbeat("worker-2", Some("worker-2"), 100);
+    long.spec.as_mut().unwrap().lease_duration_seconds = Some(30);
+    index.apply_heartbeat(&long, t0);
+    index.finish_heartbeat_list(&listed(std::slice::from_ref(&long)), t0);
+    assert!(
+        index
+            .heartbeats_due(t0 + Duration::from_secs(29))
+            .is_empty()
+    );
+    assert_eq!(index.heartbeats_due(t0 + Duration::from_secs(30)).len(), 2);
+}
+
+// === An object created again under a deleted one's name ===
+
+/// `a` again: another object (another uid) under the same name.
+fn successor(r: &CrawlerResource) -> CrawlerResource {
+    let mut next = resource(&r.name_any(), 1);
+    next.metadata.uid = Some("uid-a-again".into());
+    next.metadata.resource_version = Some("50".into());
+    next
+}
+
+#[test]
+fn an_object_created_again_under_a_deleted_ones_name_is_placed_only_after_the_hold() {
+    let (mut index, r) = live_workers_and_one_resource();
+    // Deleted while on worker-1 (whose view may lag by up to the freshness bound), created
+    // again at once: it waits, without a write.
+    index.delete_resource(NS, "a");
+    let mut next = successor(&r);
+    assert_eq!(index.apply_resource(&next), vec![Key::new(NS, "a")]);
+    assert_eq!(place(&mut index, &mut next), Plan::Wait);
+    let t0 = Instant::now();
+    assert!(index.successors_due(t0).is_empty(), "the hold starts here");
+    assert!(
+        index
+            .successors_due(t0 + SUCCESSOR_HOLD - Duration::from_millis(1))
+            .is_empty()
+    );
+    assert_eq!(place(&mut index, &mut next), Plan::Wait);
+    assert_eq!(
+        index.successors_due(t0 + SUCCESSOR_HOLD),
+        vec![Key::new(NS, "a")]
+    );
+    let Plan::Write(w) = place(&mut index, &mut next) else {
+        panic!("expected the placement")
+    };
+    assert_eq!(w.status.assignments, Some(1));
+    assert!(worker_of(&next).is_some());
+    // The hold is spent: the same object is decided as usual from now on.
+    assert_eq!(place(&mut index, &mut next), Plan::Nothing);
+}
+
+#[test]
+fn a_relist_that_shows_another_object_under_the_name_holds_it_back_too() {
+    let (mut index, r) = live_workers_and_one_resource();
+    // The watch was down across the delete and the create: the relist shows only the new one.
+    let mut next = successor(&r);
+    index.reset_resources(std::slice::from_ref(&next));
+    index.check_loads();
+    assert_eq!(
+        index.load(NS, "worker-1"),
+        0,
+        "the old object's weight went"
+    );
+    assert_eq!(place(&mut index, &mut next), Plan::Wait);
+    // worker-1's heartbeat is released (it stopped every task): the hold ends at once.
+    let redo = index.apply_heartbeat(&heartbeat("worker-1", None, 101), Instant::now());
+    assert!(redo.contains(&Key::new(NS, "a")), "{redo:?}");
+    place(&mut index, &mut next);
+    assert_eq!(worker_of(&next), Some("worker-2"));
+}
+
+#[test]
+fn no_hold_when_the_old_worker_cannot_be_running_the_task() {
+    // Its heartbeat had lapsed (released) before the delete.
+    let (mut index, r) = live_workers_and_one_resource();
+    index.apply_heartbeat(&heartbeat("worker-1", None, 101), Instant::now());
+    index.delete_resource(NS, "a");
+    let mut next = successor(&r);
+    index.apply_resource(&next);
+    assert!(matches!(place(&mut index, &mut next), Plan::Write(_)));
+    // It was suspended through a confirmed release (unassigned) before the delete.
+    let (mut index, mut r) = live_workers_and_one_resource();
+    r.spec.suspend = true;
+    index.apply_resource(&r);
+    place(&mut index, &mut r);
+    confirm(&mut index, &mut r, "worker-1", 1);
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Suspended));
+    index.delete_resource(NS, "a");
+    let mut next = successor(&r);
+    index.apply_resource(&next);
+    assert!(matches!(place(&mut index, &mut next), Plan::Write(_)));
 }
 
 mod handoff_properties {
@@ -970,6 +1272,10 @@ mod handoff_properties {
         Confirm,
         Suspend(bool),
         MoveOff(usize),
+        /// The Lease is deleted (by hand, or garbage-collected): the worker may still run.
+        DeleteLease(usize),
+        /// A read after the heartbeat became due finds no Lease.
+        ReadFindsNone(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -980,6 +1286,8 @@ mod handoff_properties {
             Just(Step::Confirm),
             any::<bool>().prop_map(Step::Suspend),
             (0..3usize).prop_map(Step::MoveOff),
+            (0..3usize).prop_map(Step::DeleteLease),
+            (0..3usize).prop_map(Step::ReadFindsNone),
         ]
     }
 
@@ -1003,7 +1311,7 @@ mod handoff_properties {
             for lease in &leases {
                 index.apply_heartbeat(lease, t0);
             }
-            index.finish_heartbeat_list(&listed(&leases));
+            index.finish_heartbeat_list(&listed(&leases), t0);
             let mut r = resource("a", 1);
             index.reset_resources(std::slice::from_ref(&r));
             place(&mut index, &mut r);
@@ -1035,6 +1343,13 @@ mod handoff_properties {
                     }
                     Step::Suspend(s) => { r.spec.suspend = s; index.apply_resource(&r); }
                     Step::MoveOff(w) => { index.move_off(&Key::new(NS, "a"), WORKERS[w], "asked"); }
+                    Step::DeleteLease(w) => {
+                        index.delete_heartbeat(NS, &heartbeat::lease_name(WORKERS[w]));
+                    }
+                    Step::ReadFindsNone(w) => {
+                        index.confirm_heartbeat(NS, WORKERS[w], None, now);
+                        alive[w] = false;
+                    }
                 }
                 let before = r.status.clone().unwrap_or_default();
                 place(&mut index, &mut r);

@@ -1,6 +1,14 @@
 //! Worker Pods and their heartbeat Leases, turned into the workers placement sees: readiness
 //! (the Pod's, downgraded by an expired or released heartbeat), labels, capacity, address, and
 //! what a change of one worker means for the resources.
+//!
+//! A heartbeat Lease that disappears is not a lapse: it may have been deleted by hand, or
+//! garbage-collected after a forced Pod deletion, while its worker still runs (and re-creates it
+//! at its next renewal). So the last renewal seen is kept as a *ghost* that stays alive until that
+//! renewal's expiry, confirmed by a read like any lapse. The same holds for a worker this
+//! controller never saw a Lease of (it started after the deletion): it is waited on for
+//! [`Index::with_unseen_heartbeat_wait`] from the first heartbeat list before "no Lease" means "no
+//! heartbeat".
 
 use std::{
     collections::HashSet,
@@ -39,11 +47,34 @@ pub(super) struct Heartbeat {
     /// never from the remote `renewTime` (clock skew).
     pub(super) observed: Instant,
     pub(super) expired: bool,
+    /// Whether the Lease itself is there.
+    pub(super) lease: LeaseSeen,
+}
+
+/// Whether a heartbeat's Lease exists, as far as the controller knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LeaseSeen {
+    /// Listed or watched, not deleted since.
+    Present,
+    /// Deleted while alive: the worker may still run (and re-creates its Lease at its next
+    /// renewal), so the last renewal seen stays alive until it expires, confirmed by a read that
+    /// finds no Lease. Then the heartbeat is forgotten.
+    Deleted,
+    /// Never seen by this controller (it started after a deletion, or the worker has not renewed
+    /// yet): alive-unknown for the unseen wait from the first heartbeat list, then, confirmed by
+    /// a read that finds no Lease, forgotten (the worker is judged by its Pod alone).
+    Unseen,
 }
 
 impl Heartbeat {
     pub(super) fn alive(&self) -> bool {
-        self.holder.is_some() && !self.expired
+        !self.expired && (self.holder.is_some() || self.lease == LeaseSeen::Unseen)
+    }
+
+    /// Whether the Lease is gone (or was never seen) and this entry only stands for what the
+    /// worker may still be doing.
+    pub(super) fn ghost(&self) -> bool {
+        self.lease != LeaseSeen::Present
     }
 }
 
@@ -76,12 +107,16 @@ impl Index {
             .and_then(|s| s.lease_duration_seconds)
             .unwrap_or(0);
         let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1));
+        self.longest_heartbeat = self.longest_heartbeat.max(duration);
         let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        ns.no_lease.remove(&pod);
         let was_alive = ns.heartbeat_alive(&pod);
+        // A ghost replaced by its Lease counts as a renewal observed now (a re-created Lease
+        // carries the renewal that created it).
         let changed = ns
             .heartbeats
             .get(&pod)
-            .is_none_or(|h| h.holder != holder || h.renew_time != renew_time);
+            .is_none_or(|h| h.ghost() || h.holder != holder || h.renew_time != renew_time);
         if changed {
             ns.heartbeats.insert(
                 pod.clone(),
@@ -91,13 +126,17 @@ impl Index {
                     duration,
                     observed: now,
                     expired: false,
+                    lease: LeaseSeen::Present,
                 },
             );
         }
         heartbeat_changed(&ns_name, ns, &pod, was_alive)
     }
 
-    /// A heartbeat Lease was deleted: the worker is judged by its Pod alone again.
+    /// A heartbeat Lease was deleted (a watch event, or a relist that no longer shows it). If it
+    /// was alive, its worker may still run and renew: the last renewal seen stays alive until it
+    /// expires (a ghost, see [`LeaseSeen::Deleted`]). A released or lapsed one is forgotten: the
+    /// worker is judged by its Pod alone.
     pub fn delete_heartbeat(&mut self, namespace: &str, lease_name: &str) -> Vec<Key> {
         let Some(pod) = heartbeat::pod_of(lease_name) else {
             return Vec::new();
@@ -105,24 +144,78 @@ impl Index {
         let Some(ns) = self.namespaces.get_mut(namespace) else {
             return Vec::new();
         };
-        let was_alive = ns.heartbeat_alive(pod);
-        ns.heartbeats.remove(pod);
-        heartbeat_changed(namespace, ns, pod, was_alive)
+        let Some(h) = ns.heartbeats.get_mut(pod) else {
+            return Vec::new();
+        };
+        if h.ghost() {
+            return Vec::new();
+        }
+        if h.alive() {
+            h.lease = LeaseSeen::Deleted;
+            tracing::info!(
+                namespace,
+                worker = pod,
+                "heartbeat Lease deleted while alive: the worker counts as alive until its last \
+                 renewal seen expires (it re-creates the Lease at its next renewal)"
+            );
+            return Vec::new();
+        }
+        forget_heartbeat(namespace, ns, pod)
     }
 
-    /// The end of a heartbeat (re)list applied one by one: forget the Leases it did not list.
-    pub fn finish_heartbeat_list(&mut self, listed: &HashSet<(String, String)>) -> Vec<Key> {
+    /// The end of a heartbeat (re)list applied one by one (`now`: when it was received): the
+    /// Leases it did not list are deleted. On the first list, every worker Pod known without a
+    /// Lease gets an unseen ghost (see [`Index::with_unseen_heartbeat_wait`]).
+    pub fn finish_heartbeat_list(
+        &mut self,
+        listed: &HashSet<(String, String)>,
+        now: Instant,
+    ) -> Vec<Key> {
         self.heartbeats_synced = true;
-        self.retain(
+        let first = self.heartbeats_listed_at.is_none();
+        if first {
+            self.heartbeats_listed_at = Some(now);
+        }
+        let keys = self.retain(
             listed,
             |ns| {
                 ns.heartbeats
-                    .keys()
-                    .map(|pod| heartbeat::lease_name(pod))
+                    .iter()
+                    .filter(|(_, h)| !h.ghost())
+                    .map(|(pod, _)| heartbeat::lease_name(pod))
                     .collect()
             },
             Self::delete_heartbeat,
-        )
+        );
+        if first && let Some(ghost) = self.unseen_ghost() {
+            for ns in self.namespaces.values_mut() {
+                let unknown: Vec<String> = ns
+                    .workers
+                    .keys()
+                    .filter(|w| !ns.heartbeats.contains_key(*w) && !ns.no_lease.contains(*w))
+                    .cloned()
+                    .collect();
+                for w in unknown {
+                    ns.heartbeats.insert(w, ghost.clone());
+                }
+            }
+        }
+        keys
+    }
+
+    /// The heartbeat a worker Pod without a Lease gets while the controller does not know that
+    /// it has none: alive-unknown until the unseen wait from the first heartbeat list has passed
+    /// and a read found no Lease. `None` before that list, or when the wait is off.
+    pub(super) fn unseen_ghost(&self) -> Option<Heartbeat> {
+        let wait = self.unseen_wait?.max(self.longest_heartbeat);
+        Some(Heartbeat {
+            holder: None,
+            renew_time: None,
+            duration: wait,
+            observed: self.heartbeats_listed_at?,
+            expired: false,
+            lease: LeaseSeen::Unseen,
+        })
     }
 
     /// The heartbeat watch failed at `now` (the API server or etcd is unreachable or restarting):
@@ -166,14 +259,28 @@ impl Index {
         now: Instant,
     ) -> Vec<Key> {
         let Some(lease) = lease else {
-            return self.delete_heartbeat(namespace, &heartbeat::lease_name(pod));
+            // Due and gone: no renewal since the one observed a whole duration ago (a renewal
+            // would have re-created the Lease). Forgotten: the worker is judged by its Pod alone.
+            let Some(ns) = self.namespaces.get_mut(namespace) else {
+                return Vec::new();
+            };
+            if !ns.heartbeats.contains_key(pod) {
+                return Vec::new();
+            }
+            tracing::info!(
+                namespace,
+                worker = pod,
+                "no heartbeat Lease (read after its last renewal seen expired): the worker is \
+                 judged by its Pod alone"
+            );
+            return forget_heartbeat(namespace, ns, pod);
         };
         let (holder, renew_time) = renewal_of(lease);
         let unchanged = self
             .namespaces
             .get(namespace)
             .and_then(|ns| ns.heartbeats.get(pod))
-            .is_some_and(|h| h.holder == holder && h.renew_time == renew_time);
+            .is_some_and(|h| !h.ghost() && h.holder == holder && h.renew_time == renew_time);
         if !unchanged {
             tracing::debug!(
                 namespace,
@@ -202,16 +309,19 @@ impl Index {
     pub fn expire_heartbeats(&mut self, now: Instant) -> Vec<Key> {
         let mut keys = Vec::new();
         for (ns_name, pod) in self.heartbeats_due(now) {
-            let Some(h) = self
-                .namespaces
-                .get_mut(&ns_name)
-                .and_then(|ns| ns.heartbeats.get_mut(&pod))
-            else {
+            let Some(ns) = self.namespaces.get_mut(&ns_name) else {
                 continue;
             };
+            let Some(h) = ns.heartbeats.get_mut(&pod) else {
+                continue;
+            };
+            if h.ghost() {
+                // The read would find no Lease (the index's view is the truth here).
+                keys.extend(forget_heartbeat(&ns_name, ns, &pod));
+                continue;
+            }
             let was_alive = h.alive();
             h.expired = true;
-            let ns = self.namespaces.get_mut(&ns_name).expect("present above");
             keys.extend(heartbeat_changed(&ns_name, ns, &pod, was_alive));
         }
         keys
@@ -296,14 +406,27 @@ pub(super) fn effective_readiness(pod: Readiness, heartbeat: Option<&Heartbeat>)
 }
 
 /// What a change of `pod`'s heartbeat triggers: its readiness recomputed, and, when it stopped
-/// being alive (lapsed, released, deleted), the handoffs waiting on it, which it completes
-/// (its Pod may have been unready, or gone, all along: readiness alone would not tell).
+/// being alive (lapsed, released, forgotten), the handoffs waiting on it, which it completes
+/// (its Pod may have been unready, or gone, all along: readiness alone would not tell), and the
+/// successors held back for a task it may have still run (it stopped every task by now).
 fn heartbeat_changed(namespace: &str, ns: &mut Namespace, pod: &str, was_alive: bool) -> Vec<Key> {
     let mut keys = refresh_worker(namespace, ns, pod);
     if was_alive && !ns.heartbeat_alive(pod) {
         keys.extend(ns.releasing_on(namespace, pod));
+        keys.extend(ns.unbury_on(namespace, pod));
     }
     keys
+}
+
+/// Drops `pod`'s heartbeat: from now on the worker is judged by its Pod alone (remembered in
+/// `no_lease` while the Pod exists, so it does not get an unseen ghost again).
+fn forget_heartbeat(namespace: &str, ns: &mut Namespace, pod: &str) -> Vec<Key> {
+    let was_alive = ns.heartbeat_alive(pod);
+    ns.heartbeats.remove(pod);
+    if ns.workers.contains_key(pod) {
+        ns.no_lease.insert(pod.to_owned());
+    }
+    heartbeat_changed(namespace, ns, pod, was_alive)
 }
 
 /// Recomputes a worker's readiness after its heartbeat changed; returns what that triggers.
