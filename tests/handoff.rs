@@ -8,16 +8,28 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use crawler_operator::crd::{CONDITION_ASSIGNED, CrawlerResource, Phase, TaskState};
-use kube::api::{Patch, PatchParams};
+use crawler_operator::{
+    controller::index::SUCCESSOR_HOLD,
+    crd::{CONDITION_ASSIGNED, CrawlerResource, Phase, TaskState},
+    heartbeat,
+    watch::STALE_AFTER,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+};
 use serde_json::json;
 use support::{
-    pods::set_pod_ready,
+    pods::{delete_pod, set_pod_ready},
     proxy::Proxy,
     site::{Site, endless},
     story::{BOUND, HEARTBEAT, POLL, Story, assigned_worker},
     wait_for,
 };
+
+/// Slack for a loaded 2-core machine on top of a stated bound.
+const SLACK: Duration = Duration::from_millis(700);
 
 /// Waits until `name` satisfies `done`; returns it and when that was first seen.
 async fn wait_until(
@@ -213,4 +225,135 @@ async fn a_handoff_whose_old_worker_is_killed_midway_completes_after_its_heartbe
     );
     assert!(last_old < first_new, "overlap after the kill");
     assert_eq!(site.overlaps(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_off_a_live_worker_whose_heartbeat_lease_was_deleted_is_still_a_handoff() {
+    let site = Site::start().await;
+    let mut story = Story::new("handoff-lease").await;
+    let proxy = Proxy::start(story.cp.apiserver_addr());
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", Some(&proxy));
+    story
+        .apply_resource("task-l", endless(&site, "task-l"))
+        .await;
+    story.assert_assigned("task-l", "worker-1").await;
+    site.wait_for_hits("task-l", "worker-1", None, 3).await;
+    story.ready_worker("worker-2").await;
+    story.start_worker("worker-2", None);
+
+    // worker-1's open connections go silent (its assignment watch sees nothing; new connections
+    // work), then its Pod is force-deleted and its heartbeat Lease garbage-collected with it,
+    // while its process runs on: what `kubectl delete pod --force` leaves behind.
+    proxy.freeze();
+    let froze = Instant::now();
+    delete_pod(&story.client, story.ns(), "worker-1").await;
+    Api::<Lease>::namespaced(story.client.clone(), story.ns())
+        .delete(&heartbeat::lease_name("worker-1"), &DeleteParams::default())
+        .await
+        .expect("deleting worker-1's heartbeat Lease");
+    // Not a worker without a heartbeat: the move is a handoff.
+    let (r, _) = wait_until(&story, "task-l", "phase Releasing (or moved)", |r| {
+        phase(r) == Some(Phase::Releasing) || assigned_worker(r).as_deref() == Some("worker-2")
+    })
+    .await;
+    assert_eq!(
+        phase(&r),
+        Some(Phase::Releasing),
+        "moved at once, as off a worker without a heartbeat: {}",
+        assigned_message(&r)
+    );
+    let (r, moved) = wait_until(&story, "task-l", "assigned to worker-2", |r| {
+        assigned_worker(r).as_deref() == Some("worker-2")
+    })
+    .await;
+    site.wait_for_hits("task-l", "worker-2", None, 3).await;
+    // Absence is observed over a window: wait past worker-1's freshness bound.
+    tokio::time::sleep((froze + STALE_AFTER + SLACK).saturating_duration_since(Instant::now()))
+        .await;
+    let (last_old, first_new) = site.handover("task-l", "worker-1", "worker-2");
+    println!(
+        "Lease deleted under a live worker whose connections went silent: worker-1's last request \
+         {:?} after the freeze, placed on worker-2 {:?} after it ({}), worker-2's first request \
+         {:?} after it: gap {:?}",
+        last_old.saturating_duration_since(froze),
+        moved - froze,
+        assigned_message(&r),
+        first_new.saturating_duration_since(froze),
+        first_new.saturating_duration_since(last_old)
+    );
+    assert!(
+        last_old < first_new,
+        "overlap: worker-1 still crawled {:?} after worker-2 started",
+        last_old - first_new
+    );
+    assert_eq!(site.overlaps(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_created_again_under_a_deleted_ones_name_starts_only_after_the_old_worker_stopped()
+{
+    let site = Site::start().await;
+    let mut story = Story::new("handoff-again").await;
+    let proxy = Proxy::start(story.cp.apiserver_addr());
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", Some(&proxy));
+    story
+        .apply_resource("task-a", endless(&site, "task-a"))
+        .await;
+    story.assert_assigned("task-a", "worker-1").await;
+    site.wait_for_hits("task-a", "worker-1", None, 3).await;
+    let old_uid = story.api().get("task-a").await.unwrap().uid();
+    story.worker("worker-2", &[("zone", "b")]).await;
+    story.start_worker("worker-2", None);
+
+    // worker-1's view goes silent; the resource is deleted and created again at once, this
+    // time for worker-2 only (same crawl, same name, another object).
+    proxy.freeze();
+    let froze = Instant::now();
+    let api = story.api();
+    api.delete("task-a", &DeleteParams::default()).await.unwrap();
+    wait_for("task-a to be gone", BOUND, POLL, || async {
+        match api.get_opt("task-a").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.map(|r| r.uid())))),
+        }
+    })
+    .await;
+    let deleted = Instant::now();
+    let mut spec = endless(&site, "task-a");
+    spec["workerSelector"] = json!({ "matchLabels": { "zone": "b" } });
+    story.apply_resource("task-a", spec).await;
+    let (r, placed) = wait_until(&story, "task-a", "the new object assigned to worker-2", |r| {
+        assigned_worker(r).as_deref() == Some("worker-2")
+    })
+    .await;
+    assert_ne!(r.uid(), old_uid, "another object");
+    assert_eq!(r.status.as_ref().unwrap().assignments, Some(1));
+    site.wait_for_hits("task-a", "worker-2", None, 3).await;
+    tokio::time::sleep((froze + STALE_AFTER + SLACK).saturating_duration_since(Instant::now()))
+        .await;
+    let (last_old, first_new) = site.handover("task-a", "worker-1", "worker-2");
+    println!(
+        "deleted and created again while worker-1's view was silent: worker-1's last request {:?} \
+         after the freeze; the new object placed {:?} after the deletion (hold {SUCCESSOR_HOLD:?}), \
+         worker-2's first request {:?} after the freeze: gap {:?}",
+        last_old.saturating_duration_since(froze),
+        placed - deleted,
+        first_new.saturating_duration_since(froze),
+        first_new.saturating_duration_since(last_old)
+    );
+    assert!(
+        last_old < first_new,
+        "overlap: worker-1 still crawled the deleted object's task {:?} after worker-2 started \
+         the new one's",
+        last_old - first_new
+    );
+    let log = std::fs::read_to_string(&story.controllers[0].log).unwrap();
+    assert!(
+        log.contains("deleted while its worker may still run it"),
+        "{log}"
+    );
 }

@@ -202,6 +202,74 @@ async fn two_writers_racing_never_interleave_older_after_newer() {
     assert_eq!(after_claim, "0");
 }
 
+/// The fence is keyed by the resource's uid, not its name: an object created again under the
+/// name of a deleted one is a new task, whose assignment 1 is not refused by the old object's
+/// higher number, and which does not resume the old object's crawl.
+#[tokio::test]
+async fn an_object_created_again_under_a_deleted_ones_name_has_a_fence_of_its_own() {
+    let pg = postgres::shared();
+    let url = pg.database("recreated");
+    let db = postgres::Postgres::db_of(&url).to_owned();
+    let store = Store::new(&url, true).unwrap();
+    async fn open_as(
+        store: &Store,
+        uid: &str,
+        assignment: i64,
+        worker: &str,
+    ) -> (PgSink, crawl::Frontier) {
+        let key = TaskKey {
+            uid: uid.into(),
+            ..key(assignment, worker)
+        };
+        PgSink::open(
+            store.clone(),
+            key,
+            &["http://a.example/".to_owned()],
+            health(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("opening {uid} at assignment {assignment}: {e}"))
+    }
+    // The old object, moved twice: its fence stands at 3.
+    let (mut old, _) = open_as(&store, "uid-old", 3, "worker-1").await;
+    for n in 0..3 {
+        old.write(&record(&format!("http://a.example/{n}")))
+            .await
+            .unwrap();
+    }
+    old.flush().await.unwrap();
+
+    // Created again under the same name: assignment 1 of another uid opens and writes.
+    let (mut new, frontier) = open_as(&store, "uid-new", 1, "worker-2").await;
+    assert_eq!(
+        (frontier.progress.pages_fetched, frontier.queue.len()),
+        (0, 1),
+        "starts from its seeds, not from the old object's pages"
+    );
+    new.write(&record("http://a.example/0")).await.unwrap();
+    new.flush().await.unwrap();
+    let fences = pg
+        .psql(
+            &db,
+            "SELECT resource_uid || ' ' || name || ' ' || assignment FROM crawl_tasks ORDER BY resource_uid",
+        )
+        .unwrap();
+    assert_eq!(fences, "uid-new task 1\nuid-old task 3");
+    // Neither fences the other: the old object's writer (still running somewhere) is kept out
+    // of the new task's rows by the uid, not refused by the new number.
+    old.write(&record("http://a.example/late")).await.unwrap();
+    old.flush().await.unwrap();
+    let rows = pg
+        .psql(
+            &db,
+            "SELECT resource_uid || ' ' || count(*) FROM crawl_pages WHERE state = 'visited' \
+             GROUP BY resource_uid ORDER BY resource_uid",
+        )
+        .unwrap();
+    assert_eq!(rows, "uid-new 1\nuid-old 4");
+}
+
 /// A crawl of 63 pages (depth 5 of the site's binary tree), stopped after `stop_after` pages and
 /// resumed by a second sink of a newer assignment.
 fn tree(site: &Site, task: &str) -> CrawlConfig {
