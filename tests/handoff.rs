@@ -293,7 +293,7 @@ async fn a_move_off_a_live_worker_whose_heartbeat_lease_was_deleted_is_still_a_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_created_again_under_a_deleted_ones_name_starts_only_after_the_old_worker_stopped()
-{
+ {
     let site = Site::start().await;
     let mut story = Story::new("handoff-again").await;
     let proxy = Proxy::start(story.cp.apiserver_addr());
@@ -314,7 +314,9 @@ async fn an_object_created_again_under_a_deleted_ones_name_starts_only_after_the
     proxy.freeze();
     let froze = Instant::now();
     let api = story.api();
-    api.delete("task-a", &DeleteParams::default()).await.unwrap();
+    api.delete("task-a", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for("task-a to be gone", BOUND, POLL, || async {
         match api.get_opt("task-a").await {
             Ok(None) => Ok(()),
@@ -326,9 +328,12 @@ async fn an_object_created_again_under_a_deleted_ones_name_starts_only_after_the
     let mut spec = endless(&site, "task-a");
     spec["workerSelector"] = json!({ "matchLabels": { "zone": "b" } });
     story.apply_resource("task-a", spec).await;
-    let (r, placed) = wait_until(&story, "task-a", "the new object assigned to worker-2", |r| {
-        assigned_worker(r).as_deref() == Some("worker-2")
-    })
+    let (r, placed) = wait_until(
+        &story,
+        "task-a",
+        "the new object assigned to worker-2",
+        |r| assigned_worker(r).as_deref() == Some("worker-2"),
+    )
     .await;
     assert_ne!(r.uid(), old_uid, "another object");
     assert_eq!(r.status.as_ref().unwrap().assignments, Some(1));

@@ -202,6 +202,28 @@ async fn two_writers_racing_never_interleave_older_after_newer() {
     assert_eq!(after_claim, "0");
 }
 
+/// Opens a sink for object `uid` of the task named "task".
+async fn open_as(
+    store: &Store,
+    uid: &str,
+    assignment: i64,
+    worker: &str,
+) -> (PgSink, crawl::Frontier) {
+    let key = TaskKey {
+        uid: uid.into(),
+        ..key(assignment, worker)
+    };
+    PgSink::open(
+        store.clone(),
+        key,
+        &["http://a.example/".to_owned()],
+        health(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("opening {uid} at assignment {assignment}: {e}"))
+}
+
 /// The fence is keyed by the resource's uid, not its name: an object created again under the
 /// name of a deleted one is a new task, whose assignment 1 is not refused by the old object's
 /// higher number, and which does not resume the old object's crawl.
@@ -211,26 +233,6 @@ async fn an_object_created_again_under_a_deleted_ones_name_has_a_fence_of_its_ow
     let url = pg.database("recreated");
     let db = postgres::Postgres::db_of(&url).to_owned();
     let store = Store::new(&url, true).unwrap();
-    async fn open_as(
-        store: &Store,
-        uid: &str,
-        assignment: i64,
-        worker: &str,
-    ) -> (PgSink, crawl::Frontier) {
-        let key = TaskKey {
-            uid: uid.into(),
-            ..key(assignment, worker)
-        };
-        PgSink::open(
-            store.clone(),
-            key,
-            &["http://a.example/".to_owned()],
-            health(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("opening {uid} at assignment {assignment}: {e}"))
-    }
     // The old object, moved twice: its fence stands at 3.
     let (mut old, _) = open_as(&store, "uid-old", 3, "worker-1").await;
     for n in 0..3 {
