@@ -10,14 +10,18 @@ use std::time::{Duration, Instant};
 
 use crawler_operator::{
     controller::index::SUCCESSOR_HOLD,
-    crd::{CONDITION_ASSIGNED, CrawlerResource, Phase, TaskState},
+    crd::{CONDITION_ASSIGNED, CrawlerResource, Phase, TaskProgress, TaskState},
     heartbeat,
     watch::STALE_AFTER,
+    worker::RELEASE_CONFIRM_BOUND,
 };
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    coordination::v1::Lease,
+};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use support::{
@@ -359,6 +363,150 @@ async fn an_object_created_again_under_a_deleted_ones_name_starts_only_after_the
     let log = std::fs::read_to_string(&story.controllers[0].log).unwrap();
     assert!(
         log.contains("deleted while its worker may still run it"),
+        "{log}"
+    );
+}
+
+/// A `ValidatingAdmissionPolicy` (and its binding, confined to namespace `ns`) that refuses every
+/// status write confirming a release (`progress.released: true`) from `worker`: a worker that is
+/// alive but whose confirmations are refused.
+async fn refuse_confirmations_from(story: &Story, worker: &str) -> String {
+    let name = format!("{}-refuse-confirmations", story.ns());
+    let message = format!("test: {worker} may not confirm a release");
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": { "resourceRules": [{
+                "apiGroups": ["crawler.dev"], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["crawlerresources/status"],
+            }]},
+            "validations": [{
+                "expression": format!(
+                    "!(has(object.status) && has(object.status.progress) && \
+                     has(object.status.progress.released) && object.status.progress.released && \
+                     object.status.progress.worker == '{worker}')"
+                ),
+                "message": message,
+            }],
+        },
+    }))
+    .expect("a valid policy");
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": { "namespaceSelector": {
+                "matchLabels": { "kubernetes.io/metadata.name": story.ns() },
+            }},
+        },
+    }))
+    .expect("a valid binding");
+    Api::<ValidatingAdmissionPolicy>::all(story.client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("creating the policy");
+    Api::<ValidatingAdmissionPolicyBinding>::all(story.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("creating the binding");
+    message
+}
+
+/// Removes what [`refuse_confirmations_from`] created.
+async fn allow_confirmations(story: &Story) {
+    let name = format!("{}-refuse-confirmations", story.ns());
+    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(story.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await;
+    let _ = Api::<ValidatingAdmissionPolicy>::all(story.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_whose_old_worker_cannot_write_its_confirmation_completes_on_the_withheld_heartbeat()
+ {
+    let site = Site::start().await;
+    let mut story = Story::new("handoff-refused").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    let old = story.start_worker("worker-1", None);
+    story
+        .apply_resource("task-v", endless(&site, "task-v"))
+        .await;
+    story.assert_assigned("task-v", "worker-1").await;
+    site.wait_for_hits("task-v", "worker-1", None, 3).await;
+    story.ready_worker("worker-2").await;
+    story.start_worker("worker-2", None);
+
+    // worker-1 stays alive and reachable, but the API server refuses its confirmations.
+    let message = refuse_confirmations_from(&story, "worker-1").await;
+    let api = story.api();
+    let probe = json!({
+        "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
+        "metadata": { "name": "task-v" },
+        "status": { "progress": TaskProgress {
+            worker: "worker-1".into(),
+            assignment: 1,
+            state: TaskState::Stopped,
+            released: true,
+            ..TaskProgress::default()
+        }},
+    });
+    let mut dry_run = PatchParams::apply("policy-probe").force();
+    dry_run.dry_run = true;
+    wait_for("the policy to be in force", BOUND, POLL, || async {
+        match api
+            .patch_status("task-v", &dry_run, &Patch::Apply(&probe))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.message.contains(&message) => Ok(()),
+            other => Err(format!("{:?}", other.map(|_| "accepted"))),
+        }
+    })
+    .await;
+
+    let ip = ip_of("worker-1");
+    set_pod_ready(&story.client, story.ns(), "worker-1", false, Some(&ip)).await;
+    let changed = Instant::now();
+    let (r, moved) = wait_until(&story, "task-v", "assigned to worker-2", |r| {
+        assigned_worker(r).as_deref() == Some("worker-2")
+    })
+    .await;
+    let handoff = moved - changed;
+    let note = assigned_message(&r);
+    site.wait_for_hits("task-v", "worker-2", None, 3).await;
+    let (last_old, first_new) = site.handover("task-v", "worker-1", "worker-2");
+    // The bound stated in docs/architecture.md for a worker that cannot confirm:
+    // F + B + D + the expiry tick and the confirming read.
+    let bound = STALE_AFTER + RELEASE_CONFIRM_BOUND + HEARTBEAT + Duration::from_millis(2200);
+    println!(
+        "confirmations refused by an admission policy: placed on worker-2 {handoff:?} after the \
+         Pod turned not ready (bound {bound:?}; {note}); worker-1's last request {:?} after the \
+         change, worker-2's first {:?}: gap {:?}",
+        last_old.saturating_duration_since(changed),
+        first_new.saturating_duration_since(changed),
+        first_new.saturating_duration_since(last_old)
+    );
+    allow_confirmations(&story).await;
+    assert!(
+        note.contains("(its heartbeat lapsed or was released)"),
+        "{note}"
+    );
+    assert!(handoff < bound + SLACK, "took {handoff:?}, bound {bound:?}");
+    assert!(
+        last_old < first_new,
+        "overlap: worker-1 still crawled {:?} after worker-2 started",
+        last_old - first_new
+    );
+    assert_eq!(site.overlaps(), Vec::<String>::new());
+    let log = std::fs::read_to_string(&story.workers[old].log).unwrap();
+    assert!(log.contains("cannot confirm the release yet"), "{log}");
+    assert!(log.contains(&message), "{log}");
+    assert!(
+        log.contains("a release stayed unconfirmed past its bound"),
         "{log}"
     );
 }
