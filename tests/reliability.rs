@@ -12,18 +12,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crawler_operator::{crd::TaskState, heartbeat};
-use k8s_openapi::api::{coordination::v1::Lease, events::v1::Event};
+use crawler_operator::{crd::TaskState, heartbeat, watch::STALE_AFTER};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use support::{
-    invariants,
+    invariants::{self, Settler},
+    judge::Verdict,
     pods::{create_worker_pod, delete_pod, set_pod_ready},
-    site::{Site, endless},
-    story::{BOUND, LEASE_DURATION, POLL, Story, WORKER_LABEL},
+    proxy::Proxy,
+    site::{Site, endless, gap_figures},
+    story::{BOUND, Election, LEASE, POLL, Story, WORKER_LABEL},
     wait_for,
 };
 use tokio::sync::Mutex;
@@ -34,24 +36,62 @@ fn soak() -> bool {
     std::env::var("CRAWLER_SOAK").is_ok_and(|v| v == "1")
 }
 
-/// Waits until the invariants hold; returns how long that took. Panics with the violations if
-/// they still fail after the bound.
-async fn settle(story: &Story, expected: &BTreeSet<String>) -> Duration {
-    let started = Instant::now();
-    let mut last = Vec::new();
-    while started.elapsed() < BOUND {
-        let snapshot = invariants::check(&story.client, story.ns(), Some(expected)).await;
-        if snapshot.violations.is_empty() {
-            return started.elapsed();
+/// How many control planes (each its own etcd + kube-apiserver) a soak scenario splits its cycles
+/// between: most of a cycle is spent waiting out a lease or a stale bound, so independent
+/// shards overlap their waits (`CRAWLER_SOAK_SHARDS`, default 4).
+fn shards() -> usize {
+    std::env::var("CRAWLER_SOAK_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4)
+}
+
+/// Cycles of a soak scenario: `var` if set (a shorter trial run), else `default`.
+fn soak_cycles(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Cycles of shard `i` when `total` are split between `n` shards.
+fn share(total: usize, n: usize, i: usize) -> usize {
+    total / n + usize::from(i < total % n)
+}
+
+/// Election flags of the soak's leader cycles: a third of the tests' usual ones, so that 1,000
+/// kill/pause cycles fit in minutes. The safety argument rests only on their order
+/// (`retry < renew deadline < lease`, each term ended on the leader's own monotonic clock before
+/// any standby may take over); RELIABILITY.md says why the absolute values do not matter.
+const SOAK_ELECTION: Election = Election {
+    lease: Duration::from_secs(1),
+    renew: Duration::from_millis(750),
+    retry: Duration::from_millis(250),
+};
+
+/// A control plane of its own for one shard of a soak scenario (it lives until the binary exits).
+async fn own_control_plane() -> &'static support::ControlPlane {
+    tokio::task::spawn_blocking(|| &*Box::leak(Box::new(support::ControlPlane::builder().start())))
+        .await
+        .expect("starting a control plane")
+}
+
+/// Waits until the invariants hold; returns how long that took. Records what is still violated
+/// after the bound in the settler's verdict and panics with it.
+async fn settle(story: &Story, settler: &mut Settler, expected: &BTreeSet<String>) -> Duration {
+    match settler
+        .settle(&story.client, story.ns(), expected, BOUND, POLL)
+        .await
+    {
+        Some(took) => took,
+        None => {
+            let verdict = std::mem::take(&mut settler.verdict);
+            println!("{}", story.logs());
+            verdict.print_and_assert();
+            unreachable!("a verdict with violations panics")
         }
-        last = snapshot.violations;
-        tokio::time::sleep(POLL).await;
     }
-    panic!(
-        "invariants still violated after {BOUND:?}:\n{}\n{}",
-        last.join("\n"),
-        story.logs()
-    );
 }
 
 fn percentile(samples: &[Duration], p: f64) -> Duration {
@@ -66,20 +106,31 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
     sorted.get(i).copied().unwrap_or_default()
 }
 
+/// Prints every judge's line and the scenario's `RELIABILITY` line (its violations are the sum of
+/// the judges'), then fails if any judge found a violation.
 fn report(
     scenario: &str,
     faults: usize,
     resources: usize,
     started: Instant,
     recoveries: &[Duration],
+    verdicts: &[Verdict],
 ) {
+    for v in verdicts {
+        println!("{}", v.line());
+    }
+    let judged: usize = verdicts.iter().map(|v| v.judged).sum();
+    let violations: usize = verdicts.iter().map(Verdict::violation_count).sum();
     println!(
-        "RELIABILITY scenario={scenario} faults={faults} resources={resources} duration={:.1}s violations=0 recovery_p50={:?} recovery_p99={:?} recovery_max={:?}",
+        "RELIABILITY scenario={scenario} faults={faults} resources={resources} duration={:.1}s judged={judged} violations={violations} recovery_p50={:?} recovery_p99={:?} recovery_max={:?}",
         started.elapsed().as_secs_f64(),
         percentile(recoveries, 0.5),
         percentile(recoveries, 0.99),
         recoveries.iter().max().copied().unwrap_or_default(),
     );
+    for v in verdicts {
+        v.assert_clean();
+    }
 }
 
 async fn add(story: &Story, expected: &mut BTreeSet<String>, name: String) {
@@ -89,18 +140,30 @@ async fn add(story: &Story, expected: &mut BTreeSet<String>, name: String) {
     expected.insert(name);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
-    let _serial = SERIAL.lock().await;
-    let started = Instant::now();
-    let cycles = if soak() { 30 } else { 4 };
-    let mut story = Story::new("leaderloop").await;
+/// What one shard of the leader scenario saw.
+#[derive(Default)]
+struct LeaderShard {
+    kills: usize,
+    pauses: usize,
+    resources: usize,
+    recoveries: Vec<Duration>,
+    settler: Settler,
+    writes: Option<Verdict>,
+    events: Option<Verdict>,
+}
+
+/// `cycles` faults on the leader of `story`'s two controller replicas, alternating: SIGKILL (a
+/// replacement replica starts, as a Deployment would) and SIGSTOP until another replica leads and
+/// then past the judge's look-back, then SIGCONT (it must not write). Each cycle adds two
+/// resources and deletes one, then waits for the invariants.
+async fn leader_cycles(mut story: Story, cycles: usize) -> LeaderShard {
+    let mut shard = LeaderShard::default();
     story.ready_worker("worker-1").await;
     story.ready_worker("worker-2").await;
+    let timeline = invariants::LeaseTimeline::start(story.client.clone(), story.ns(), LEASE);
     let mut next_id = 0;
-    let mut identities: Vec<String> = Vec::new();
+    let mut dead = BTreeSet::new();
     for _ in 0..2 {
-        identities.push(format!("c-{next_id}"));
         story.start_controller(&format!("c-{next_id}"));
         next_id += 1;
     }
@@ -108,33 +171,31 @@ async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
     for i in 0..6 {
         add(&story, &mut expected, format!("r-{i}")).await;
     }
-    let mut recoveries = vec![settle(&story, &expected).await];
-    let timeline = invariants::LeaseTimeline::start(
-        story.client.clone(),
-        story.ns(),
-        "crawler-operator-leader",
-    );
-    let mut paused = 0;
+    settle(&story, &mut shard.settler, &expected).await;
+    // A paused leader stays stopped this long after another replica leads: past its lease, and
+    // past the writes judge's look-back, so a write it made on resuming would be caught.
+    let hold = story
+        .election
+        .lease
+        .max(invariants::WRITE_LOOKBACK + Duration::from_millis(200));
     let mut serial = 6;
     for cycle in 0..cycles {
-        let leader = wait_for("a leader", BOUND, POLL, || async {
-            story.lease_holder().await.ok_or("none")
+        let (index, leader) = wait_for("a live leader", BOUND, POLL, || async {
+            let holder = story.lease_holder().await.ok_or("none")?;
+            match story.controller_ids.iter().position(|i| *i == holder) {
+                Some(i) if !dead.contains(&i) => Ok((i, holder)),
+                _ => Err("the holder is gone"),
+            }
         })
         .await;
-        let index = identities
-            .iter()
-            .position(|i| *i == leader)
-            .expect("the leader is one of ours");
         let fault = Instant::now();
         if cycle % 2 == 0 {
-            // Crash: SIGKILL, and a replacement replica starts (as a Deployment would).
             story.controllers[index].signal("KILL");
-            identities.push(format!("c-{next_id}"));
+            dead.insert(index);
             story.start_controller(&format!("c-{next_id}"));
             next_id += 1;
-            identities[index] = String::new();
+            shard.kills += 1;
         } else {
-            // Stall: SIGSTOP past the lease, changes meanwhile, then SIGCONT: it must not write.
             story.controllers[index].signal("STOP");
             wait_for("another leader", BOUND, POLL, || async {
                 match story.lease_holder().await {
@@ -143,9 +204,9 @@ async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
                 }
             })
             .await;
-            tokio::time::sleep(LEASE_DURATION).await;
+            tokio::time::sleep(hold).await;
             story.controllers[index].signal("CONT");
-            paused += 1;
+            shard.pauses += 1;
         }
         for _ in 0..2 {
             add(&story, &mut expected, format!("r-{serial}")).await;
@@ -158,28 +219,210 @@ async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
             .await
             .unwrap();
         expected.remove(&victim);
-        settle(&story, &expected).await;
-        recoveries.push(fault.elapsed());
+        settle(&story, &mut shard.settler, &expected).await;
+        shard.recoveries.push(fault.elapsed());
     }
-    // No write by a non-leader: every Assigned/Reassigned Event (one per status write) comes
-    // from a replica that held the Lease around that moment.
-    let events: Vec<Event> = Api::<Event>::namespaced(story.client.clone(), story.ns())
-        .list(&ListParams::default())
+    // Let the last writes' readings come in, then judge every write the replicas logged and
+    // every Event they published against the Lease's holders.
+    tokio::time::sleep(invariants::WRITE_LOOKAHEAD + Duration::from_millis(200)).await;
+    let logs = story.controller_logs();
+    let mut writes = timeline.judge_logs(&logs);
+    // The judge's control: the same logs with each one attributed to the next replica must be
+    // caught (every replica that wrote did so in a term of its own).
+    let mut shifted = logs.clone();
+    shifted.rotate_left(1);
+    let shifted: Vec<_> = logs
+        .iter()
+        .map(|(id, _)| id.clone())
+        .zip(shifted.into_iter().map(|(_, path)| path))
+        .collect();
+    writes.count(
+        "control_misattributed",
+        timeline.judge_logs(&shifted).violation_count(),
+    );
+    shard.writes = Some(writes);
+    shard.events = Some(timeline.judge(&story.events().await));
+    shard.resources = expected.len();
+    shard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let shards: Vec<LeaderShard> = if soak() {
+        let (total, n) = (soak_cycles("CRAWLER_SOAK_LEADER_CYCLES", 1000), shards());
+        futures::future::join_all((0..n).map(|i| async move {
+            let mut story = Story::on(own_control_plane().await, &format!("leaderloop-{i}")).await;
+            story.election = SOAK_ELECTION;
+            leader_cycles(story, share(total, n, i)).await
+        }))
         .await
-        .unwrap()
-        .items;
-    let (judged, violations) = timeline.judge(&events);
-    assert_eq!(violations, Vec::<String>::new());
+    } else {
+        vec![leader_cycles(Story::new("leaderloop").await, 4).await]
+    };
+    let n = shards.len();
+    let mut total = LeaderShard::default();
+    let mut writes = Verdict::new("leader-writes");
+    let mut events = Verdict::new("leader-events");
+    for s in shards {
+        total.kills += s.kills;
+        total.pauses += s.pauses;
+        total.resources += s.resources;
+        total.recoveries.extend(s.recoveries);
+        total.settler.absorb(s.settler);
+        writes.absorb(s.writes.expect("judged"));
+        events.absorb(s.events.expect("judged"));
+    }
     println!(
-        "{judged} writes judged against the Lease holder timeline; {paused} leaders paused past their lease and resumed"
+        "leader cycles: {} kills, {} pauses past the lease, on {n} control plane(s)",
+        total.kills, total.pauses
+    );
+    let control = writes
+        .counts
+        .iter()
+        .find(|(name, _)| *name == "control_misattributed")
+        .map_or(0, |(_, n)| *n);
+    assert!(
+        control > 0,
+        "the writes judge caught none of the writes attributed to the wrong replica: it judges nothing"
     );
     report(
         "leader-kill-and-pause",
-        cycles,
-        expected.len(),
+        total.kills + total.pauses,
+        total.resources,
         started,
-        &recoveries[1..],
+        &total.recoveries,
+        &[total.settler.finish(), writes, events],
     );
+}
+
+/// Slack on top of the worker's stale bound before a frozen worker is thawed.
+const SILENCE_SLACK: Duration = Duration::from_millis(500);
+
+/// What one shard of the silent-freeze scenario saw.
+struct FreezeShard {
+    moves: usize,
+    recoveries: Vec<Duration>,
+    overlap: Verdict,
+    gaps: Vec<i128>,
+}
+
+/// `cycles` silent freezes: the worker running the tasks has every open connection to the API
+/// server frozen (no byte passes, nothing is closed; new connections work) and its Pod turned
+/// NotReady, so the controller moves its tasks to the other worker; once the other worker
+/// fetched every moved task and the victim had the whole stale bound to notice the silence by
+/// itself, it is thawed and Ready again, and the next cycle freezes the other one. Judged from the site's log: no task's older assignment fetched anything after a newer one
+/// started.
+async fn freeze_cycles(mut story: Story, cycles: usize) -> FreezeShard {
+    let site = Site::start().await;
+    let workers = ["w-a", "w-b"];
+    let proxies = [
+        Proxy::start(story.cp.apiserver_addr()),
+        Proxy::start(story.cp.apiserver_addr()),
+    ];
+    story.start_controller("controller-a");
+    for (w, proxy) in workers.iter().zip(&proxies) {
+        story.ready_worker(w).await;
+        story.start_worker(w, Some(proxy));
+    }
+    let tasks = ["t-0", "t-1", "t-2"];
+    for t in tasks {
+        let mut spec = endless(&site, t);
+        spec["rateLimit"]["requestsPerSecond"] = json!(10);
+        story.apply_resource(t, spec).await;
+    }
+    let placed = story.assert_all_assigned(&tasks).await;
+    for (t, w) in &placed {
+        site.wait_for_hits(t, w, None, 1).await;
+    }
+    let leases: Api<Lease> = Api::namespaced(story.client.clone(), story.ns());
+    let mut shard = FreezeShard {
+        moves: 0,
+        recoveries: Vec::new(),
+        overlap: Verdict::new("overlap"),
+        gaps: Vec::new(),
+    };
+    for cycle in 0..cycles {
+        let placed = story.assert_all_assigned(&tasks).await;
+        let mut v = cycle % 2;
+        if !placed.values().any(|w| w == workers[v]) {
+            v = 1 - v;
+        }
+        let (victim, other) = (workers[v], workers[1 - v]);
+        let moved: Vec<&str> = tasks
+            .iter()
+            .copied()
+            .filter(|t| placed[*t] == victim)
+            .collect();
+        let fault = Instant::now();
+        proxies[v].freeze();
+        set_pod_ready(&story.client, story.ns(), victim, false, None).await;
+        for t in &moved {
+            story.assert_assigned(t, other).await;
+            site.wait_for_hits(t, other, Some(fault), 1).await;
+        }
+        shard.recoveries.push(fault.elapsed());
+        // The silence, not the thaw, must end the victim's tasks: it stays frozen until it has
+        // had the whole stale bound to notice on its own.
+        tokio::time::sleep(
+            (fault + STALE_AFTER + SILENCE_SLACK).saturating_duration_since(Instant::now()),
+        )
+        .await;
+        shard.moves += moved.len();
+        proxies[v].thaw();
+        let thawed = jiff::Timestamp::now();
+        set_pod_ready(&story.client, story.ns(), victim, true, None).await;
+        // Ready again only once it renewed its heartbeat after the thaw (until then the
+        // controller would not place anything on it).
+        wait_for("the thawed worker's heartbeat", BOUND, POLL, || async {
+            let lease = leases
+                .get(&heartbeat::lease_name(victim))
+                .await
+                .map_err(|e| e.to_string())?;
+            let spec = lease.spec.unwrap_or_default();
+            match (spec.holder_identity, spec.renew_time) {
+                (Some(h), Some(t)) if !h.is_empty() && t.0 > thawed => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    // The last victim has had the stale bound to stop by now (its heartbeat came back after the
+    // thaw); the judge reads everything the site received.
+    shard.overlap = site.overlap_verdict();
+    shard.gaps = site.handover_gaps();
+    shard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_frozen_silently_in_cycles_while_their_tasks_move() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let shards: Vec<FreezeShard> = if soak() {
+        let (total, n) = (soak_cycles("CRAWLER_SOAK_FREEZE_CYCLES", 100), shards());
+        futures::future::join_all((0..n).map(|i| async move {
+            let story = Story::on(own_control_plane().await, &format!("freeze-{i}")).await;
+            freeze_cycles(story, share(total, n, i)).await
+        }))
+        .await
+    } else {
+        vec![freeze_cycles(Story::new("freeze").await, 2).await]
+    };
+    let cycles: usize = shards.iter().map(|s| s.recoveries.len()).sum();
+    let moves: usize = shards.iter().map(|s| s.moves).sum();
+    let mut recoveries = Vec::new();
+    let mut overlap = Verdict::new("overlap");
+    let mut gaps = Vec::new();
+    for s in shards {
+        recoveries.extend(s.recoveries);
+        gaps.extend(s.gaps);
+        overlap.absorb(s.overlap);
+    }
+    overlap.count("tasks_moved", moves);
+    gap_figures(&mut overlap, &gaps);
+    println!("silent freezes: {cycles} cycles, {moves} task moves");
+    report("silent-freeze", cycles, 3, started, &recoveries, &[overlap]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,6 +431,7 @@ async fn api_server_and_etcd_restarted_mid_flight() {
     let started = Instant::now();
     let site = Site::start().await;
     let mut story = Story::new("restart").await;
+    let mut settler = Settler::default();
     story.ready_worker("worker-1").await;
     story.ready_worker("worker-2").await;
     story.start_controller("controller-a");
@@ -201,7 +445,7 @@ async fn api_server_and_etcd_restarted_mid_flight() {
         story.apply_resource(&name, spec).await;
         expected.insert(name);
     }
-    settle(&story, &expected).await;
+    settle(&story, &mut settler, &expected).await;
     let mut recoveries = Vec::new();
     for (i, what) in ["kube-apiserver", "etcd", "kube-apiserver"]
         .iter()
@@ -216,7 +460,7 @@ async fn api_server_and_etcd_restarted_mid_flight() {
         // Everyone reconnects by themselves: new work is placed, old work keeps crawling.
         let name = format!("after-{i}");
         add(&story, &mut expected, name.clone()).await;
-        settle(&story, &expected).await;
+        settle(&story, &mut settler, &expected).await;
         wait_for("crawl-0 to keep crawling", BOUND, POLL, || async {
             let n = site.hits("crawl-0").len();
             if n > before + 3 {
@@ -232,13 +476,13 @@ async fn api_server_and_etcd_restarted_mid_flight() {
             fault.elapsed()
         );
     }
-    assert_eq!(site.overlaps(), Vec::<String>::new());
     report(
         "apiserver-etcd-restart",
         3,
         expected.len(),
         started,
         &recoveries,
+        &[settler.finish(), site.overlap_verdict()],
     );
 }
 
@@ -248,6 +492,7 @@ async fn worker_churn_pods_readiness_and_heartbeats() {
     let started = Instant::now();
     let steps = if soak() { 120 } else { 12 };
     let mut story = Story::new("churn").await;
+    let mut settler = Settler::default();
     for i in 0..3 {
         story.ready_worker(&format!("w-{i}")).await;
     }
@@ -256,7 +501,7 @@ async fn worker_churn_pods_readiness_and_heartbeats() {
     for i in 0..20 {
         add(&story, &mut expected, format!("r-{i}")).await;
     }
-    settle(&story, &expected).await;
+    settle(&story, &mut settler, &expected).await;
     let leases: Api<Lease> = Api::namespaced(story.client.clone(), story.ns());
     let mut next = 3;
     let mut recoveries = Vec::new();
@@ -290,7 +535,7 @@ async fn worker_churn_pods_readiness_and_heartbeats() {
             }
             2 => {
                 set_pod_ready(&story.client, story.ns(), &target, false, None).await;
-                settle(&story, &expected).await;
+                settle(&story, &mut settler, &expected).await;
                 set_pod_ready(&story.client, story.ns(), &target, true, None).await;
             }
             _ => {
@@ -308,17 +553,24 @@ async fn worker_churn_pods_readiness_and_heartbeats() {
                     )
                     .await
                     .unwrap();
-                settle(&story, &expected).await;
+                settle(&story, &mut settler, &expected).await;
                 leases
                     .delete(&heartbeat::lease_name(&target), &DeleteParams::default())
                     .await
                     .unwrap();
             }
         }
-        settle(&story, &expected).await;
+        settle(&story, &mut settler, &expected).await;
         recoveries.push(fault.elapsed());
     }
-    report("worker-churn", steps, expected.len(), started, &recoveries);
+    report(
+        "worker-churn",
+        steps,
+        expected.len(),
+        started,
+        &recoveries,
+        &[settler.finish()],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crawler_operator::{
@@ -15,6 +15,8 @@ use crawler_operator::{
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 
+use super::judge::Verdict;
+
 /// What the cluster looked like when checked.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -22,7 +24,9 @@ pub struct Snapshot {
     pub ready: BTreeSet<String>,
     /// resource name -> assigned worker
     pub assigned: BTreeMap<String, Option<String>>,
-    pub violations: Vec<String>,
+    /// (kind, description); kinds: `lost`, `unexpected`, `no-status`, `on-unready-worker`,
+    /// `unassigned`.
+    pub violations: Vec<(&'static str, String)>,
 }
 
 /// Checks, in namespace `ns`: no resource lost (every name in `expected` exists, none other),
@@ -73,12 +77,12 @@ pub async fn check(client: &Client, ns: &str, expected: Option<&BTreeSet<String>
         for lost in expected.difference(&names) {
             snapshot
                 .violations
-                .push(format!("lost resource: {lost} no longer exists"));
+                .push(("lost", format!("lost resource: {lost} no longer exists")));
         }
         for extra in names.difference(expected) {
             snapshot
                 .violations
-                .push(format!("unexpected resource: {extra}"));
+                .push(("unexpected", format!("unexpected resource: {extra}")));
         }
     }
     for r in &resources {
@@ -86,7 +90,7 @@ pub async fn check(client: &Client, ns: &str, expected: Option<&BTreeSet<String>
         let Some(status) = &r.status else {
             snapshot
                 .violations
-                .push(format!("lost status: {name} has none"));
+                .push(("no-status", format!("lost status: {name} has none")));
             continue;
         };
         let worker = status.assigned_worker.clone();
@@ -96,14 +100,18 @@ pub async fn check(client: &Client, ns: &str, expected: Option<&BTreeSet<String>
         }
         match &worker {
             Some(w) if !snapshot.ready.contains(w) => {
-                snapshot.violations.push(format!(
-                    "{name} is assigned to {w}, which is gone or not ready"
+                snapshot.violations.push((
+                    "on-unready-worker",
+                    format!("{name} is assigned to {w}, which is gone or not ready"),
                 ));
             }
-            None if !snapshot.ready.is_empty() => snapshot.violations.push(format!(
-                "{name} is unassigned ({:?}) while {} worker(s) are ready",
-                status.phase.unwrap_or(Phase::Pending),
-                snapshot.ready.len()
+            None if !snapshot.ready.is_empty() => snapshot.violations.push((
+                "unassigned",
+                format!(
+                    "{name} is unassigned ({:?}) while {} worker(s) are ready",
+                    status.phase.unwrap_or(Phase::Pending),
+                    snapshot.ready.len()
+                ),
             )),
             _ => {}
         }
@@ -111,9 +119,97 @@ pub async fn check(client: &Client, ns: &str, expected: Option<&BTreeSet<String>
     snapshot
 }
 
-type Samples = Arc<Mutex<Vec<(jiff::Timestamp, Option<String>)>>>;
+/// The invariants judge over a scenario: how many settle points were reached (each a full check of
+/// every invariant over every resource, once the faults of a cycle were injected), how many
+/// resources those checks covered, and what was still violated when a settle point gave up.
+pub struct Settler {
+    pub verdict: Verdict,
+    resources_checked: usize,
+    /// Checks that still found something before the state settled (expected while the system
+    /// recovers from a fault; counted, not judged).
+    transient: usize,
+}
 
-/// The holder of a leader-election Lease over time, sampled every 100 ms, to judge writes against.
+impl Default for Settler {
+    fn default() -> Self {
+        Self {
+            verdict: Verdict::new("invariants"),
+            resources_checked: 0,
+            transient: 0,
+        }
+    }
+}
+
+impl Settler {
+    /// Waits (checking every `poll`) until the invariants hold in `ns`; returns how long that
+    /// took, or `None` after recording what was still violated after `bound` (the scenario then
+    /// stops and fails on the verdict).
+    pub async fn settle(
+        &mut self,
+        client: &Client,
+        ns: &str,
+        expected: &BTreeSet<String>,
+        bound: Duration,
+        poll: Duration,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        loop {
+            let snapshot = check(client, ns, Some(expected)).await;
+            if snapshot.violations.is_empty() {
+                self.verdict.judged += 1;
+                self.resources_checked += snapshot.assigned.len();
+                return Some(started.elapsed());
+            }
+            if started.elapsed() >= bound {
+                self.verdict.judged += 1;
+                for (kind, what) in snapshot.violations {
+                    self.verdict
+                        .violation(kind, format!("after {bound:?}: {what}"));
+                }
+                return None;
+            }
+            self.transient += 1;
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// The verdict with its figures: resources covered by the settle checks, and the checks that
+    /// found the system still recovering.
+    pub fn finish(mut self) -> Verdict {
+        self.verdict
+            .count("resource_checks", self.resources_checked);
+        self.verdict.count("recovering_polls", self.transient);
+        self.verdict
+    }
+
+    /// Adds another shard's settler.
+    pub fn absorb(&mut self, other: Settler) {
+        self.resources_checked += other.resources_checked;
+        self.transient += other.transient;
+        self.verdict.absorb(other.verdict);
+    }
+}
+
+/// One reading of the Lease: its holder, seen at some instant between `sent` and `answered`.
+#[derive(Clone, Debug)]
+struct Sample {
+    sent: jiff::Timestamp,
+    answered: jiff::Timestamp,
+    holder: Option<String>,
+}
+
+type Samples = Arc<Mutex<Vec<Sample>>>;
+
+/// How far before a logged write the writer must be seen holding the Lease: the write landed
+/// before its response was logged, and a leader's writes land within its term, so the record
+/// named it then. One second covers the response's way back to the log on a loaded machine; it is
+/// shorter than the pause the scenarios hold a leader for past the next leader's election, so a
+/// resumed leader's write would fall outside it.
+pub const WRITE_LOOKBACK: Duration = Duration::from_secs(1);
+/// How far after a logged write the writer may still be seen holding the Lease (the next reading).
+pub const WRITE_LOOKAHEAD: Duration = Duration::from_millis(500);
+
+/// The holder of a leader-election Lease over time, read every 50 ms, to judge writes against.
 pub struct LeaseTimeline {
     samples: Samples,
     sampler: tokio::task::JoinHandle<()>,
@@ -127,13 +223,15 @@ impl LeaseTimeline {
             let samples = Arc::clone(&samples);
             async move {
                 loop {
+                    let sent = jiff::Timestamp::now();
                     if let Ok(l) = leases.get(lease).await {
-                        samples.lock().unwrap().push((
-                            jiff::Timestamp::now(),
-                            l.spec.and_then(|s| s.holder_identity),
-                        ));
+                        samples.lock().unwrap().push(Sample {
+                            sent,
+                            answered: jiff::Timestamp::now(),
+                            holder: l.spec.and_then(|s| s.holder_identity),
+                        });
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         });
@@ -143,16 +241,79 @@ impl LeaseTimeline {
         }
     }
 
-    /// Judges every Assigned/Reassigned Event (the controller publishes one per placing status
-    /// write, `Assigned` ones within a budget of 5/s after a burst of 50, which these tests stay
-    /// under): its reporting instance must have held the Lease within 5 s before to 0.5 s after
-    /// the Event (a leader acts at most its renew deadline, 2 s here, past its last renewal, and
-    /// an Event is published at most 2 s after its write, once no placement is pending). Returns
-    /// how many were judged and the violations.
-    pub fn judge(&self, events: &[Event]) -> (usize, Vec<String>) {
+    /// Whether `who` was seen holding the Lease by a reading made within `before` before to
+    /// `after` after `at`; `None` when no reading covers that window (before sampling started).
+    fn held(
+        samples: &[Sample],
+        who: &str,
+        at: jiff::Timestamp,
+        before: Duration,
+        after: Duration,
+    ) -> Option<bool> {
+        let from = at - jiff::SignedDuration::try_from(before).unwrap();
+        let to = at + jiff::SignedDuration::try_from(after).unwrap();
+        let mut window = samples
+            .iter()
+            .filter(|s| s.answered >= from && s.sent <= to)
+            .peekable();
+        window.peek()?;
+        Some(window.any(|s| s.holder.as_deref() == Some(who)))
+    }
+
+    fn holders_around(samples: &[Sample], at: jiff::Timestamp) -> Vec<(String, Option<String>)> {
+        let from = at - jiff::SignedDuration::from_secs(2);
+        let to = at + jiff::SignedDuration::from_secs(1);
+        samples
+            .iter()
+            .filter(|s| s.answered >= from && s.sent <= to)
+            .map(|s| (s.answered.to_string(), s.holder.clone()))
+            .collect()
+    }
+
+    /// Judge `leader-writes`: every placing status write a controller logged as written
+    /// (`resource=... reason=...`, one line per successful write that changes a placement or a
+    /// condition) must have been made while its writer held the Lease: a reading from
+    /// [`WRITE_LOOKBACK`] before to [`WRITE_LOOKAHEAD`] after the log line names it. `logs`:
+    /// (identity, log file) of every controller process that ran, killed ones included.
+    pub fn judge_logs(&self, logs: &[(String, std::path::PathBuf)]) -> Verdict {
         let samples = self.samples.lock().unwrap();
-        let mut judged = 0;
-        let mut violations = Vec::new();
+        let mut verdict = Verdict::new("leader-writes");
+        let mut before_sampling = 0;
+        for (who, path) in logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            for line in text.lines() {
+                let Some(at) = logged_write(line) else {
+                    continue;
+                };
+                match Self::held(&samples, who, at, WRITE_LOOKBACK, WRITE_LOOKAHEAD) {
+                    None => before_sampling += 1,
+                    Some(true) => verdict.judged += 1,
+                    Some(false) => {
+                        verdict.judged += 1;
+                        verdict.violation(
+                            "write-by-non-holder",
+                            format!(
+                                "{who} logged a write at {at} without holding the Lease; holders then: {:?}\n    {line}",
+                                Self::holders_around(&samples, at)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        verdict.count("before_sampling", before_sampling);
+        verdict.count("lease_readings", samples.len());
+        verdict
+    }
+
+    /// Judge `leader-events`: every Assigned/Reassigned Event (the controller publishes one per
+    /// placing status write, `Assigned` ones within a budget of 5/s after a burst of 50, and
+    /// up to 2 s after the write) must come from a replica seen holding the Lease within 5 s
+    /// before to 0.5 s after the Event. Coarser than [`LeaseTimeline::judge_logs`] (the Event's
+    /// time is its publication's, not the write's) but independent of the controller's log.
+    pub fn judge(&self, events: &[Event]) -> Verdict {
+        let samples = self.samples.lock().unwrap();
+        let mut verdict = Verdict::new("leader-events");
         for e in events
             .iter()
             .filter(|e| matches!(e.reason.as_deref(), Some("Assigned" | "Reassigned")))
@@ -163,28 +324,42 @@ impl LeaseTimeline {
             ) else {
                 continue;
             };
-            let window: Vec<_> = samples
-                .iter()
-                .filter(|(t, _)| {
-                    *t >= at - jiff::SignedDuration::from_secs(5)
-                        && *t <= at + jiff::SignedDuration::from_millis(500)
-                })
-                .collect();
-            if window.is_empty() {
-                continue; // before sampling started
-            }
-            judged += 1;
-            if !window
-                .iter()
-                .any(|(_, holder)| holder.as_deref() == Some(who))
-            {
-                violations.push(format!(
-                    "{who} wrote at {at} without holding the Lease; holders then: {window:?}"
-                ));
+            match Self::held(
+                &samples,
+                who,
+                at,
+                Duration::from_secs(5),
+                Duration::from_millis(500),
+            ) {
+                None => {}
+                Some(held) => {
+                    verdict.judged += 1;
+                    if !held {
+                        verdict.violation(
+                            "event-by-non-holder",
+                            format!(
+                                "{who} published at {at} without holding the Lease; holders then: {:?}",
+                                Self::holders_around(&samples, at)
+                            ),
+                        );
+                    }
+                }
             }
         }
-        (judged, violations)
+        verdict
     }
+}
+
+/// The time of a successful placing write in a controller's text log: its line is
+/// `<RFC 3339 time>  INFO crawler_operator::controller: <note> resource=<ns>/<name> reason=<Reason>`.
+fn logged_write(line: &str) -> Option<jiff::Timestamp> {
+    if !line.contains(" INFO crawler_operator::controller: ")
+        || !line.contains(" resource=")
+        || !line.contains(" reason=")
+    {
+        return None;
+    }
+    line.split_whitespace().next()?.parse().ok()
 }
 
 impl Drop for LeaseTimeline {

@@ -17,6 +17,7 @@
 
 pub mod certs;
 pub mod invariants;
+pub mod judge;
 pub mod pods;
 pub mod postgres;
 pub mod process;

@@ -20,6 +20,7 @@ use axum::{
 use serde_json::json;
 
 use super::{
+    judge::Verdict,
     story::{BOUND, POLL},
     wait_for,
 };
@@ -113,6 +114,32 @@ impl Site {
             }
         }
         violations
+    }
+
+    /// Judge `overlap`: every request the site received is judged (see [`Site::overlaps`]), and
+    /// every handover is measured ([`Site::handover_gaps`]). Figures: tasks, handovers, and the
+    /// smallest and median gap in ms.
+    pub fn overlap_verdict(&self) -> Verdict {
+        let hits = self.hits.lock().unwrap().clone();
+        let mut verdict = Verdict::new("overlap");
+        verdict.judged = hits.len();
+        for v in self.overlaps() {
+            verdict.violation("request-after-newer-assignment", v);
+        }
+        let tasks: std::collections::BTreeSet<&str> =
+            hits.iter().map(|h| h.task.as_str()).collect();
+        verdict.count("tasks", tasks.len());
+        let gaps = self.handover_gaps();
+        verdict.count("handovers", gaps.len());
+        gap_figures(&mut verdict, &gaps);
+        verdict
+    }
+
+    /// For every task and every pair of consecutive assignments that both made requests: the gap
+    /// in ms from the older one's last request to the newer one's first (negative if they
+    /// overlapped).
+    pub fn handover_gaps(&self) -> Vec<i128> {
+        handover_gaps(&self.hits.lock().unwrap())
     }
 
     pub fn hits(&self, task: &str) -> Vec<Hit> {
@@ -290,4 +317,42 @@ pub fn metric_value(metrics: &str, name: &str) -> f64 {
 /// A crawl that keeps going for the whole test: deep, at 20 requests/s.
 pub fn endless(site: &Site, task: &str) -> serde_json::Value {
     json!({ "seeds": [site.seed(task)], "maxDepth": 10, "rateLimit": { "requestsPerSecond": 20, "burst": 1 } })
+}
+
+/// Adds `min_gap_ms` and `median_gap_ms` of `gaps` to `verdict`.
+pub fn gap_figures(verdict: &mut Verdict, gaps: &[i128]) {
+    let mut ms = gaps.to_vec();
+    ms.sort_unstable();
+    let show = |v: Option<&i128>| v.map_or("-".to_owned(), ToString::to_string);
+    verdict.figure("min_gap_ms", show(ms.first()));
+    verdict.figure("median_gap_ms", show(ms.get(ms.len() / 2)));
+}
+
+/// See [`Site::handover_gaps`].
+fn handover_gaps(hits: &[Hit]) -> Vec<i128> {
+    let mut spans: std::collections::BTreeMap<(&str, i64), (Instant, Instant)> =
+        std::collections::BTreeMap::new();
+    for h in hits {
+        let span = spans
+            .entry((h.task.as_str(), h.assignment))
+            .or_insert((h.at, h.at));
+        span.0 = span.0.min(h.at);
+        span.1 = span.1.max(h.at);
+    }
+    let mut gaps = Vec::new();
+    let mut previous: Option<(&str, Instant)> = None;
+    for ((task, _), (first, last)) in &spans {
+        if let Some((prev_task, prev_last)) = previous
+            && prev_task == *task
+        {
+            let gap = if *first >= prev_last {
+                i128::try_from((*first - prev_last).as_millis()).unwrap_or(i128::MAX)
+            } else {
+                -i128::try_from((prev_last - *first).as_millis()).unwrap_or(i128::MAX)
+            };
+            gaps.push(gap);
+        }
+        previous = Some((task, *last));
+    }
+    gaps
 }

@@ -30,6 +30,21 @@ pub const LEASE: &str = "crawler-operator-leader";
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub const LEASE_DURATION: Duration = Duration::from_secs(3);
 pub const BOUND: Duration = Duration::from_secs(30);
+
+/// The controller's leader-election flags: lease duration, renew deadline, retry period.
+#[derive(Clone, Copy, Debug)]
+pub struct Election {
+    pub lease: Duration,
+    pub renew: Duration,
+    pub retry: Duration,
+}
+
+/// What the tests use unless told otherwise (3 s / 2 s / 0.5 s).
+pub const ELECTION: Election = Election {
+    lease: LEASE_DURATION,
+    renew: Duration::from_secs(2),
+    retry: Duration::from_millis(500),
+};
 pub const POLL: Duration = Duration::from_millis(50);
 
 /// One test's world: a namespace, a client, and helpers that read like the user's story.
@@ -38,12 +53,20 @@ pub struct Story {
     pub ns: TestNamespace,
     pub client: Client,
     pub controllers: Vec<Server>,
+    /// The `--identity` of each of `controllers`, in the same order.
+    pub controller_ids: Vec<String>,
     pub workers: Vec<Server>,
+    /// The election flags controllers are started with.
+    pub election: Election,
 }
 
 impl Story {
     pub async fn new(prefix: &str) -> Self {
-        let cp = super::control_plane();
+        Self::on(super::control_plane(), prefix).await
+    }
+
+    /// A story on a control plane of its own (e.g. one shard of a soak), not the binary's shared one.
+    pub async fn on(cp: &'static ControlPlane, prefix: &str) -> Self {
         install_crd(&cp.client()).await;
         let ns = cp.namespace(prefix).await;
         Self {
@@ -51,7 +74,9 @@ impl Story {
             client: cp.client(),
             ns,
             controllers: Vec::new(),
+            controller_ids: Vec::new(),
             workers: Vec::new(),
+            election: ELECTION,
         }
     }
 
@@ -120,9 +145,9 @@ impl Story {
             format!("--namespace={}", self.ns()),
             format!("--lease-namespace={}", self.ns()),
             format!("--identity={identity}"),
-            format!("--lease-duration={}ms", LEASE_DURATION.as_millis()),
-            "--renew-deadline=2s".to_owned(),
-            "--retry-period=500ms".to_owned(),
+            format!("--lease-duration={}ms", self.election.lease.as_millis()),
+            format!("--renew-deadline={}ms", self.election.renew.as_millis()),
+            format!("--retry-period={}ms", self.election.retry.as_millis()),
             "--metrics-addr=127.0.0.1:0".to_owned(),
         ];
         let server = Server::new(
@@ -133,6 +158,7 @@ impl Story {
         );
         server.start();
         self.controllers.push(server);
+        self.controller_ids.push(identity.to_owned());
         self.controllers.len() - 1
     }
 
@@ -367,6 +393,15 @@ impl Story {
             .await
             .unwrap()
             .items
+    }
+
+    /// (identity, log file) of every controller started, for [`super::invariants::LeaseTimeline::judge_logs`].
+    pub fn controller_logs(&self) -> Vec<(String, PathBuf)> {
+        self.controller_ids
+            .iter()
+            .cloned()
+            .zip(self.controllers.iter().map(|c| c.log.clone()))
+            .collect()
     }
 
     pub fn logs(&self) -> String {
