@@ -151,6 +151,7 @@ async fn a_task_moved_off_a_worker_whose_connections_went_silent_starts_elsewher
         first_new.saturating_duration_since(froze),
         first_new.saturating_duration_since(last_old_at)
     );
+    site.overlap_verdict().print_and_assert();
     assert!(
         last_old_at < first_new,
         "overlap: worker-1 still crawled {:?} after worker-2 started",
@@ -160,7 +161,7 @@ async fn a_task_moved_off_a_worker_whose_connections_went_silent_starts_elsewher
         last_old < STALE_AFTER + SLACK,
         "worker-1 kept the task {last_old:?} after the freeze (bound {STALE_AFTER:?})"
     );
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    site.overlap_verdict().print_and_assert();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +204,7 @@ async fn a_controller_whose_connections_went_silent_moves_nothing_off_live_worke
         moved.len()
     );
     assert!(moved.is_empty(), "tasks moved off live workers: {moved:?}");
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    site.overlap_verdict().print_and_assert();
     let log = std::fs::read_to_string(&story.controllers[0].log).unwrap();
     assert!(!log.contains("worker heartbeat expired"), "{log}");
 }

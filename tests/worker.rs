@@ -190,7 +190,7 @@ async fn a_moved_task_stops_on_the_old_worker_before_the_new_one_starts() {
         "gap between the old worker's last and the new worker's first request: {:?}",
         first_new - last_old
     );
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    site.overlap_verdict().print_and_assert();
     let r = story.api().get("task-c").await.unwrap();
     assert_eq!(r.status.unwrap().assignments, Some(2));
 }
@@ -237,7 +237,7 @@ async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_o
         "worker-1 kept crawling {:?} after the cut",
         last_old - cut
     );
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    site.overlap_verdict().print_and_assert();
     assert_eq!(
         assigned_worker(&story.api().get("task-d").await.unwrap()).as_deref(),
         Some("worker-2")
@@ -325,7 +325,7 @@ async fn sigterm_stops_the_tasks_and_releases_the_heartbeat_so_they_move_at_once
     site.wait_for_hits("task-g", "worker-2", None, 3).await;
     let (last_old, first_new) = site.handover("task-g", "worker-1", "worker-2");
     assert!(last_old < first_new, "overlap after SIGTERM");
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    site.overlap_verdict().print_and_assert();
     let log = std::fs::read_to_string(&story.workers[first].log).unwrap();
     assert!(log.contains("heartbeat released"), "{log}");
 }

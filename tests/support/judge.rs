@@ -41,7 +41,7 @@ impl Verdict {
         }
     }
 
-    pub fn figure(&mut self, name: &'static str, value: impl ToString) {
+    pub fn figure(&mut self, name: &'static str, value: &impl ToString) {
         self.figures.push((name, value.to_string()));
     }
 

@@ -324,8 +324,8 @@ pub fn gap_figures(verdict: &mut Verdict, gaps: &[i128]) {
     let mut ms = gaps.to_vec();
     ms.sort_unstable();
     let show = |v: Option<&i128>| v.map_or("-".to_owned(), ToString::to_string);
-    verdict.figure("min_gap_ms", show(ms.first()));
-    verdict.figure("median_gap_ms", show(ms.get(ms.len() / 2)));
+    verdict.figure("min_gap_ms", &show(ms.first()));
+    verdict.figure("median_gap_ms", &show(ms.get(ms.len() / 2)));
 }
 
 /// See [`Site::handover_gaps`].
