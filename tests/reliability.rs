@@ -218,6 +218,9 @@ async fn leader_cycles(mut story: Story, cycles: usize) -> LeaderShard {
         expected.remove(&victim);
         settle(&story, &mut shard.settler, &expected).await;
         shard.recoveries.push(fault.elapsed());
+        if (cycle + 1) % 50 == 0 {
+            eprintln!("{}: {} of {cycles} leader cycles", story.ns(), cycle + 1);
+        }
     }
     // Let the last writes' readings come in, then judge every write the replicas logged and
     // every Event they published against the Lease's holders.
@@ -384,6 +387,9 @@ async fn freeze_cycles(mut story: Story, cycles: usize) -> FreezeShard {
             }
         })
         .await;
+        if (cycle + 1) % 10 == 0 {
+            eprintln!("{}: {} of {cycles} freeze cycles", story.ns(), cycle + 1);
+        }
     }
     // The last victim has had the stale bound to stop by now (its heartbeat came back after the
     // thaw); the judge reads everything the site received.
