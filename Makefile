@@ -13,8 +13,8 @@ help: ## List the developer commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Build the pinned etcd, kube-apiserver and kubectl (cached outside the repo); install PostgreSQL
-	hack/install-tools.sh etcd kube-apiserver kubectl postgres
+tools: ## Build the pinned etcd, kube-apiserver, kubectl and kube-controller-manager (cached outside the repo); install PostgreSQL
+	hack/install-tools.sh etcd kube-apiserver kubectl kube-controller-manager postgres
 
 .PHONY: test
 test: tools ## The whole check: fmt, clippy, generated files current, unit + integration tests (test binaries 3 at a time: TEST_JOBS)
@@ -118,4 +118,4 @@ demo-test: ## The docs/demo.md walk-through as a test, on a demo of its own (~40
 
 .PHONY: soak
 soak: tools ## The reliability scenarios at scale (1,000 leader cycles, 100 silent freezes; ~25 min); prints JUDGE and RELIABILITY lines
-	CRAWLER_SOAK=1 $(CARGO) test --locked --test reliability -- --include-ignored --nocapture --test-threads=1 2>&1 | tee target/soak.log | grep -E '^(JUDGE|RELIABILITY|leader cycles|silent freezes|test result)'
+	CRAWLER_SOAK=1 $(CARGO) test --locked --test reliability -- --include-ignored --nocapture --test-threads=1 2>&1 | tee target/soak.log | grep -oE '(JUDGE .*|RELIABILITY .*|leader cycles: .*|silent freezes: .*|[a-z0-9-]+: [0-9]+ of [0-9]+ (leader|freeze) cycles|test result.*)'
