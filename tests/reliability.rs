@@ -399,7 +399,6 @@ async fn freeze_cycles(mut story: Story, cycles: usize) -> FreezeShard {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the confirmed handoff (issue 12): without it a task moved off a silent worker runs on both for up to the stale bound"]
 async fn workers_frozen_silently_in_cycles_while_their_tasks_move() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
