@@ -14,6 +14,9 @@
 //!    [`PolicyKind`] from a flag, so the algorithm changes without touching the controller.
 //! 3. ties go to the smallest worker name, so the answer never depends on listing order.
 //!
+//! [`plan_rebalance`] chooses moves that even out load after workers join (opt-in, budgeted by a
+//! [`TokenBucket`], with [`Hysteresis`]); its targets are the ones placement would choose.
+//!
 //! [`Schedule`] runs many decisions over a worker table it owns (tests, benchmarks), and
 //! [`original_algorithm`] keeps the original Go master's algorithm as the benchmark baseline.
 
@@ -23,6 +26,7 @@ mod filter;
 mod original;
 mod placement;
 mod policy;
+mod rebalance;
 #[cfg(any(test, feature = "bench"))]
 mod schedule;
 mod selector;
@@ -37,6 +41,7 @@ pub use filter::{Unfit, filter};
 pub use original::original_algorithm;
 pub use placement::{Placement, Request, place};
 pub use policy::{BinPack, LeastLoaded, Policy, PolicyKind, UnknownPolicy};
+pub use rebalance::{Hysteresis, Move, Task, TokenBucket, plan as plan_rebalance};
 #[cfg(any(test, feature = "bench"))]
 pub use schedule::{Outcome, Schedule};
 pub use selector::{InvalidSelector, Operator, Requirement, WorkerSelector};

@@ -283,3 +283,279 @@ proptest! {
         prop_assert!(max - min <= 1);
     }
 }
+
+// === Rebalance ===
+
+/// Workers (as [`workers`]) with tasks placed on them: each worker's load is its tasks' weights
+/// plus some load that does not move (tasks the caller did not list), as in the controller.
+fn cluster() -> impl Strategy<Value = (Vec<Worker>, Vec<Task<u32>>)> {
+    let task = (
+        0..8_usize,
+        request(4),
+        prop::option::weighted(0.3, 0..120_u64),
+    );
+    (
+        workers(),
+        prop::collection::vec(task, 0..40),
+        prop::collection::vec(0..4_u64, 8),
+    )
+        .prop_map(|(mut workers, tasks, fixed)| {
+            if workers.is_empty() {
+                return (workers, Vec::new());
+            }
+            let count = workers.len();
+            for (worker, fixed) in workers.iter_mut().zip(fixed) {
+                worker.load = fixed;
+            }
+            let tasks = tasks
+                .into_iter()
+                .enumerate()
+                .map(|(id, (on, request, since))| {
+                    let worker = &mut workers[on % count];
+                    worker.load += request.weight.get();
+                    Task {
+                        id: u32::try_from(id).unwrap(),
+                        worker: worker.name.clone(),
+                        request,
+                        since_moved: since.map(std::time::Duration::from_secs),
+                    }
+                })
+                .collect();
+            (workers, tasks)
+        })
+}
+
+fn hysteresis() -> impl Strategy<Value = Hysteresis> {
+    (0..=3_u64, prop::option::of(0..60_u64)).prop_map(|(threshold, cooldown)| Hysteresis {
+        threshold,
+        cooldown: std::time::Duration::from_secs(cooldown.unwrap_or(0)),
+    })
+}
+
+fn ready_spread(workers: &[Worker]) -> Load {
+    let ready: Vec<Worker> = workers
+        .iter()
+        .filter(|w| w.readiness == Readiness::Ready)
+        .cloned()
+        .collect();
+    spread(&ready)
+}
+
+/// Σ load² over ready workers: every admissible move lowers it by at least 2.
+fn potential(workers: &[Worker]) -> u128 {
+    workers
+        .iter()
+        .filter(|w| w.readiness == Readiness::Ready)
+        .map(|w| u128::from(w.load) * u128::from(w.load))
+        .sum()
+}
+
+/// Applies `moves` to a model of the cluster, checking each against the rules the planner
+/// promises: the budget; a task moves at most once, from where it is, if not cooling; the target
+/// is another ready worker that passes the filters (selector, capacity) at that moment; the
+/// hysteresis (gap above the threshold, weight below the gap); spread never grows.
+fn apply_checked(
+    workers: &mut [Worker],
+    tasks: &mut [Task<u32>],
+    moves: &[Move<u32>],
+    hysteresis: Hysteresis,
+    budget: usize,
+) -> Result<(), TestCaseError> {
+    prop_assert!(
+        moves.len() <= budget,
+        "{} moves over budget {budget}",
+        moves.len()
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for m in moves {
+        prop_assert!(
+            seen.insert(m.task),
+            "task {} moved twice in one plan",
+            m.task
+        );
+        let task = tasks.iter_mut().find(|t| t.id == m.task).unwrap();
+        prop_assert_eq!(&task.worker, &m.from);
+        prop_assert!(
+            task.since_moved.is_none_or(|d| d >= hysteresis.cooldown),
+            "cooling task moved"
+        );
+        prop_assert_ne!(&m.from, &m.to);
+        let weight = task.request.weight.get();
+        prop_assert_eq!(m.weight, weight);
+        let from = workers.iter().position(|w| w.name == m.from).unwrap();
+        let to = workers.iter().position(|w| w.name == m.to).unwrap();
+        prop_assert_eq!(workers[from].readiness, Readiness::Ready);
+        prop_assert_eq!(
+            filter(&workers[to], &task.request),
+            Ok(()),
+            "target {} ineligible",
+            m.to
+        );
+        prop_assert_eq!(
+            (workers[from].load, workers[to].load),
+            (m.from_load, m.to_load)
+        );
+        let gap = m.from_load - m.to_load;
+        prop_assert!(
+            gap > hysteresis.threshold && weight < gap,
+            "gap {gap}, weight {weight}"
+        );
+        let (spread_before, potential_before) = (ready_spread(workers), potential(workers));
+        workers[from].load -= weight;
+        workers[to].load += weight;
+        prop_assert!(ready_spread(workers) <= spread_before, "spread grew");
+        prop_assert!(potential(workers) + 2 <= potential_before);
+        task.worker.clone_from(&m.to);
+        task.since_moved = Some(std::time::Duration::ZERO);
+    }
+    Ok(())
+}
+
+proptest! {
+    /// Every plan keeps the promises move by move (see `apply_checked`), whatever the workers,
+    /// selectors, capacities, cooldowns and budget.
+    #[test]
+    fn a_rebalance_plan_is_admissible_move_by_move(
+        (mut workers, mut tasks) in cluster(),
+        hysteresis in hysteresis(),
+        budget in 0..12_usize,
+        kind in policy(),
+    ) {
+        let moves = plan_rebalance(kind.build().as_ref(), &workers, &tasks, hysteresis, budget);
+        apply_checked(&mut workers, &mut tasks, &moves, hysteresis, budget)?;
+    }
+
+    /// Planning again and again (each plan applied, moved tasks cooling for one round) reaches
+    /// a round that plans nothing, within the bound the potential gives: Σ load² drops by at
+    /// least 2 per move, so there are at most Σ load² / 2 moves in all.
+    #[test]
+    fn repeated_rebalancing_converges(
+        (mut workers, mut tasks) in cluster(),
+        threshold in 0..=3_u64,
+        budget in 1..5_usize,
+    ) {
+        let hysteresis = Hysteresis { threshold, cooldown: std::time::Duration::from_secs(1) };
+        let bound = potential(&workers) / 2 + 1;
+        let mut rounds = 0;
+        loop {
+            let moves = plan_rebalance(&LeastLoaded, &workers, &tasks, hysteresis, budget);
+            if moves.is_empty() {
+                // No round plans nothing while some task is still cooling from the last one.
+                for task in &mut tasks {
+                    task.since_moved = None;
+                }
+                if plan_rebalance(&LeastLoaded, &workers, &tasks, hysteresis, budget).is_empty() {
+                    break;
+                }
+                continue;
+            }
+            for task in &mut tasks {
+                task.since_moved = None;
+            }
+            apply_checked(&mut workers, &mut tasks, &moves, hysteresis, budget)?;
+            rounds += 1;
+            prop_assert!(rounds <= bound, "{rounds} rounds, bound {bound}");
+        }
+    }
+
+    /// Where nothing constrains the moves (identical unbounded workers, unit tasks, no
+    /// selectors), rebalancing ends with every pair of workers within the threshold, from any
+    /// start: the workers that joined empty get their share.
+    #[test]
+    fn unit_tasks_on_identical_workers_end_within_the_threshold(
+        count in 1..=6_usize,
+        on in prop::collection::vec(0..6_usize, 0..60),
+        threshold in 1..=3_u64,
+        budget in 1..8_usize,
+    ) {
+        let mut workers = identical_workers(count, None, &[]);
+        let mut tasks: Vec<Task<u32>> = on
+            .iter()
+            .enumerate()
+            .map(|(id, on)| {
+                let worker = &mut workers[on % count];
+                worker.load += 1;
+                Task {
+                    id: u32::try_from(id).unwrap(),
+                    worker: worker.name.clone(),
+                    request: Request::unit(),
+                    since_moved: None,
+                }
+            })
+            .collect();
+        let hysteresis = Hysteresis { threshold, cooldown: std::time::Duration::ZERO };
+        loop {
+            let moves = plan_rebalance(&LeastLoaded, &workers, &tasks, hysteresis, budget);
+            if moves.is_empty() {
+                break;
+            }
+            apply_checked(&mut workers, &mut tasks, &moves, hysteresis, budget)?;
+        }
+        prop_assert!(spread(&workers) <= threshold, "{workers:?}");
+    }
+
+    /// A cluster whose ready loads are within the threshold plans nothing.
+    #[test]
+    fn a_balanced_cluster_plans_nothing(
+        (workers, tasks) in cluster(),
+        hysteresis in hysteresis(),
+        kind in policy(),
+    ) {
+        let moves = plan_rebalance(kind.build().as_ref(), &workers, &tasks, hysteresis, 100);
+        if ready_spread(&workers) <= hysteresis.threshold {
+            prop_assert!(moves.is_empty(), "{moves:?}");
+        }
+        // Nor does one whose tasks are all cooling.
+        let cooling = Hysteresis { cooldown: std::time::Duration::MAX, ..hysteresis };
+        let tasks: Vec<Task<u32>> = tasks
+            .into_iter()
+            .map(|t| Task { since_moved: Some(std::time::Duration::ZERO), ..t })
+            .collect();
+        prop_assert!(plan_rebalance(kind.build().as_ref(), &workers, &tasks, cooling, 100).is_empty());
+    }
+
+    /// The plan does not depend on the order workers and tasks are listed in.
+    #[test]
+    fn a_rebalance_plan_is_independent_of_listing_order(
+        ((workers, tasks), shuffled_workers, shuffled_tasks) in cluster().prop_flat_map(|(w, t)| {
+            (Just((w.clone(), t.clone())), Just(w).prop_shuffle(), Just(t).prop_shuffle())
+        }),
+        hysteresis in hysteresis(),
+        budget in 0..12_usize,
+    ) {
+        let first = plan_rebalance(&LeastLoaded, &workers, &tasks, hysteresis, budget);
+        let reordered =
+            plan_rebalance(&LeastLoaded, &shuffled_workers, &shuffled_tasks, hysteresis, budget);
+        prop_assert_eq!(first, reordered);
+    }
+
+    /// Over any interval of length t the bucket hands out at most burst + rate * t tokens,
+    /// however often and greedily it is asked.
+    #[test]
+    fn the_token_bucket_never_exceeds_its_budget(
+        rate_milli in 100..5_000_u32,
+        burst in 1..5_u32,
+        asks in prop::collection::vec((0..2_000_u64, 0..6_usize), 1..60),
+    ) {
+        let rate = f64::from(rate_milli) / 1000.0;
+        let start = std::time::Instant::now();
+        let mut bucket = TokenBucket::new(rate, burst, start);
+        let mut at = start;
+        let mut spent: Vec<(std::time::Instant, usize)> = Vec::new();
+        for (advance, want) in asks {
+            at += std::time::Duration::from_millis(advance);
+            let n = want.min(bucket.available(at));
+            bucket.spend(n, at);
+            spent.push((at, n));
+        }
+        for (i, (from, _)) in spent.iter().enumerate() {
+            for (j, (to, _)) in spent.iter().enumerate().skip(i) {
+                let total: usize = spent[i..=j].iter().map(|(_, n)| n).sum();
+                let allowed = f64::from(burst) + rate * to.duration_since(*from).as_secs_f64();
+                #[allow(clippy::cast_precision_loss)]
+                let total = total as f64;
+                prop_assert!(total <= allowed + 1e-9, "{total} tokens in [{i}, {j}], allowed {allowed}");
+            }
+        }
+    }
+}
