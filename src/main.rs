@@ -159,6 +159,22 @@ struct ControllerArgs {
     /// Interval between renewals / acquisition attempts (< renew deadline).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     retry_period: Duration,
+    /// Move placed tasks to even out load, e.g. after workers join (off: nothing well placed
+    /// ever moves). Each move restarts the task on its new worker, so it is budgeted and damped
+    /// by the flags below. Not with --policy=bin-pack.
+    #[arg(long, env = "CRAWLER_REBALANCE")]
+    rebalance: bool,
+    /// With --rebalance: moves per second on average (a token bucket holding one second's
+    /// worth, at least one move); e.g. 0.2 for one move every 5 s.
+    #[arg(long, default_value_t = controller::rebalance::DEFAULT_MOVES_PER_SECOND, requires = "rebalance")]
+    rebalance_moves_per_second: f64,
+    /// With --rebalance: a task moves only from a worker carrying more than this many load units
+    /// above the target, and only if the move narrows the gap (hysteresis).
+    #[arg(long, default_value_t = controller::rebalance::DEFAULT_THRESHOLD, requires = "rebalance")]
+    rebalance_threshold: u64,
+    /// With --rebalance: a task placed or moved less than this long ago stays where it is.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "rebalance")]
+    rebalance_cooldown: Duration,
 }
 
 /// Exit status of a configuration the process cannot run with: flags, environment, kubeconfig or
@@ -250,6 +266,17 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .context("invalid leader-election flags")
         .map_err(bad_config)?;
 
+    let rebalance = args
+        .rebalance
+        .then_some(controller::rebalance::RebalanceSettings {
+            moves_per_second: args.rebalance_moves_per_second,
+            threshold: args.rebalance_threshold,
+            cooldown: args.rebalance_cooldown,
+        });
+    if let Some(rebalance) = &rebalance {
+        rebalance.validate(args.policy).map_err(bad_config)?;
+    }
+
     let client = kube_client().await?;
     let settings = controller::Settings {
         namespace: args.namespace,
@@ -259,6 +286,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         concurrency: usize::from(args.concurrency),
         write_timeout: args.write_timeout,
         instance: identity,
+        rebalance,
     };
 
     let elector = LeaderElector::new(client.clone(), lease)

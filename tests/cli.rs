@@ -73,6 +73,36 @@ fn bad_flags_exit_2_with_one_json_line_naming_the_flag() {
 }
 
 #[test]
+fn bad_rebalance_flags_exit_2_saying_what_to_do() {
+    for (args, says) in [
+        (
+            &["--rebalance", "--rebalance-moves-per-second=0"][..],
+            "--rebalance-moves-per-second must be a number above 0",
+        ),
+        (
+            &["--rebalance", "--policy=bin-pack"][..],
+            "use --policy=least-loaded with --rebalance, or leave --rebalance off",
+        ),
+    ] {
+        let mut all = vec!["--log-format=json", "controller"];
+        all.extend_from_slice(args);
+        let out = run(&all, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let message = one_json_line(&out)["fields"]["message"].to_string();
+        assert!(message.contains(says), "{args:?}: {message}");
+    }
+    // A rebalance flag without --rebalance would do nothing: clap refuses it (exit 2, its own
+    // usage message).
+    let out = run(&["controller", "--rebalance-threshold=3"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--rebalance-threshold") && stderr.contains("--rebalance"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn no_kubernetes_configuration_is_a_configuration_error() {
     let out = run(
         &[

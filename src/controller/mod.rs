@@ -12,6 +12,7 @@
 
 pub mod index;
 pub mod queue;
+pub mod rebalance;
 
 use std::{
     collections::HashSet,
@@ -66,6 +67,8 @@ pub struct Settings {
     pub write_timeout: Duration,
     /// Name of this replica in Events.
     pub instance: String,
+    /// `--rebalance` and its flags; `None`: off (the default), nothing well placed ever moves.
+    pub rebalance: Option<rebalance::RebalanceSettings>,
 }
 
 /// Errors of one reconcile.
@@ -115,6 +118,8 @@ struct Context {
     routine_events: governor::DefaultDirectRateLimiter,
     metrics: Metrics,
     health: Health,
+    /// Wakes the rebalance loop when a worker Pod was added, changed or deleted.
+    workers_changed: tokio::sync::Notify,
 }
 
 /// Routine `Assigned` Events (a first placement) are published at most this many per second after
@@ -150,6 +155,7 @@ pub async fn run(
         ),
         metrics: metrics.clone(),
         health,
+        workers_changed: tokio::sync::Notify::new(),
     });
     tracing::info!(policy = ctx.policy.name(), namespace = ?ctx.settings.namespace, workers = %ctx.settings.worker_selector, "controller starting");
 
@@ -160,6 +166,9 @@ pub async fn run(
     tasks.spawn(expire_heartbeats(Arc::clone(&ctx)));
     tasks.spawn(follow_leadership(Arc::clone(&ctx)));
     tasks.spawn(report(Arc::clone(&ctx)));
+    if let Some(settings) = ctx.settings.rebalance.clone() {
+        tasks.spawn(rebalance::run(Arc::clone(&ctx), settings));
+    }
     tasks.spawn(publish_events(
         client,
         ctx.settings.instance.clone(),
@@ -276,11 +285,20 @@ async fn watch_pods(ctx: Arc<Context>) {
     let stream = watcher(api, config)
         .default_backoff()
         .map_ok(|ev| ev.modify(strip_pod));
+    // Any change of a worker Pod may change what the rebalance should do (a worker joined,
+    // left or changed labels), even when no resource needs a decision at once.
+    let changed = &ctx.workers_changed;
     feed(
         &ctx,
         stream,
-        Index::apply_pod,
-        |idx, pod: &Pod| idx.delete_pod(&pod.namespace().unwrap_or_default(), &pod.name_any()),
+        |idx, pod: &Pod| {
+            changed.notify_one();
+            idx.apply_pod(pod)
+        },
+        |idx, pod: &Pod| {
+            changed.notify_one();
+            idx.delete_pod(&pod.namespace().unwrap_or_default(), &pod.name_any())
+        },
         Index::finish_pod_list,
         |_| {},
     )
@@ -593,11 +611,18 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             },
         )
     };
-    let write = match plan {
-        Plan::Nothing => return Ok(ReconcileOutcome::Nothing),
-        Plan::Wait => return Ok(ReconcileOutcome::Wait),
-        Plan::Write(write) => write,
-    };
+    match plan {
+        Plan::Nothing => Ok(ReconcileOutcome::Nothing),
+        Plan::Wait => Ok(ReconcileOutcome::Wait),
+        Plan::Write(write) => write_decision(ctx, *write).await,
+    }
+}
+
+/// Writes one decision the index made and assumed (a reconcile's, or a rebalance move), fenced
+/// on the resourceVersion it was made on and bounded by the term; forgets the assumption if the
+/// write fails or is not sent.
+async fn write_decision(ctx: &Context, write: index::Write) -> Result<ReconcileOutcome, Error> {
+    let key = &write.key;
     let sent = Instant::now();
     let Some(timeout) = write_time(ctx, key, sent)? else {
         return Ok(ReconcileOutcome::Nothing);

@@ -114,8 +114,20 @@ label_enum! {
     AssignmentKind, label = "kind", {
         /// Placed on a worker while it had none.
         Assigned => "assigned",
-        /// Moved from one worker to another.
+        /// Moved off a worker that could no longer keep it.
         Reassigned => "reassigned",
+        /// Moved by the opt-in rebalance to even out load.
+        Rebalanced => "rebalanced",
+    }
+}
+
+label_enum! {
+    /// How far a rebalance move got (label `stage`).
+    RebalanceStage, label = "stage", {
+        /// Chosen by the planner within the budget (one token spent); its write was sent.
+        Planned => "planned",
+        /// Its write was accepted: the resource names the new worker.
+        Made => "made",
     }
 }
 
@@ -233,6 +245,7 @@ struct Inner {
     status_writes: Family<WriteOutcome, Counter>,
     events: Family<EventOutcome, Counter>,
     assignments: Family<AssignmentKind, Counter>,
+    rebalance_moves: Family<RebalanceStage, Counter>,
     unschedulable: Gauge,
     workers: Arc<WorkerLoads>,
     leader: Gauge,
@@ -272,6 +285,7 @@ impl Metrics {
             status_writes: Family::default(),
             events: Family::default(),
             assignments: Family::default(),
+            rebalance_moves: Family::default(),
             unschedulable: Gauge::default(),
             workers: Arc::default(),
             leader: Gauge::default(),
@@ -337,6 +351,14 @@ impl Metrics {
     /// Counts one placement written to a resource's status.
     pub fn assignment(&self, kind: AssignmentKind) {
         self.0.assignments.get_or_create(&kind).inc();
+    }
+
+    /// Counts rebalance moves that reached `stage`.
+    pub fn rebalance_moves(&self, stage: RebalanceStage, moves: usize) {
+        self.0
+            .rebalance_moves
+            .get_or_create(&stage)
+            .inc_by(u64::try_from(moves).unwrap_or(u64::MAX));
     }
 
     /// Sets how many resources no worker may take now (phase `Unschedulable`).
@@ -432,6 +454,9 @@ impl Inner {
         for kind in AssignmentKind::ALL {
             self.assignments.get_or_create_owned(kind);
         }
+        for stage in RebalanceStage::ALL {
+            self.rebalance_moves.get_or_create_owned(stage);
+        }
         let r = self.registry.sub_registry_with_prefix("controller");
         r.register(
             "reconciles",
@@ -457,8 +482,14 @@ impl Inner {
         );
         r.register(
             "assignments",
-            "Placements written, first (assigned) or moving the resource (reassigned)",
+            "Placements written: first (assigned), moving the resource off a worker that cannot \
+             keep it (reassigned), or moving it to even out load (rebalanced)",
             self.assignments.clone(),
+        );
+        r.register(
+            "rebalance_moves",
+            "Rebalance moves (--rebalance) by stage: planned within the budget, made (written)",
+            self.rebalance_moves.clone(),
         );
         r.register(
             "unschedulable_resources",
@@ -664,6 +695,7 @@ mod tests {
             ("counter", "crawler_controller_assignments_total"),
             ("counter", "crawler_controller_events_total"),
             ("counter", "crawler_controller_leader_transitions_total"),
+            ("counter", "crawler_controller_rebalance_moves_total"),
             ("counter", "crawler_controller_reconciles_total"),
             ("counter", "crawler_controller_status_writes_total"),
             ("gauge", "crawler_controller_index_resources"),

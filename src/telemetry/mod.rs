@@ -27,8 +27,8 @@ use tokio::net::TcpListener;
 pub use self::{
     health::Health,
     metrics::{
-        AssignmentKind, EventOutcome, Metrics, ReconcileOutcome, Role, TaskStopReason, WorkerLoad,
-        WriteOutcome,
+        AssignmentKind, EventOutcome, Metrics, RebalanceStage, ReconcileOutcome, Role,
+        TaskStopReason, WorkerLoad, WriteOutcome,
     },
 };
 

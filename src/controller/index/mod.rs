@@ -7,6 +7,7 @@
 //! same stale load. Every method is synchronous and free of I/O: the reconciler takes the lock,
 //! asks for a [`Plan`], releases the lock, and only then talks to the API server.
 
+mod rebalance;
 mod rules;
 mod status;
 #[cfg(test)]
@@ -19,10 +20,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::core::v1::Pod,
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::LabelSelector};
 use kube::ResourceExt;
 
 use crawler_core::{
@@ -35,7 +33,8 @@ use crate::crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Pha
 use self::{
     rules::{RulesCheck, keep_off_workers, set_rules_condition},
     status::{
-        address, controller_fields, lost_reason, set_assigned_condition, set_unassigned, stop_note,
+        address, assign_to, controller_fields, lost_reason, set_assigned_condition, set_unassigned,
+        stop_note,
     },
     workers::{
         Heartbeat, WorkerEntry, effective_readiness, triggers_for_worker_change, worker_from_pod,
@@ -834,12 +833,7 @@ impl Namespace {
                 let chosen = placement.worker.name.clone();
                 let load = placement.worker.load;
                 let worker = &self.workers[&chosen];
-                desired.phase = Some(Phase::Assigned);
-                desired.assigned_worker = Some(chosen.clone());
-                desired.assigned_address =
-                    worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
-                desired.assigned_at = Some(Time(ctx.now));
-                desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
+                assign_to(desired, current, worker, ctx);
                 let capacity = worker
                     .worker
                     .capacity

@@ -11,7 +11,7 @@ use crate::{
     telemetry::AssignmentKind,
 };
 
-use super::WorkerEntry;
+use super::{PlanContext, WorkerEntry};
 
 /// Every reason the controller writes: the `Assigned` condition's reason, the Event's reason and,
 /// through [`Reason::assignment`], the metric. One enum from the decision to what people read,
@@ -25,6 +25,8 @@ pub enum Reason {
     /// Condition and Event: being moved off a worker that is still alive; waiting for it to
     /// confirm the stop or for its heartbeat to lapse (phase `Releasing`).
     Releasing,
+    /// Condition and Event: moved by the opt-in rebalance (`--rebalance`) to even out load.
+    Rebalanced,
     /// Condition: there is no worker at all.
     NoWorkers,
     /// Condition: there are workers, but none may take the resource (the message says why).
@@ -48,6 +50,7 @@ impl Reason {
             Self::Assigned => "Assigned",
             Self::Reassigned => "Reassigned",
             Self::Releasing => "Releasing",
+            Self::Rebalanced => "Rebalanced",
             Self::NoWorkers => "NoWorkers",
             Self::NoEligibleWorker => "NoEligibleWorker",
             Self::Unschedulable => "Unschedulable",
@@ -72,6 +75,7 @@ impl Reason {
         match self {
             Self::Assigned => Some(AssignmentKind::Assigned),
             Self::Reassigned => Some(AssignmentKind::Reassigned),
+            Self::Rebalanced => Some(AssignmentKind::Rebalanced),
             _ => None,
         }
     }
@@ -135,6 +139,21 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
             .cloned()
             .collect(),
     }
+}
+
+/// The fields of a placement on `worker`: phase, worker, address, when, and one more
+/// assignment (the number that fences the old owner's writes).
+pub(super) fn assign_to(
+    desired: &mut CrawlerResourceStatus,
+    current: &CrawlerResourceStatus,
+    worker: &WorkerEntry,
+    ctx: &PlanContext<'_>,
+) {
+    desired.phase = Some(Phase::Assigned);
+    desired.assigned_worker = Some(worker.worker.name.clone());
+    desired.assigned_address = worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
+    desired.assigned_at = Some(Time(ctx.now));
+    desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
 }
 
 pub(super) fn set_unassigned(status: &mut CrawlerResourceStatus, phase: Phase) {

@@ -2,7 +2,7 @@
 
 use k8s_openapi::{
     api::core::v1::{PodCondition, PodStatus},
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time},
 };
 use kube::api::ObjectMeta;
 
@@ -1376,4 +1376,200 @@ mod handoff_properties {
             }
         }
     }
+}
+
+// === Rebalance ===
+
+/// Pretends `write` landed and the watch showed it (as `place` does for a reconcile's write).
+fn land(index: &mut Index, r: &mut CrawlerResource, write: &Write) {
+    let rv = r
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        + 1;
+    r.metadata.resource_version = Some(rv.to_string());
+    r.status = Some(write.status.clone());
+    index.written(&write.key, r.metadata.resource_version.clone());
+    index.apply_resource(r);
+    index.check_loads();
+}
+
+const EVEN_OUT: crawler_core::Hysteresis = crawler_core::Hysteresis {
+    threshold: 2,
+    cooldown: Duration::from_secs(60),
+};
+
+/// `worker-1` holds nine resources placed at `ctx().now`; `worker-2` and `worker-3` join empty.
+fn one_worker_holding_nine() -> (Index, Vec<CrawlerResource>) {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[])]);
+    let mut resources: Vec<CrawlerResource> =
+        (0..9).map(|i| resource(&format!("task-{i}"), 1)).collect();
+    index.reset_resources(&resources);
+    for r in &mut resources {
+        place(&mut index, r);
+    }
+    index.apply_pod(&pod("worker-2", true, &[]));
+    index.apply_pod(&pod("worker-3", true, &[]));
+    (index, resources)
+}
+
+fn later(seconds: i64) -> Timestamp {
+    ctx(&LeastLoaded).now + jiff::SignedDuration::from_secs(seconds)
+}
+
+#[test]
+fn rebalance_moves_resources_to_workers_that_joined_once_they_cooled_down() {
+    let (mut index, mut resources) = one_worker_holding_nine();
+    // Placed just now: within the cooldown nothing moves.
+    assert!(
+        index
+            .rebalance(&ctx(&LeastLoaded), EVEN_OUT, 100)
+            .is_empty()
+    );
+
+    let after = PlanContext {
+        now: later(60),
+        ..ctx(&LeastLoaded)
+    };
+    let writes = index.rebalance(&after, EVEN_OUT, 2);
+    assert_eq!(writes.len(), 2, "the budget caps the moves");
+    // Assumed at once: the loads include both moves before any write.
+    assert_eq!(
+        (
+            index.load(NS, "worker-1"),
+            index.load(NS, "worker-2"),
+            index.load(NS, "worker-3")
+        ),
+        (7, 1, 1)
+    );
+    index.check_loads();
+    // A decision in flight: nothing more is planned until the watch settles it.
+    assert!(index.rebalance(&after, EVEN_OUT, 100).is_empty());
+
+    let first = &writes[0];
+    assert_eq!(first.key.name, "task-0");
+    assert_eq!(first.status.assigned_worker.as_deref(), Some("worker-2"));
+    assert_eq!(first.status.assignments, Some(2), "one more assignment");
+    assert_eq!(
+        first.status.assigned_address.as_deref(),
+        Some("10.0.0.8:8080")
+    );
+    assert_eq!(first.status.assigned_at, Some(Time(after.now)));
+    assert_eq!(first.assumes.as_deref(), Some("worker-2"));
+    assert_eq!(
+        first.resource_version, "2",
+        "fenced on the version it was decided on"
+    );
+    let condition = first.status.condition(CONDITION_ASSIGNED).unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Rebalanced")
+    );
+    let event = first.event.as_ref().unwrap();
+    assert_eq!(event.reason, Reason::Rebalanced);
+    assert!(!event.warning);
+    assert_eq!(
+        event.note,
+        "moved from worker worker-1 (load 9) to worker-2 (load 0 -> 1) to even out load: they \
+         were more than 2 apart (rebalance)"
+    );
+    assert_eq!(
+        Reason::Rebalanced.assignment(),
+        Some(crate::telemetry::AssignmentKind::Rebalanced)
+    );
+
+    for write in &writes {
+        let r = resources
+            .iter_mut()
+            .find(|r| r.name_any() == write.key.name)
+            .unwrap();
+        land(&mut index, r, write);
+    }
+    // Moved resources cool down again; the rest may go on moving until within the threshold.
+    let writes = index.rebalance(&after, EVEN_OUT, 100);
+    for write in &writes {
+        let r = resources
+            .iter_mut()
+            .find(|r| r.name_any() == write.key.name)
+            .unwrap();
+        land(&mut index, r, write);
+    }
+    assert_eq!(
+        (
+            index.load(NS, "worker-1"),
+            index.load(NS, "worker-2"),
+            index.load(NS, "worker-3")
+        ),
+        (4, 3, 2)
+    );
+    assert!(
+        index.rebalance(&after, EVEN_OUT, 100).is_empty(),
+        "balanced: nothing more"
+    );
+    // Ordinary reconciles keep them where the rebalance put them: nothing to write.
+    for r in &mut resources {
+        assert_eq!(place(&mut index, r), Plan::Nothing, "{}", r.name_any());
+    }
+}
+
+#[test]
+fn rebalance_leaves_suspended_mismatched_and_lost_resources_to_placement() {
+    let mut index = Index::default();
+    index.reset_pods(&[
+        pod("worker-1", true, &[("gpu", "true")]),
+        pod("worker-2", true, &[]),
+    ]);
+    let mut resources: Vec<CrawlerResource> = (0..6)
+        .map(|i| {
+            let mut r = resource(&format!("task-{i}"), 1);
+            r.spec.worker_selector = Some(LabelSelector {
+                match_labels: Some([("gpu".to_owned(), "true".to_owned())].into()),
+                ..LabelSelector::default()
+            });
+            r
+        })
+        .collect();
+    index.reset_resources(&resources);
+    for r in &mut resources {
+        place(&mut index, r);
+    }
+    assert_eq!(index.load(NS, "worker-1"), 6);
+    let after = PlanContext {
+        now: later(3600),
+        ..ctx(&LeastLoaded)
+    };
+    // worker-2 may not take any of them: nothing moves, however uneven.
+    assert!(index.rebalance(&after, EVEN_OUT, 100).is_empty());
+
+    // Two of them may now run anywhere, one of those is suspended.
+    for (i, suspend) in [(0, true), (1, false)] {
+        let r = &mut resources[i];
+        r.spec.worker_selector = None;
+        r.spec.suspend = suspend;
+        r.metadata.generation = Some(2);
+        index.apply_resource(r);
+        place(&mut index, r);
+    }
+    let writes = index.rebalance(&after, EVEN_OUT, 100);
+    assert_eq!(
+        writes
+            .iter()
+            .map(|w| w.key.name.as_str())
+            .collect::<Vec<_>>(),
+        ["task-1"],
+        "the suspended one is not a task to move"
+    );
+
+    // A worker that is not ready gives nothing to the rebalance (placement moves its work).
+    let (mut index, _) = one_worker_holding_nine();
+    index.apply_pod(&pod("worker-1", false, &[]));
+    let after = PlanContext {
+        now: later(3600),
+        ..ctx(&LeastLoaded)
+    };
+    assert!(index.rebalance(&after, EVEN_OUT, 100).is_empty());
 }
