@@ -156,6 +156,9 @@ pub(super) async fn run(ctx: Arc<Context>, settings: RebalanceSettings) {
             .filter(|r| matches!(r, Ok(ReconcileOutcome::Ok)))
             .count();
         ctx.metrics.rebalance_moves(RebalanceStage::Made, made);
+        // The budget counts moves made: a write refused (409: the resource changed since, e.g.
+        // a progress report) or not sent moved nothing.
+        bucket.refund(written.len() - made);
         for failed in written.iter().filter_map(|r| r.as_ref().err()) {
             // The assumption is forgotten; the next round plans on fresh data.
             tracing::info!(error = %failed, "rebalance move not made");

@@ -124,9 +124,10 @@ label_enum! {
 label_enum! {
     /// How far a rebalance move got (label `stage`).
     RebalanceStage, label = "stage", {
-        /// Chosen by the planner within the budget (one token spent); its write was sent.
+        /// Chosen by the planner within the budget; its write was sent.
         Planned => "planned",
-        /// Its write was accepted: the resource names the new worker.
+        /// Its write was accepted: the resource names the new worker (this is what the budget
+        /// counts; a move not made gives its token back).
         Made => "made",
     }
 }

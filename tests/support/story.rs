@@ -133,6 +133,16 @@ impl Story {
     /// Starts a controller process named `identity`, through `proxy` if given (so a test can cut
     /// or freeze its connections); returns its index.
     pub fn start_controller_via(&mut self, identity: &str, proxy: Option<&Proxy>) -> usize {
+        self.start_controller_with(identity, proxy, &[])
+    }
+
+    /// [`Story::start_controller_via`] with extra flags, e.g. `--rebalance`.
+    pub fn start_controller_with(
+        &mut self,
+        identity: &str,
+        proxy: Option<&Proxy>,
+        extra: &[&str],
+    ) -> usize {
         let log = self.cp.dir().join(format!("{}-{identity}.log", self.ns()));
         let args = [
             format!(
@@ -150,12 +160,9 @@ impl Story {
             format!("--retry-period={}ms", self.election.retry.as_millis()),
             "--metrics-addr=127.0.0.1:0".to_owned(),
         ];
-        let server = Server::new(
-            "controller",
-            PathBuf::from("/usr/bin/env"),
-            args.to_vec(),
-            log,
-        );
+        let mut args = args.to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let server = Server::new("controller", PathBuf::from("/usr/bin/env"), args, log);
         server.start();
         self.controllers.push(server);
         self.controller_ids.push(identity.to_owned());
