@@ -176,6 +176,22 @@ check() {
     return 1
   fi
 
+  # The rebalance's values become its flags; with bin-pack the schema refuses it.
+  for flag in --rebalance --rebalance-moves-per-second=0.5 --rebalance-threshold=3 --rebalance-cooldown=2m; do
+    if ! grep -q -- "- $flag\$" "$work/rebalance-values.yaml"; then
+      echo "ci/rebalance-values.yaml did not render the controller flag $flag" >&2
+      return 1
+    fi
+  done
+  if grep -q -- "--rebalance" "$work/default.yaml"; then
+    echo "the default values rendered a --rebalance flag (it is off by default)" >&2
+    return 1
+  fi
+  if "$helm" template "$release" "$chart" --set controller.rebalance.enabled=true --set controller.policy=bin-pack > /dev/null 2>&1; then
+    echo "values.schema.json did not refuse controller.rebalance.enabled=true with policy bin-pack" >&2
+    return 1
+  fi
+
   # The monitoring objects are custom resources: kubernetes-validate knows only built-in kinds,
   # so they are validated against prometheus-operator's own CRDs, and set aside for it.
   echo "monitoring objects against prometheus-operator v$PROMETHEUS_OPERATOR_VERSION CRD schemas (offline)"
