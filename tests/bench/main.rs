@@ -5,6 +5,7 @@
 //! ```text
 //! 7a micro          placement alone: our policies vs the original algorithm, Index::plan
 //! 7c extract        extraction rules: cost per page against parsing, and in a loopback crawl
+//! 7d rebalance      one rebalance round (Index::rebalance) with moves to make, and balanced
 //!  1 ceiling        raw status writes (SSA like the controller's, and merge-patch) at 1/16/64
 //!  2 bulk           N resources, 100 ready workers, then the controller starts and places them
 //!  3 orphans        a worker Pod deleted / turning NotReady -> its resources reassigned
@@ -66,7 +67,7 @@ use scenarios::{
     cold_start::scenario_cold_start,
     failover::scenario_failover,
     footprint::{footprint_section, scenario_large},
-    micro_scenario::scenario_micro,
+    micro_scenario::{scenario_micro, scenario_rebalance},
     orphans::scenario_orphans,
 };
 use stats::{Samples, ms, per_sec, secs};
@@ -399,6 +400,9 @@ async fn controller_benchmarks() {
 
     if cfg.enabled("micro") {
         scenario_micro(&cfg, &mut report);
+    }
+    if cfg.enabled("rebalance") {
+        scenario_rebalance(&cfg, &mut report);
     }
     if cfg.enabled("extract") {
         scenarios::extract::run(cfg.micro_reps, &mut report).await;

@@ -169,3 +169,83 @@ fn index_with(resources: usize, workers: usize) -> (Index, Vec<Key>) {
         .collect();
     (index, keys)
 }
+
+/// One rebalance round's cost under the controller's lock (`Index::rebalance`), no API server.
+pub struct RebalanceRound {
+    pub name: &'static str,
+    pub budget: usize,
+    /// Median of the repetitions.
+    pub round: Duration,
+    pub moves: usize,
+}
+
+/// Scenario 7d: what a rebalance round costs the controller. `resources` placed on `workers`
+/// workers, either all on one worker (the others joined empty: every round has moves to make)
+/// or spread evenly (a balanced cluster: nothing to plan).
+pub fn rebalance(resources: usize, workers: usize, repetitions: usize) -> Vec<RebalanceRound> {
+    let policy = PolicyKind::LeastLoaded.build();
+    let hysteresis = crawler_core::Hysteresis {
+        threshold: 2,
+        cooldown: Duration::from_secs(60),
+    };
+    let mut rounds = Vec::new();
+    for (name, budget, all_on_one) in [
+        ("all on one worker, the others joined", 1, true),
+        ("all on one worker, the others joined", 10, true),
+        ("balanced: nothing to plan", 10, false),
+    ] {
+        let mut times = Vec::new();
+        let mut moves = 0;
+        for _ in 0..repetitions.min(7) {
+            let mut index = placed_index(resources, workers, all_on_one);
+            let ctx = PlanContext {
+                policy: policy.as_ref(),
+                worker_port: 8080,
+                now: jiff::Timestamp::now(),
+            };
+            let started = Instant::now();
+            let writes = index.rebalance(black_box(&ctx), hysteresis, budget);
+            times.push(started.elapsed());
+            moves = writes.len();
+        }
+        rounds.push(RebalanceRound {
+            name,
+            budget,
+            round: median(times),
+            moves,
+        });
+    }
+    rounds
+}
+
+/// An index holding `workers` ready worker Pods and `resources` resources assigned long ago, all
+/// to `worker-000` or round-robin.
+fn placed_index(resources: usize, workers: usize, all_on_one: bool) -> Index {
+    let (mut index, _) = index_with(0, workers);
+    let crs: Vec<CrawlerResource> = (0..resources)
+        .map(|i| {
+            let worker = if all_on_one { 0 } else { i % workers };
+            serde_json::from_value(json!({
+                "apiVersion": "crawler.dev/v1alpha1",
+                "kind": "CrawlerResource",
+                "metadata": {
+                    "name": format!("r-{i:06}"),
+                    "namespace": "bench",
+                    "resourceVersion": (1000 + i).to_string(),
+                    "generation": 1,
+                },
+                "spec": crate::resource_spec(i),
+                "status": {
+                    "phase": "Assigned",
+                    "assignedWorker": format!("worker-{worker:03}"),
+                    "assignedAt": "2026-01-01T00:00:00Z",
+                    "assignments": 1,
+                    "observedGeneration": 1,
+                },
+            }))
+            .unwrap()
+        })
+        .collect();
+    index.reset_resources(&crs);
+    index
+}

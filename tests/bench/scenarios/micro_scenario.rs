@@ -38,3 +38,30 @@ pub(crate) fn scenario_micro(cfg: &Config, report: &mut Report) {
         ),
     );
 }
+
+/// Scenario 7d: one rebalance round (`--rebalance`) under the controller's lock.
+pub(crate) fn scenario_rebalance(cfg: &Config, report: &mut Report) {
+    let rows = micro::rebalance(cfg.resources, cfg.workers, cfg.micro_reps)
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.to_owned(),
+                r.budget.to_string(),
+                format!("{:.2}", r.round.as_secs_f64() * 1e3),
+                r.moves.to_string(),
+            ]
+        })
+        .collect();
+    report.section(
+        &format!(
+            "7d. A rebalance round alone: {} resources x {} workers, no API server (median of {} runs)",
+            cfg.resources,
+            cfg.workers,
+            cfg.micro_reps.min(7)
+        ),
+        format!(
+            "{}\n`Index::rebalance`: the planner's input built from the index, the plan, each move's status and assumption; the controller holds the index lock for this long about once a second while `--rebalance` is on and it leads.\n",
+            table(&["cluster", "budget", "round ms", "moves"], rows)
+        ),
+    );
+}
