@@ -45,7 +45,9 @@ use crate::{
     crd::CrawlerResource,
     heartbeat,
     leader::Leadership,
-    telemetry::{EventOutcome, Health, Metrics, ReconcileOutcome, WorkerLoad, WriteOutcome},
+    telemetry::{
+        EventOutcome, Health, Metrics, RebalanceStage, ReconcileOutcome, WorkerLoad, WriteOutcome,
+    },
 };
 
 /// Server-side apply field manager of the controller's status fields.
@@ -618,9 +620,9 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
     }
 }
 
-/// Writes one decision the index made and assumed (a reconcile's, or a rebalance move), fenced
-/// on the resourceVersion it was made on and bounded by the term; forgets the assumption if the
-/// write fails or is not sent.
+/// Writes one decision the index made (and assumed, if it places the resource), fenced on the
+/// resourceVersion it was made on and bounded by the term; forgets the assumption if the write
+/// fails or is not sent.
 async fn write_decision(ctx: &Context, write: index::Write) -> Result<ReconcileOutcome, Error> {
     let key = &write.key;
     let sent = Instant::now();
@@ -652,6 +654,9 @@ async fn write_decision(ctx: &Context, write: index::Write) -> Result<ReconcileO
             ctx.metrics.status_write(WriteOutcome::Ok);
             if let Some(kind) = write.event.as_ref().and_then(|e| e.reason.assignment()) {
                 ctx.metrics.assignment(kind);
+            }
+            if write.event.as_ref().map(|e| e.reason) == Some(Reason::Rebalanced) {
+                ctx.metrics.rebalance_moves(RebalanceStage::Made, 1);
             }
             if let Some(event) = write.event {
                 tracing::info!(resource = %key, reason = event.reason.as_str(), "{}", event.note);

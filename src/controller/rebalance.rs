@@ -1,6 +1,8 @@
 //! The opt-in rebalance (`--rebalance`): while this replica leads, about once a second (and
 //! soon after a worker Pod changes), plan moves that even out load within a token-bucket budget
-//! and write each one through the same fenced, term-bounded write as any decision.
+//! and request each through the index's one move path, the handoff ([`super::Index::move_off`]):
+//! the reconcilers then release the task on its worker and place it once that worker confirmed
+//! the stop (or its heartbeat lapsed), each a fenced, term-bounded write like any decision.
 //!
 //! Off by default because every move restarts a crawl task on another worker (with the
 //! `postgres` sink it resumes from its last checkpoint; with a file sink it starts over), so
@@ -14,8 +16,8 @@ use std::{
 use crawler_core::{Hysteresis, Load, PolicyKind, TokenBucket};
 use jiff::Timestamp;
 
-use super::{Context, PlanContext, write_decision};
-use crate::telemetry::{RebalanceStage, ReconcileOutcome};
+use super::{Context, PlanContext};
+use crate::telemetry::RebalanceStage;
 
 /// Default of `--rebalance-moves-per-second`: slow enough that a cluster of a few hundred tasks
 /// evens out in minutes without a burst of restarts.
@@ -128,7 +130,7 @@ pub(super) async fn run(ctx: Arc<Context>, settings: RebalanceSettings) {
         let timestamp = Timestamp::now()
             .round(jiff::Unit::Second)
             .unwrap_or_else(|_| Timestamp::now());
-        let writes = {
+        let keys = {
             let mut index = ctx.index.lock();
             if !index.synced() {
                 continue;
@@ -143,26 +145,16 @@ pub(super) async fn run(ctx: Arc<Context>, settings: RebalanceSettings) {
                 budget,
             )
         };
-        if writes.is_empty() {
+        if keys.is_empty() {
             continue;
         }
-        bucket.spend(writes.len(), now);
+        // One token per move requested; the reconcilers make it (release, then placement), and
+        // count it made when the placement is written.
+        bucket.spend(keys.len(), now);
         ctx.metrics
-            .rebalance_moves(RebalanceStage::Planned, writes.len());
-        let written =
-            futures::future::join_all(writes.into_iter().map(|w| write_decision(&ctx, w))).await;
-        let made = written
-            .iter()
-            .filter(|r| matches!(r, Ok(ReconcileOutcome::Ok)))
-            .count();
-        ctx.metrics.rebalance_moves(RebalanceStage::Made, made);
-        // The budget counts moves made: a write refused (409: the resource changed since, e.g.
-        // a progress report) or not sent moved nothing.
-        bucket.refund(written.len() - made);
-        for failed in written.iter().filter_map(|r| r.as_ref().err()) {
-            // The assumption is forgotten; the next round plans on fresh data.
-            tracing::info!(error = %failed, "rebalance move not made");
-        }
+            .rebalance_moves(RebalanceStage::Planned, keys.len());
+        tracing::info!(moves = keys.len(), "rebalance: moves requested");
+        ctx.queue.add_all(keys);
     }
 }
 

@@ -124,10 +124,11 @@ label_enum! {
 label_enum! {
     /// How far a rebalance move got (label `stage`).
     RebalanceStage, label = "stage", {
-        /// Chosen by the planner within the budget; its write was sent.
+        /// Chosen by the planner within the budget (one token each) and requested through the
+        /// handoff.
         Planned => "planned",
-        /// Its write was accepted: the resource names the new worker (this is what the budget
-        /// counts; a move not made gives its token back).
+        /// Completed: the placement on the new worker was written (after the old worker
+        /// confirmed the stop, or its heartbeat lapsed).
         Made => "made",
     }
 }
@@ -489,7 +490,7 @@ impl Inner {
         );
         r.register(
             "rebalance_moves",
-            "Rebalance moves (--rebalance) by stage: planned within the budget, made (written)",
+            "Rebalance moves (--rebalance) by stage: planned within the budget, made (placed anew)",
             self.rebalance_moves.clone(),
         );
         r.register(

@@ -201,8 +201,8 @@ fn next_move<'t, Id: Ord>(
 }
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up. The rebalance spends one
-/// token per move (and gets it back if the move was not made), so over any interval of length
-/// `t` it makes at most `burst + rate * t` moves.
+/// token per move it requests, so over any interval of length `t` it requests at most
+/// `burst + rate * t` moves.
 ///
 /// Written here rather than taken from `governor` (which the controller uses for Events)
 /// because the planner needs to know how many tokens are available *before* it plans, and
@@ -247,14 +247,6 @@ impl TokenBucket {
         #[allow(clippy::cast_precision_loss)] // n <= burst <= u32::MAX
         let n = n as f64;
         self.tokens -= n;
-    }
-
-    /// Gives back `n` tokens spent on moves that were not made (a write refused because the
-    /// resource changed meanwhile): the budget counts moves, not attempts. Never above `burst`.
-    pub fn refund(&mut self, n: usize) {
-        #[allow(clippy::cast_precision_loss)] // n is at most what was spent, <= burst
-        let n = n as f64;
-        self.tokens = (self.tokens + n).min(self.burst);
     }
 
     /// When the next whole token is available (now, if one is).
@@ -428,11 +420,5 @@ mod tests {
         assert_eq!(bucket.available(start + Duration::from_millis(499)), 0);
         assert_eq!(bucket.available(start + Duration::from_millis(500)), 1);
         assert_eq!(bucket.available(start + Duration::from_secs(60)), 3);
-        let later = start + Duration::from_secs(60);
-        bucket.spend(2, later);
-        bucket.refund(1);
-        assert_eq!(bucket.available(later), 2);
-        bucket.refund(5);
-        assert_eq!(bucket.available(later), 3, "never above the burst");
     }
 }

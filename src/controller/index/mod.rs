@@ -94,6 +94,9 @@ struct MoveRequest {
     from: String,
     assignment: Option<i64>,
     why: String,
+    /// The reason of the placement that completes it: `Reassigned`, or `Rebalanced` for the
+    /// rebalance's moves (so people, and the metrics, can tell them apart).
+    reason: Reason,
 }
 
 impl MoveRequest {
@@ -503,6 +506,11 @@ impl Index {
     /// heartbeat lapsed. `why` is said in the condition and the Event. Returns the keys to
     /// reconcile (none when the resource is not on `worker`, or is already being moved).
     pub fn move_off(&mut self, key: &Key, worker: &str, why: &str) -> Vec<Key> {
+        self.request_move(key, worker, why, Reason::Reassigned)
+    }
+
+    /// [`Index::move_off`], with the reason its completing placement gives.
+    fn request_move(&mut self, key: &Key, worker: &str, why: &str, reason: Reason) -> Vec<Key> {
         let Some(entry) = self.entry_mut(key) else {
             return Vec::new();
         };
@@ -516,6 +524,7 @@ impl Index {
             from: worker.to_owned(),
             assignment: entry.status.assignments,
             why: why.to_owned(),
+            reason,
         });
         vec![key.clone()]
     }
@@ -698,11 +707,12 @@ impl Index {
                 );
             }
         } else if let Ok(request) = &entry.request {
+            let asked = (entry.move_requested.as_ref()).filter(|m| m.applies_to(current));
             (event, assumes) = ns.place(
                 entry.weight,
                 request,
                 current,
-                handed_off,
+                (handed_off, asked),
                 &mut desired,
                 ctx,
             );
@@ -795,7 +805,7 @@ impl Namespace {
         weight: Load,
         request: &Request,
         current: &CrawlerResourceStatus,
-        handed_off: Option<HandedOff>,
+        (handed_off, asked): (Option<HandedOff>, Option<&MoveRequest>),
         desired: &mut CrawlerResourceStatus,
         ctx: &PlanContext<'_>,
     ) -> (Option<PlanEvent>, Option<String>) {
@@ -845,11 +855,13 @@ impl Namespace {
                 );
                 let (reason, note) = match &current.assigned_worker {
                     Some(old) => {
-                        let why = handed_off
-                            .and_then(HandedOff::describe)
-                            .unwrap_or_else(|| lost_reason(self.workers.get(old), request));
+                        let why = match (handed_off.and_then(HandedOff::describe), asked) {
+                            (Some(how), _) => how,
+                            (None, Some(asked)) => &asked.why,
+                            (None, None) => lost_reason(self.workers.get(old), request),
+                        };
                         (
-                            Reason::Reassigned,
+                            asked.map_or(Reason::Reassigned, |m| m.reason),
                             format!("moved from worker {old} ({why}) to {chosen} {how}"),
                         )
                     }

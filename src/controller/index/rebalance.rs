@@ -1,48 +1,46 @@
 //! The opt-in rebalance, as the index sees it: which placed resources may move (the planner's
-//! input, built from the index under its lock), and each chosen move made as a decision like any
-//! other: desired status, an `Assigned` condition and Event that say why, and an assumption
-//! counted in the loads before the next decision. The planner itself is pure
-//! ([`crawler_core::plan_rebalance`]); the controller's rebalance loop owns the budget and the
-//! writes.
+//! input, built from the index under its lock), and each chosen move requested through the one
+//! entry point for moves, [`Index::move_off`]'s handoff: the resource is released on its worker
+//! (phase `Releasing` while that worker's heartbeat is alive) and placed again, least loaded,
+//! once that worker confirmed the stop or its heartbeat lapsed, with the reason `Rebalanced`.
+//! The planner itself is pure ([`crawler_core::plan_rebalance`]); the controller's rebalance
+//! loop owns the budget and queues the keys.
 
 use std::time::Duration;
 
-use crawler_core::{Hysteresis, Move, Readiness, Task, filter};
+use crawler_core::{Hysteresis, Move, Readiness, Task};
 
-use crate::crd::{CrawlerResourceStatus, Phase};
+use crate::crd::Phase;
 
-use super::{
-    Index, Key, Namespace, Plan, PlanContext, PlanEvent, Reason, ResourceEntry, Write,
-    rules::{RulesCheck, set_rules_condition},
-    status::{assign_to, controller_fields, set_assigned_condition},
-};
+use super::{Index, Key, Namespace, PlanContext, Reason, ResourceEntry, rules::RulesCheck};
 
 impl Index {
     /// Plans at most `budget` moves over every namespace (workers in one namespace serve only
-    /// its resources) and makes each: returns one write per move, each already assumed, so the
-    /// loads the next decision sees include them.
+    /// its resources) and requests each through the handoff; returns the keys to reconcile, one
+    /// per move requested.
     ///
-    /// A namespace with a decision in flight (an assumption not yet settled by the watch) is
-    /// left alone this time: planning on loads that are about to change could move more than
-    /// needed. Only resources that are assigned, kept where they are, and not waiting for a
-    /// write may move; the rest count in the loads and stay.
+    /// A namespace with a move or decision still under way (a resource `Releasing`, a move
+    /// requested and not yet made, a decision the watch has not shown yet) is left alone this
+    /// time: its loads are about to change, and planning on them again could move more than
+    /// needed. So moves come in waves, each planned on settled loads, each no larger than the
+    /// budget allows. Only resources that are assigned, kept where they are and not moving may
+    /// move; the rest count in the loads and stay.
     pub fn rebalance(
         &mut self,
         ctx: &PlanContext<'_>,
         hysteresis: Hysteresis,
         budget: usize,
-    ) -> Vec<Write> {
-        let mut namespaces: Vec<&String> = self.namespaces.keys().collect();
+    ) -> Vec<Key> {
+        let mut namespaces: Vec<String> = self.namespaces.keys().cloned().collect();
         namespaces.sort();
-        let namespaces: Vec<String> = namespaces.into_iter().cloned().collect();
-        let mut writes = Vec::new();
+        let mut keys = Vec::new();
         for ns_name in namespaces {
-            let left = budget - writes.len();
+            let left = budget - keys.len();
             if left == 0 {
                 break;
             }
-            let ns = self.namespaces.get_mut(&ns_name).expect("listed above");
-            if ns.resources.values().any(|r| r.assumed.is_some()) {
+            let ns = &self.namespaces[&ns_name];
+            if ns.resources.values().any(moving) {
                 continue;
             }
             let workers: Vec<_> = ns.workers.values().map(|w| w.worker.clone()).collect();
@@ -51,23 +49,38 @@ impl Index {
                 crawler_core::plan_rebalance(ctx.policy, &workers, &tasks, hysteresis, left);
             for m in moves {
                 let key = Key::new(ns_name.clone(), m.task.clone());
-                match ns.plan_move(&key, &m, hysteresis, ctx) {
-                    Plan::Write(write) => writes.push(*write),
-                    other => {
-                        // The planner and the move path read the same index under the same
-                        // lock, so this does not happen; if it did, the move is only dropped.
-                        tracing::warn!(resource = %key, ?other, "a planned rebalance move was not made");
-                    }
+                let asked =
+                    self.request_move(&key, &m.from, &why(&m, hysteresis), Reason::Rebalanced);
+                if asked.is_empty() {
+                    // The planner and the move path read the same index under the same lock, so
+                    // this does not happen; if it did, the move is only left out.
+                    tracing::warn!(resource = %key, "a planned rebalance move was not requested");
                 }
+                keys.extend(asked);
             }
         }
-        writes
+        keys
     }
+}
+
+/// Whether a resource is being moved or decided: its namespace's loads are about to change.
+fn moving(entry: &ResourceEntry) -> bool {
+    entry.assumed.is_some()
+        || entry.status.phase == Some(Phase::Releasing)
+        || (entry.move_requested.as_ref()).is_some_and(|m| m.applies_to(&entry.status))
+}
+
+/// What the `Releasing` condition and Event say about a rebalance move.
+fn why(planned: &Move<String>, hysteresis: Hysteresis) -> String {
+    format!(
+        "to even out load: {} carries {}, {} carries {}, more than {} apart (rebalance)",
+        planned.from, planned.from_load, planned.to, planned.to_load, hysteresis.threshold
+    )
 }
 
 impl Namespace {
     /// The resources the rebalance may move: assigned to a ready worker that may keep them, with
-    /// nothing pending (no decision in flight, no other change of status to write first).
+    /// nothing pending.
     fn movable(&self, ctx: &PlanContext<'_>) -> Vec<Task<String>> {
         self.resources
             .iter()
@@ -88,12 +101,12 @@ impl Namespace {
             .collect()
     }
 
-    /// The worker `entry` is assigned to, if it is one the rebalance may move it from: placed
-    /// (phase `Assigned`), not suspended, rules fine, no decision in flight, and its worker ready
-    /// and matching its selector (otherwise placement moves it anyway).
+    /// The worker `entry` is assigned to, if the rebalance may move it from there: placed (phase
+    /// `Assigned`), not suspended, rules fine, not moving, and its worker ready and matching its
+    /// selector (otherwise placement moves it anyway).
     fn keeps<'e>(&self, entry: &'e ResourceEntry) -> Option<&'e str> {
         if entry.suspend
-            || entry.assumed.is_some()
+            || moving(entry)
             || entry.resource_version.is_none()
             || matches!(entry.rules, RulesCheck::Invalid(_))
             || entry.status.phase != Some(Phase::Assigned)
@@ -105,73 +118,5 @@ impl Namespace {
         let worker = &self.workers.get(name)?.worker;
         (worker.readiness == Readiness::Ready && request.selector.matches(&worker.labels))
             .then_some(name)
-    }
-
-    /// Makes one planned move: the resource's status names the new worker (one more
-    /// assignment), its `Assigned` condition and a `Rebalanced` Event say why, and the decision
-    /// is assumed. `Plan::Nothing` if the move no longer holds (the resource changed, the
-    /// target may not take it).
-    fn plan_move(
-        &mut self,
-        key: &Key,
-        planned: &Move<String>,
-        hysteresis: Hysteresis,
-        ctx: &PlanContext<'_>,
-    ) -> Plan {
-        let Some(entry) = self.resources.get(&key.name) else {
-            return Plan::Nothing;
-        };
-        let (Some(resource_version), Ok(request)) = (&entry.resource_version, &entry.request)
-        else {
-            return Plan::Nothing;
-        };
-        if self.keeps(entry) != Some(planned.from.as_str()) {
-            return Plan::Nothing;
-        }
-        let Some(target) = self.workers.get(&planned.to) else {
-            return Plan::Nothing;
-        };
-        if filter(&target.worker, request).is_err() {
-            return Plan::Nothing;
-        }
-        let current: &CrawlerResourceStatus = &entry.status;
-        let mut desired = controller_fields(current);
-        desired.observed_generation = entry.generation;
-        assign_to(&mut desired, current, target, ctx);
-        let note = format!(
-            "moved from worker {} (load {}) to {} (load {} -> {}) to even out load: they were \
-             more than {} apart (rebalance)",
-            planned.from,
-            planned.from_load,
-            planned.to,
-            planned.to_load,
-            planned.to_load + planned.weight,
-            hysteresis.threshold,
-        );
-        set_assigned_condition(
-            &mut desired,
-            current,
-            true,
-            Reason::Rebalanced,
-            &note,
-            ctx.now,
-        );
-        set_rules_condition(&mut desired, current, &entry.rules, ctx.now);
-        for condition in &mut desired.conditions {
-            condition.observed_generation = desired.observed_generation;
-        }
-        let write = Write {
-            key: key.clone(),
-            resource_version: resource_version.clone(),
-            status: desired,
-            assumes: Some(planned.to.clone()),
-            event: Some(PlanEvent {
-                warning: false,
-                reason: Reason::Rebalanced,
-                note,
-            }),
-        };
-        self.assume(&key.name, planned.to.clone());
-        Plan::Write(Box::new(write))
     }
 }

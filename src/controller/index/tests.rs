@@ -1380,32 +1380,57 @@ mod handoff_properties {
 
 // === Rebalance ===
 
-/// Pretends `write` landed and the watch showed it (as `place` does for a reconcile's write).
-fn land(index: &mut Index, r: &mut CrawlerResource, write: &Write) {
-    let rv = r
-        .metadata
-        .resource_version
-        .as_deref()
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        + 1;
-    r.metadata.resource_version = Some(rv.to_string());
-    r.status = Some(write.status.clone());
-    index.written(&write.key, r.metadata.resource_version.clone());
-    index.apply_resource(r);
-    index.check_loads();
-}
-
 const EVEN_OUT: crawler_core::Hysteresis = crawler_core::Hysteresis {
     threshold: 2,
     cooldown: Duration::from_secs(60),
 };
 
+fn later(seconds: i64) -> PlanContext<'static> {
+    PlanContext {
+        now: ctx(&LeastLoaded).now + jiff::SignedDuration::from_secs(seconds),
+        ..ctx(&LeastLoaded)
+    }
+}
+
+/// [`place`] at another moment.
+fn place_at(index: &mut Index, r: &mut CrawlerResource, at: &PlanContext<'_>) -> Plan {
+    let key = Key::new(NS, r.name_any());
+    let plan = index.plan(&key, at);
+    if let Plan::Write(w) = &plan {
+        let rv = r
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            + 1;
+        r.metadata.resource_version = Some(rv.to_string());
+        r.status = Some(w.status.clone());
+        index.written(&key, r.metadata.resource_version.clone());
+        index.apply_resource(r);
+    }
+    index.check_loads();
+    plan
+}
+
 /// `worker-1` holds nine resources placed at `ctx().now`; `worker-2` and `worker-3` join empty.
-fn one_worker_holding_nine() -> (Index, Vec<CrawlerResource>) {
+/// With `heartbeats`, every worker has a live heartbeat, so a move off one is a handoff.
+fn one_worker_holding_nine(heartbeats: bool) -> (Index, Vec<CrawlerResource>) {
     let mut index = Index::default();
     index.reset_pods(&[pod("worker-1", true, &[])]);
+    let leases: Vec<Lease> = if heartbeats {
+        ["worker-1", "worker-2", "worker-3"]
+            .iter()
+            .map(|w| heartbeat(w, Some(w), 100))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for lease in &leases {
+        index.apply_heartbeat(lease, Instant::now());
+    }
+    index.finish_heartbeat_list(&listed(&leases), Instant::now());
     let mut resources: Vec<CrawlerResource> =
         (0..9).map(|i| resource(&format!("task-{i}"), 1)).collect();
     index.reset_resources(&resources);
@@ -1417,13 +1442,25 @@ fn one_worker_holding_nine() -> (Index, Vec<CrawlerResource>) {
     (index, resources)
 }
 
-fn later(seconds: i64) -> Timestamp {
-    ctx(&LeastLoaded).now + jiff::SignedDuration::from_secs(seconds)
+fn loads_of(index: &Index) -> (Load, Load, Load) {
+    (
+        index.load(NS, "worker-1"),
+        index.load(NS, "worker-2"),
+        index.load(NS, "worker-3"),
+    )
+}
+
+fn named<'r>(resources: &'r mut [CrawlerResource], key: &Key) -> &'r mut CrawlerResource {
+    resources
+        .iter_mut()
+        .find(|r| r.name_any() == key.name)
+        .unwrap()
 }
 
 #[test]
-fn rebalance_moves_resources_to_workers_that_joined_once_they_cooled_down() {
-    let (mut index, mut resources) = one_worker_holding_nine();
+fn rebalance_requests_moves_that_placement_makes_once_tasks_cooled_down() {
+    // No heartbeats: a move is one-phase (nothing to wait for).
+    let (mut index, mut resources) = one_worker_holding_nine(false);
     // Placed just now: within the cooldown nothing moves.
     assert!(
         index
@@ -1431,89 +1468,109 @@ fn rebalance_moves_resources_to_workers_that_joined_once_they_cooled_down() {
             .is_empty()
     );
 
-    let after = PlanContext {
-        now: later(60),
-        ..ctx(&LeastLoaded)
-    };
-    let writes = index.rebalance(&after, EVEN_OUT, 2);
-    assert_eq!(writes.len(), 2, "the budget caps the moves");
-    // Assumed at once: the loads include both moves before any write.
+    let after = later(60);
+    let keys = index.rebalance(&after, EVEN_OUT, 2);
     assert_eq!(
-        (
-            index.load(NS, "worker-1"),
-            index.load(NS, "worker-2"),
-            index.load(NS, "worker-3")
-        ),
-        (7, 1, 1)
+        keys,
+        [Key::new(NS, "task-0"), Key::new(NS, "task-1")],
+        "the budget caps the moves; ties go to the smallest name"
     );
-    index.check_loads();
-    // A decision in flight: nothing more is planned until the watch settles it.
+    // Only requested: the loads are what the resources say until the moves are made, and no
+    // more moves are planned on them meanwhile.
+    assert_eq!(loads_of(&index), (9, 0, 0));
     assert!(index.rebalance(&after, EVEN_OUT, 100).is_empty());
 
-    let first = &writes[0];
-    assert_eq!(first.key.name, "task-0");
-    assert_eq!(first.status.assigned_worker.as_deref(), Some("worker-2"));
-    assert_eq!(first.status.assignments, Some(2), "one more assignment");
-    assert_eq!(
-        first.status.assigned_address.as_deref(),
-        Some("10.0.0.8:8080")
-    );
-    assert_eq!(first.status.assigned_at, Some(Time(after.now)));
-    assert_eq!(first.assumes.as_deref(), Some("worker-2"));
-    assert_eq!(
-        first.resource_version, "2",
-        "fenced on the version it was decided on"
-    );
-    let condition = first.status.condition(CONDITION_ASSIGNED).unwrap();
+    let Plan::Write(w) = place_at(&mut index, named(&mut resources, &keys[0]), &after) else {
+        panic!("expected the move")
+    };
+    assert_eq!(w.status.assigned_worker.as_deref(), Some("worker-2"));
+    assert_eq!(w.status.assignments, Some(2), "one more assignment");
+    assert_eq!(w.status.assigned_at, Some(Time(after.now)));
+    let condition = w.status.condition(CONDITION_ASSIGNED).unwrap();
     assert_eq!(
         (condition.status.as_str(), condition.reason.as_str()),
         ("True", "Rebalanced")
     );
-    let event = first.event.as_ref().unwrap();
+    let event = w.event.unwrap();
     assert_eq!(event.reason, Reason::Rebalanced);
-    assert!(!event.warning);
     assert_eq!(
         event.note,
-        "moved from worker worker-1 (load 9) to worker-2 (load 0 -> 1) to even out load: they \
-         were more than 2 apart (rebalance)"
+        "moved from worker worker-1 (to even out load: worker-1 carries 9, worker-2 carries 0, \
+         more than 2 apart (rebalance)) to worker-2 by LeastLoaded: load 0 -> 1 of unbounded"
     );
     assert_eq!(
         Reason::Rebalanced.assignment(),
         Some(crate::telemetry::AssignmentKind::Rebalanced)
     );
+    place_at(&mut index, named(&mut resources, &keys[1]), &after);
+    assert_eq!(loads_of(&index), (7, 1, 1));
 
-    for write in &writes {
-        let r = resources
-            .iter_mut()
-            .find(|r| r.name_any() == write.key.name)
-            .unwrap();
-        land(&mut index, r, write);
+    // Round after round until the loads are within the threshold; moved tasks cool down.
+    loop {
+        let keys = index.rebalance(&after, EVEN_OUT, 100);
+        if keys.is_empty() {
+            break;
+        }
+        for key in &keys {
+            place_at(&mut index, named(&mut resources, key), &after);
+        }
     }
-    // Moved resources cool down again; the rest may go on moving until within the threshold.
-    let writes = index.rebalance(&after, EVEN_OUT, 100);
-    for write in &writes {
-        let r = resources
-            .iter_mut()
-            .find(|r| r.name_any() == write.key.name)
-            .unwrap();
-        land(&mut index, r, write);
-    }
-    assert_eq!(
-        (
-            index.load(NS, "worker-1"),
-            index.load(NS, "worker-2"),
-            index.load(NS, "worker-3")
-        ),
-        (4, 3, 2)
-    );
-    assert!(
-        index.rebalance(&after, EVEN_OUT, 100).is_empty(),
-        "balanced: nothing more"
-    );
+    assert_eq!(loads_of(&index), (4, 3, 2));
     // Ordinary reconciles keep them where the rebalance put them: nothing to write.
     for r in &mut resources {
-        assert_eq!(place(&mut index, r), Plan::Nothing, "{}", r.name_any());
+        assert_eq!(
+            place_at(&mut index, r, &after),
+            Plan::Nothing,
+            "{}",
+            r.name_any()
+        );
     }
+}
+
+#[test]
+fn a_rebalance_move_off_a_live_worker_is_a_handoff() {
+    let (mut index, mut resources) = one_worker_holding_nine(true);
+    let after = later(60);
+    let keys = index.rebalance(&after, EVEN_OUT, 1);
+    assert_eq!(keys, [Key::new(NS, "task-0")]);
+    let r = named(&mut resources, &keys[0]);
+    // Phase one: released on worker-1, still counted there.
+    let Plan::Write(w) = place_at(&mut index, r, &after) else {
+        panic!("expected the release")
+    };
+    assert_eq!(phase_of(r), Some(Phase::Releasing));
+    assert_eq!(w.assumes, None);
+    assert_eq!(
+        w.status.condition(CONDITION_ASSIGNED).unwrap().message,
+        "moving off worker worker-1 (to even out load: worker-1 carries 9, worker-2 carries 0, \
+         more than 2 apart (rebalance)): waiting for it to confirm the stop or for its heartbeat \
+         to lapse"
+    );
+    assert_eq!(loads_of(&index), (9, 0, 0));
+    // While it is handed off, the namespace's loads are about to change: no new moves.
+    assert!(index.rebalance(&after, EVEN_OUT, 100).is_empty());
+    assert_eq!(place_at(&mut index, r, &after), Plan::Nothing);
+    // worker-1 confirms: placed where the planner meant, reason Rebalanced.
+    confirm(&mut index, r, "worker-1", 1);
+    let Plan::Write(w) = place_at(&mut index, r, &after) else {
+        panic!("expected the placement")
+    };
+    assert_eq!(worker_of(r), Some("worker-2"));
+    let event = w.event.unwrap();
+    assert_eq!(event.reason, Reason::Rebalanced);
+    assert!(
+        event
+            .note
+            .starts_with("moved from worker worker-1 (it confirmed the stop) to worker-2"),
+        "{}",
+        event.note
+    );
+    assert_eq!(loads_of(&index), (8, 1, 0));
+    // Settled: the next wave.
+    assert_eq!(
+        index.rebalance(&after, EVEN_OUT, 1),
+        [Key::new(NS, "task-1")]
+    );
 }
 
 #[test]
@@ -1523,6 +1580,7 @@ fn rebalance_leaves_suspended_mismatched_and_lost_resources_to_placement() {
         pod("worker-1", true, &[("gpu", "true")]),
         pod("worker-2", true, &[]),
     ]);
+    index.finish_heartbeat_list(&HashSet::new(), Instant::now());
     let mut resources: Vec<CrawlerResource> = (0..6)
         .map(|i| {
             let mut r = resource(&format!("task-{i}"), 1);
@@ -1538,10 +1596,7 @@ fn rebalance_leaves_suspended_mismatched_and_lost_resources_to_placement() {
         place(&mut index, r);
     }
     assert_eq!(index.load(NS, "worker-1"), 6);
-    let after = PlanContext {
-        now: later(3600),
-        ..ctx(&LeastLoaded)
-    };
+    let after = later(3600);
     // worker-2 may not take any of them: nothing moves, however uneven.
     assert!(index.rebalance(&after, EVEN_OUT, 100).is_empty());
 
@@ -1554,22 +1609,14 @@ fn rebalance_leaves_suspended_mismatched_and_lost_resources_to_placement() {
         index.apply_resource(r);
         place(&mut index, r);
     }
-    let writes = index.rebalance(&after, EVEN_OUT, 100);
     assert_eq!(
-        writes
-            .iter()
-            .map(|w| w.key.name.as_str())
-            .collect::<Vec<_>>(),
-        ["task-1"],
+        index.rebalance(&after, EVEN_OUT, 100),
+        [Key::new(NS, "task-1")],
         "the suspended one is not a task to move"
     );
 
     // A worker that is not ready gives nothing to the rebalance (placement moves its work).
-    let (mut index, _) = one_worker_holding_nine();
+    let (mut index, _) = one_worker_holding_nine(false);
     index.apply_pod(&pod("worker-1", false, &[]));
-    let after = PlanContext {
-        now: later(3600),
-        ..ctx(&LeastLoaded)
-    };
-    assert!(index.rebalance(&after, EVEN_OUT, 100).is_empty());
+    assert!(index.rebalance(&later(3600), EVEN_OUT, 100).is_empty());
 }
