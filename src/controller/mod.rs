@@ -613,18 +613,11 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             },
         )
     };
-    match plan {
-        Plan::Nothing => Ok(ReconcileOutcome::Nothing),
-        Plan::Wait => Ok(ReconcileOutcome::Wait),
-        Plan::Write(write) => write_decision(ctx, *write).await,
-    }
-}
-
-/// Writes one decision the index made (and assumed, if it places the resource), fenced on the
-/// resourceVersion it was made on and bounded by the term; forgets the assumption if the write
-/// fails or is not sent.
-async fn write_decision(ctx: &Context, write: index::Write) -> Result<ReconcileOutcome, Error> {
-    let key = &write.key;
+    let write = match plan {
+        Plan::Nothing => return Ok(ReconcileOutcome::Nothing),
+        Plan::Wait => return Ok(ReconcileOutcome::Wait),
+        Plan::Write(write) => write,
+    };
     let sent = Instant::now();
     let Some(timeout) = write_time(ctx, key, sent)? else {
         return Ok(ReconcileOutcome::Nothing);

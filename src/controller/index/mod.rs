@@ -20,7 +20,10 @@ use std::{
 };
 
 use jiff::Timestamp;
-use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::LabelSelector};
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+};
 use kube::ResourceExt;
 
 use crawler_core::{
@@ -33,8 +36,7 @@ use crate::crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Pha
 use self::{
     rules::{RulesCheck, keep_off_workers, set_rules_condition},
     status::{
-        address, assign_to, controller_fields, lost_reason, set_assigned_condition, set_unassigned,
-        stop_note,
+        address, controller_fields, lost_reason, set_assigned_condition, set_unassigned, stop_note,
     },
     workers::{
         Heartbeat, WorkerEntry, effective_readiness, triggers_for_worker_change, worker_from_pod,
@@ -843,7 +845,12 @@ impl Namespace {
                 let chosen = placement.worker.name.clone();
                 let load = placement.worker.load;
                 let worker = &self.workers[&chosen];
-                assign_to(desired, current, worker, ctx);
+                desired.phase = Some(Phase::Assigned);
+                desired.assigned_worker = Some(chosen.clone());
+                desired.assigned_address =
+                    worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
+                desired.assigned_at = Some(Time(ctx.now));
+                desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
                 let capacity = worker
                     .worker
                     .capacity

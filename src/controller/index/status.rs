@@ -11,7 +11,7 @@ use crate::{
     telemetry::AssignmentKind,
 };
 
-use super::{PlanContext, WorkerEntry};
+use super::WorkerEntry;
 
 /// Every reason the controller writes: the `Assigned` condition's reason, the Event's reason and,
 /// through [`Reason::assignment`], the metric. One enum from the decision to what people read,
@@ -139,21 +139,6 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
             .cloned()
             .collect(),
     }
-}
-
-/// The fields of a placement on `worker`: phase, worker, address, when, and one more
-/// assignment (the number that fences the old owner's writes).
-pub(super) fn assign_to(
-    desired: &mut CrawlerResourceStatus,
-    current: &CrawlerResourceStatus,
-    worker: &WorkerEntry,
-    ctx: &PlanContext<'_>,
-) {
-    desired.phase = Some(Phase::Assigned);
-    desired.assigned_worker = Some(worker.worker.name.clone());
-    desired.assigned_address = worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
-    desired.assigned_at = Some(Time(ctx.now));
-    desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
 }
 
 pub(super) fn set_unassigned(status: &mut CrawlerResourceStatus, phase: Phase) {
