@@ -59,9 +59,10 @@ impl Change {
         self.phase == Some(Phase::Releasing) && self.message.contains("(rebalance)")
     }
 
-    /// The rebalance's move completed: the task is on its new worker.
+    /// The rebalance's move completed: the task is placed anew (on the least loaded worker at
+    /// that moment: its old one, in the rare case that loads changed that much meanwhile).
     fn is_rebalanced(&self) -> bool {
-        self.reason == "Rebalanced" && self.from != self.to
+        self.reason == "Rebalanced" && self.phase == Some(Phase::Assigned)
     }
 }
 
@@ -203,6 +204,9 @@ fn handovers(site: &Site, rebalanced: &[&Change]) -> Vec<Duration> {
         let (Some(from), Some(to)) = (&c.from, &c.to) else {
             continue;
         };
+        if from == to {
+            continue;
+        }
         let hits = site.hits(&c.task);
         let last_old = hits
             .iter()
