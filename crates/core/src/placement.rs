@@ -10,7 +10,7 @@ use super::selector::WorkerSelector;
 use super::worker::Worker;
 
 /// What a resource asks of a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Request {
     /// Load units the resource costs (`spec.weight`); at least one, so every resource counts.
     pub weight: NonZeroU64,

@@ -18,7 +18,10 @@
 //!
 //! Like placement, this is pure: workers and tasks in, moves out; the caller assumes them.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use super::placement::{Request, choose};
 use super::policy::Policy;
@@ -157,17 +160,24 @@ fn next_move<'t, Id: Ord>(
     for from in sources {
         let source = &workers[from];
         let mut best: Option<(Load, Step<'t, Id>)> = None;
+        // Tasks that ask the same (weight, selector) have the same target: choose it once per
+        // request, not once per task (10,000 tasks on one worker are mostly alike).
+        let mut targets: HashMap<&Request, Option<usize>> = HashMap::new();
         for (position, task) in on[from].iter().enumerate() {
             let weight = task.request.weight.get();
             // No target is lighter than the least loaded worker.
             if weight >= source.load - least {
                 continue;
             }
-            let others = workers.iter().filter(|w| w.name != source.name);
-            let Ok((_, target)) = choose(policy, others, &task.request) else {
+            let target = *targets.entry(&task.request).or_insert_with(|| {
+                let others = workers.iter().filter(|w| w.name != source.name);
+                let (_, chosen) = choose(policy, others, &task.request).ok()?;
+                workers.iter().position(|w| w.name == chosen.name)
+            });
+            let Some(to) = target else {
                 continue;
             };
-            let Some(gap) = source.load.checked_sub(target.load) else {
+            let Some(gap) = source.load.checked_sub(workers[to].load) else {
                 continue;
             };
             if gap <= threshold || weight >= gap {
@@ -178,10 +188,6 @@ fn next_move<'t, Id: Ord>(
                 evens > *score || (evens == *score && task.id < step.task.id)
             });
             if better {
-                let to = workers
-                    .iter()
-                    .position(|w| w.name == target.name)
-                    .expect("chosen among the workers");
                 best = Some((
                     evens,
                     Step {

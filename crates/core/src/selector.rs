@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 /// A resource's `workerSelector`: every `match_labels` entry AND every requirement must hold.
 /// The empty selector (the default) matches every worker, as in Kubernetes; a resource without
 /// a `workerSelector` gets the empty one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WorkerSelector {
     pub match_labels: BTreeMap<String, String>,
     pub match_expressions: Vec<Requirement>,
 }
 
 /// One `matchExpressions` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Requirement {
     pub key: String,
     pub operator: Operator,
@@ -23,7 +23,7 @@ pub struct Requirement {
 /// The `LabelSelector` operators. Values live inside the operator, so `Exists` with values
 /// cannot be represented; `In` with no values (which matches nothing) can, but the conversion
 /// from the API type refuses it, as Kubernetes does.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Operator {
     /// The label is present and its value is one of these.
     In(BTreeSet<String>),

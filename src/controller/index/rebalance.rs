@@ -40,7 +40,9 @@ impl Index {
                 break;
             }
             let ns = &self.namespaces[&ns_name];
-            if ns.resources.values().any(moving) {
+            // Most rounds: loads within the threshold, nothing to plan (one pass over the
+            // workers, none over the resources).
+            if !ns.uneven(hysteresis.threshold) || ns.resources.values().any(moving) {
                 continue;
             }
             let workers: Vec<_> = ns.workers.values().map(|w| w.worker.clone()).collect();
@@ -79,6 +81,20 @@ fn why(planned: &Move<String>, hysteresis: Hysteresis) -> String {
 }
 
 impl Namespace {
+    /// Whether the ready workers' loads differ by more than `threshold`: otherwise no move is
+    /// admissible.
+    fn uneven(&self, threshold: crawler_core::Load) -> bool {
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.worker.readiness == Readiness::Ready)
+            .map(|w| w.worker.load);
+        match (ready.clone().max(), ready.min()) {
+            (Some(max), Some(min)) => max - min > threshold,
+            _ => false,
+        }
+    }
+
     /// The resources the rebalance may move: assigned to a ready worker that may keep them, with
     /// nothing pending.
     fn movable(&self, ctx: &PlanContext<'_>) -> Vec<Task<String>> {
