@@ -9,7 +9,7 @@
 // Each RBAC test is a flat list of allowed and forbidden calls, best read top to bottom.
 #![allow(clippy::too_many_lines)]
 
-mod support;
+use crate::support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

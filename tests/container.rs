@@ -9,7 +9,7 @@
 
 #![allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 
-mod support;
+use crate::support;
 
 use std::{
     path::{Path, PathBuf},

@@ -3,7 +3,7 @@
 //! its own namespace and its own controller processes (the real binary), whose Lease lives in
 //! that namespace, so tests run side by side without seeing each other.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

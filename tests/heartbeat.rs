@@ -1,6 +1,6 @@
 //! The heartbeat Lease against the real API server: what the worker writes into it.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

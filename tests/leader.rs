@@ -2,13 +2,14 @@
 //! crash or a graceful shutdown, and a leader that stops acting by its own deadline when it loses
 //! the API server (cut off alone, or the whole API server paused).
 //!
-//! Pausing the API server stalls every test of this binary, so every test holds [`API_SERVER`]:
+//! Pausing the API server stalls every test of this file, so every test holds [`API_SERVER`]:
 //! shared by the tests that need it responsive, exclusive for the test that pauses it. This file
-//! is its own test binary, so the pause reaches no other suite.
+//! has a control plane of its own (`support::OWN_CONTROL_PLANE`), so the pause reaches no other
+//! suite.
 //!
-//! Measured times are printed (`cargo test --test leader -- --nocapture`).
+//! Measured times are printed (`cargo test --test it leader:: -- --nocapture`).
 
-mod support;
+use crate::support;
 
 use std::{
     sync::{Arc, Mutex},

@@ -5,7 +5,7 @@
 //! CI runs the short versions; `make soak` sets `CRAWLER_SOAK=1` for many more cycles.
 //! The scenarios restart and pause the shared API server, so they run one at a time.
 
-mod support;
+use crate::support;
 
 use std::{
     collections::BTreeSet,

@@ -2,7 +2,7 @@
 //! and the local site: a stale owner is refused by the store and stops; a moved task resumes
 //! on its new worker and completes (`Complete` condition), with its pages stored exactly once.
 
-mod support;
+use crate::support;
 
 use std::{
     collections::BTreeMap,

@@ -2,7 +2,7 @@
 //! processes, and the local test site's book shelf: what the API server refuses, what the
 //! controller reports and holds back, and what a worker extracts end to end.
 
-mod support;
+use crate::support;
 
 use crawler_operator::crd::{CONDITION_ASSIGNED, CONDITION_RULES_VALID, Phase, TaskState};
 use serde_json::{Value, json};

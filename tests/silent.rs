@@ -2,7 +2,7 @@
 //! FIN, no RST) while new connections work, as behind a NAT or load balancer that lost its
 //! state. Judged from what the site received (who fetched which task, when).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! semantics the operator builds on (status subresource, watches, optimistic concurrency, RBAC)
 //! behave as expected there. Also checks the harness's own fault and access tools.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

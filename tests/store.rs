@@ -3,7 +3,7 @@
 //! frontier, and a database crash in the middle of a crawl. No Kubernetes here: the worker
 //! processes' part is in tests/worker.rs.
 
-mod support;
+use crate::support;
 
 use std::{collections::BTreeMap, time::Duration};
 

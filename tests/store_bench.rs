@@ -7,7 +7,7 @@
 // A benchmark report: counts become rates (f64), and the run reads as one story.
 #![allow(clippy::cast_precision_loss, clippy::too_many_lines)]
 
-mod support;
+use crate::support;
 
 use std::{
     collections::BTreeMap,

@@ -3,7 +3,7 @@
 //! (nothing changes once the held bytes are delivered), the Lease timeline against the
 //! Assigned Events, and the old leader's own log of the writes it abandoned.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

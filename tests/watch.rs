@@ -2,7 +2,7 @@
 //! freeze its connections: a live watch proves its freshness every few seconds, and a watch whose
 //! connection went silent is noticed within the idle bound and resumes on a new connection.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

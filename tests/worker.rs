@@ -3,7 +3,7 @@
 //! worker is cut off from the API server. The site logs every request with the worker's name
 //! (from the User-Agent), so "no overlap" is checked on what the site actually received.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

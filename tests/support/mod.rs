@@ -1,18 +1,19 @@
-//! Integration-test harness: a real etcd + kube-apiserver per test binary, no mocks.
+//! Integration-test harness: real etcd + kube-apiserver processes, no mocks.
 //!
 //! ```ignore
-//! mod support;
+//! use crate::support; // in a file of tests/ (a module of tests/it.rs)
 //!
 //! #[tokio::test]
 //! async fn it_works() {
-//!     let cp = support::control_plane(); // started on first use, shared by the binary's tests
+//!     let cp = support::control_plane(); // started on first use, shared by the suite's tests
 //!     let ns = cp.namespace("it-works").await; // fresh namespace, deleted (best effort) on drop
 //!     let client = cp.client(); // a new client per call: each #[tokio::test] has its own runtime
 //!     support::pods::create_worker_pod(&client, ns.name(), "worker-0", &[("app", "crawler")]).await;
 //! }
 //! ```
 //!
-//! Each test binary compiles this module and uses only part of it.
+//! The integration-test binary (tests/it.rs) and the benchmark (tests/bench) compile this module;
+//! the benchmark uses only part of it.
 #![allow(dead_code)]
 
 pub mod certs;
@@ -33,7 +34,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -50,15 +52,38 @@ use self::proxy::Proxy;
 /// How long the API server may take to report `/readyz` (about 3 s on an idle 2-core machine).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The control plane shared by every test of this binary, started on first use.
+/// The control plane of the calling test's suite (its file in `tests/`), started on first use.
+///
+/// The suites listed in [`OWN_CONTROL_PLANE`] each have one of their own, as they had when every
+/// file was a test binary of its own; all other suites share one, each test in a namespace of its
+/// own. The caller's file decides (`#[track_caller]`), so a helper that calls this must be
+/// `#[track_caller]` too (as [`story::Story::new`] is).
 ///
 /// It is never dropped (statics are not); its processes and temp dir go away when the test
 /// binary exits, however it exits (see [`process`]). If starting fails, every later caller
 /// panics at once with the first failure instead of trying again.
+#[track_caller]
 pub fn control_plane() -> &'static ControlPlane {
-    static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-    let started = SHARED.get_or_init(|| {
-        std::panic::catch_unwind(|| ControlPlane::builder().start()).map_err(|panic| {
+    type Slot = OnceLock<Result<ControlPlane, String>>;
+    static SUITES: Mutex<BTreeMap<&'static str, &'static Slot>> = Mutex::new(BTreeMap::new());
+    let file = std::panic::Location::caller().file();
+    let own = OWN_CONTROL_PLANE
+        .iter()
+        .find(|(suite, _)| Path::new(file).file_name() == Some(suite.as_ref()));
+    let key = own.map_or(SHARED, |(suite, _)| *suite);
+    // The map is locked only to find the slot: suites start their control planes side by side.
+    let slot: &'static Slot = SUITES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(key)
+        .or_insert_with(|| Box::leak(Box::default()));
+    let started = slot.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            let mut cp = ControlPlane::builder().start();
+            cp.shared = own.is_none();
+            cp
+        })
+        .map_err(|panic| {
             panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -69,10 +94,22 @@ pub fn control_plane() -> &'static ControlPlane {
     match started {
         Ok(cp) => cp,
         Err(first) => {
-            panic!("the shared control plane failed to start earlier in this binary: {first}")
+            panic!("the control plane of {key} failed to start earlier in this binary: {first}")
         }
     }
 }
+
+/// The suites (file names in `tests/`) that get a control plane of their own from
+/// [`control_plane`], and why they may not share one.
+pub const OWN_CONTROL_PLANE: &[(&str, &str)] = &[
+    ("leader.rs", "pauses its API server"),
+    ("reliability.rs", "restarts its API server and etcd"),
+    ("chart.rs", "runs the chart's controller on all namespaces"),
+    ("container.rs", "runs the image's controller on all namespaces"),
+];
+
+/// The key of the control plane the other suites share.
+const SHARED: &str = "the suites that share a control plane";
 
 /// Options for a control plane. [`control_plane`] uses the defaults; a test or benchmark that
 /// needs its own (fsync on, extra flags, something to break) starts one with this and drops
@@ -188,6 +225,7 @@ impl ControlPlaneBuilder {
             kubeconfig,
             startup_time: Duration::ZERO,
             dir,
+            shared: false,
             _dir_guardian: dir_guardian,
         };
         cp.etcd.start();
@@ -215,6 +253,8 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     startup_time: Duration,
     dir: PathBuf,
+    /// Whether several suites use it ([`control_plane`]): then no test may pause or stop it.
+    shared: bool,
     /// Removes `dir` when dropped or when the process ends.
     _dir_guardian: Option<Child>,
 }
@@ -327,6 +367,7 @@ impl ControlPlane {
     /// every test sharing the control plane: a fault test should start its own with
     /// [`ControlPlane::builder`] (about 3 s) rather than pause [`control_plane`].
     pub fn pause_apiserver(&self) {
+        self.refuse_fault_if_shared("pause_apiserver");
         self.apiserver.signal("STOP");
     }
 
@@ -335,6 +376,7 @@ impl ControlPlane {
     }
 
     pub fn pause_etcd(&self) {
+        self.refuse_fault_if_shared("pause_etcd");
         self.etcd.signal("STOP");
     }
 
@@ -344,6 +386,7 @@ impl ControlPlane {
 
     /// Kills the API server (SIGKILL, like a crash). Clients get connection refused.
     pub async fn stop_apiserver(&self) {
+        self.refuse_fault_if_shared("stop_apiserver");
         self.apiserver.stop().await;
     }
 
@@ -361,6 +404,7 @@ impl ControlPlane {
     /// Kills etcd (SIGKILL; its data survives). The API server stays up and fails storage
     /// calls until etcd is back.
     pub async fn stop_etcd(&self) {
+        self.refuse_fault_if_shared("stop_etcd");
         self.etcd.stop().await;
     }
 
@@ -374,6 +418,15 @@ impl ControlPlane {
     pub async fn restart_etcd(&self) {
         self.stop_etcd().await;
         self.start_etcd().await;
+    }
+
+    /// A fault on the control plane several suites share would hit their tests too.
+    fn refuse_fault_if_shared(&self, what: &str) {
+        assert!(
+            !self.shared,
+            "{what} on the control plane other suites share: add this test's file to \
+             support::OWN_CONTROL_PLANE, or start a private one with ControlPlane::builder()"
+        );
     }
 
     /// Both log files, for failure messages.

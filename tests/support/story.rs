@@ -61,11 +61,14 @@ pub struct Story {
 }
 
 impl Story {
-    pub async fn new(prefix: &str) -> Self {
-        Self::on(super::control_plane(), prefix).await
+    /// A story on the control plane of the caller's suite (not `async fn`: `#[track_caller]`
+    /// must see the caller, see [`super::control_plane`]).
+    #[track_caller]
+    pub fn new(prefix: &str) -> impl Future<Output = Self> + '_ {
+        Self::on(super::control_plane(), prefix)
     }
 
-    /// A story on a control plane of its own (e.g. one shard of a soak), not the binary's shared one.
+    /// A story on a control plane of its own (e.g. one shard of a soak), not the suite's.
     pub async fn on(cp: &'static ControlPlane, prefix: &str) -> Self {
         install_crd(&cp.client()).await;
         let ns = cp.namespace(prefix).await;
