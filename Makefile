@@ -13,18 +13,21 @@ help: ## List the developer commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Build the pinned etcd, kube-apiserver, kubectl and kube-controller-manager (cached outside the repo); install PostgreSQL
-	hack/install-tools.sh etcd kube-apiserver kubectl kube-controller-manager postgres
+tools: ## Build the pinned etcd, kube-apiserver, kubectl and kube-controller-manager (cached outside the repo); install PostgreSQL and mold
+	hack/install-tools.sh mold etcd kube-apiserver kubectl kube-controller-manager postgres
 
 .PHONY: test
-test: tools ## The whole check: fmt, clippy, generated files current, unit + integration tests (test binaries 3 at a time: TEST_JOBS)
+test: ## The whole check: fmt, clippy, generated files current, chart checks, all tests and the container test
+	@# On a fresh machine the Go-built tools and the Rust build take minutes each: side by side.
+	$(MAKE) --no-print-directory -j3 --output-sync=target tools check-chart checks
+	CARGO=$(CARGO) hack/test-all.py --container
+
+.PHONY: checks
+checks: ## fmt, clippy -D warnings (the benchmark too), crds/ current: what `make test` checks before testing
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) clippy --locked --features bench --test bench -- -D warnings
 	$(MAKE) --no-print-directory check-generated
-	$(MAKE) --no-print-directory check-chart
-	CARGO=$(CARGO) hack/test-all.py
-	$(MAKE) --no-print-directory container-test
 
 .PHONY: unit
 unit: ## Only the fast tests that need no control plane
@@ -78,7 +81,7 @@ image: ## Static binary + `podman build` FROM scratch -> crawler-operator:<versi
 .PHONY: container-test
 container-test: tools chart-tools ## The image's controller and worker in podman against the test control plane (image from the dev profile)
 	IMAGE=crawler-operator:test IMAGE_PROFILE=dev hack/image.sh build
-	CRAWLER_IMAGE=crawler-operator:test $(CARGO) test --locked --test container -- --ignored --nocapture
+	CRAWLER_IMAGE=crawler-operator:test $(CARGO) test --locked --test it -- --ignored --nocapture container::
 
 # --- Benchmarks (issue 7) ---
 
@@ -98,7 +101,7 @@ bench-doc: ## Render BENCHMARKS.md's generated section from the last run (target
 .PHONY: bench-store
 bench-store: ## Result-store benchmarks: PostgreSQL vs file sink, checkpoint cost, resume after a move; rewrites its BENCHMARKS.md section (~1 min)
 	hack/install-tools.sh postgres
-	BENCH_UPDATE_DOC=1 $(CARGO) test --release --locked --test store_bench -- --ignored --nocapture
+	BENCH_UPDATE_DOC=1 $(CARGO) test --release --locked --test it -- --ignored --nocapture store_bench::
 
 # --- The demo: a local cluster with the whole system running (issue 6; docs/demo.md) ---
 
@@ -112,10 +115,10 @@ demo-down: ## Stop everything `make demo` started and remove its directory
 
 .PHONY: demo-test
 demo-test: ## The docs/demo.md walk-through as a test, on a demo of its own (~40 s once the demo tools are built)
-	$(CARGO) test --locked --test demo -- --ignored --nocapture
+	$(CARGO) test --locked --test it -- --ignored --nocapture demo::
 
 # --- Reliability (issue 8) ---
 
 .PHONY: soak
 soak: tools ## The reliability scenarios at scale (1,000 leader cycles, 100 silent freezes; ~25 min); prints JUDGE and RELIABILITY lines
-	CRAWLER_SOAK=1 $(CARGO) test --locked --test reliability -- --nocapture --test-threads=1 2>&1 | tee target/soak.log | grep -oE '(JUDGE .*|RELIABILITY .*|leader cycles: .*|silent freezes: .*|[a-z0-9-]+: [0-9]+ of [0-9]+ (leader|freeze) cycles|test result.*)'
+	CRAWLER_SOAK=1 $(CARGO) test --locked --test it -- --nocapture --test-threads=1 reliability:: 2>&1 | tee target/soak.log | grep -oE '(JUDGE .*|RELIABILITY .*|leader cycles: .*|silent freezes: .*|[a-z0-9-]+: [0-9]+ of [0-9]+ (leader|freeze) cycles|test result.*)'

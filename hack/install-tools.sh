@@ -4,6 +4,8 @@
 #   hack/install-tools.sh [TOOL...]     TOOL: etcd kube-apiserver kubectl kube-controller-manager
 #                                             kube-scheduler helm kwok   (default: the test set:
 #                                             etcd kube-apiserver kubectl)
+#                                       mold: Debian's mold linker (apt-get install mold, when
+#                                             missing), which hack/link-gcc links with
 #                                       postgres: Debian's PostgreSQL server (apt-get install
 #                                             postgresql, when /usr/lib/postgresql/*/bin/postgres
 #                                             is missing; $CRAWLER_PG_BIN names another one)
@@ -97,8 +99,27 @@ install_postgres() {
   echo "install-tools: installed postgresql in $((SECONDS - start))s" >&2
 }
 
+install_mold() {
+  if command -v mold >/dev/null 2>&1; then
+    echo "install-tools: mold installed at $(command -v mold)" >&2
+    return
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    # Not fatal: hack/link-gcc falls back to the default linker, only slower.
+    echo "install-tools: no apt-get to install mold; links use the default linker (slower)" >&2
+    return
+  fi
+  local sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  local start=$SECONDS
+  echo "install-tools: installing Debian's mold linker (apt-get)" >&2
+  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq mold >/dev/null
+  echo "install-tools: installed mold in $((SECONDS - start))s" >&2
+}
+
 for tool in "${tools[@]}"; do
   if [[ $tool == postgres ]]; then install_postgres; continue; fi
+  if [[ $tool == mold ]]; then install_mold; continue; fi
   var=$(env_override "$tool")
   if [[ -n ${!var:-} ]]; then
     [[ -x ${!var} ]] || { echo "install-tools: $var=${!var} is not an executable file" >&2; exit 1; }
@@ -168,7 +189,7 @@ for tool in "${tools[@]}"; do
         "$dir/venv" "$spec"
       ln -sfn "venv/bin/$tool" "$tmp" ;;
     *)
-      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok postgres kubernetes-validate hadolint helm-docs prometheus-operator-crds)" >&2
+      echo "install-tools: unknown tool '$tool' (known: etcd kube-apiserver kubectl kube-controller-manager kube-scheduler helm kwok mold postgres kubernetes-validate hadolint helm-docs prometheus-operator-crds)" >&2
       exit 2 ;;
   esac
   mv "$tmp" "$out"

@@ -49,7 +49,10 @@ fn every_test_file_is_part_of_a_test_binary() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(root.join("tests")).expect("listing tests/") {
         let path = entry.expect("a tests/ entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).expect("a UTF-8 name");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a UTF-8 name");
         let listed = if path.is_dir() {
             modules.contains(&name) || manifest.contains(&format!("path = \"tests/{name}/"))
         } else if let Some(module) = name.strip_suffix(".rs") {

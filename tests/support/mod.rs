@@ -28,15 +28,15 @@ pub mod site;
 pub mod story;
 pub mod tools;
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -105,7 +105,7 @@ pub const OWN_CONTROL_PLANE: &[(&str, &str)] = &[
     ("leader.rs", "pauses its API server"),
     ("reliability.rs", "restarts its API server and etcd"),
     ("chart.rs", "runs the chart's controller on all namespaces"),
-    ("container.rs", "runs the image's controller on all namespaces"),
+    ("container.rs", "runs the image's controller everywhere"),
 ];
 
 /// The key of the control plane the other suites share.
