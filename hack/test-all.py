@@ -28,9 +28,10 @@ import sys
 import tempfile
 import time
 
-# Suites whose tests take a lock of their own that runs them one at a time: they set the length
-# of the run, so they get a process of their own, started first.
-LONG_SUITES = ["reliability::"]
+# Suites whose tests take a lock of their own that runs them (all, or the one that pauses the API
+# server) one at a time: they set the length of the run, so each gets a process of its own,
+# started first.
+LONG_SUITES = ["reliability::", "leader::"]
 INTEGRATION = "it"
 IMAGE = "crawler-operator:test"
 
