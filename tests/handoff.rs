@@ -4,7 +4,7 @@
 //! (who fetched which task, when): the old worker's last request comes strictly before the new
 //! worker's first.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

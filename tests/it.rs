@@ -21,6 +21,7 @@ mod cli;
 mod container;
 mod controller;
 mod demo;
+mod handoff;
 mod heartbeat;
 mod leader;
 mod reliability;
