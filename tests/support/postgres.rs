@@ -1,4 +1,4 @@
-//! A real PostgreSQL per test binary, on a free loopback port, for the result store's tests.
+//! A real PostgreSQL per test process, on a free loopback port, for the result store's tests.
 //!
 //! Debian's server (`hack/install-tools.sh postgres` installs it) refuses to run as root, so when
 //! the tests run as root the data directory belongs to the `postgres` user and every server
