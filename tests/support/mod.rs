@@ -106,6 +106,7 @@ pub const OWN_CONTROL_PLANE: &[(&str, &str)] = &[
     ("reliability.rs", "restarts its API server and etcd"),
     ("chart.rs", "runs the chart's controller on all namespaces"),
     ("container.rs", "runs the image's controller everywhere"),
+    ("heartbeat.rs", "runs a garbage collector on all namespaces"),
 ];
 
 /// The key of the control plane the other suites share.
