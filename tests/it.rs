@@ -24,6 +24,7 @@ mod demo;
 mod handoff;
 mod heartbeat;
 mod leader;
+mod rebalance;
 mod reliability;
 mod results;
 mod rules;

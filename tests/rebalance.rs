@@ -4,7 +4,7 @@
 //! from the site's request log. Without `--rebalance` nothing well placed moves: that is
 //! `tests/controller.rs`'s `the_original_demonstration` ("a new worker joins: nothing moves").
 
-mod support;
+use crate::support;
 
 use std::{
     collections::BTreeMap,
