@@ -95,7 +95,12 @@ async fn a_status_write_held_past_the_term_does_not_land_after_the_next_leaders_
         "no write of controller-a was in flight at the freeze, the scenario did not happen:\n{}",
         story.logs()
     );
-    for v in [&fence, &writes, &events] {
+    // The Events judge is printed, not asserted here: Events are best effort, and the ones
+    // controller-a made for writes of its own term sat in the frozen connections (each publish
+    // is bounded by 5 s and retried), so they are published after its term by design. What this
+    // scenario proves is judged from the writes themselves: `term-fence` (no held write landed)
+    // and `leader-writes` (every write logged as done was made while its replica held the Lease).
+    for v in [&fence, &writes] {
         v.assert_clean();
     }
 }
