@@ -63,26 +63,46 @@ fn ctx(policy: &dyn Policy) -> PlanContext<'_> {
     }
 }
 
-/// Plans `name`, pretends the write landed and the watch showed it, as the reconciler does.
+/// Moves `r` one resource version on, as the API server does on every write: the index tells
+/// its own writes from other changes by that version, so each simulated write needs a new one.
+fn bump_resource_version(r: &mut CrawlerResource) {
+    let rv = r
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        + 1;
+    r.metadata.resource_version = Some(rv.to_string());
+}
+
+/// [`place_at`] at `ctx().now` with the default policy: what most tests need.
 fn place(index: &mut Index, r: &mut CrawlerResource) -> Plan {
+    place_at(index, r, &ctx(&LeastLoaded))
+}
+
+/// Plans `r` at `at`, pretends the write landed and the watch showed it, as the reconciler does.
+fn place_at(index: &mut Index, r: &mut CrawlerResource, at: &PlanContext<'_>) -> Plan {
     let key = Key::new(NS, r.name_any());
-    let plan = index.plan(&key, &ctx(&LeastLoaded));
+    let plan = index.plan(&key, at);
     if let Plan::Write(w) = &plan {
-        let rv = r
-            .metadata
-            .resource_version
-            .as_deref()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            + 1;
-        r.metadata.resource_version = Some(rv.to_string());
+        bump_resource_version(r);
         r.status = Some(w.status.clone());
         index.written(&key, r.metadata.resource_version.clone());
         index.apply_resource(r);
     }
     index.check_loads();
     plan
+}
+
+/// A resource created after the others: the watch shows it, then it is placed. What the tests
+/// that ask "where does the next one go?" do.
+fn create_and_place(index: &mut Index, name: &str) -> CrawlerResource {
+    let mut r = resource(name, 1);
+    index.apply_resource(&r);
+    place(index, &mut r);
+    r
 }
 
 fn worker_of(r: &CrawlerResource) -> Option<&str> {
@@ -482,9 +502,7 @@ fn an_expired_heartbeat_releases_the_workers_resources_until_it_is_renewed() {
         &heartbeat("worker-1", Some("worker-1"), 130),
         t0 + Duration::from_secs(30),
     );
-    let mut next = resource("task-test-4", 1);
-    index.apply_resource(&next);
-    place(&mut index, &mut next);
+    let next = create_and_place(&mut index, "task-test-4");
     assert_eq!(worker_of(&next), Some("worker-1"));
 }
 
@@ -501,9 +519,7 @@ fn a_released_heartbeat_takes_the_worker_out_at_once() {
     assert_eq!(index.load(NS, "worker-1"), 5);
     // Deleting the Lease leaves the worker to its Pod's readiness (Ready) again.
     index.delete_heartbeat(NS, &heartbeat::lease_name("worker-2"));
-    let mut next = resource("task-test-4", 1);
-    index.apply_resource(&next);
-    place(&mut index, &mut next);
+    let next = create_and_place(&mut index, "task-test-4");
     assert_eq!(worker_of(&next), Some("worker-2"));
 }
 
@@ -566,9 +582,7 @@ fn deleting_a_resource_lowers_the_load_for_the_next_placement() {
         .unwrap();
     index.delete_resource(NS, &on_1.name_any());
     assert_eq!(index.load(NS, "worker-1"), 2);
-    let mut next = resource("task-test-4", 1);
-    index.apply_resource(&next);
-    place(&mut index, &mut next);
+    let next = create_and_place(&mut index, "task-test-4");
     // 2/2 now: ties break by name.
     assert_eq!(worker_of(&next), Some("worker-1"));
 }
@@ -708,15 +722,7 @@ fn live_workers_and_one_resource() -> (Index, CrawlerResource) {
 
 /// The old worker's confirmation, as its release code writes it.
 fn confirm(index: &mut Index, r: &mut CrawlerResource, worker: &str, assignment: i64) -> Vec<Key> {
-    let rv = r
-        .metadata
-        .resource_version
-        .as_deref()
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        + 1;
-    r.metadata.resource_version = Some(rv.to_string());
+    bump_resource_version(r);
     r.status.as_mut().unwrap().progress = Some(crate::crd::TaskProgress {
         worker: worker.to_owned(),
         assignment,
@@ -725,6 +731,14 @@ fn confirm(index: &mut Index, r: &mut CrawlerResource, worker: &str, assignment:
         ..Default::default()
     });
     index.apply_resource(r)
+}
+
+/// Whether `worker`'s heartbeat is among those the index wants read back at `at`: the check
+/// the handoff tests make at each step of a wait.
+fn is_due(index: &Index, worker: &str, at: Instant) -> bool {
+    index
+        .heartbeats_due(at)
+        .contains(&(NS.to_owned(), worker.to_owned()))
 }
 
 fn phase_of(r: &CrawlerResource) -> Option<Phase> {
@@ -991,17 +1005,9 @@ fn a_deleted_lease_keeps_its_worker_alive_until_its_last_renewal_expires_confirm
     );
     assert_eq!(place(&mut index, &mut r), Plan::Nothing, "still waiting");
     // Due a whole duration after its last renewal was observed, like any heartbeat.
-    assert!(
-        !index
-            .heartbeats_due(t0 + Duration::from_secs(9))
-            .contains(&(NS.to_owned(), "worker-1".to_owned()))
-    );
+    assert!(!is_due(&index, "worker-1", t0 + Duration::from_secs(9)));
     let due = t0 + Duration::from_secs(11);
-    assert!(
-        index
-            .heartbeats_due(due)
-            .contains(&(NS.to_owned(), "worker-1".to_owned()))
-    );
+    assert!(is_due(&index, "worker-1", due));
     // The read finds no Lease: no renewal since (it would have re-created it). The handoff
     // completes, and the worker is judged by its Pod alone from now on.
     assert_eq!(
@@ -1018,9 +1024,7 @@ fn a_deleted_lease_keeps_its_worker_alive_until_its_last_renewal_expires_confirm
         "{note}"
     );
     assert!(
-        !index
-            .heartbeats_due(due + Duration::from_secs(60))
-            .contains(&(NS.to_owned(), "worker-1".to_owned())),
+        !is_due(&index, "worker-1", due + Duration::from_secs(60)),
         "forgotten"
     );
 }
@@ -1045,20 +1049,14 @@ fn a_worker_that_recreates_its_deleted_lease_is_alive_again_and_confirms() {
         t0 + Duration::from_secs(5),
     );
     assert!(
-        !index
-            .heartbeats_due(t0 + Duration::from_secs(14))
-            .contains(&(NS.to_owned(), "worker-1".to_owned())),
+        !is_due(&index, "worker-1", t0 + Duration::from_secs(14)),
         "counted from the re-creation"
     );
     // Deleted again and due: the confirming read finds it re-created once more (the watch did
     // not show it): alive, counted from the read.
     index.delete_heartbeat(NS, &heartbeat::lease_name("worker-1"));
     let due = t0 + Duration::from_secs(16);
-    assert!(
-        index
-            .heartbeats_due(due)
-            .contains(&(NS.to_owned(), "worker-1".to_owned()))
-    );
+    assert!(is_due(&index, "worker-1", due));
     assert!(
         index
             .confirm_heartbeat(
@@ -1153,10 +1151,9 @@ fn a_fresh_controller_waits_for_a_lease_it_never_saw_before_judging_by_the_pod_a
     // A worker Pod first seen after the wait gets a read at once, not another wait.
     index.apply_pod(&pod("worker-3", true, &[]));
     let later = due + Duration::from_secs(30);
-    let worker_3 = (NS.to_owned(), "worker-3".to_owned());
-    assert!(index.heartbeats_due(later).contains(&worker_3));
+    assert!(is_due(&index, "worker-3", later));
     index.confirm_heartbeat(NS, "worker-3", None, later);
-    assert!(!index.heartbeats_due(later).contains(&worker_3));
+    assert!(!is_due(&index, "worker-3", later));
 }
 
 #[test]
@@ -1390,28 +1387,6 @@ fn later(seconds: i64) -> PlanContext<'static> {
         now: ctx(&LeastLoaded).now + jiff::SignedDuration::from_secs(seconds),
         ..ctx(&LeastLoaded)
     }
-}
-
-/// [`place`] at another moment.
-fn place_at(index: &mut Index, r: &mut CrawlerResource, at: &PlanContext<'_>) -> Plan {
-    let key = Key::new(NS, r.name_any());
-    let plan = index.plan(&key, at);
-    if let Plan::Write(w) = &plan {
-        let rv = r
-            .metadata
-            .resource_version
-            .as_deref()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            + 1;
-        r.metadata.resource_version = Some(rv.to_string());
-        r.status = Some(w.status.clone());
-        index.written(&key, r.metadata.resource_version.clone());
-        index.apply_resource(r);
-    }
-    index.check_loads();
-    plan
 }
 
 /// `worker-1` holds nine resources placed at `ctx().now`; `worker-2` and `worker-3` join empty.
