@@ -358,17 +358,7 @@ impl Writer {
         let client = self.client().await?;
         let tx = client.transaction().await?;
         fence(&tx, &key).await?;
-        tx.execute(
-            QUEUE,
-            &[
-                &key.namespace,
-                &key.uid,
-                &key.worker,
-                &key.assignment,
-                &queued,
-            ],
-        )
-        .await?;
+        write_rows(&tx, QUEUE, &key, &queued).await?;
         let rows = tx
             .query(
                 "SELECT url, depth, state = 'queued' FROM crawl_pages
@@ -427,30 +417,10 @@ impl Writer {
         let tx = client.transaction().await?;
         fence(&tx, &key).await?;
         if queued.as_array().is_some_and(|q| !q.is_empty()) {
-            tx.execute(
-                QUEUE,
-                &[
-                    &key.namespace,
-                    &key.uid,
-                    &key.worker,
-                    &key.assignment,
-                    &queued,
-                ],
-            )
-            .await?;
+            write_rows(&tx, QUEUE, &key, &queued).await?;
         }
         if pages.as_array().is_some_and(|p| !p.is_empty()) {
-            tx.execute(
-                PAGES,
-                &[
-                    &key.namespace,
-                    &key.uid,
-                    &key.worker,
-                    &key.assignment,
-                    &pages,
-                ],
-            )
-            .await?;
+            write_rows(&tx, PAGES, &key, &pages).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -482,6 +452,22 @@ async fn fence(tx: &impl GenericClient, key: &TaskKey) -> Result<(), Failure> {
         .await?
         .get(0);
     Err(Failure::Fenced(current))
+}
+
+/// Runs [`QUEUE`] or [`PAGES`]: both take the task's key and assignment and one JSON array
+/// of rows, so each batch statement is called the same way.
+async fn write_rows(
+    tx: &impl GenericClient,
+    statement: &str,
+    key: &TaskKey,
+    rows: &Value,
+) -> Result<(), Failure> {
+    tx.execute(
+        statement,
+        &[&key.namespace, &key.uid, &key.worker, &key.assignment, rows],
+    )
+    .await?;
+    Ok(())
 }
 
 /// A record as the `jsonb_to_recordset` of [`PAGES`] reads it. `fields` is the record's
