@@ -14,6 +14,8 @@ use crawler_crawl::{
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crawler_operator::{crd::CrawlerResource, rules::crawl_rules};
+
 use crate::{
     report::{Report, table},
     stats::median,
@@ -64,57 +66,13 @@ fn field(selector: &str) -> Field {
     }
 }
 
-/// examples/book-list.yaml's rules.
+/// examples/book-list.yaml's rules, read from the example itself and mapped as a worker maps
+/// them, so the benchmark measures what the example runs and cannot drift from it.
 fn book_rules() -> Vec<Rule> {
-    vec![
-        Rule {
-            name: "list".into(),
-            url_match: Some(r"/books/(\?start=[0-9]+)?$".into()),
-            follow: vec![
-                Follow {
-                    selector: "ul.subject-list h2 a".into(),
-                    rule: Some("book".into()),
-                },
-                Follow {
-                    selector: ".paginator a.next".into(),
-                    rule: None,
-                },
-            ],
-            fields: std::collections::BTreeMap::new(),
-        },
-        Rule {
-            name: "book".into(),
-            url_match: Some(r"/books/subject/[0-9]+/$".into()),
-            follow: vec![],
-            fields: [
-                (
-                    "title".to_owned(),
-                    Field {
-                        required: true,
-                        ..field(r#"h1 span[property="v:itemreviewed"]"#)
-                    },
-                ),
-                ("author".to_owned(), field("#info .author a")),
-                (
-                    "price".to_owned(),
-                    Field {
-                        pattern: Some(r"([0-9]+\.[0-9]{2})".into()),
-                        required: true,
-                        ..field("#info .price")
-                    },
-                ),
-                ("rating".to_owned(), field("strong.rating_num")),
-                (
-                    "tags".to_owned(),
-                    Field {
-                        multiple: true,
-                        ..field("#tags a.tag")
-                    },
-                ),
-            ]
-            .into(),
-        },
-    ]
+    let example: CrawlerResource =
+        serde_saphyr::from_str(include_str!("../../../examples/book-list.yaml"))
+            .expect("examples/book-list.yaml is a CrawlerResource");
+    crawl_rules(&example.spec)
 }
 
 /// Median time of one call of `f`, from `reps` timings of `batch` calls each.
