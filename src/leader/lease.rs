@@ -35,29 +35,33 @@ pub(super) fn created(settings: &LeaseSettings) -> Lease {
     }
 }
 
-pub(super) fn claimed(settings: &LeaseSettings, base: &Lease, transitions: i32) -> Lease {
-    let now = MicroTime(Timestamp::now());
+/// `base` as this replica holds it: unmarked, naming us, with our duration. A claim and a
+/// renewal differ only in the times (and the transition count) `stamp` sets on top.
+fn held(settings: &LeaseSettings, base: &Lease, stamp: impl FnOnce(&mut LeaseSpec)) -> Lease {
     let mut lease = base.clone();
     unmark(&mut lease);
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = Some(settings.identity.clone());
     spec.lease_duration_seconds = Some(settings.lease_duration_seconds());
-    spec.acquire_time = Some(now.clone());
-    spec.renew_time = Some(now);
-    spec.lease_transitions = Some(transitions);
+    stamp(spec);
     lease
+}
+
+pub(super) fn claimed(settings: &LeaseSettings, base: &Lease, transitions: i32) -> Lease {
+    let now = MicroTime(Timestamp::now());
+    held(settings, base, |spec| {
+        spec.acquire_time = Some(now.clone());
+        spec.renew_time = Some(now);
+        spec.lease_transitions = Some(transitions);
+    })
 }
 
 pub(super) fn renewed(settings: &LeaseSettings, base: &Lease) -> Lease {
     let now = MicroTime(Timestamp::now());
-    let mut lease = base.clone();
-    unmark(&mut lease);
-    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-    spec.holder_identity = Some(settings.identity.clone());
-    spec.lease_duration_seconds = Some(settings.lease_duration_seconds());
-    spec.acquire_time.get_or_insert_with(|| now.clone());
-    spec.renew_time = Some(now);
-    lease
+    held(settings, base, |spec| {
+        spec.acquire_time.get_or_insert_with(|| now.clone());
+        spec.renew_time = Some(now);
+    })
 }
 
 /// client-go's release (no holder, a one-second lease), marked with [`RELEASED_ANNOTATION`] so
