@@ -126,6 +126,27 @@ pub fn run(resources: usize, workers: usize, repetitions: usize) -> Vec<MicroRes
     results
 }
 
+/// Benchmark resource `i` (`r-NNNNNN` in namespace `bench`, [`crate::resource_spec`]) as the
+/// watch would show it, with `status` when it was placed before: every index the micro
+/// benchmarks build starts from these.
+fn bench_resource(i: usize, status: Option<serde_json::Value>) -> CrawlerResource {
+    let mut object = json!({
+        "apiVersion": "crawler.dev/v1alpha1",
+        "kind": "CrawlerResource",
+        "metadata": {
+            "name": format!("r-{i:06}"),
+            "namespace": "bench",
+            "resourceVersion": (1000 + i).to_string(),
+            "generation": 1,
+        },
+        "spec": crate::resource_spec(i),
+    });
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    serde_json::from_value(object).unwrap()
+}
+
 /// An index holding `workers` ready worker Pods and `resources` unassigned resources.
 fn index_with(resources: usize, workers: usize) -> (Index, Vec<Key>) {
     let pods: Vec<Pod> = (0..workers)
@@ -145,22 +166,7 @@ fn index_with(resources: usize, workers: usize) -> (Index, Vec<Key>) {
             .unwrap()
         })
         .collect();
-    let crs: Vec<CrawlerResource> = (0..resources)
-        .map(|i| {
-            serde_json::from_value(json!({
-                "apiVersion": "crawler.dev/v1alpha1",
-                "kind": "CrawlerResource",
-                "metadata": {
-                    "name": format!("r-{i:06}"),
-                    "namespace": "bench",
-                    "resourceVersion": (1000 + i).to_string(),
-                    "generation": 1,
-                },
-                "spec": crate::resource_spec(i),
-            }))
-            .unwrap()
-        })
-        .collect();
+    let crs: Vec<CrawlerResource> = (0..resources).map(|i| bench_resource(i, None)).collect();
     let mut index = Index::default();
     index.reset_pods(&pods);
     index.reset_resources(&crs);
@@ -225,25 +231,14 @@ fn placed_index(resources: usize, workers: usize, all_on_one: bool) -> Index {
     let crs: Vec<CrawlerResource> = (0..resources)
         .map(|i| {
             let worker = if all_on_one { 0 } else { i % workers };
-            serde_json::from_value(json!({
-                "apiVersion": "crawler.dev/v1alpha1",
-                "kind": "CrawlerResource",
-                "metadata": {
-                    "name": format!("r-{i:06}"),
-                    "namespace": "bench",
-                    "resourceVersion": (1000 + i).to_string(),
-                    "generation": 1,
-                },
-                "spec": crate::resource_spec(i),
-                "status": {
-                    "phase": "Assigned",
-                    "assignedWorker": format!("worker-{worker:03}"),
-                    "assignedAt": "2026-01-01T00:00:00Z",
-                    "assignments": 1,
-                    "observedGeneration": 1,
-                },
-            }))
-            .unwrap()
+            let status = json!({
+                "phase": "Assigned",
+                "assignedWorker": format!("worker-{worker:03}"),
+                "assignedAt": "2026-01-01T00:00:00Z",
+                "assignments": 1,
+                "observedGeneration": 1,
+            });
+            bench_resource(i, Some(status))
         })
         .collect();
     index.reset_resources(&crs);
