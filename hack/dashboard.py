@@ -16,7 +16,15 @@ NS = 'namespace=~"$namespace"'
 RATE = "$__rate_interval"
 
 panels = []
-y = 0
+x, y = 0, 0
+
+
+def rate(metric, by=None, match=None):
+    """`sum [by (...)] (rate(metric{namespace[, match]}[$__rate_interval]))`: how every counter is
+    shown, so the namespace filter and the rate window are written once."""
+    selector = f"{NS}, {match}" if match else NS
+    total = f"sum by ({by}) " if by else "sum"
+    return f"{total}(rate({metric}{{{selector}}}[{RATE}]))"
 
 
 def row(title):
@@ -26,7 +34,9 @@ def row(title):
     y += 1
 
 
-def panel(kind, title, description, targets, x, w, h=8, unit=None, **extra):
+def panel(kind, title, description, targets, w, h=8, unit=None, **extra):
+    """A panel `w` columns wide (of 24), placed right of the last one on its line."""
+    global x
     p = {
         "type": kind,
         "title": title,
@@ -43,68 +53,73 @@ def panel(kind, title, description, targets, x, w, h=8, unit=None, **extra):
     }
     p.update(extra)
     panels.append(p)
+    x += w
 
 
 def next_line(h=8):
-    global y
-    y += h
+    global x, y
+    x, y = 0, y + h
 
 
 row("Placement")
-panel("stat", "Leading controllers", "Replicas that hold the leader Lease: 1 is right; 0 for long means nothing is placed.",
-      [(f"sum(crawler_controller_leader{{{NS}}})", "leaders")], 0, 4, h=4)
-panel("stat", "Unschedulable resources", "CrawlerResources no ready worker may take (capacity, workerSelector).",
-      [(f"max(crawler_controller_unschedulable_resources{{{NS}}})", "unschedulable")], 4, 4, h=4)
-panel("stat", "Resources", "CrawlerResources in the leader's index.",
-      [(f"max(crawler_controller_index_resources{{{NS}}})", "resources")], 8, 4, h=4)
-panel("stat", "Workers", "Worker Pods in the leader's index.",
-      [(f"max(crawler_controller_index_workers{{{NS}}})", "workers")], 12, 4, h=4)
-panel("stat", "Work queue", "Resource keys waiting to be reconciled.",
-      [(f"max(crawler_controller_queue_depth{{{NS}}})", "queued")], 16, 4, h=4)
-panel("stat", "Running tasks", "Crawl tasks running on all workers.",
-      [(f"sum(crawler_worker_running_tasks{{{NS}}})", "running")], 20, 4, h=4)
+# One line of stat tiles, 4 columns each.
+for title, description, expr, legend in [
+    ("Leading controllers", "Replicas that hold the leader Lease: 1 is right; 0 for long means nothing is placed.",
+     f"sum(crawler_controller_leader{{{NS}}})", "leaders"),
+    ("Unschedulable resources", "CrawlerResources no ready worker may take (capacity, workerSelector).",
+     f"max(crawler_controller_unschedulable_resources{{{NS}}})", "unschedulable"),
+    ("Resources", "CrawlerResources in the leader's index.",
+     f"max(crawler_controller_index_resources{{{NS}}})", "resources"),
+    ("Workers", "Worker Pods in the leader's index.",
+     f"max(crawler_controller_index_workers{{{NS}}})", "workers"),
+    ("Work queue", "Resource keys waiting to be reconciled.",
+     f"max(crawler_controller_queue_depth{{{NS}}})", "queued"),
+    ("Running tasks", "Crawl tasks running on all workers.",
+     f"sum(crawler_worker_running_tasks{{{NS}}})", "running"),
+]:
+    panel("stat", title, description, [(expr, legend)], 4, h=4)
 next_line(4)
 panel("timeseries", "Placements", "Assignments written: first placements and moves to another worker.",
-      [(f"sum by (kind) (rate(crawler_controller_assignments_total{{{NS}}}[{RATE}]))", "{{kind}}")], 0, 12, unit="ops")
+      [(rate("crawler_controller_assignments_total", "kind"), "{{kind}}")], 12, unit="ops")
 panel("timeseries", "Reconcile latency", "Time one reconcile took, its status write included.",
-      [(f"histogram_quantile(0.99, sum by (le) (rate(crawler_controller_reconcile_duration_seconds_bucket{{{NS}}}[{RATE}])))", "p99"),
-       (f"histogram_quantile(0.5, sum by (le) (rate(crawler_controller_reconcile_duration_seconds_bucket{{{NS}}}[{RATE}])))", "p50")],
-      12, 12, unit="s")
+      [(f"histogram_quantile(0.99, {rate('crawler_controller_reconcile_duration_seconds_bucket', 'le')})", "p99"),
+       (f"histogram_quantile(0.5, {rate('crawler_controller_reconcile_duration_seconds_bucket', 'le')})", "p50")],
+      12, unit="s")
 next_line()
 
 row("Load per worker")
 panel("timeseries", "Load per worker", "Load units assigned to each worker Pod (sum of its resources' weight).",
-      [(f"max by (worker) (crawler_controller_worker_load{{{NS}}})", "{{worker}}")], 0, 12)
+      [(f"max by (worker) (crawler_controller_worker_load{{{NS}}})", "{{worker}}")], 12)
 panel("timeseries", "Fill ratio", "Load over capacity, for workers with a crawler.dev/capacity annotation.",
       [(f"max by (worker) (crawler_controller_worker_load{{{NS}}}) / max by (worker) (crawler_controller_worker_capacity{{{NS}}})", "{{worker}}")],
-      12, 12, unit="percentunit")
+      12, unit="percentunit")
 next_line()
 panel("timeseries", "Running tasks per worker", "Crawl tasks each worker process runs.",
-      [(f"sum by (pod) (crawler_worker_running_tasks{{{NS}}})", "{{pod}}")], 0, 12)
+      [(f"sum by (pod) (crawler_worker_running_tasks{{{NS}}})", "{{pod}}")], 12)
 panel("timeseries", "Heartbeat age", "Time since each worker last renewed its heartbeat Lease.",
-      [(f"max by (pod) (crawler_worker_heartbeat_age_seconds{{{NS}}})", "{{pod}}")], 12, 12, unit="s")
+      [(f"max by (pod) (crawler_worker_heartbeat_age_seconds{{{NS}}})", "{{pod}}")], 12, unit="s")
 next_line()
 
 row("Crawl throughput")
 panel("timeseries", "Pages fetched", "Pages that got an HTTP response, per worker.",
-      [(f"sum by (pod) (rate(crawler_worker_pages_fetched_total{{{NS}}}[{RATE}]))", "{{pod}}")], 0, 12, unit="reqps")
+      [(rate("crawler_worker_pages_fetched_total", "pod"), "{{pod}}")], 12, unit="reqps")
 panel("timeseries", "Tasks started and stopped", "Tasks started, and stopped by reason.",
-      [(f"sum(rate(crawler_worker_tasks_started_total{{{NS}}}[{RATE}]))", "started"),
-       (f"sum by (reason) (rate(crawler_worker_tasks_stopped_total{{{NS}}}[{RATE}]))", "stopped: {{reason}}")],
-      12, 12, unit="ops")
+      [(rate("crawler_worker_tasks_started_total"), "started"),
+       (rate("crawler_worker_tasks_stopped_total", "reason"), "stopped: {{reason}}")],
+      12, unit="ops")
 next_line()
 
 row("Errors")
 panel("timeseries", "Fetch errors", "Requests that got no usable response, by kind.",
-      [(f"sum by (kind) (rate(crawler_worker_fetch_errors_total{{{NS}}}[{RATE}]))", "{{kind}}")], 0, 8, unit="reqps")
+      [(rate("crawler_worker_fetch_errors_total", "kind"), "{{kind}}")], 8, unit="reqps")
 panel("timeseries", "Status writes", "Fenced status writes of the controller by outcome (conflicts are harmless in small numbers).",
-      [(f"sum by (outcome) (rate(crawler_controller_status_writes_total{{{NS}}}[{RATE}]))", "{{outcome}}")], 8, 8, unit="ops")
+      [(rate("crawler_controller_status_writes_total", "outcome"), "{{outcome}}")], 8, unit="ops")
 panel("timeseries", "Reconcile errors and failed tasks", "Reconciles that failed, by category; tasks that failed on workers (output, Secrets, configuration).",
-      [(f"sum by (error) (rate(crawler_controller_reconciles_total{{{NS}, result=\"error\"}}[{RATE}]))", "reconcile: {{error}}"),
-       (f"sum(rate(crawler_worker_tasks_stopped_total{{{NS}, reason=\"failed\"}}[{RATE}]))", "tasks failed"),
-       (f"sum(rate(crawler_worker_heartbeat_renew_failures_total{{{NS}}}[{RATE}]))", "heartbeat renewals failed"),
-       (f"sum by (outcome) (rate(crawler_controller_events_total{{{NS}, outcome=~\"dropped|failed\"}}[{RATE}]))", "events {{outcome}}")],
-      16, 8, unit="ops")
+      [(rate("crawler_controller_reconciles_total", "error", match='result="error"'), "reconcile: {{error}}"),
+       (rate("crawler_worker_tasks_stopped_total", match='reason="failed"'), "tasks failed"),
+       (rate("crawler_worker_heartbeat_renew_failures_total"), "heartbeat renewals failed"),
+       (rate("crawler_controller_events_total", "outcome", match='outcome=~"dropped|failed"'), "events {{outcome}}")],
+      8, unit="ops")
 next_line()
 
 dashboard = {
