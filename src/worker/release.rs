@@ -305,19 +305,25 @@ mod tests {
         r
     }
 
+    /// A worker's last progress report: who wrote it, for which assignment, in what state and
+    /// how far it got; what the confirmation reads before it writes its own.
+    fn report(worker: &str, assignment: i64, state: TaskState, pages_fetched: i64) -> TaskProgress {
+        TaskProgress {
+            worker: worker.into(),
+            assignment,
+            state,
+            pages_fetched,
+            ..TaskProgress::default()
+        }
+    }
+
     fn now() -> jiff::Timestamp {
         "2026-01-01T00:00:00Z".parse().unwrap()
     }
 
     #[test]
     fn a_running_report_is_confirmed_as_stopped_and_released_keeping_its_counts() {
-        let running = TaskProgress {
-            worker: "w1".into(),
-            assignment: 4,
-            state: TaskState::Running,
-            pages_fetched: 17,
-            ..TaskProgress::default()
-        };
+        let running = report("w1", 4, TaskState::Running, 17);
         let r = releasing("w1", 4, Some(running));
         let (p, conditions) = confirmation(&r, "w1", "u1", 4, &now()).unwrap();
         assert!(p.released);
@@ -336,12 +342,7 @@ mod tests {
 
     #[test]
     fn a_completed_task_keeps_its_state_and_conditions_when_released() {
-        let done = TaskProgress {
-            worker: "w1".into(),
-            assignment: 4,
-            state: TaskState::Completed,
-            ..TaskProgress::default()
-        };
+        let done = report("w1", 4, TaskState::Completed, 0);
         let mut r = releasing("w1", 4, Some(done));
         let verdict = Verdict {
             state: TaskState::Completed,
@@ -358,13 +359,7 @@ mod tests {
 
     #[test]
     fn another_workers_report_is_not_reused_and_a_moved_resource_needs_no_confirmation() {
-        let theirs = TaskProgress {
-            worker: "w0".into(),
-            assignment: 3,
-            state: TaskState::Completed,
-            pages_fetched: 9,
-            ..TaskProgress::default()
-        };
+        let theirs = report("w0", 3, TaskState::Completed, 9);
         let r = releasing("w1", 4, Some(theirs));
         let (p, _) = confirmation(&r, "w1", "u1", 4, &now()).unwrap();
         assert_eq!(
