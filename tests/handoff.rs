@@ -25,42 +25,49 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    pods::{delete_pod, set_pod_ready},
-    proxy::Proxy,
+    pods::delete_pod,
     site::{Site, endless},
-    story::{BOUND, HEARTBEAT, POLL, Story, assigned_worker},
+    story::{
+        BOUND, HEARTBEAT, POLL, Story, assigned_worker, handoff_stage, handoff_stage_via_proxy,
+        phase, worker_1_running, worker_1_running_via_proxy,
+    },
     wait_for,
 };
 
 /// Slack for a loaded 2-core machine on top of a stated bound.
 const SLACK: Duration = Duration::from_millis(700);
 
-/// Waits until `name` satisfies `done`; returns it and when that was first seen.
+/// [`Story::wait_for_resource`], also returning when `done` was first seen.
 async fn wait_until(
     story: &Story,
     name: &str,
     what: &str,
     done: impl Fn(&CrawlerResource) -> bool,
 ) -> (CrawlerResource, Instant) {
-    let api = story.api();
-    let done = &done;
-    let r = wait_for(&format!("{name}: {what}"), BOUND, POLL, || {
-        let api = api.clone();
-        async move {
-            let r = api.get(name).await.map_err(|e| e.to_string())?;
-            if done(&r) {
-                Ok(r)
-            } else {
-                Err(format!("{:?}", r.status))
-            }
-        }
-    })
-    .await;
+    let r = story.wait_for_resource(name, what, done).await;
     (r, Instant::now())
 }
 
-fn phase(r: &CrawlerResource) -> Option<Phase> {
-    r.status.as_ref()?.phase
+/// Waits until `task` is placed on worker-2 and worker-2 crawls it (three requests); returns the
+/// resource and when the placement was first seen.
+async fn placed_on_worker_2(story: &Story, site: &Site, task: &str) -> (CrawlerResource, Instant) {
+    let placed = wait_until(story, task, "assigned to worker-2", |r| {
+        assigned_worker(r).as_deref() == Some("worker-2")
+    })
+    .await;
+    site.wait_for_hits(task, "worker-2", None, 3).await;
+    placed
+}
+
+/// The verdict on a handoff from what the site received: worker-1's last request came strictly
+/// before worker-2's first, and no task was ever crawled by two workers at once.
+fn assert_handed_over(site: &Site, last_old: Instant, first_new: Instant) {
+    assert!(
+        last_old < first_new,
+        "overlap: worker-1 still crawled {:?} after worker-2 started",
+        last_old - first_new
+    );
+    assert_eq!(site.overlaps(), Vec::<String>::new());
 }
 
 fn assigned_message(r: &CrawlerResource) -> String {
@@ -71,37 +78,14 @@ fn assigned_message(r: &CrawlerResource) -> String {
         .unwrap_or_default()
 }
 
-/// The IP `Story::worker` gave Pod `name`.
-fn ip_of(name: &str) -> String {
-    format!(
-        "10.1.0.{}",
-        name.bytes().map(u32::from).sum::<u32>() % 250 + 1
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_moved_off_a_live_worker_starts_elsewhere_only_after_the_old_one_confirmed() {
-    let site = Site::start().await;
-    let mut story = Story::new("handoff-live").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
-    story
-        .apply_resource("task-h", endless(&site, "task-h"))
-        .await;
-    story.assert_assigned("task-h", "worker-1").await;
-    site.wait_for_hits("task-h", "worker-1", None, 3).await;
-    story.ready_worker("worker-2").await;
-    story.start_worker("worker-2", None);
+    let (site, story) = handoff_stage("handoff-live", "task-h").await;
 
     // worker-1's Pod turns not ready; its process (and heartbeat) lives on.
-    let ip = ip_of("worker-1");
-    set_pod_ready(&story.client, story.ns(), "worker-1", false, Some(&ip)).await;
+    story.unready_worker("worker-1").await;
     let changed = Instant::now();
-    let (r, moved) = wait_until(&story, "task-h", "assigned to worker-2", |r| {
-        assigned_worker(r).as_deref() == Some("worker-2")
-    })
-    .await;
+    let (r, moved) = placed_on_worker_2(&story, &site, "task-h").await;
     let handoff = moved - changed;
     assert_eq!(r.status.as_ref().unwrap().assignments, Some(2));
     let message = assigned_message(&r);
@@ -109,7 +93,6 @@ async fn a_task_moved_off_a_live_worker_starts_elsewhere_only_after_the_old_one_
         message.contains("moved from worker worker-1 (it confirmed the stop) to worker-2"),
         "{message}"
     );
-    site.wait_for_hits("task-h", "worker-2", None, 3).await;
     let (last_old, first_new) = site.handover("task-h", "worker-1", "worker-2");
     println!(
         "handoff off a live worker (Pod not ready): worker-1's last request {:?} after the change, \
@@ -118,37 +101,17 @@ async fn a_task_moved_off_a_live_worker_starts_elsewhere_only_after_the_old_one_
         first_new.saturating_duration_since(changed),
         first_new.saturating_duration_since(last_old)
     );
-    assert!(
-        last_old < first_new,
-        "overlap: worker-1 still crawled {:?} after worker-2 started",
-        last_old - first_new
-    );
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    assert_handed_over(&site, last_old, first_new);
     let log = std::fs::read_to_string(&story.workers[0].log).unwrap();
     assert!(log.contains("release confirmed"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_on_a_live_worker_is_written_only_after_the_confirmed_stop() {
-    let site = Site::start().await;
-    let mut story = Story::new("handoff-suspend").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
-    story
-        .apply_resource("task-p", endless(&site, "task-p"))
-        .await;
-    site.wait_for_hits("task-p", "worker-1", None, 3).await;
+    let (site, story) = worker_1_running("handoff-suspend").await;
+    story.crawl_on_worker_1(&site, "task-p").await;
 
-    story
-        .api()
-        .patch(
-            "task-p",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "suspend": true } })),
-        )
-        .await
-        .unwrap();
+    story.set_suspend("task-p", true).await;
     let asked = Instant::now();
     let (r, suspended) = wait_until(&story, "task-p", "phase Suspended", |r| {
         phase(r) == Some(Phase::Suspended)
@@ -180,43 +143,26 @@ async fn suspend_on_a_live_worker_is_written_only_after_the_confirmed_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_whose_old_worker_is_killed_midway_completes_after_its_heartbeat_lapses() {
-    let site = Site::start().await;
-    let mut story = Story::new("handoff-kill").await;
-    let proxy = Proxy::start(story.cp.apiserver_addr());
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    let old = story.start_worker("worker-1", Some(&proxy));
-    story
-        .apply_resource("task-k", endless(&site, "task-k"))
-        .await;
-    story.assert_assigned("task-k", "worker-1").await;
-    site.wait_for_hits("task-k", "worker-1", None, 3).await;
-    story.ready_worker("worker-2").await;
-    story.start_worker("worker-2", None);
+    let (site, story, proxy) = handoff_stage_via_proxy("handoff-kill", "task-k").await;
 
     // worker-1 can no longer confirm (every byte to the API server is held), the move starts,
     // and worker-1 is killed before anything could reach it.
     proxy.freeze_all();
-    let ip = ip_of("worker-1");
-    set_pod_ready(&story.client, story.ns(), "worker-1", false, Some(&ip)).await;
+    story.unready_worker("worker-1").await;
     let changed = Instant::now();
     let (r, releasing) = wait_until(&story, "task-k", "phase Releasing", |r| {
         phase(r) == Some(Phase::Releasing)
     })
     .await;
     assert_eq!(assigned_worker(&r).as_deref(), Some("worker-1"));
-    story.workers[old].signal("KILL");
+    story.workers[0].signal("KILL");
     let killed = Instant::now();
-    let (r, moved) = wait_until(&story, "task-k", "assigned to worker-2", |r| {
-        assigned_worker(r).as_deref() == Some("worker-2")
-    })
-    .await;
+    let (r, moved) = placed_on_worker_2(&story, &site, "task-k").await;
     let message = assigned_message(&r);
     assert!(
         message.contains("(its heartbeat lapsed or was released)"),
         "{message}"
     );
-    site.wait_for_hits("task-k", "worker-2", None, 3).await;
     let (last_old, first_new) = site.handover("task-k", "worker-1", "worker-2");
     println!(
         "handoff, old worker killed midway: Releasing seen {:?} after the change, killed {:?}, \
@@ -227,25 +173,12 @@ async fn a_handoff_whose_old_worker_is_killed_midway_completes_after_its_heartbe
         moved - changed,
         first_new.saturating_duration_since(last_old)
     );
-    assert!(last_old < first_new, "overlap after the kill");
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    assert_handed_over(&site, last_old, first_new);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_off_a_live_worker_whose_heartbeat_lease_was_deleted_is_still_a_handoff() {
-    let site = Site::start().await;
-    let mut story = Story::new("handoff-lease").await;
-    let proxy = Proxy::start(story.cp.apiserver_addr());
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", Some(&proxy));
-    story
-        .apply_resource("task-l", endless(&site, "task-l"))
-        .await;
-    story.assert_assigned("task-l", "worker-1").await;
-    site.wait_for_hits("task-l", "worker-1", None, 3).await;
-    story.ready_worker("worker-2").await;
-    story.start_worker("worker-2", None);
+    let (site, story, proxy) = handoff_stage_via_proxy("handoff-lease", "task-l").await;
 
     // worker-1's open connections go silent (its assignment watch sees nothing; new connections
     // work), then its Pod is force-deleted and its heartbeat Lease garbage-collected with it,
@@ -268,11 +201,7 @@ async fn a_move_off_a_live_worker_whose_heartbeat_lease_was_deleted_is_still_a_h
         "moved at once, as off a worker without a heartbeat: {}",
         assigned_message(&r)
     );
-    let (r, moved) = wait_until(&story, "task-l", "assigned to worker-2", |r| {
-        assigned_worker(r).as_deref() == Some("worker-2")
-    })
-    .await;
-    site.wait_for_hits("task-l", "worker-2", None, 3).await;
+    let (r, moved) = placed_on_worker_2(&story, &site, "task-l").await;
     // Absence is observed over a window: wait past worker-1's freshness bound.
     tokio::time::sleep((froze + STALE_AFTER + SLACK).saturating_duration_since(Instant::now()))
         .await;
@@ -287,28 +216,14 @@ async fn a_move_off_a_live_worker_whose_heartbeat_lease_was_deleted_is_still_a_h
         first_new.saturating_duration_since(froze),
         first_new.saturating_duration_since(last_old)
     );
-    assert!(
-        last_old < first_new,
-        "overlap: worker-1 still crawled {:?} after worker-2 started",
-        last_old - first_new
-    );
-    assert_eq!(site.overlaps(), Vec::<String>::new());
+    assert_handed_over(&site, last_old, first_new);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_created_again_under_a_deleted_ones_name_starts_only_after_the_old_worker_stopped()
  {
-    let site = Site::start().await;
-    let mut story = Story::new("handoff-again").await;
-    let proxy = Proxy::start(story.cp.apiserver_addr());
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", Some(&proxy));
-    story
-        .apply_resource("task-a", endless(&site, "task-a"))
-        .await;
-    story.assert_assigned("task-a", "worker-1").await;
-    site.wait_for_hits("task-a", "worker-1", None, 3).await;
+    let (site, mut story, proxy) = worker_1_running_via_proxy("handoff-again").await;
+    story.crawl_on_worker_1(&site, "task-a").await;
     let old_uid = story.api().get("task-a").await.unwrap().uid();
     story.worker("worker-2", &[("zone", "b")]).await;
     story.start_worker("worker-2", None);
@@ -428,18 +343,7 @@ async fn allow_confirmations(story: &Story) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handoff_whose_old_worker_cannot_write_its_confirmation_completes_on_the_withheld_heartbeat()
  {
-    let site = Site::start().await;
-    let mut story = Story::new("handoff-refused").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    let old = story.start_worker("worker-1", None);
-    story
-        .apply_resource("task-v", endless(&site, "task-v"))
-        .await;
-    story.assert_assigned("task-v", "worker-1").await;
-    site.wait_for_hits("task-v", "worker-1", None, 3).await;
-    story.ready_worker("worker-2").await;
-    story.start_worker("worker-2", None);
+    let (site, story) = handoff_stage("handoff-refused", "task-v").await;
 
     // worker-1 stays alive and reachable, but the API server refuses its confirmations.
     let message = refuse_confirmations_from(&story, "worker-1").await;
@@ -468,16 +372,11 @@ async fn a_handoff_whose_old_worker_cannot_write_its_confirmation_completes_on_t
     })
     .await;
 
-    let ip = ip_of("worker-1");
-    set_pod_ready(&story.client, story.ns(), "worker-1", false, Some(&ip)).await;
+    story.unready_worker("worker-1").await;
     let changed = Instant::now();
-    let (r, moved) = wait_until(&story, "task-v", "assigned to worker-2", |r| {
-        assigned_worker(r).as_deref() == Some("worker-2")
-    })
-    .await;
+    let (r, moved) = placed_on_worker_2(&story, &site, "task-v").await;
     let handoff = moved - changed;
     let note = assigned_message(&r);
-    site.wait_for_hits("task-v", "worker-2", None, 3).await;
     let (last_old, first_new) = site.handover("task-v", "worker-1", "worker-2");
     // The bound stated in docs/architecture.md for a worker that cannot confirm:
     // F + B + D + the expiry tick and the confirming read.
@@ -496,13 +395,8 @@ async fn a_handoff_whose_old_worker_cannot_write_its_confirmation_completes_on_t
         "{note}"
     );
     assert!(handoff < bound + SLACK, "took {handoff:?}, bound {bound:?}");
-    assert!(
-        last_old < first_new,
-        "overlap: worker-1 still crawled {:?} after worker-2 started",
-        last_old - first_new
-    );
-    assert_eq!(site.overlaps(), Vec::<String>::new());
-    let log = std::fs::read_to_string(&story.workers[old].log).unwrap();
+    assert_handed_over(&site, last_old, first_new);
+    let log = std::fs::read_to_string(&story.workers[0].log).unwrap();
     assert!(log.contains("cannot confirm the release yet"), "{log}");
     assert!(log.contains(&message), "{log}");
     assert!(

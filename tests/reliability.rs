@@ -25,7 +25,7 @@ use support::{
     pods::{create_worker_pod, delete_pod, set_pod_ready},
     proxy::Proxy,
     site::{Site, endless, gap_figures},
-    story::{BOUND, Election, LEASE, POLL, Story, WORKER_LABEL},
+    story::{BOUND, Election, LEASE, POLL, Story, WORKER_LABEL, worker_1_running},
     wait_for,
 };
 use tokio::sync::Mutex;
@@ -587,11 +587,7 @@ async fn worker_churn_pods_readiness_and_heartbeats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_target_does_not_stall_the_other_tasks_of_its_worker() {
     let _serial = SERIAL.lock().await;
-    let site = Site::start().await;
-    let mut story = Story::new("slow").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
+    let (site, story) = worker_1_running("slow").await;
     story
         .apply_resource("slow", json!({ "seeds": [site.slow_seed("slow")], "maxDepth": 5, "rateLimit": { "requestsPerSecond": 20 } }))
         .await;

@@ -8,7 +8,7 @@ use crawler_operator::crd::{CONDITION_ASSIGNED, CONDITION_RULES_VALID, Phase, Ta
 use serde_json::{Value, json};
 use support::{
     site::{SHELF_PAGES, SHELF_PER_PAGE, SHELF_UNTITLED, Site, metric_value, shelf_book_data},
-    story::{BOUND, POLL, Story, assigned_worker},
+    story::{BOUND, POLL, Story, assigned_worker, worker_1_running},
     wait_for,
 };
 
@@ -46,11 +46,7 @@ fn shelf_spec(site: &Site, task: &str, rules: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_book_shelf_is_crawled_and_its_books_extracted() {
-    let site = Site::start().await;
-    let mut story = Story::new("rules").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
+    let (site, story) = worker_1_running("rules").await;
     story
         .apply_resource("shelf", shelf_spec(&site, "shelf", &shelf_rules()))
         .await;
@@ -124,11 +120,7 @@ async fn a_book_shelf_is_crawled_and_its_books_extracted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_that_cannot_compile_are_reported_and_the_task_is_not_started() {
-    let site = Site::start().await;
-    let mut story = Story::new("badrules").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
+    let (site, story) = worker_1_running("badrules").await;
     let mut rules = shelf_rules();
     rules[0]["match"] = json!("/list/([0-9]+$");
     rules[1]["fields"]["title"]["selector"] = json!("h1..title");

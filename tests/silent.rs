@@ -7,14 +7,12 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use crawler_operator::{crd::Phase, watch::STALE_AFTER};
-use kube::api::{DeleteParams, Patch, PatchParams};
-use serde_json::json;
+use kube::api::DeleteParams;
 use support::{
     pods::delete_pod,
     proxy::Proxy,
     site::{Site, endless},
-    story::{BOUND, HEARTBEAT, POLL, Story},
-    wait_for,
+    story::{HEARTBEAT, Story, handoff_stage_via_proxy, phase, worker_1_running_via_proxy},
 };
 
 /// Slack for a loaded 2-core machine on top of a stated bound.
@@ -23,21 +21,12 @@ const SLACK: Duration = Duration::from_millis(700);
 /// The last request for `task`, waiting past `bound` first (absence is observed over a window).
 async fn last_request_after(site: &Site, task: &str, since: Instant, bound: Duration) -> Duration {
     tokio::time::sleep(bound + Duration::from_secs(1)).await;
-    site.hits(task)
-        .iter()
-        .map(|h| h.at.saturating_duration_since(since))
-        .max()
-        .unwrap_or_default()
+    site.last_hit_after(task, since)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_connections_went_silent_stops_tasks_deleted_or_suspended_meanwhile() {
-    let site = Site::start().await;
-    let mut story = Story::new("silent-worker").await;
-    let proxy = Proxy::start(story.cp.apiserver_addr());
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", Some(&proxy));
+    let (site, story, proxy) = worker_1_running_via_proxy("silent-worker").await;
     story.apply_resource("gone", endless(&site, "gone")).await;
     story
         .apply_resource("paused", endless(&site, "paused"))
@@ -52,34 +41,17 @@ async fn a_worker_whose_connections_went_silent_stops_tasks_deleted_or_suspended
         .delete("gone", &DeleteParams::default())
         .await
         .unwrap();
-    story
-        .api()
-        .patch(
-            "paused",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "suspend": true } })),
-        )
-        .await
-        .unwrap();
+    story.set_suspend("paused", true).await;
     // Its watch saw nothing; a LIST on a new connection does (or the view goes stale): either
     // way the tasks stop within the stale bound of the freeze.
     let last_gone = last_request_after(&site, "gone", froze, STALE_AFTER + SLACK).await;
-    let last_paused = site
-        .hits("paused")
-        .iter()
-        .map(|h| h.at.saturating_duration_since(froze))
-        .max()
-        .unwrap_or_default();
+    let last_paused = site.last_hit_after("paused", froze);
     // Suspended is written only once worker-1 confirmed the stop or its heartbeat lapsed.
-    let api = story.api();
-    let r = wait_for("paused: phase Suspended", BOUND, POLL, || async {
-        let r = api.get("paused").await.map_err(|e| e.to_string())?;
-        match r.status.as_ref().and_then(|s| s.phase) {
-            Some(Phase::Suspended) => Ok(r),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let r = story
+        .wait_for_resource("paused", "phase Suspended", |r| {
+            phase(r) == Some(Phase::Suspended)
+        })
+        .await;
     let suspended = froze.elapsed();
     let how =
         r.status
@@ -109,19 +81,7 @@ async fn a_worker_whose_connections_went_silent_stops_tasks_deleted_or_suspended
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_moved_off_a_worker_whose_connections_went_silent_starts_elsewhere_only_after_it_stopped()
  {
-    let site = Site::start().await;
-    let mut story = Story::new("silent-move").await;
-    let proxy = Proxy::start(story.cp.apiserver_addr());
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", Some(&proxy));
-    story
-        .apply_resource("task-s", endless(&site, "task-s"))
-        .await;
-    story.assert_assigned("task-s", "worker-1").await;
-    site.wait_for_hits("task-s", "worker-1", None, 3).await;
-    story.ready_worker("worker-2").await;
-    story.start_worker("worker-2", None);
+    let (site, story, proxy) = handoff_stage_via_proxy("silent-move", "task-s").await;
 
     proxy.freeze();
     let froze = Instant::now();

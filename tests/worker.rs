@@ -8,14 +8,15 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use crawler_operator::crd::{Phase, TaskState};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use serde_json::json;
 use support::{
     pods::delete_pod,
-    proxy::Proxy,
     site::{Hit, Site, endless, metric_value},
-    story::{BOUND, HEARTBEAT, POLL, Story, assigned_worker},
-    wait_for,
+    story::{
+        HEARTBEAT, Story, assigned_worker, handoff_stage, handoff_stage_via_proxy, phase,
+        worker_1_running,
+    },
 };
 
 /// How long a stopped task may still be seen sending (watch latency + cancellation), generous
@@ -35,20 +36,12 @@ async fn assert_silent(site: &Site, task: &str, since: Instant) -> Duration {
         "{} requests for {task} more than {STOP_BOUND:?} after it was stopped: {late:?}",
         late.len()
     );
-    site.hits(task)
-        .iter()
-        .map(|h| h.at.saturating_duration_since(since))
-        .max()
-        .unwrap_or_default()
+    site.last_hit_after(task, since)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assigned_task_is_crawled_reported_and_stopped_on_delete() {
-    let site = Site::start().await;
-    let mut story = Story::new("crawl").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
+    let (site, story) = worker_1_running("crawl").await;
     story
         .apply_resource("task-a", endless(&site, "task-a"))
         .await;
@@ -103,36 +96,16 @@ async fn an_assigned_task_is_crawled_reported_and_stopped_on_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_stops_the_task_and_resume_runs_it_again() {
-    let site = Site::start().await;
-    let mut story = Story::new("suspend").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
-    story
-        .apply_resource("task-b", endless(&site, "task-b"))
-        .await;
-    site.wait_for_hits("task-b", "worker-1", None, 3).await;
+    let (site, story) = worker_1_running("suspend").await;
+    story.crawl_on_worker_1(&site, "task-b").await;
 
-    let patch = |suspend: bool| json!({ "spec": { "suspend": suspend } });
-    story
-        .api()
-        .patch(
-            "task-b",
-            &PatchParams::default(),
-            &Patch::Merge(patch(true)),
-        )
-        .await
-        .unwrap();
+    story.set_suspend("task-b", true).await;
     let suspended = Instant::now();
-    let api = story.api();
-    wait_for("phase Suspended", BOUND, POLL, || async {
-        let r = api.get("task-b").await.map_err(|e| e.to_string())?;
-        match r.status.and_then(|s| s.phase) {
-            Some(Phase::Suspended) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    story
+        .wait_for_resource("task-b", "phase Suspended", |r| {
+            phase(r) == Some(Phase::Suspended)
+        })
+        .await;
     let last = assert_silent(&site, "task-b", suspended).await;
     println!("last request of task-b {last:?} after suspend");
     // The worker's last word on it is Stopped, not a stale Running.
@@ -142,15 +115,7 @@ async fn suspend_stops_the_task_and_resume_runs_it_again() {
         })
         .await;
 
-    story
-        .api()
-        .patch(
-            "task-b",
-            &PatchParams::default(),
-            &Patch::Merge(patch(false)),
-        )
-        .await
-        .unwrap();
+    story.set_suspend("task-b", false).await;
     site.wait_for_hits("task-b", "worker-1", Some(Instant::now()), 3)
         .await;
 }
@@ -197,19 +162,7 @@ async fn a_moved_task_stops_on_the_old_worker_before_the_new_one_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_overlap() {
-    let site = Site::start().await;
-    let mut story = Story::new("cutoff").await;
-    let proxy = Proxy::start(story.cp.apiserver_addr());
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", Some(&proxy));
-    story
-        .apply_resource("task-d", endless(&site, "task-d"))
-        .await;
-    story.assert_assigned("task-d", "worker-1").await;
-    site.wait_for_hits("task-d", "worker-1", None, 3).await;
-    story.ready_worker("worker-2").await;
-    story.start_worker("worker-2", None);
+    let (site, story, proxy) = handoff_stage_via_proxy("cutoff", "task-d").await;
 
     // worker-1's Pod still looks Ready (no kubelet noticed anything); only its heartbeat stops.
     proxy.cut();
@@ -246,11 +199,7 @@ async fn a_worker_cut_off_from_the_api_server_stops_and_its_task_moves_without_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported_and_retried() {
-    let site = Site::start().await;
-    let mut story = Story::new("secret").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
+    let (site, story) = worker_1_running("secret").await;
     story
         .create_secret("site-login", "cookie", "session=s3cr3t")
         .await;
@@ -301,19 +250,9 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_tasks_and_releases_the_heartbeat_so_they_move_at_once() {
-    let site = Site::start().await;
-    let mut story = Story::new("sigterm").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    let first = story.start_worker("worker-1", None);
-    story
-        .apply_resource("task-g", endless(&site, "task-g"))
-        .await;
-    site.wait_for_hits("task-g", "worker-1", None, 3).await;
-    story.ready_worker("worker-2").await;
-    story.start_worker("worker-2", None);
+    let (site, story) = handoff_stage("sigterm", "task-g").await;
 
-    story.workers[first].signal("TERM");
+    story.workers[0].signal("TERM");
     let stopped = Instant::now();
     story.assert_assigned("task-g", "worker-2").await;
     let moved = stopped.elapsed();
@@ -326,17 +265,13 @@ async fn sigterm_stops_the_tasks_and_releases_the_heartbeat_so_they_move_at_once
     let (last_old, first_new) = site.handover("task-g", "worker-1", "worker-2");
     assert!(last_old < first_new, "overlap after SIGTERM");
     site.overlap_verdict().print_and_assert();
-    let log = std::fs::read_to_string(&story.workers[first].log).unwrap();
+    let log = std::fs::read_to_string(&story.workers[0].log).unwrap();
     assert!(log.contains("heartbeat released"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_finishes_at_once_reports_completed() {
-    let site = Site::start().await;
-    let mut story = Story::new("complete").await;
-    story.ready_worker("worker-1").await;
-    story.start_controller("controller-a");
-    story.start_worker("worker-1", None);
+    let (site, story) = worker_1_running("complete").await;
     // The seed only: the crawl ends after one page, faster than the watch catches up with the
     // worker's own first report, so the final report must not be lost to a stale version.
     story

@@ -152,6 +152,16 @@ impl Site {
             .collect()
     }
 
+    /// How long after `since` the last request for `task` came (zero if none did): how tests
+    /// measure when a stopped task went quiet.
+    pub fn last_hit_after(&self, task: &str, since: Instant) -> Duration {
+        self.hits(task)
+            .iter()
+            .map(|h| h.at.saturating_duration_since(since))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Waits for `count` requests for `task` from `worker` (made after `after`, if given).
     pub async fn wait_for_hits(
         &self,

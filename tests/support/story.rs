@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use crawler_operator::crd::CrawlerResource;
+use crawler_operator::crd::{CrawlerResource, Phase};
 use k8s_openapi::{
     api::{coordination::v1::Lease, events::v1::Event},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -20,6 +20,7 @@ use super::{
     pods::{create_worker_pod, set_pod_ready},
     process::Server,
     proxy::Proxy,
+    site::{Site, endless},
     wait_for,
 };
 
@@ -274,6 +275,29 @@ impl Story {
         .await
     }
 
+    /// Waits until resource `name` satisfies `done` (e.g. reached a phase); returns it.
+    pub async fn wait_for_resource(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&CrawlerResource) -> bool,
+    ) -> CrawlerResource {
+        let api = self.api();
+        let done = &done;
+        wait_for(&format!("{name}: {what}"), BOUND, POLL, || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                if done(&r) {
+                    Ok(r)
+                } else {
+                    Err(format!("{:?}", r.status))
+                }
+            }
+        })
+        .await
+    }
+
     /// Where worker `pod`'s page records go.
     pub fn output_of(&self, pod: &str) -> PathBuf {
         self.cp.dir().join(format!("{}-{pod}.jsonl", self.ns()))
@@ -287,11 +311,28 @@ impl Story {
         let mut labels = vec![WORKER_LABEL];
         labels.extend_from_slice(extra_labels);
         create_worker_pod(&self.client, self.ns(), name, &labels).await;
-        let ip = format!(
-            "10.1.0.{}",
-            name.bytes().map(u32::from).sum::<u32>() % 250 + 1
-        );
-        set_pod_ready(&self.client, self.ns(), name, true, Some(&ip)).await;
+        set_pod_ready(&self.client, self.ns(), name, true, Some(&worker_ip(name))).await;
+    }
+
+    /// Pod `name` turns not ready (its address kept), as a kubelet reports a failing probe; its
+    /// process, if one was started, lives on: the move off it is a handoff, not a takeover.
+    pub async fn unready_worker(&self, name: &str) {
+        set_pod_ready(&self.client, self.ns(), name, false, Some(&worker_ip(name))).await;
+    }
+
+    /// `task`, an endless crawl of `site`, applied and seen placed on and crawled by worker-1
+    /// (three requests), so a test that moves it knows where it was running.
+    pub async fn crawl_on_worker_1(&self, site: &Site, task: &str) {
+        self.apply_resource(task, endless(site, task)).await;
+        self.assert_assigned(task, "worker-1").await;
+        site.wait_for_hits(task, "worker-1", None, 3).await;
+    }
+
+    /// Pod `worker-2` ready and its process started (directly): somewhere for a task to move
+    /// to once the test takes worker-1 away. Returns worker-2's index in [`Story::workers`].
+    pub async fn start_worker_2(&mut self) -> usize {
+        self.ready_worker("worker-2").await;
+        self.start_worker("worker-2", None)
     }
 
     /// Creates Secret `name` with one key, as a user would for `cookieSecretRef`.
@@ -322,6 +363,19 @@ impl Story {
             )
             .await
             .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    /// Sets `spec.suspend` of `name` (a merge patch, as `kubectl patch` sends), the user's way to
+    /// pause a crawl and resume it.
+    pub async fn set_suspend(&self, name: &str, suspend: bool) {
+        self.api()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "suspend": suspend } })),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("setting spec.suspend={suspend} on {name}: {e}"));
     }
 
     pub async fn apply_simple(&self, name: &str) {
@@ -422,6 +476,88 @@ impl Story {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The opening most single-worker scenarios share: the test site, and a story named `prefix` in
+/// which Pod `worker-1` is ready and `controller-a` and the `worker-1` process run (worker-1 is
+/// `story.workers[0]`). Not `async fn`: `#[track_caller]` must see the caller's suite.
+#[track_caller]
+pub fn worker_1_running(prefix: &str) -> impl Future<Output = (Site, Story)> + '_ {
+    let story = Story::new(prefix);
+    async move {
+        let site = Site::start().await;
+        let mut story = story.await;
+        start_worker_1(&mut story, None).await;
+        (site, story)
+    }
+}
+
+/// [`worker_1_running`] with worker-1 reaching the API server through a [`Proxy`], so the test
+/// can cut or freeze its connections.
+#[track_caller]
+pub fn worker_1_running_via_proxy(prefix: &str) -> impl Future<Output = (Site, Story, Proxy)> + '_ {
+    let story = Story::new(prefix);
+    async move {
+        let site = Site::start().await;
+        let mut story = story.await;
+        let proxy = Proxy::start(story.cp.apiserver_addr());
+        start_worker_1(&mut story, Some(&proxy)).await;
+        (site, story, proxy)
+    }
+}
+
+/// Where every handoff test starts: [`worker_1_running`], `task` (an endless crawl of the site)
+/// crawled by worker-1 ([`Story::crawl_on_worker_1`]), and worker-2 started beside it
+/// ([`Story::start_worker_2`], `story.workers[1]`), so the task can move once the test takes
+/// worker-1 away.
+#[track_caller]
+pub fn handoff_stage<'a>(
+    prefix: &'a str,
+    task: &'a str,
+) -> impl Future<Output = (Site, Story)> + 'a {
+    let opening = worker_1_running(prefix);
+    async move {
+        let (site, mut story) = opening.await;
+        story.crawl_on_worker_1(&site, task).await;
+        story.start_worker_2().await;
+        (site, story)
+    }
+}
+
+/// [`handoff_stage`] with worker-1 reaching the API server through a [`Proxy`], so the test can
+/// cut or freeze its connections.
+#[track_caller]
+pub fn handoff_stage_via_proxy<'a>(
+    prefix: &'a str,
+    task: &'a str,
+) -> impl Future<Output = (Site, Story, Proxy)> + 'a {
+    let opening = worker_1_running_via_proxy(prefix);
+    async move {
+        let (site, mut story, proxy) = opening.await;
+        story.crawl_on_worker_1(&site, task).await;
+        story.start_worker_2().await;
+        (site, story, proxy)
+    }
+}
+
+/// Pod `worker-1` ready, then `controller-a` and the `worker-1` process started.
+async fn start_worker_1(story: &mut Story, proxy: Option<&Proxy>) {
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker("worker-1", proxy);
+}
+
+/// The IP [`Story::worker`] gives Pod `name`: derived from the name, so that Pods of one story
+/// differ and a test can name the address it expects.
+pub fn worker_ip(name: &str) -> String {
+    format!(
+        "10.1.0.{}",
+        name.bytes().map(u32::from).sum::<u32>() % 250 + 1
+    )
+}
+
+pub fn phase(r: &CrawlerResource) -> Option<Phase> {
+    r.status.as_ref()?.phase
 }
 
 pub fn assigned_worker(r: &CrawlerResource) -> Option<String> {
