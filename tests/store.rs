@@ -23,6 +23,7 @@ fn key(assignment: i64, worker: &str) -> TaskKey {
     }
 }
 
+/// A fetched HTML page of task "task", with nothing extracted.
 fn record(url: &str) -> PageRecord {
     PageRecord {
         task: "task".into(),
@@ -30,20 +31,12 @@ fn record(url: &str) -> PageRecord {
         final_url: url.into(),
         status: Some(200),
         title: Some("t".into()),
-        links_count: 0,
-        links: Vec::new(),
         depth: 1,
         fetched_at: jiff::Timestamp::now(),
         elapsed_ms: 1,
         content_type: Some("text/html".into()),
         bytes: 10,
-        truncated: false,
-        error: None,
-        error_kind: None,
-        rule: None,
-        fields: std::collections::BTreeMap::new(),
-        missing: Vec::new(),
-        incomplete: false,
+        ..PageRecord::default()
     }
 }
 
@@ -51,32 +44,69 @@ fn health() -> StoreHealth {
     watch::channel(None).0
 }
 
-async fn open(store: &Store, assignment: i64, worker: &str) -> Result<PgSink, SinkError> {
+/// Opens a sink for `key` seeded with `http://a.example/`, as a worker does when it starts a task.
+async fn open_key(store: &Store, key: TaskKey) -> Result<(PgSink, crawl::Frontier), SinkError> {
     PgSink::open(
         store.clone(),
-        key(assignment, worker),
+        key,
         &["http://a.example/".to_owned()],
         health(),
         CancellationToken::new(),
     )
     .await
-    .map(|(sink, _)| sink)
+}
+
+async fn open(store: &Store, assignment: i64, worker: &str) -> Result<PgSink, SinkError> {
+    open_key(store, key(assignment, worker))
+        .await
+        .map(|(sink, _)| sink)
+}
+
+/// A migrated store on a fresh database of `pg`; returns it and the database's
+/// name (for `psql`).
+fn fresh_store(pg: &postgres::Postgres, prefix: &str) -> (Store, String) {
+    let url = pg.database(prefix);
+    let db = postgres::Postgres::db_of(&url).to_owned();
+    (Store::new(&url, true).unwrap(), db)
+}
+
+/// Writes a page record for each of `urls` and flushes them as one batch.
+async fn write_batch(sink: &mut PgSink, urls: impl IntoIterator<Item = String>) {
+    for url in urls {
+        sink.write(&record(&url)).await.unwrap();
+    }
+    sink.flush().await.unwrap();
+}
+
+/// How many page rows were stored by an assignment after a newer one had claimed the task: what
+/// the fence exists to keep at 0.
+fn rows_stored_after_a_newer_claim(pg: &postgres::Postgres, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT count(*) FROM crawl_pages p JOIN crawl_tasks t USING (namespace, resource_uid)
+          WHERE p.assignment < t.assignment AND p.stored_at > t.claimed_at",
+    )
+    .unwrap()
+}
+
+/// `rows|distinct urls|still queued` of the page table: one row per URL and nothing left to
+/// visit is `n|n|0`.
+fn page_rows(pg: &postgres::Postgres, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT count(*), count(DISTINCT url), count(*) FILTER (WHERE state = 'queued')
+           FROM crawl_pages",
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn a_write_from_an_older_assignment_is_refused_once_a_newer_one_has_written() {
     let pg = postgres::shared();
-    let url = pg.database("fence");
-    let db = postgres::Postgres::db_of(&url).to_owned();
-    let store = Store::new(&url, true).unwrap();
+    let (store, db) = fresh_store(pg, "fence");
 
     let mut old = open(&store, 1, "worker-1").await.unwrap();
-    for n in 0..3 {
-        old.write(&record(&format!("http://a.example/{n}")))
-            .await
-            .unwrap();
-    }
-    old.flush().await.unwrap();
+    write_batch(&mut old, (0..3).map(|n| format!("http://a.example/{n}"))).await;
 
     // The new owner's claim is its first write: from here on the old one is refused.
     let mut new = open(&store, 2, "worker-2").await.unwrap();
@@ -134,14 +164,7 @@ async fn a_write_from_an_older_assignment_is_refused_once_a_newer_one_has_writte
         "http://a.example/0 1\nhttp://a.example/1 2\nhttp://a.example/2 1"
     );
     // No row of assignment 1 was stored after assignment 2 claimed the task.
-    let after_claim = pg
-        .psql(
-            &db,
-            "SELECT count(*) FROM crawl_pages p JOIN crawl_tasks t USING (namespace, resource_uid)
-              WHERE p.assignment < t.assignment AND p.stored_at > t.claimed_at",
-        )
-        .unwrap();
-    assert_eq!(after_claim, "0");
+    assert_eq!(rows_stored_after_a_newer_claim(pg, &db), "0");
     let fields = pg
         .psql(
             &db,
@@ -158,9 +181,7 @@ async fn a_write_from_an_older_assignment_is_refused_once_a_newer_one_has_writte
 #[tokio::test]
 async fn two_writers_racing_never_interleave_older_after_newer() {
     let pg = postgres::shared();
-    let url = pg.database("race");
-    let db = postgres::Postgres::db_of(&url).to_owned();
-    let store = Store::new(&url, true).unwrap();
+    let (store, db) = fresh_store(pg, "race");
     let mut old = open(&store, 1, "worker-1").await.unwrap();
     let old_writer = tokio::spawn(async move {
         let mut written = 0;
@@ -178,8 +199,7 @@ async fn two_writers_racing_never_interleave_older_after_newer() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut new = open(&store, 2, "worker-2").await.unwrap();
-    new.write(&record("http://a.example/new")).await.unwrap();
-    new.flush().await.unwrap();
+    write_batch(&mut new, ["http://a.example/new".to_owned()]).await;
     let written = old_writer.await.unwrap();
     assert!(written > 0, "the old writer wrote nothing before the claim");
     let stored: i64 = pg
@@ -192,14 +212,7 @@ async fn two_writers_racing_never_interleave_older_after_newer() {
         .unwrap();
     // Every batch the old writer saw committed is stored, and nothing more (one record a batch).
     assert_eq!(stored, written);
-    let after_claim = pg
-        .psql(
-            &db,
-            "SELECT count(*) FROM crawl_pages p JOIN crawl_tasks t USING (namespace, resource_uid)
-              WHERE p.assignment < t.assignment AND p.stored_at > t.claimed_at",
-        )
-        .unwrap();
-    assert_eq!(after_claim, "0");
+    assert_eq!(rows_stored_after_a_newer_claim(pg, &db), "0");
 }
 
 /// Opens a sink for object `uid` of the task named "task".
@@ -213,15 +226,9 @@ async fn open_as(
         uid: uid.into(),
         ..key(assignment, worker)
     };
-    PgSink::open(
-        store.clone(),
-        key,
-        &["http://a.example/".to_owned()],
-        health(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("opening {uid} at assignment {assignment}: {e}"))
+    open_key(store, key)
+        .await
+        .unwrap_or_else(|e| panic!("opening {uid} at assignment {assignment}: {e}"))
 }
 
 /// The fence is keyed by the resource's uid, not its name: an object created again under the
@@ -230,17 +237,10 @@ async fn open_as(
 #[tokio::test]
 async fn an_object_created_again_under_a_deleted_ones_name_has_a_fence_of_its_own() {
     let pg = postgres::shared();
-    let url = pg.database("recreated");
-    let db = postgres::Postgres::db_of(&url).to_owned();
-    let store = Store::new(&url, true).unwrap();
+    let (store, db) = fresh_store(pg, "recreated");
     // The old object, moved twice: its fence stands at 3.
     let (mut old, _) = open_as(&store, "uid-old", 3, "worker-1").await;
-    for n in 0..3 {
-        old.write(&record(&format!("http://a.example/{n}")))
-            .await
-            .unwrap();
-    }
-    old.flush().await.unwrap();
+    write_batch(&mut old, (0..3).map(|n| format!("http://a.example/{n}"))).await;
 
     // Created again under the same name: assignment 1 of another uid opens and writes.
     let (mut new, frontier) = open_as(&store, "uid-new", 1, "worker-2").await;
@@ -249,8 +249,7 @@ async fn an_object_created_again_under_a_deleted_ones_name_has_a_fence_of_its_ow
         (0, 1),
         "starts from its seeds, not from the old object's pages"
     );
-    new.write(&record("http://a.example/0")).await.unwrap();
-    new.flush().await.unwrap();
+    write_batch(&mut new, ["http://a.example/0".to_owned()]).await;
     let fences = pg
         .psql(
             &db,
@@ -260,8 +259,7 @@ async fn an_object_created_again_under_a_deleted_ones_name_has_a_fence_of_its_ow
     assert_eq!(fences, "uid-new task 1\nuid-old task 3");
     // Neither fences the other: the old object's writer (still running somewhere) is kept out
     // of the new task's rows by the uid, not refused by the new number.
-    old.write(&record("http://a.example/late")).await.unwrap();
-    old.flush().await.unwrap();
+    write_batch(&mut old, ["http://a.example/late".to_owned()]).await;
     let rows = pg
         .psql(
             &db,
@@ -324,9 +322,7 @@ fn fetch_counts(site: &Site, task: &str) -> BTreeMap<u64, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_crawl_resumes_from_the_stored_frontier() {
     let pg = postgres::shared();
-    let url = pg.database("resume");
-    let db = postgres::Postgres::db_of(&url).to_owned();
-    let store = Store::new(&url, true).unwrap();
+    let (store, db) = fresh_store(pg, "resume");
     let site = Site::start().await;
 
     let (_, first) = crawl_with(&store, tree(&site, "r"), 1, Some(20), health()).await;
@@ -347,14 +343,7 @@ async fn a_moved_crawl_resumes_from_the_stored_frontier() {
     // The count continues from the stored pages instead of starting at 0.
     assert_eq!(frontier.progress.pages_fetched, stored);
     assert_eq!(second.progress.pages_fetched, 63);
-    let rows = pg
-        .psql(
-            &db,
-            "SELECT count(*), count(DISTINCT url), count(*) FILTER (WHERE state = 'queued')
-               FROM crawl_pages",
-        )
-        .unwrap();
-    assert_eq!(rows, "63|63|0");
+    assert_eq!(page_rows(pg, &db), "63|63|0");
 
     // Pages fetched twice: only visits in flight when the first run stopped (dropped unrecorded,
     // still queued), at most the crawl's concurrency.
@@ -380,9 +369,7 @@ async fn a_moved_crawl_resumes_from_the_stored_frontier() {
 async fn a_database_crash_mid_crawl_pauses_the_crawl_and_loses_nothing() {
     // A server of its own: the others' tests must not see it go away.
     let pg = postgres::Postgres::start(false);
-    let url = pg.database("crash");
-    let db = postgres::Postgres::db_of(&url).to_owned();
-    let store = Store::new(&url, true).unwrap();
+    let (store, db) = fresh_store(&pg, "crash");
     let site = Site::start().await;
     let mut config = tree(&site, "c");
     config.max_depth = 7; // 255 pages
@@ -411,14 +398,7 @@ async fn a_database_crash_mid_crawl_pauses_the_crawl_and_loses_nothing() {
     let why = why.expect("the sink never reported waiting for the database");
     assert!(why.contains("waiting for the database"), "{why}");
     assert_eq!(last, None, "healthy again at the end");
-    let rows = pg
-        .psql(
-            &db,
-            "SELECT count(*), count(DISTINCT url), count(*) FILTER (WHERE state = 'queued')
-               FROM crawl_pages",
-        )
-        .unwrap();
-    assert_eq!(rows, "255|255|0");
+    assert_eq!(page_rows(&pg, &db), "255|255|0");
     let counts = fetch_counts(&site, "c");
     assert_eq!(counts.len(), 255);
     assert!(counts.values().all(|n| *n == 1), "a page was fetched twice");

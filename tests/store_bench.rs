@@ -103,18 +103,46 @@ async fn crawl_timed<S: Sink>(
     }
 }
 
-async fn postgres_run(store: &Store, site: &Site, task: &str, checkpoint: Duration) -> Run {
-    let config = config(site, task, checkpoint);
-    let seeds = config.normalized_seeds().unwrap();
-    let (sink, frontier) = PgSink::open(
+/// Opens the store's sink for assignment `assignment` of `task`, as a worker starting it does;
+/// returns it and the frontier to resume from.
+async fn open(
+    store: &Store,
+    task: &str,
+    assignment: i64,
+    seeds: &[String],
+) -> (PgSink, crawl::Frontier) {
+    PgSink::open(
         store.clone(),
-        key(task, 1),
-        &seeds,
+        key(task, assignment),
+        seeds,
         watch::channel(None).0,
         CancellationToken::new(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// The crawl of `config` from `frontier` into `sink`, cancelled once `pages` were fetched (as a
+/// move stops it); a future, so the caller may await or spawn it.
+fn crawl_until<S: Sink>(
+    config: CrawlConfig,
+    frontier: crawl::Frontier,
+    sink: S,
+    pages: u64,
+) -> impl Future<Output = Result<crawl::CrawlOutcome, crawl::CrawlError>> {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    crawl::run_from(config, Some(frontier), sink, cancel, move |p| {
+        if p.pages_fetched >= pages {
+            stop.cancel();
+        }
+    })
+}
+
+async fn postgres_run(store: &Store, site: &Site, task: &str, checkpoint: Duration) -> Run {
+    let config = config(site, task, checkpoint);
+    let seeds = config.normalized_seeds().unwrap();
+    let (sink, frontier) = open(store, task, 1, &seeds).await;
     crawl_timed(config, Some(frontier), sink).await
 }
 
@@ -174,51 +202,17 @@ async fn store_benchmarks() {
     let mut cfg = config(&site, task, Duration::from_secs(1));
     cfg.max_pages = 10_000;
     let seeds = cfg.normalized_seeds().unwrap();
-    let (sink, frontier) = PgSink::open(
-        store.clone(),
-        key(task, 1),
-        &seeds,
-        watch::channel(None).0,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    let first = crawl::run_from(cfg.clone(), Some(frontier), sink, cancel, move |p| {
-        if p.pages_fetched >= 2000 {
-            stop.cancel();
-        }
-    })
-    .await
-    .unwrap();
+    let (sink, frontier) = open(&store, task, 1, &seeds).await;
+    let first = crawl_until(cfg.clone(), frontier, sink, 2000)
+        .await
+        .unwrap();
     let moved = Instant::now();
     let hits_before = site.hits(task).len();
-    let (sink, frontier) = PgSink::open(
-        store.clone(),
-        key(task, 2),
-        &seeds,
-        watch::channel(None).0,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let (sink, frontier) = open(&store, task, 2, &seeds).await;
     let opened = moved.elapsed();
     let resumed_from = frontier.progress.pages_fetched;
     let queued = frontier.queue.len();
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    let second = tokio::spawn(crawl::run_from(
-        cfg,
-        Some(frontier),
-        sink,
-        cancel,
-        move |p| {
-            if p.pages_fetched >= 3000 {
-                stop.cancel();
-            }
-        },
-    ));
+    let second = tokio::spawn(crawl_until(cfg, frontier, sink, 3000));
     let first_new = loop {
         if let Some(h) = site.hits(task).get(hits_before) {
             break h.at.saturating_duration_since(moved);

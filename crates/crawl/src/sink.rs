@@ -10,8 +10,9 @@ use super::{error::SinkError, extract::FieldValue};
 
 /// What the crawl learned about one URL. Exactly one record per URL the crawl
 /// decided to visit, whether it was fetched, failed or was refused by
-/// `robots.txt`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `robots.txt`. `Default` (empty, at the epoch, nothing extracted) lets a test write
+/// only the fields it is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRecord {
     /// The crawl task's name.
     pub task: String,
