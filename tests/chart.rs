@@ -39,7 +39,9 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use support::{ControlPlane, pods, process::Server, site::Site, wait_for};
+use support::{
+    ControlPlane, pods, process::Server, site::Site, story::apply_crawler_resource, wait_for,
+};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/crawler-operator");
 const CHART_CRD: &str = concat!(
@@ -55,10 +57,8 @@ const POLL: Duration = Duration::from_millis(100);
 
 #[tokio::test]
 async fn helm_install_creates_every_object_with_secure_defaults() {
-    let cp = support::control_plane();
-    let ns = cp.namespace("chart-install").await;
+    let (cp, ns) = namespace_with_crd("chart-install").await;
     let ns = ns.name();
-    install_crd(cp).await;
     // Release "crawler": objects are named "<release>-<chart>-<component>". (Not the release name
     // deploy/ uses: its cluster-wide objects would clash with the dry run of deploy/ below.)
     let out = helm_install(cp, ns, "crawler", &[]).await;
@@ -697,10 +697,8 @@ async fn watch_namespace_confines_the_controller_and_places_the_workers_there() 
 /// leader, assign a task, heartbeat, read the task's cookie Secret and report progress.
 #[tokio::test]
 async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
-    let cp = support::control_plane();
-    let ns = cp.namespace("chart-run").await;
+    let (cp, ns) = namespace_with_crd("chart-run").await;
     let ns = ns.name();
-    install_crd(cp).await;
     // The default (all namespaces) install, with a selector only this test's worker Pod matches,
     // so the controller leaves other tests' objects alone.
     let selector = format!("crawler.dev/chart-test={ns}");
@@ -721,19 +719,7 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
     // The kubelet's part: a Ready worker Pod with the labels of the chart's worker template.
     let worker_deployment: Deployment = get(&admin, ns, "run-worker").await;
     let template = worker_deployment.spec.template;
-    let labels: Vec<(String, String)> = template
-        .metadata
-        .unwrap()
-        .labels
-        .unwrap()
-        .into_iter()
-        .collect();
-    let labels: Vec<(&str, &str)> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    pods::create_worker_pod(&admin, ns, "run-worker-0", &labels).await;
-    pods::set_pod_ready(&admin, ns, "run-worker-0", true, Some("10.1.0.7")).await;
+    pods::create_ready_pod_of(&admin, ns, "run-worker-0", &template, "10.1.0.7").await;
 
     let controller_deployment: Deployment = get(&admin, ns, "run-controller").await;
     let controller = run_as_chart(
@@ -745,7 +731,7 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         None,
     );
     let output = cp.dir().join(format!("{ns}-pages.jsonl"));
-    let worker_container = template.spec.unwrap().containers[0].clone();
+    let worker_container = template.spec.as_ref().unwrap().containers[0].clone();
     let worker = run_as_chart(
         cp,
         ns,
@@ -801,24 +787,13 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
     // sends the cookie, so the site proves the Secret was read), progress reported.
     create_secret(&admin, ns, "cookies").await;
     let resources: Api<CrawlerResource> = Api::namespaced(admin.clone(), ns);
-    let body = json!({
-        "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
-        "metadata": { "name": "task-test-4" },
-        "spec": {
-            "seeds": [site.seed("task-test-4")],
-            "maxDepth": 0,
-            "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
-            "cookieSecretRef": { "name": "cookies", "key": "cookie" },
-        },
+    let spec = json!({
+        "seeds": [site.seed("task-test-4")],
+        "maxDepth": 0,
+        "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
+        "cookieSecretRef": { "name": "cookies", "key": "cookie" },
     });
-    resources
-        .patch(
-            "task-test-4",
-            &PatchParams::apply("chart-test"),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
+    apply_crawler_resource(&resources, "task-test-4", spec, "chart-test").await;
     // Assigned by the controller, progress written by the worker (under its own field manager).
     // Whether the last report says Completed is the worker's business (tests/worker.rs); here any
     // report of this worker proves it may write status.
@@ -862,8 +837,7 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
 
     // The original demonstration, under the chart's identities: a second worker joins, four
     // more tasks arrive -> a 3/2 split; the first worker's Pod is deleted -> all five on the other.
-    pods::create_worker_pod(&admin, ns, "run-worker-1", &labels).await;
-    pods::set_pod_ready(&admin, ns, "run-worker-1", true, Some("10.1.0.8")).await;
+    pods::create_ready_pod_of(&admin, ns, "run-worker-1", &template, "10.1.0.8").await;
     let output_1 = cp.dir().join(format!("{ns}-pages-1.jsonl"));
     let worker_1 = run_as_chart(
         cp,
@@ -969,10 +943,8 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
 /// keeps in step with the code). The install's notes name nothing only a checkout has.
 #[tokio::test]
 async fn monitoring_objects_are_accepted_and_use_only_documented_metrics() {
-    let cp = support::control_plane();
-    let ns = cp.namespace("chart-monitoring").await;
+    let (cp, ns) = namespace_with_crd("chart-monitoring").await;
     let ns = ns.name();
-    install_crd(cp).await;
     // A link to the pinned version's directory, which kubectl would read as a file.
     let link = support::tools::cache_dir().join("prometheus-operator-crds");
     let crds = link.canonicalize().unwrap_or_else(|e| {
@@ -1217,6 +1189,16 @@ async fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
 }
 
 /// The chart's CRD, applied as docs/install.md tells users to (idempotent), and served.
+/// The suite's control plane, a fresh namespace named after `prefix` and the chart's CRD
+/// installed: where a test that installs the chart starts. (No `#[track_caller]` needed:
+/// [`support::control_plane`] picks the suite by file, and this is in the suite's file.)
+async fn namespace_with_crd(prefix: &str) -> (&'static ControlPlane, support::TestNamespace) {
+    let cp = support::control_plane();
+    let ns = cp.namespace(prefix).await;
+    install_crd(cp).await;
+    (cp, ns)
+}
+
 async fn install_crd(cp: &ControlPlane) {
     kubectl(
         cp,
@@ -1473,10 +1455,8 @@ fn cookies(site: &Site) -> Vec<String> {
 
 #[tokio::test]
 async fn the_chart_runs_the_worker_with_the_postgres_sink_from_a_secret() {
-    let cp = support::control_plane();
-    let ns = cp.namespace("chart-pg").await;
+    let (cp, ns) = namespace_with_crd("chart-pg").await;
     let ns = ns.name();
-    install_crd(cp).await;
     let url = support::postgres::shared().database("chart");
     helm_install(
         cp,

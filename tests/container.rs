@@ -24,9 +24,9 @@ use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Container, ServiceAccount},
 };
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::{ControlPlane, pods, site::Site, wait_for};
+use support::{ControlPlane, pods, site::Site, story::apply_crawler_resource, wait_for};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const BOUND: Duration = Duration::from_secs(60);
@@ -65,19 +65,7 @@ async fn the_image_runs_the_charts_controller_and_worker_in_podman() {
     // The kubelet's part: a Ready worker Pod with the labels of the chart's template.
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
     let worker_template = deployments.get("ctr-worker").await.unwrap().spec.template;
-    let labels: Vec<(String, String)> = worker_template
-        .metadata
-        .unwrap()
-        .labels
-        .unwrap()
-        .into_iter()
-        .collect();
-    let labels: Vec<(&str, &str)> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    pods::create_worker_pod(&admin, ns, "ctr-worker-0", &labels).await;
-    pods::set_pod_ready(&admin, ns, "ctr-worker-0", true, Some("127.0.0.1")).await;
+    pods::create_ready_pod_of(&admin, ns, "ctr-worker-0", &worker_template, "127.0.0.1").await;
     let worker_pod = worker_template.spec.unwrap();
     let controller_pod = deployments
         .get("ctr-controller")
@@ -167,23 +155,12 @@ async fn the_image_runs_the_charts_controller_and_worker_in_podman() {
     // libc files (here through /etc/hosts, which the runtime mounts as a kubelet does).
     let seed = site.seed("task-test-4").replace("127.0.0.1", "localhost");
     let resources: Api<CrawlerResource> = Api::namespaced(admin.clone(), ns);
-    let body = json!({
-        "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
-        "metadata": { "name": "task-test-4" },
-        "spec": {
-            "seeds": [seed],
-            "maxDepth": 1,
-            "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
-        },
+    let spec = json!({
+        "seeds": [seed],
+        "maxDepth": 1,
+        "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
     });
-    resources
-        .patch(
-            "task-test-4",
-            &PatchParams::apply("container-test"),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
+    apply_crawler_resource(&resources, "task-test-4", spec, "container-test").await;
     wait_for(
         "the task assigned, crawled and reported",
         BOUND,
@@ -217,41 +194,20 @@ async fn the_image_runs_the_charts_controller_and_worker_in_podman() {
     );
 
     // The probes the chart's Deployments use, answered from inside the containers.
-    assert_eq!(
-        http_get(controller_probes, "/healthz").await,
-        (200, "ok".to_owned())
-    );
-    assert_eq!(
-        http_get(controller_probes, "/readyz").await,
-        (200, "ok".to_owned())
-    );
+    assert_probes_ok(controller_probes).await;
     assert_eq!(
         http_get(controller_probes, "/metrics").await.0,
         404,
         "metrics only on the metrics port"
     );
-    let (code, body) = http_get(controller_metrics, "/metrics").await;
-    assert_eq!(code, 200);
-    assert!(body.contains("crawler_controller_leader 1"), "{body}");
+    assert_metrics_contain(controller_metrics, "crawler_controller_leader 1").await;
     assert_eq!(
         http_get(controller_metrics, "/healthz").await.0,
         404,
         "probes only on the probe port"
     );
-    assert_eq!(
-        http_get(worker_metrics, "/healthz").await,
-        (200, "ok".to_owned())
-    );
-    assert_eq!(
-        http_get(worker_metrics, "/readyz").await,
-        (200, "ok".to_owned())
-    );
-    let (code, body) = http_get(worker_metrics, "/metrics").await;
-    assert_eq!(code, 200);
-    assert!(
-        body.contains("crawler_worker_pages_fetched_total"),
-        "{body}"
-    );
+    assert_probes_ok(worker_metrics).await;
+    assert_metrics_contain(worker_metrics, "crawler_worker_pages_fetched_total").await;
 
     // SIGTERM, as the kubelet sends it: the controller releases its Lease and exits 0; so does
     // the worker with its heartbeat.
@@ -611,6 +567,20 @@ async fn http_get(port: u16, path: &str) -> (u16, String) {
         support::raw_http::get(&addr, path)
     })
     .await
+}
+
+/// `/healthz` and `/readyz` on `port` both answer 200 `ok`, as the chart's probes expect.
+async fn assert_probes_ok(port: u16) {
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http_get(port, path).await, (200, "ok".to_owned()), "{path}");
+    }
+}
+
+/// `/metrics` on `port` answers 200 with a body containing `expected`.
+async fn assert_metrics_contain(port: u16, expected: &str) {
+    let (code, body) = http_get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains(expected), "{body}");
 }
 
 fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {

@@ -1,7 +1,7 @@
 //! The kubelet's part. There is no kubelet (nor scheduler) in the test control plane, so tests
 //! create worker Pods already bound to a node and set their status themselves, as envtest users do.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -34,6 +34,28 @@ pub async fn create_worker_pod(
         .create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("creating Pod {ns}/{name}: {e}"))
+}
+
+/// Plays the kubelet for a Pod of a chart's worker Deployment: creates Pod `name` with the labels
+/// of the Deployment's `template` (what the controller selects workers by) and reports it ready
+/// at `ip`.
+pub async fn create_ready_pod_of(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    template: &PodTemplateSpec,
+    ip: &str,
+) -> Pod {
+    let labels: Vec<(&str, &str)> = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .expect("the Pod template has labels")
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    create_worker_pod(client, ns, name, &labels).await;
+    set_pod_ready(client, ns, name, true, Some(ip)).await
 }
 
 /// Writes what a kubelet would through the status subresource: phase `Running`, a `Ready`

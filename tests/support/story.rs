@@ -349,20 +349,7 @@ impl Story {
     }
 
     pub async fn apply_resource(&self, name: &str, spec: serde_json::Value) {
-        let body = json!({
-            "apiVersion": "crawler.dev/v1alpha1",
-            "kind": "CrawlerResource",
-            "metadata": { "name": name },
-            "spec": spec,
-        });
-        self.api()
-            .patch(
-                name,
-                &PatchParams::apply("kubectl-test"),
-                &Patch::Apply(&body),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+        apply_crawler_resource(&self.api(), name, spec, "kubectl-test").await;
     }
 
     /// Sets `spec.suspend` of `name` (a merge patch, as `kubectl patch` sends), the user's way to
@@ -476,6 +463,25 @@ impl Story {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Applies `CrawlerResource` `name` with `spec` server-side as field manager `manager`, as
+/// `kubectl apply` does: for tests without a [`Story`] (the chart's and the container's).
+pub async fn apply_crawler_resource(
+    api: &Api<CrawlerResource>,
+    name: &str,
+    spec: serde_json::Value,
+    manager: &str,
+) {
+    let body = json!({
+        "apiVersion": "crawler.dev/v1alpha1",
+        "kind": "CrawlerResource",
+        "metadata": { "name": name },
+        "spec": spec,
+    });
+    api.patch(name, &PatchParams::apply(manager), &Patch::Apply(&body))
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
 }
 
 /// The opening most single-worker scenarios share: the test site, and a story named `prefix` in
