@@ -953,17 +953,7 @@ async fn monitoring_objects_are_accepted_and_use_only_documented_metrics() {
             link.display()
         )
     });
-    kubectl(
-        cp,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            crds.to_str().unwrap(),
-        ],
-    )
-    .await;
+    apply_server_side(cp, crds.to_str().unwrap()).await;
     for crd in ["servicemonitors", "prometheusrules"] {
         kubectl(
             cp,
@@ -1199,18 +1189,18 @@ async fn namespace_with_crd(prefix: &str) -> (&'static ControlPlane, support::Te
     (cp, ns)
 }
 
-async fn install_crd(cp: &ControlPlane) {
+/// `kubectl apply --server-side --force-conflicts -f path`: how the tests install CRDs, as
+/// `helm` and a user re-applying them after an upgrade would.
+async fn apply_server_side(cp: &ControlPlane, path: &str) -> String {
     kubectl(
         cp,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            CHART_CRD,
-        ],
+        &["apply", "--server-side", "--force-conflicts", "-f", path],
     )
-    .await;
+    .await
+}
+
+async fn install_crd(cp: &ControlPlane) {
+    apply_server_side(cp, CHART_CRD).await;
     kubectl(
         cp,
         &[

@@ -13,17 +13,18 @@ use support::{
     wait_for,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_heartbeat_lease_is_owned_by_its_pod_and_keeps_its_owner_when_released() {
-    let mut story = Story::new("heartbeat-owner").await;
+/// Pod `worker-1` ready and its worker started with the Pod's UID (as the downward API gives
+/// it); waits for its heartbeat Lease. Returns the Pod's UID and the Lease.
+async fn start_worker_1_with_its_uid(story: &mut Story) -> (String, Lease) {
     story.ready_worker("worker-1").await;
-    let pod = Api::<Pod>::namespaced(story.client.clone(), story.ns())
+    let uid = Api::<Pod>::namespaced(story.client.clone(), story.ns())
         .get("worker-1")
         .await
-        .expect("the worker Pod");
-    let uid = pod.metadata.uid.expect("a Pod UID");
+        .expect("the worker Pod")
+        .metadata
+        .uid
+        .expect("a Pod UID");
     story.start_worker_as("worker-1", None, Some(&uid));
-
     let leases = Api::<Lease>::namespaced(story.client.clone(), story.ns());
     let lease = wait_for(
         "the heartbeat Lease",
@@ -38,6 +39,14 @@ async fn the_heartbeat_lease_is_owned_by_its_pod_and_keeps_its_owner_when_releas
         },
     )
     .await;
+    (uid, lease)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_lease_is_owned_by_its_pod_and_keeps_its_owner_when_released() {
+    let mut story = Story::new("heartbeat-owner").await;
+    let (uid, lease) = start_worker_1_with_its_uid(&mut story).await;
+    let leases = Api::<Lease>::namespaced(story.client.clone(), story.ns());
     let owners = lease.metadata.owner_references.unwrap_or_default();
     println!(
         "heartbeat Lease owners: {:?}; leaseDurationSeconds {:?} for a {HEARTBEAT:?} heartbeat",
@@ -106,29 +115,8 @@ async fn the_heartbeat_lease_is_garbage_collected_with_its_pod() {
         story.cp.dir().join(format!("{}-gc.log", story.ns())),
     );
     gc.start();
-    story.ready_worker("worker-1").await;
-    let uid = Api::<Pod>::namespaced(story.client.clone(), story.ns())
-        .get("worker-1")
-        .await
-        .expect("the worker Pod")
-        .metadata
-        .uid
-        .expect("a Pod UID");
-    story.start_worker_as("worker-1", None, Some(&uid));
+    start_worker_1_with_its_uid(&mut story).await;
     let leases = Api::<Lease>::namespaced(story.client.clone(), story.ns());
-    wait_for(
-        "the heartbeat Lease",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || async {
-            leases
-                .get_opt("crawler-worker-worker-1")
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "not yet".to_owned())
-        },
-    )
-    .await;
 
     // The Pod goes as a node would lose it: the process dies without releasing (a released
     // Lease is kept too, with its owner), then the Pod object is deleted.

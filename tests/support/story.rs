@@ -522,12 +522,13 @@ pub fn handoff_stage<'a>(
     task: &'a str,
 ) -> impl Future<Output = (Site, Story)> + 'a {
     let opening = worker_1_running(prefix);
-    async move {
+    // Boxed: the stage's future is large (clippy::large_futures), and every test awaits it.
+    Box::pin(async move {
         let (site, mut story) = opening.await;
         story.crawl_on_worker_1(&site, task).await;
         story.start_worker_2().await;
         (site, story)
-    }
+    })
 }
 
 /// [`handoff_stage`] with worker-1 reaching the API server through a [`Proxy`], so the test can
@@ -538,12 +539,13 @@ pub fn handoff_stage_via_proxy<'a>(
     task: &'a str,
 ) -> impl Future<Output = (Site, Story, Proxy)> + 'a {
     let opening = worker_1_running_via_proxy(prefix);
-    async move {
+    // Boxed: the stage's future is large (clippy::large_futures), and every test awaits it.
+    Box::pin(async move {
         let (site, mut story, proxy) = opening.await;
         story.crawl_on_worker_1(&site, task).await;
         story.start_worker_2().await;
         (site, story, proxy)
-    }
+    })
 }
 
 /// Pod `worker-1` ready, then `controller-a` and the `worker-1` process started.
