@@ -660,19 +660,32 @@ async fn vacated_lease_is_taken_only_after_a_lease_duration(prefix: &str, delete
     let (mut a, mut b) = leader_and_standby(a, cp.client(), ns.name()).await;
     let leases = Api::<Lease>::namespaced(cp.client(), ns.name());
 
-    let vacated = Instant::now();
+    // When the write that vacates the Lease was sent (the last attempt's, when it is retried).
+    let mut vacated = Instant::now();
     if delete {
         leases
             .delete(LEASE_NAME, &kube::api::DeleteParams::default())
             .await
             .expect("deleting the Lease");
     } else {
-        let mut lease = leases.get(LEASE_NAME).await.expect("reading the Lease");
-        lease.spec.as_mut().expect("a spec").holder_identity = None;
-        leases
-            .replace(LEASE_NAME, &PostParams::default(), &lease)
-            .await
-            .expect("clearing the holder by hand");
+        // As `kubectl edit` would: read, clear, write; the leader renews every RETRY, so a
+        // write can meet a renewal (409) and is then made again on a fresh read.
+        let mut attempts = 0;
+        loop {
+            let mut lease = leases.get(LEASE_NAME).await.expect("reading the Lease");
+            lease.spec.as_mut().expect("a spec").holder_identity = None;
+            vacated = Instant::now();
+            match leases
+                .replace(LEASE_NAME, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => break,
+                Err(kube::Error::Api(status)) if status.code == 409 && attempts < 10 => {
+                    attempts += 1;
+                }
+                Err(e) => panic!("clearing the holder by hand: {e}"),
+            }
+        }
     }
     let lost = a.loses_within(RETRY + SLACK).await;
     let (who, since) = first_to_lead(&mut a, &mut b, LEASE + RETRY * 2 + SLACK).await;
