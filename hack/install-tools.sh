@@ -3,7 +3,10 @@
 #
 #   hack/install-tools.sh [TOOL...]     TOOL: etcd kube-apiserver kubectl kube-controller-manager
 #                                             kube-scheduler helm kwok   (default: the test set:
-#                                             etcd kube-apiserver kubectl)
+#                                             etcd kube-apiserver kubectl). etcd, kube-*,
+#                                             kubectl and helm are links to one multi-call
+#                                             binary, <dir>/cluster-tools (hack/tools/cluster),
+#                                             built once for all of them
 #                                       mold: Debian's mold linker (apt-get install mold, when
 #                                             missing), which hack/link-gcc links with
 #                                       postgres: Debian's PostgreSQL server (apt-get install
@@ -117,6 +120,30 @@ install_mold() {
   echo "install-tools: installed mold in $((SECONDS - start))s" >&2
 }
 
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and helm are one
+# multi-call binary, <dir>/cluster-tools (hack/tools/cluster: the packages they share compile
+# once, the binary links once); <dir>/<tool> is a link to it, and the name it is called by picks
+# the tool.
+multicall() {
+  case $1 in etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|helm) return 0 ;; esac
+  return 1
+}
+
+build_cluster_tools() {
+  local out="$dir/cluster-tools"
+  # `make test` runs `make tools` and `make chart-tools` side by side: one builds, the other waits.
+  exec 9>"$dir/.cluster-tools.lock"
+  flock 9
+  if [[ ! -x $out ]]; then
+    local tmp="$out.tmp.$$"
+    build "cluster-tools (etcd v$ETCD_VERSION, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl v$KUBE_VERSION, helm v$HELM_VERSION)" "$out" \
+      bash -c 'cd "$1" && go build -o "$2" -ldflags "$3" .' _ "$here/tools/cluster" "$tmp" \
+      "$(kube_ldflags) -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION"
+    mv "$tmp" "$out"
+  fi
+  exec 9>&-
+}
+
 for tool in "${tools[@]}"; do
   if [[ $tool == postgres ]]; then install_postgres; continue; fi
   if [[ $tool == mold ]]; then install_mold; continue; fi
@@ -127,6 +154,15 @@ for tool in "${tools[@]}"; do
     continue
   fi
   out="$dir/$tool"
+  if multicall "$tool"; then
+    # A binary of its own from an older cache layout is replaced by the link.
+    if [[ ! -L $out || $(readlink "$out") != cluster-tools || ! -x $dir/cluster-tools ]]; then
+      build_cluster_tools
+      ln -sfn cluster-tools "$out"
+    fi
+    echo "install-tools: $tool cached at $out (-> cluster-tools)" >&2
+    continue
+  fi
   # Tools whose pin is not part of the directory's name: the file name carries it, and
   # <dir>/<tool> links to the pinned one.
   link=""
@@ -146,25 +182,11 @@ for tool in "${tools[@]}"; do
   fi
   tmp="$out.tmp.$$"
   case $tool in
-    kube-apiserver|kubectl|kube-controller-manager|kube-scheduler)
-      pkg=k8s.io/kubernetes/cmd/$tool
-      build "$tool v$KUBE_VERSION" "$out" \
-        bash -c 'cd "$1" && go build -o "$2" -ldflags "$3" "$4"' _ \
-        "$here/tools/kubernetes" "$tmp" "$(kube_ldflags)" "$pkg" ;;
-    etcd)
-      build "etcd v$ETCD_VERSION" "$out" \
-        bash -c 'cd "$1" && go build -o "$2" -ldflags "-s -w" .' _ "$here/tools/etcd" "$tmp" ;;
-    helm)
-      gobin=$(mktemp -d)
-      build "helm v$HELM_VERSION" "$out" \
-        env GOBIN="$gobin" go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" \
-        "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
-      mv "$gobin/helm" "$tmp"; rmdir "$gobin" ;;
     kwok)
-      gobin=$(mktemp -d)
+      # Same module as cluster-tools, so the packages they share come from Go's build cache; a
+      # binary of its own, so that `make test` (which needs no kwok) does not compile it.
       build "kwok v$KWOK_VERSION" "$out" \
-        env GOBIN="$gobin" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
-      mv "$gobin/kwok" "$tmp"; rmdir "$gobin" ;;
+        bash -c 'cd "$1" && go build -o "$2" -ldflags "-s -w" ./kwok' _ "$here/tools/cluster" "$tmp" ;;
     helm-docs)
       gobin=$(mktemp -d)
       build "helm-docs v$HELM_DOCS_VERSION" "$out" \
