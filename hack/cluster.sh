@@ -33,7 +33,7 @@ install_tools() {
     return
   fi
   say "building ${missing[*]} from the Go module proxy into $TOOLS"
-  note "first time on a fresh machine: 10-15 minutes on 2 cores (kube-apiserver alone ~5 min),"
+  note "first time on a fresh machine: about 12 minutes on 2 cores (one binary for all but kwok),"
   note "plus a few GB of Go module and build cache; cached afterwards, later runs skip this step"
   "$demo_repo/hack/install-tools.sh" "${CLUSTER_TOOLS[@]}" "$@" 2>&1 | grep --line-buffered -v ' cached at ' | sed -u 's/^/    /'
 }

@@ -82,6 +82,17 @@ build() { # name, out, command...
   echo "install-tools: built $name in $((SECONDS - start))s -> $out" >&2
 }
 
+# apt-get install PACKAGE... (Debian, Ubuntu), as root or through sudo. The lock timeout lets
+# two installs that `make -j` starts side by side take turns instead of failing.
+apt_install() {
+  local sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  local start=$SECONDS
+  echo "install-tools: installing Debian's $* (apt-get)" >&2
+  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >/dev/null
+  echo "install-tools: installed $* in $((SECONDS - start))s" >&2
+}
+
 install_postgres() {
   if [[ -n ${CRAWLER_PG_BIN:-} ]]; then
     [[ -x $CRAWLER_PG_BIN/postgres ]] || { echo "install-tools: CRAWLER_PG_BIN=$CRAWLER_PG_BIN has no postgres binary" >&2; exit 1; }
@@ -93,13 +104,8 @@ install_postgres() {
     return
   fi
   command -v apt-get >/dev/null 2>&1 || { echo "install-tools: postgres needs apt-get (Debian/Ubuntu), or CRAWLER_PG_BIN pointing at a PostgreSQL bin directory" >&2; exit 1; }
-  local sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
-  local start=$SECONDS
-  echo "install-tools: installing Debian's postgresql (apt-get)" >&2
-  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
   # The cluster Debian creates and starts is not used: tests and the demo run their own servers.
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq postgresql >/dev/null
-  echo "install-tools: installed postgresql in $((SECONDS - start))s" >&2
+  apt_install postgresql
 }
 
 install_mold() {
@@ -112,12 +118,7 @@ install_mold() {
     echo "install-tools: no apt-get to install mold; links use the default linker (slower)" >&2
     return
   fi
-  local sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
-  local start=$SECONDS
-  echo "install-tools: installing Debian's mold linker (apt-get)" >&2
-  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq mold >/dev/null
-  echo "install-tools: installed mold in $((SECONDS - start))s" >&2
+  apt_install mold
 }
 
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and helm are one

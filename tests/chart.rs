@@ -44,10 +44,6 @@ use support::{
 };
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/crawler-operator");
-const CHART_CRD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/charts/crawler-operator/crds/crawlerresources.crawler.dev.yaml"
-);
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 const BOUND: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
@@ -1200,17 +1196,9 @@ async fn apply_server_side(cp: &ControlPlane, path: &str) -> String {
 }
 
 async fn install_crd(cp: &ControlPlane) {
-    apply_server_side(cp, CHART_CRD).await;
-    kubectl(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/crawlerresources.crawler.dev",
-        ],
-    )
-    .await;
+    for args in support::KUBECTL_INSTALL_CRD {
+        kubectl(cp, args).await;
+    }
     let api: Api<CrawlerResource> = Api::all(cp.client());
     wait_for("CrawlerResources to be served", BOUND, POLL, || async {
         api.list(&ListParams::default().limit(1)).await.map(|_| ())

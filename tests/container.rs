@@ -600,20 +600,9 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
 }
 
 fn install_crd(cp: &ControlPlane) {
-    let crd = format!("{ROOT}/charts/crawler-operator/crds/crawlerresources.crawler.dev.yaml");
-    kubectl(
-        cp,
-        &["apply", "--server-side", "--force-conflicts", "-f", &crd],
-    );
-    kubectl(
-        cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/crawlerresources.crawler.dev",
-        ],
-    );
+    for args in support::KUBECTL_INSTALL_CRD {
+        kubectl(cp, args);
+    }
 }
 
 /// `helm install ctr charts/crawler-operator -n <ns> --set ...` (the chart's service accounts,

@@ -99,6 +99,30 @@ pub fn control_plane() -> &'static ControlPlane {
     }
 }
 
+/// The chart's copy of the CRD: what docs/install.md tells users to apply.
+pub const CHART_CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/charts/crawler-operator/crds/crawlerresources.crawler.dev.yaml"
+);
+
+/// `kubectl` arguments that apply the chart's CRD as users do (server-side, idempotent), then
+/// wait until it is Established: the tests that install the chart run both, in this order.
+pub const KUBECTL_INSTALL_CRD: [&[&str]; 2] = [
+    &[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        CHART_CRD,
+    ],
+    &[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/crawlerresources.crawler.dev",
+    ],
+];
+
 /// The suites (file names in `tests/`) that get a control plane of their own from
 /// [`control_plane`], and why they may not share one.
 pub const OWN_CONTROL_PLANE: &[(&str, &str)] = &[
