@@ -28,9 +28,27 @@ use support::{
     story::{BOUND, Election, LEASE, POLL, Story, WORKER_LABEL, worker_1_running},
     wait_for,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-static SERIAL: Mutex<()> = Mutex::const_new(());
+/// The scenarios share one control plane. The one that restarts etcd and the API server runs
+/// alone (a writer); the others run side by side (readers): each has its own namespace, workers
+/// and proxies, and the judges count per scenario. A soak runs every scenario alone.
+static SHARED: RwLock<()> = RwLock::const_new(());
+
+#[allow(dead_code)] // the guards are held until the scenario ends, never read
+enum Turn {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
+/// A scenario's turn on the control plane: beside the others, except under a soak.
+async fn beside_others() -> Turn {
+    if soak() {
+        Turn::Alone(SHARED.write().await)
+    } else {
+        Turn::Shared(SHARED.read().await)
+    }
+}
 
 fn soak() -> bool {
     std::env::var("CRAWLER_SOAK").is_ok_and(|v| v == "1")
@@ -248,7 +266,7 @@ async fn leader_cycles(mut story: Story, cycles: usize) -> LeaderShard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_and_paused_in_cycles_while_resources_come_and_go() {
-    let _serial = SERIAL.lock().await;
+    let _turn = beside_others().await;
     let started = Instant::now();
     let shards: Vec<LeaderShard> = if soak() {
         let (total, n) = (soak_cycles("CRAWLER_SOAK_LEADER_CYCLES", 1000), shards());
@@ -400,7 +418,7 @@ async fn freeze_cycles(mut story: Story, cycles: usize) -> FreezeShard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_frozen_silently_in_cycles_while_their_tasks_move() {
-    let _serial = SERIAL.lock().await;
+    let _turn = beside_others().await;
     let started = Instant::now();
     let shards: Vec<FreezeShard> = if soak() {
         let (total, n) = (soak_cycles("CRAWLER_SOAK_FREEZE_CYCLES", 100), shards());
@@ -438,7 +456,7 @@ async fn workers_frozen_silently_in_cycles_while_their_tasks_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_and_etcd_restarted_mid_flight() {
-    let _serial = SERIAL.lock().await;
+    let _turn = SHARED.write().await;
     let started = Instant::now();
     let site = Site::start().await;
     let mut story = Story::new("restart").await;
@@ -499,7 +517,7 @@ async fn api_server_and_etcd_restarted_mid_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_churn_pods_readiness_and_heartbeats() {
-    let _serial = SERIAL.lock().await;
+    let _turn = beside_others().await;
     let started = Instant::now();
     let steps = if soak() { 120 } else { 12 };
     let mut story = Story::new("churn").await;
@@ -586,7 +604,7 @@ async fn worker_churn_pods_readiness_and_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_target_does_not_stall_the_other_tasks_of_its_worker() {
-    let _serial = SERIAL.lock().await;
+    let _turn = beside_others().await;
     let (site, story) = worker_1_running("slow").await;
     story
         .apply_resource("slow", json!({ "seeds": [site.slow_seed("slow")], "maxDepth": 5, "rateLimit": { "requestsPerSecond": 20 } }))
@@ -613,7 +631,7 @@ async fn a_slow_target_does_not_stall_the_other_tasks_of_its_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corpus_of_invalid_resources_is_refused_with_messages_naming_the_field() {
-    let _serial = SERIAL.lock().await;
+    let _turn = beside_others().await;
     let story = Story::new("corpus").await;
     let corpus = invalid_specs();
     let resource = ApiResource::erase::<crawler_operator::crd::CrawlerResource>(&());
