@@ -130,8 +130,23 @@ multicall() {
   return 1
 }
 
+# hack/versions.env names the versions (and the cache directory); hack/tools/cluster/go.mod is
+# what Go builds. They must agree, or the cache would hold other versions than its name says.
+check_cluster_pins() {
+  local mod="$here/tools/cluster/go.mod" want
+  for want in "k8s.io/kubernetes v$KUBE_VERSION" "go.etcd.io/etcd/server/v3 v$ETCD_VERSION" \
+              "helm.sh/helm/v4 v$HELM_VERSION" "sigs.k8s.io/kwok v$KWOK_VERSION"; do
+    if ! grep -qE "^[[:space:]]+${want//./\\.}( |$)" "$mod"; then
+      echo "install-tools: hack/versions.env and hack/tools/cluster/go.mod disagree: go.mod does not require '$want'." >&2
+      echo "  Change both: 'go get ${want/ v/@v}' in hack/tools/cluster, then 'go mod tidy'." >&2
+      exit 1
+    fi
+  done
+}
+
 build_cluster_tools() {
   local out="$dir/cluster-tools"
+  check_cluster_pins
   # `make test` runs `make tools` and `make chart-tools` side by side: one builds, the other waits.
   exec 9>"$dir/.cluster-tools.lock"
   flock 9
@@ -186,6 +201,7 @@ for tool in "${tools[@]}"; do
     kwok)
       # Same module as cluster-tools, so the packages they share come from Go's build cache; a
       # binary of its own, so that `make test` (which needs no kwok) does not compile it.
+      check_cluster_pins
       build "kwok v$KWOK_VERSION" "$out" \
         bash -c 'cd "$1" && go build -o "$2" -ldflags "-s -w" ./kwok' _ "$here/tools/cluster" "$tmp" ;;
     helm-docs)
