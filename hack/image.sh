@@ -38,14 +38,8 @@ install_podman() {
     return
   fi
   echo "image: podman or runc is missing; installing them from Debian's packages (apt-get)" >&2
-  local sudo=()
-  [[ $(id -u) == 0 ]] || sudo=(sudo)
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "image: no apt-get here: install podman (>= 4) and runc with your package manager" >&2
-    exit 1
-  fi
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq podman runc >/dev/null
+  # One lock with every other apt-get of the project (make -j runs the tool installs beside this).
+  hack/apt-install.sh podman runc
 }
 
 # containers.conf: the sandbox refuses setrlimit, so no default ulimits.

@@ -82,16 +82,9 @@ build() { # name, out, command...
   echo "install-tools: built $name in $((SECONDS - start))s -> $out" >&2
 }
 
-# apt-get install PACKAGE... (Debian, Ubuntu), as root or through sudo. The lock timeout lets
-# two installs that `make -j` starts side by side take turns instead of failing.
-apt_install() {
-  local sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
-  local start=$SECONDS
-  echo "install-tools: installing Debian's $* (apt-get)" >&2
-  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$@" >/dev/null
-  echo "install-tools: installed $* in $((SECONDS - start))s" >&2
-}
+# Debian packages go through hack/apt-install.sh: one lock for every apt-get of the project, so
+# the installs that `make -j` starts side by side (mold here, podman for the image) take turns.
+apt_install() { "$here/apt-install.sh" "$@"; }
 
 install_postgres() {
   if [[ -n ${CRAWLER_PG_BIN:-} ]]; then
