@@ -506,3 +506,66 @@ async fn bad_worker_selectors_are_refused_by_the_api_server_naming_the_field() {
         .await;
     assert!(fine.is_ok(), "{fine:?}");
 }
+
+/// Room freed by a move is offered to what waits for it (issue 21, item 5), as a user met it:
+/// worker-1 (capacity 1) runs r1; r2, which may only run on worker-1, is `Unschedulable`; r1's
+/// selector changes so that it moves to worker-2. r2 must be placed on worker-1 at once, not at
+/// the next unrelated Pod event nor at the controller's 30 s safety resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_freed_by_a_move_goes_to_the_resource_waiting_for_it() {
+    let mut story = Story::new("room").await;
+    story.worker("worker-1", &[("zone", "a")]).await;
+    story.worker("worker-2", &[("zone", "b")]).await;
+    kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(story.client.clone(), story.ns())
+        .patch(
+            "worker-1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({ "metadata": { "annotations": { "crawler.dev/capacity": "1" } } }),
+            ),
+        )
+        .await
+        .unwrap();
+    story.start_controller("controller-a");
+    story.wait_for_leader("controller-a").await;
+    let spec = |zone: &str| {
+        json!({
+            "seeds": ["https://books.example.org/tag/"],
+            "workerSelector": { "matchLabels": { "zone": zone } },
+        })
+    };
+    story.apply_resource("r1", spec("a")).await;
+    story.assert_assigned("r1", "worker-1").await;
+    story.apply_resource("r2", spec("a")).await;
+    let api = story.api();
+    wait_for("r2 unschedulable", BOUND, POLL, || async {
+        let r = api.get("r2").await.map_err(|e| e.to_string())?;
+        match r.status.and_then(|s| s.phase) {
+            Some(Phase::Unschedulable) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    story.apply_resource("r1", spec("b")).await;
+    story.assert_assigned("r1", "worker-2").await;
+    let moved = std::time::Instant::now();
+    // Well under the 30 s resync: only the freed room can have placed it this soon.
+    wait_for(
+        "r2 placed on worker-1",
+        Duration::from_secs(5),
+        POLL,
+        || async {
+            let r = api.get("r2").await.map_err(|e| e.to_string())?;
+            match support::story::assigned_worker(&r) {
+                Some(w) if w == "worker-1" => Ok(()),
+                other => Err(format!("{other:?} ({:?})", r.status.map(|s| s.phase))),
+            }
+        },
+    )
+    .await;
+    println!(
+        "room: r2 placed {:?} after r1's move was seen",
+        moved.elapsed()
+    );
+}

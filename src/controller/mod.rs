@@ -388,29 +388,53 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
 async fn expire_heartbeats(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_resync = Instant::now();
     loop {
         tick.tick().await;
-        let successors = ctx.index.lock().successors_due(Instant::now());
-        if !successors.is_empty() && ctx.leadership.borrow().is_leading_now() {
+        let now = Instant::now();
+        let resync = now.duration_since(last_resync) >= WAITING_RESYNC;
+        let (successors, freed) = {
+            let mut index = ctx.index.lock();
+            let successors = index.successors_due(now);
+            // Room freed anywhere since the last tick is offered to what waits for it; and, as a
+            // safety net for any path that frees room without changing a load (a worker's
+            // capacity or labels seen late, say), every waiting resource now and then.
+            let mut freed = index.room_freed();
+            if resync && index.synced() {
+                freed = index.all_waiting();
+            }
+            (successors, freed)
+        };
+        if resync {
+            last_resync = now;
+        }
+        if ctx.leadership.borrow().is_leading_now() {
             ctx.queue.add_all(successors);
+            ctx.queue.add_all(freed);
         }
         let due = ctx.index.lock().heartbeats_due(Instant::now());
         if due.is_empty() {
             continue;
         }
-        let reads = due.into_iter().map(|(namespace, pod)| {
-            let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
-            async move {
-                let read = tokio::time::timeout(
-                    HEARTBEAT_READ_TIMEOUT,
-                    api.get_opt(&heartbeat::lease_name(&pod)),
-                )
-                .await;
-                // A renewal the read shows was sent before it was answered.
-                (namespace, pod, Instant::now(), read)
-            }
-        });
-        for (namespace, pod, answered, read) in futures::future::join_all(reads).await {
+        // Each read is judged as soon as it answers, against the renewal it was due on (see
+        // `Index::confirm_heartbeat`): a slow read never holds back the verdict on the others.
+        let mut reads: futures::stream::FuturesUnordered<_> = due
+            .into_iter()
+            .map(|due| {
+                let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &due.namespace);
+                async move {
+                    let read = tokio::time::timeout(
+                        HEARTBEAT_READ_TIMEOUT,
+                        api.get_opt(&heartbeat::lease_name(&due.pod)),
+                    )
+                    .await;
+                    // A renewal the read shows was sent before it was answered.
+                    (due, Instant::now(), read)
+                }
+            })
+            .collect();
+        while let Some((due, answered, read)) = futures::StreamExt::next(&mut reads).await {
+            let (namespace, pod) = (&due.namespace, &due.pod);
             let lease = match read {
                 Ok(Ok(lease)) => lease,
                 Ok(Err(e)) => {
@@ -422,16 +446,20 @@ async fn expire_heartbeats(ctx: Arc<Context>) {
                     continue;
                 }
             };
-            let keys =
-                ctx.index
-                    .lock()
-                    .confirm_heartbeat(&namespace, &pod, lease.as_ref(), answered);
+            let keys = ctx
+                .index
+                .lock()
+                .confirm_heartbeat(&due, lease.as_ref(), answered);
             if !keys.is_empty() && ctx.leadership.borrow().is_leading_now() {
                 ctx.queue.add_all(keys);
             }
         }
     }
 }
+
+/// How often every resource waiting for a worker is planned again, whatever changed: a safety
+/// net under the event-driven paths (planning one whose status is right writes nothing).
+const WAITING_RESYNC: Duration = Duration::from_secs(30);
 
 /// Bound on the read that confirms a heartbeat's expiry.
 const HEARTBEAT_READ_TIMEOUT: Duration = Duration::from_secs(2);

@@ -42,7 +42,26 @@ use self::{
         Heartbeat, WorkerEntry, effective_readiness, triggers_for_worker_change, worker_from_pod,
     },
 };
-pub use self::{status::Reason, workers::CAPACITY_ANNOTATION};
+pub use self::{
+    status::Reason,
+    workers::{CAPACITY_ANNOTATION, DueHeartbeat},
+};
+
+/// Where a resource counted, and for how much: compared before and after a change to tell
+/// whether it freed room.
+struct Counted {
+    worker: Option<String>,
+    weight: Load,
+}
+
+impl Counted {
+    fn of(entry: &ResourceEntry) -> Self {
+        Self {
+            worker: entry.effective_worker().map(str::to_owned),
+            weight: entry.weight,
+        }
+    }
+}
 
 /// A resource, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,6 +185,11 @@ struct Namespace {
     /// Sum of the weights of the resources whose effective worker is the key. Maintained only by
     /// `put_resource` / `remove_resource`, so it always equals that sum (see `check_loads`).
     loads: HashMap<String, Load>,
+    /// Some worker's load went down since [`Index::room_freed`] last looked (a resource left it,
+    /// moved off it, got lighter, or a decision counted on it was forgotten): the resources
+    /// waiting for room may fit now. Set where loads change, so no path that frees room can
+    /// forget to offer it.
+    room_freed: bool,
 }
 
 /// Everything the controller knows; see the module documentation.
@@ -472,6 +496,29 @@ impl Index {
         keys
     }
 
+    /// The resources waiting for room in every namespace where some worker's load went down since
+    /// the last call (see [`Namespace::room_freed`]): the controller queues them, so room freed by
+    /// a deletion, a move, a handoff, a rebalance, a lighter spec or a forgotten decision is
+    /// offered at once to what waits for it.
+    pub fn room_freed(&mut self) -> Vec<Key> {
+        let mut keys = Vec::new();
+        for (ns_name, ns) in &mut self.namespaces {
+            if std::mem::take(&mut ns.room_freed) {
+                keys.extend(ns.waiting(ns_name));
+            }
+        }
+        keys
+    }
+
+    /// Every resource waiting for a worker, in every namespace: the controller's periodic safety
+    /// resync queues them (planning one whose status is right writes nothing).
+    pub fn all_waiting(&self) -> Vec<Key> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns_name, ns)| ns.waiting(ns_name))
+            .collect()
+    }
+
     /// The resource watch (re)listed: replace every resource. Returns the resources to reconcile.
     #[cfg(any(test, feature = "bench"))]
     pub fn reset_resources(&mut self, resources: &[CrawlerResource]) -> Vec<Key> {
@@ -754,11 +801,8 @@ impl Index {
 
     /// The write of a decision failed: forget it, so the load is what the resources say again.
     pub fn forget(&mut self, key: &Key) {
-        if let Some(ns) = self.namespaces.get_mut(&key.namespace)
-            && let Some(mut entry) = ns.remove_resource(&key.name)
-        {
-            entry.assumed = None;
-            ns.put_resource(key.name.clone(), entry);
+        if let Some(ns) = self.namespaces.get_mut(&key.namespace) {
+            ns.change_resource(&key.name, |entry| entry.assumed = None);
         }
     }
 
@@ -909,7 +953,23 @@ impl Namespace {
     }
 
     fn put_resource(&mut self, name: String, entry: ResourceEntry) {
-        self.remove_resource(&name);
+        let before = self.take_resource(&name);
+        self.insert_resource(name, entry, before.as_ref().map(Counted::of));
+    }
+
+    /// Changes a resource in place (its load moved accordingly).
+    fn change_resource(&mut self, name: &str, change: impl FnOnce(&mut ResourceEntry)) {
+        if let Some(mut entry) = self.take_resource(name) {
+            let before = Counted::of(&entry);
+            change(&mut entry);
+            self.insert_resource(name.to_owned(), entry, Some(before));
+        }
+    }
+
+    /// Adds a resource taken out by [`Namespace::take_resource`] (`before`: where it counted
+    /// then) and its weight to its worker's load; notes the room freed if it counted for less,
+    /// or elsewhere.
+    fn insert_resource(&mut self, name: String, entry: ResourceEntry, before: Option<Counted>) {
         if let Some(w) = entry.effective_worker() {
             let load = self.loads.entry(w.to_owned()).or_default();
             *load += entry.weight;
@@ -917,10 +977,29 @@ impl Namespace {
                 worker.worker.load = *load;
             }
         }
+        if let Some(Counted {
+            worker: Some(w),
+            weight,
+        }) = before
+            && (entry.effective_worker() != Some(w.as_str()) || entry.weight < weight)
+        {
+            self.room_freed = true;
+        }
         self.resources.insert(name, entry);
     }
 
+    /// Removes a resource and its weight from its worker's load: room freed there.
     fn remove_resource(&mut self, name: &str) -> Option<ResourceEntry> {
+        let entry = self.take_resource(name)?;
+        if entry.effective_worker().is_some() {
+            self.room_freed = true;
+        }
+        Some(entry)
+    }
+
+    /// Removes a resource and its weight, to be put back changed by the caller
+    /// ([`Namespace::put_resource`] then tells whether room was freed).
+    fn take_resource(&mut self, name: &str) -> Option<ResourceEntry> {
         let entry = self.resources.remove(name)?;
         if let Some(w) = entry.effective_worker()
             && let Some(load) = self.loads.get_mut(w)
@@ -938,14 +1017,13 @@ impl Namespace {
     }
 
     fn assume(&mut self, name: &str, worker: String) {
-        if let Some(mut entry) = self.remove_resource(name) {
+        self.change_resource(name, |entry| {
             entry.assumed = Some(Assumption {
                 decided_on: entry.resource_version.clone(),
                 worker,
                 written_version: None,
             });
-            self.put_resource(name.to_owned(), entry);
-        }
+        });
     }
 
     /// Whether `worker` has a heartbeat Lease that is alive (renewed, not released): a move off
@@ -985,7 +1063,9 @@ impl Namespace {
     /// heartbeat has not lapsed. Its successor is held back (see [`Tombstone`]).
     fn bury(&mut self, namespace: &str, name: &str, gone: &ResourceEntry) {
         let status = &gone.status;
-        let Some(worker) = status.assigned_worker.clone() else {
+        // The effective worker: a placement written (or being written) but not yet seen by the
+        // watch may already have started the task there.
+        let Some(worker) = gone.effective_worker().map(str::to_owned) else {
             return;
         };
         let released = status.phase == Some(Phase::Releasing)

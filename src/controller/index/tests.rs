@@ -594,7 +594,7 @@ fn a_due_heartbeat_expires_only_when_a_read_confirms_no_renewal_since() {
     index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
     let due_at = t0 + Duration::from_secs(10);
     assert_eq!(
-        index.heartbeats_due(due_at),
+        due_names(&index, due_at),
         vec![(NS.to_owned(), "worker-1".to_owned())]
     );
     // The watch stalled silently: the read finds a renewal it never showed. Not expired; the
@@ -602,7 +602,7 @@ fn a_due_heartbeat_expires_only_when_a_read_confirms_no_renewal_since() {
     let renewed = heartbeat("worker-1", Some("worker-1"), 109);
     assert!(
         index
-            .confirm_heartbeat(NS, "worker-1", Some(&renewed), due_at)
+            .confirm_heartbeat_as_is(NS, "worker-1", Some(&renewed), due_at)
             .is_empty()
     );
     assert!(
@@ -615,12 +615,92 @@ fn a_due_heartbeat_expires_only_when_a_read_confirms_no_renewal_since() {
     assert_eq!(index.heartbeats_due(again).len(), 1);
     assert_eq!(
         index
-            .confirm_heartbeat(NS, "worker-1", Some(&renewed), again)
+            .confirm_heartbeat_as_is(NS, "worker-1", Some(&renewed), again)
             .len(),
         3,
         "worker-1's resources are released"
     );
     assert!(index.heartbeats_due(again).is_empty(), "expired once");
+}
+
+/// Issue 21, item 1: the heartbeat watch stalled, so worker-1's renewal r2 was not seen and it
+/// became due on r1. The controller reads the Lease (r2) while the watch, back, relists and
+/// applies r2. Judged against the entry as it is when the answer arrives, "read == entry" would
+/// look like "no renewal since" and expire a worker that is alive. Judged against the renewal it
+/// was due on, the read shows a renewal: nothing expires.
+#[test]
+fn a_read_that_returns_the_renewal_a_relist_just_applied_does_not_expire_the_worker() {
+    let (mut index, _) = two_workers_five_resources();
+    let t0 = Instant::now();
+    index.apply_heartbeat(&heartbeat("worker-1", Some("worker-1"), 100), t0);
+    let due_at = t0 + Duration::from_secs(10);
+    let due = index.heartbeats_due(due_at);
+    assert_eq!(due.len(), 1);
+    // The read is in flight when the relist delivers renewal r2.
+    let r2 = heartbeat("worker-1", Some("worker-1"), 108);
+    index.apply_heartbeat(&r2, due_at + Duration::from_millis(300));
+    // The read answers with r2.
+    let keys = index.confirm_heartbeat(&due[0], Some(&r2), due_at + Duration::from_millis(500));
+    assert!(keys.is_empty(), "{keys:?}");
+    assert!(
+        !is_due(&index, "worker-1", due_at + Duration::from_secs(5)),
+        "alive, counted from r2"
+    );
+    // Its resources stay where they are.
+    assert_eq!(index.load(NS, "worker-1"), 3);
+    index.check_loads();
+}
+
+/// The same race, and a read that is slower than the next renewal: whatever the index saw of the
+/// heartbeat after the due list was taken (a renewal, a deletion) voids the read; a later due
+/// list is judged on its own.
+#[test]
+fn a_read_judges_only_the_heartbeat_it_was_due_on() {
+    let (mut index, _) = two_workers_five_resources();
+    let t0 = Instant::now();
+    let r1 = heartbeat("worker-1", Some("worker-1"), 100);
+    index.apply_heartbeat(&r1, t0);
+    let due_at = t0 + Duration::from_secs(10);
+    let due = index.heartbeats_due(due_at);
+    // The Lease was deleted by hand meanwhile (a ghost now): the read, which found r1, is void.
+    index.delete_heartbeat(NS, &heartbeat::lease_name("worker-1"));
+    assert!(
+        index
+            .confirm_heartbeat(&due[0], Some(&r1), due_at)
+            .is_empty()
+    );
+    assert!(
+        is_due(&index, "worker-1", due_at),
+        "due again, on the ghost"
+    );
+    // The next due list is judged on the ghost: a read that finds no Lease forgets it.
+    let due = index.heartbeats_due(due_at + Duration::from_millis(200));
+    assert_eq!(
+        index.confirm_heartbeat(&due[0], None, due_at + Duration::from_millis(300)),
+        Vec::<Key>::new(),
+        "worker-1's Pod is ready: judged by it alone, nothing moves"
+    );
+    assert!(!is_due(
+        &index,
+        "worker-1",
+        due_at + Duration::from_secs(60)
+    ));
+    // The heartbeat watch failing after the due list was taken voids it too (renewals may have
+    // gone unseen): worker-2 is not expired by a read made before the failure was known.
+    index.apply_heartbeat(&heartbeat("worker-2", Some("worker-2"), 100), t0);
+    let due = index.heartbeats_due(due_at);
+    assert_eq!(due.len(), 1);
+    index.heartbeats_unseen(due_at + Duration::from_millis(100));
+    assert!(
+        index
+            .confirm_heartbeat(
+                &due[0],
+                Some(&heartbeat("worker-2", Some("worker-2"), 100)),
+                due_at + Duration::from_millis(200)
+            )
+            .is_empty()
+    );
+    assert!(!is_due(&index, "worker-2", due_at + Duration::from_secs(5)));
 }
 
 #[test]
@@ -736,9 +816,15 @@ fn confirm(index: &mut Index, r: &mut CrawlerResource, worker: &str, assignment:
 /// Whether `worker`'s heartbeat is among those the index wants read back at `at`: the check
 /// the handoff tests make at each step of a wait.
 fn is_due(index: &Index, worker: &str, at: Instant) -> bool {
+    due_names(index, at).contains(&(NS.to_owned(), worker.to_owned()))
+}
+
+fn due_names(index: &Index, at: Instant) -> Vec<(String, String)> {
     index
         .heartbeats_due(at)
-        .contains(&(NS.to_owned(), worker.to_owned()))
+        .into_iter()
+        .map(|d| (d.namespace, d.pod))
+        .collect()
 }
 
 fn phase_of(r: &CrawlerResource) -> Option<Phase> {
@@ -1011,7 +1097,7 @@ fn a_deleted_lease_keeps_its_worker_alive_until_its_last_renewal_expires_confirm
     // The read finds no Lease: no renewal since (it would have re-created it). The handoff
     // completes, and the worker is judged by its Pod alone from now on.
     assert_eq!(
-        index.confirm_heartbeat(NS, "worker-1", None, due),
+        index.confirm_heartbeat_as_is(NS, "worker-1", None, due),
         vec![Key::new(NS, "a")]
     );
     let Plan::Write(w) = place(&mut index, &mut r) else {
@@ -1059,7 +1145,7 @@ fn a_worker_that_recreates_its_deleted_lease_is_alive_again_and_confirms() {
     assert!(is_due(&index, "worker-1", due));
     assert!(
         index
-            .confirm_heartbeat(
+            .confirm_heartbeat_as_is(
                 NS,
                 "worker-1",
                 Some(&heartbeat("worker-1", Some("worker-1"), 115)),
@@ -1088,7 +1174,7 @@ fn a_deleted_lease_that_was_released_or_lapsed_is_simply_forgotten() {
         index
             .heartbeats_due(Instant::now() + Duration::from_secs(3600))
             .iter()
-            .all(|(_, w)| w != "worker-1"),
+            .all(|d| d.pod != "worker-1"),
         "nothing left to wait for"
     );
 }
@@ -1120,17 +1206,17 @@ fn a_fresh_controller_waits_for_a_lease_it_never_saw_before_judging_by_the_pod_a
     place(&mut index, &mut r);
     assert_eq!(phase_of(&r), Some(Phase::Releasing), "{:?}", r.status);
     assert_eq!(
-        index.heartbeats_due(t0 + Duration::from_secs(9)),
+        due_names(&index, t0 + Duration::from_secs(9)),
         Vec::<(String, String)>::new()
     );
     let due = t0 + Duration::from_secs(10);
     assert_eq!(
-        index.heartbeats_due(due),
+        due_names(&index, due),
         vec![(NS.to_owned(), "worker-1".to_owned())]
     );
     // The read after the wait finds no Lease: judged by its Pod alone; the move completes.
     assert_eq!(
-        index.confirm_heartbeat(NS, "worker-1", None, due),
+        index.confirm_heartbeat_as_is(NS, "worker-1", None, due),
         vec![Key::new(NS, "a")]
     );
     place(&mut index, &mut r);
@@ -1146,13 +1232,13 @@ fn a_fresh_controller_waits_for_a_lease_it_never_saw_before_judging_by_the_pod_a
         index
             .heartbeats_due(due + Duration::from_secs(60))
             .iter()
-            .all(|(_, w)| w != "worker-1")
+            .all(|d| d.pod != "worker-1")
     );
     // A worker Pod first seen after the wait gets a read at once, not another wait.
     index.apply_pod(&pod("worker-3", true, &[]));
     let later = due + Duration::from_secs(30);
     assert!(is_due(&index, "worker-3", later));
-    index.confirm_heartbeat(NS, "worker-3", None, later);
+    index.confirm_heartbeat_as_is(NS, "worker-3", None, later);
     assert!(!is_due(&index, "worker-3", later));
 }
 
@@ -1344,7 +1430,7 @@ mod handoff_properties {
                         index.delete_heartbeat(NS, &heartbeat::lease_name(WORKERS[w]));
                     }
                     Step::ReadFindsNone(w) => {
-                        index.confirm_heartbeat(NS, WORKERS[w], None, now);
+                        index.confirm_heartbeat_as_is(NS, WORKERS[w], None, now);
                         alive[w] = false;
                     }
                 }
@@ -1594,4 +1680,126 @@ fn rebalance_leaves_suspended_mismatched_and_lost_resources_to_placement() {
     let (mut index, _) = one_worker_holding_nine(false);
     index.apply_pod(&pod("worker-1", false, &[]));
     assert!(index.rebalance(&later(3600), EVEN_OUT, 100).is_empty());
+}
+
+/// Issue 21, item 5, as a user met it: worker-1 (capacity 1) runs R1; R2 may only run on
+/// worker-1 and waits (`Unschedulable`); R1's selector changes so that it moves to worker-2
+/// through the handoff. The room R1 leaves on worker-1 must be offered to R2 at once: no
+/// unrelated Pod event may be needed. Every key an index call hands the controller to queue is
+/// collected, as the controller queues them.
+#[test]
+fn room_freed_by_a_handoff_is_offered_to_the_resource_waiting_for_it() {
+    let zone = |z: &str| {
+        Some(LabelSelector {
+            match_labels: Some([("zone".to_owned(), z.to_owned())].into()),
+            match_expressions: None,
+        })
+    };
+    let mut index = Index::default();
+    let mut w1 = pod("worker-1", true, &[("zone", "a")]);
+    w1.metadata.annotations = Some([(CAPACITY_ANNOTATION.to_owned(), "1".to_owned())].into());
+    index.reset_pods(&[w1, pod("worker-2", true, &[("zone", "b")])]);
+    let now = Instant::now();
+    let leases = ["worker-1", "worker-2"].map(|w| heartbeat(w, Some(w), 100));
+    for lease in &leases {
+        index.apply_heartbeat(lease, now);
+    }
+    index.finish_heartbeat_list(&listed(&leases), now);
+    let mut r1 = resource("r1", 1);
+    r1.spec.worker_selector = zone("a");
+    let mut r2 = resource("r2", 1);
+    r2.spec.worker_selector = zone("a");
+    index.reset_resources(&[r1.clone(), r2.clone()]);
+    place(&mut index, &mut r1);
+    assert_eq!(worker_of(&r1), Some("worker-1"));
+    place(&mut index, &mut r2);
+    assert_eq!(phase_of(&r2), Some(Phase::Unschedulable));
+    assert!(index.room_freed().is_empty(), "nothing left worker-1 yet");
+
+    // R1 now selects zone b: released on worker-1, confirmed, placed on worker-2.
+    let mut queued = Vec::new();
+    r1.spec.worker_selector = zone("b");
+    bump_resource_version(&mut r1);
+    queued.extend(index.apply_resource(&r1));
+    place(&mut index, &mut r1);
+    assert_eq!(phase_of(&r1), Some(Phase::Releasing));
+    queued.extend(confirm(&mut index, &mut r1, "worker-1", 1));
+    let key = Key::new(NS, "r1");
+    let Plan::Write(w) = index.plan(&key, &ctx(&LeastLoaded)) else {
+        panic!("expected the placement on worker-2")
+    };
+    assert_eq!(w.status.assigned_worker.as_deref(), Some("worker-2"));
+    // The watch has not shown the write yet: the decision is assumed, worker-1 is empty.
+    assert_eq!(index.load(NS, "worker-1"), 0);
+    queued.extend(index.room_freed());
+    assert!(
+        queued.contains(&Key::new(NS, "r2")),
+        "R2 must be queued when R1's room on worker-1 is freed: {queued:?}"
+    );
+    let Plan::Write(w) = index.plan(&Key::new(NS, "r2"), &ctx(&LeastLoaded)) else {
+        panic!("expected R2's placement")
+    };
+    assert_eq!(w.status.assigned_worker.as_deref(), Some("worker-1"));
+    index.check_loads();
+}
+
+/// Room freed by a failed write (the decision forgotten) and by a deletion is offered too, once.
+#[test]
+fn room_freed_by_a_forgotten_decision_or_a_deletion_is_offered_once() {
+    let mut index = Index::default();
+    let mut w1 = pod("worker-1", true, &[]);
+    w1.metadata.annotations = Some([(CAPACITY_ANNOTATION.to_owned(), "1".to_owned())].into());
+    index.reset_pods(&[w1]);
+    index.finish_heartbeat_list(&HashSet::new(), Instant::now());
+    let (mut a, mut b) = (resource("a", 1), resource("b", 1));
+    index.reset_resources(&[a.clone(), b.clone()]);
+    // a's placement is decided (assumed), then its write fails.
+    let Plan::Write(_) = index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded)) else {
+        panic!("expected a's placement")
+    };
+    place(&mut index, &mut b);
+    assert_eq!(phase_of(&b), Some(Phase::Unschedulable), "worker-1 is full");
+    assert!(index.room_freed().is_empty());
+    index.forget(&Key::new(NS, "a"));
+    let freed = index.room_freed();
+    assert!(freed.contains(&Key::new(NS, "b")), "{freed:?}");
+    assert!(index.room_freed().is_empty(), "offered once");
+    place(&mut index, &mut b);
+    assert_eq!(worker_of(&b), Some("worker-1"));
+    place(&mut index, &mut a);
+    assert_eq!(phase_of(&a), Some(Phase::Unschedulable));
+    // b is deleted: a is offered the room.
+    index.delete_resource(NS, "b");
+    assert!(index.room_freed().contains(&Key::new(NS, "a")));
+    place(&mut index, &mut a);
+    assert_eq!(worker_of(&a), Some("worker-1"));
+    index.check_loads();
+}
+
+/// Issue 21, item 7: a resource deleted while our placement of it was written but not yet shown
+/// by the watch may already run on that worker: it leaves a tombstone like any assigned one.
+#[test]
+fn a_resource_deleted_before_the_watch_showed_its_placement_holds_back_its_successor() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[])]);
+    let now = Instant::now();
+    let lease = heartbeat("worker-1", Some("worker-1"), 100);
+    index.apply_heartbeat(&lease, now);
+    index.finish_heartbeat_list(&listed(std::slice::from_ref(&lease)), now);
+    let r = resource("a", 1);
+    index.reset_resources(std::slice::from_ref(&r));
+    let Plan::Write(_) = index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded)) else {
+        panic!("expected the placement")
+    };
+    index.written(&Key::new(NS, "a"), Some("2".into()));
+    // Deleted (the watch shows the deletion, never the placement), then created again.
+    index.delete_resource(NS, "a");
+    let mut again = resource("a", 1);
+    again.metadata.uid = Some("uid-a-2".into());
+    index.apply_resource(&again);
+    assert_eq!(
+        index.plan(&Key::new(NS, "a"), &ctx(&LeastLoaded)),
+        Plan::Wait,
+        "held back while worker-1 may still run the deleted one"
+    );
 }

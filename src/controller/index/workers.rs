@@ -66,6 +66,37 @@ pub(super) enum LeaseSeen {
     Unseen,
 }
 
+/// A heartbeat that became due, with the renewal it was due on: what a confirming read is
+/// judged against ([`Index::confirm_heartbeat`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueHeartbeat {
+    pub namespace: String,
+    pub pod: String,
+    seen: Seen,
+}
+
+/// Everything the index holds of one heartbeat that a later observation changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    observed: Instant,
+    expired: bool,
+    lease: LeaseSeen,
+}
+
+impl Seen {
+    fn of(h: &Heartbeat) -> Self {
+        Self {
+            holder: h.holder.clone(),
+            renew_time: h.renew_time.clone(),
+            observed: h.observed,
+            expired: h.expired,
+            lease: h.lease,
+        }
+    }
+}
+
 impl Heartbeat {
     pub(super) fn alive(&self) -> bool {
         !self.expired && (self.holder.is_some() || self.lease == LeaseSeen::Unseen)
@@ -224,49 +255,95 @@ impl Index {
         self.heartbeats_unseen_at = Some(now);
     }
 
-    /// The heartbeats not renewed within their duration, as `(namespace, pod)`: counted from
-    /// when we observed the last renewal, or from the last failure of the heartbeat watch if that
-    /// is later (a controller that could not see renewals must not conclude there were none).
+    /// The heartbeats not renewed within their duration: counted from when we observed the last
+    /// renewal, or from the last failure of the heartbeat watch if that is later (a controller
+    /// that could not see renewals must not conclude there were none).
     ///
     /// A watch that stalls silently is not a failure anyone reports at once, so these are only
     /// candidates: the controller confirms each with a consistent read of the Lease
-    /// ([`Index::confirm_heartbeat`]) before it expires it.
-    pub fn heartbeats_due(&self, now: Instant) -> Vec<(String, String)> {
-        let unseen = self.heartbeats_unseen_at;
+    /// ([`Index::confirm_heartbeat`]) before it expires it. Each carries the renewal it was due
+    /// on, which is what the read is compared with.
+    pub fn heartbeats_due(&self, now: Instant) -> Vec<DueHeartbeat> {
         self.namespaces
             .iter()
             .flat_map(|(ns_name, ns)| {
                 ns.heartbeats
                     .iter()
-                    .filter(move |(_, h)| {
-                        let since = unseen.map_or(h.observed, |u| u.max(h.observed));
-                        !h.expired && now >= since + h.duration
+                    .filter(move |(_, h)| self.is_due(h, now))
+                    .map(move |(pod, h)| DueHeartbeat {
+                        namespace: ns_name.clone(),
+                        pod: pod.clone(),
+                        seen: Seen::of(h),
                     })
-                    .map(move |(pod, _)| (ns_name.clone(), pod.clone()))
             })
             .collect()
     }
 
+    fn is_due(&self, h: &Heartbeat, now: Instant) -> bool {
+        let since = self
+            .heartbeats_unseen_at
+            .map_or(h.observed, |u| u.max(h.observed));
+        !h.expired && now >= since + h.duration
+    }
+
     /// A consistent read of a due heartbeat's Lease (`lease`; `None`: it is gone), sent after it
-    /// became due (`now`: when the answer came). Unchanged since we last observed it: no renewal
-    /// was committed since, so it expires. Changed: a renewal the watch did not show (stalled or
-    /// slow); it counts as observed now. Returns the resources to reconcile.
+    /// became due (`answered`: when the answer came), judged against the renewal it was due on
+    /// (`due`), never against the entry as it is when the answer arrives: a watch that stalled,
+    /// then relisted and applied the very renewal the read returned, would otherwise make "the
+    /// read equals what we hold" look like "no renewal since" and expire a live worker.
+    ///
+    /// - The index observed anything of this heartbeat since `due` was taken (a renewal, a
+    ///   deletion, an expiry): the read confirms nothing; the next tick decides on what is seen
+    ///   then.
+    /// - No longer due (the heartbeat watch failed since, so renewals may have gone unseen):
+    ///   nothing either.
+    /// - Otherwise, the read shows the renewal it was due on: no renewal was committed since, so
+    ///   it expires. It shows another: a renewal the watch did not show (stalled or slow), which
+    ///   counts as observed now. It shows none: forgotten (the worker is judged by its Pod).
+    ///
+    /// Returns the resources to reconcile.
     pub fn confirm_heartbeat(
         &mut self,
-        namespace: &str,
-        pod: &str,
+        due: &DueHeartbeat,
         lease: Option<&Lease>,
-        now: Instant,
+        answered: Instant,
     ) -> Vec<Key> {
+        let (namespace, pod) = (due.namespace.as_str(), due.pod.as_str());
+        let Some(h) = self
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.heartbeats.get(pod))
+        else {
+            return Vec::new();
+        };
+        if Seen::of(h) != due.seen {
+            tracing::debug!(
+                namespace,
+                worker = pod,
+                "the heartbeat changed while its Lease was read: the read confirms nothing"
+            );
+            return Vec::new();
+        }
+        if !self.is_due(h, answered) {
+            return Vec::new();
+        }
+        self.settle_heartbeat(due, lease, answered)
+    }
+
+    /// The verdict of a read on a heartbeat still as it was when it became due.
+    fn settle_heartbeat(
+        &mut self,
+        due: &DueHeartbeat,
+        lease: Option<&Lease>,
+        answered: Instant,
+    ) -> Vec<Key> {
+        let (namespace, pod) = (due.namespace.as_str(), due.pod.as_str());
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
         let Some(lease) = lease else {
             // Due and gone: no renewal since the one observed a whole duration ago (a renewal
             // would have re-created the Lease). Forgotten: the worker is judged by its Pod alone.
-            let Some(ns) = self.namespaces.get_mut(namespace) else {
-                return Vec::new();
-            };
-            if !ns.heartbeats.contains_key(pod) {
-                return Vec::new();
-            }
             tracing::info!(
                 namespace,
                 worker = pod,
@@ -276,31 +353,48 @@ impl Index {
             return forget_heartbeat(namespace, ns, pod);
         };
         let (holder, renew_time) = renewal_of(lease);
-        let unchanged = self
-            .namespaces
-            .get(namespace)
-            .and_then(|ns| ns.heartbeats.get(pod))
-            .is_some_and(|h| !h.ghost() && h.holder == holder && h.renew_time == renew_time);
+        let unchanged = due.seen.lease == LeaseSeen::Present
+            && due.seen.holder == holder
+            && due.seen.renew_time == renew_time;
         if !unchanged {
             tracing::debug!(
                 namespace,
                 worker = pod,
                 "a heartbeat renewal the watch did not show"
             );
-            return self.apply_heartbeat(lease, now);
+            return self.apply_heartbeat(lease, answered);
         }
-        let Some(ns) = self.namespaces.get_mut(namespace) else {
+        let Some(h) = ns.heartbeats.get_mut(pod).filter(|h| !h.expired) else {
             return Vec::new();
         };
-        let Some(h) = ns.heartbeats.get_mut(pod) else {
-            return Vec::new();
-        };
-        if h.expired {
-            return Vec::new();
-        }
         h.expired = true;
         tracing::info!(namespace, worker = pod, "worker heartbeat expired");
         heartbeat_changed(namespace, ns, pod, true)
+    }
+
+    /// The verdict of a read answered at `answered`, judged against the heartbeat as the index
+    /// holds it now, due or not: for tests of the index that play a read at a given moment.
+    #[cfg(test)]
+    pub fn confirm_heartbeat_as_is(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        lease: Option<&Lease>,
+        answered: Instant,
+    ) -> Vec<Key> {
+        let Some(h) = self
+            .namespaces
+            .get(namespace)
+            .and_then(|ns| ns.heartbeats.get(pod))
+        else {
+            return Vec::new();
+        };
+        let due = DueHeartbeat {
+            namespace: namespace.to_owned(),
+            pod: pod.to_owned(),
+            seen: Seen::of(h),
+        };
+        self.settle_heartbeat(&due, lease, answered)
     }
 
     /// Expires every due heartbeat without a confirming read: for tests of the index, where the
@@ -308,7 +402,12 @@ impl Index {
     #[cfg(test)]
     pub fn expire_heartbeats(&mut self, now: Instant) -> Vec<Key> {
         let mut keys = Vec::new();
-        for (ns_name, pod) in self.heartbeats_due(now) {
+        for DueHeartbeat {
+            namespace: ns_name,
+            pod,
+            ..
+        } in self.heartbeats_due(now)
+        {
             let Some(ns) = self.namespaces.get_mut(&ns_name) else {
                 continue;
             };
