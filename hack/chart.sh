@@ -4,9 +4,10 @@
 #   hack/chart.sh generate   copy crds/ into the chart and deploy/, render the rest of deploy/,
 #                            the Grafana dashboard JSON and the chart's README (helm-docs)
 #   hack/chart.sh check      helm lint --strict; helm template with default values, one watched
-#                            namespace and every option; offline validation of all of it and of
-#                            deploy/ against the Kubernetes 1.37 schemas, and of the monitoring
-#                            objects against prometheus-operator's CRD schemas; copies, deploy/,
+#                            namespace and every option, and the admission policy's switches;
+#                            offline validation of all of it and of deploy/ against the
+#                            Kubernetes 1.37 schemas, and of the monitoring objects against
+#                            prometheus-operator's CRD schemas; copies, deploy/,
 #                            dashboard and chart README current; hadolint on the Dockerfile; the
 #                            Dockerfile's final stage the same as hack/image/Containerfile
 #   hack/chart.sh check-deploy   only: the CRD copies, deploy/, dashboard and README are current
@@ -189,6 +190,23 @@ check() {
   fi
   if "$helm" template "$release" "$chart" --set controller.rebalance.enabled=true --set controller.policy=bin-pack > /dev/null 2>&1; then
     echo "values.schema.json did not refuse controller.rebalance.enabled=true with policy bin-pack" >&2
+    return 1
+  fi
+
+  # The cookie Secret admission policy: on by default, off with its value; the template refuses
+  # validation actions the API server would refuse, with a message.
+  for kind in ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding; do
+    if ! grep -q "^kind: $kind\$" "$work/default.yaml"; then
+      echo "the default values rendered no $kind (admissionPolicy.enabled is on by default)" >&2
+      return 1
+    fi
+  done
+  if "$helm" template "$release" "$chart" --set admissionPolicy.enabled=false | grep -q '^kind: ValidatingAdmissionPolicy'; then
+    echo "admissionPolicy.enabled=false still rendered the admission policy" >&2
+    return 1
+  fi
+  if "$helm" template "$release" "$chart" --set 'admissionPolicy.validationActions={Deny,Warn}' > /dev/null 2>&1; then
+    echo "the chart did not refuse admissionPolicy.validationActions={Deny,Warn}" >&2
     return 1
   fi
 

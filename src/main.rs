@@ -111,6 +111,11 @@ struct WorkerArgs {
     /// How often a running task's progress is written into its status.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     progress_interval: Duration,
+    /// Use only cookie Secrets labelled crawler.dev/cookie=true: a task whose
+    /// spec.cookieSecretRef names another Secret fails, saying so (false: any Secret this worker
+    /// may read).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "CRAWLER_REQUIRE_COOKIE_LABEL")]
+    require_cookie_label: bool,
 }
 
 #[derive(Args)]
@@ -391,6 +396,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         heartbeat_duration: args.heartbeat_duration,
         progress_interval: args.progress_interval,
         checkpoint_interval: args.checkpoint_interval,
+        require_cookie_label: args.require_cookie_label,
     };
     let metrics = Metrics::new(Role::Worker);
     let health = Health::new();

@@ -220,6 +220,9 @@ async fn deploy_manifests_pass_a_server_side_dry_run() {
         "deployment.apps/crawler-operator-worker",
         "clusterrole.rbac.authorization.k8s.io/crawler-operator-controller",
         "poddisruptionbudget.policy/crawler-operator-controller",
+        // The API server compiles the policy's CEL on create: a typo fails here.
+        "validatingadmissionpolicy.admissionregistration.k8s.io/crawler-operator-cookie-secret-access",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/crawler-operator-cookie-secret-access",
     ] {
         assert!(
             out.contains(&format!("{object} serverside-applied (server dry run)")),
@@ -1156,7 +1159,12 @@ fn helm(cp: &ControlPlane) -> tokio::process::Command {
 }
 
 /// `helm install <release> charts/crawler-operator -n <ns> --set ...`.
-async fn helm_install(cp: &ControlPlane, ns: &str, release: &str, set: &[&str]) -> String {
+pub(crate) async fn helm_install(
+    cp: &ControlPlane,
+    ns: &str,
+    release: &str,
+    set: &[&str],
+) -> String {
     let mut command = helm(cp);
     command.args(["install", release, CHART, "--namespace", ns]);
     for value in set {
@@ -1165,7 +1173,7 @@ async fn helm_install(cp: &ControlPlane, ns: &str, release: &str, set: &[&str]) 
     run(command, &format!("helm install {release} -n {ns}")).await
 }
 
-async fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+pub(crate) async fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
     let mut command = tokio::process::Command::new(support::tools::binary("kubectl"));
     command
         .arg("--kubeconfig")
@@ -1195,7 +1203,7 @@ async fn apply_server_side(cp: &ControlPlane, path: &str) -> String {
     .await
 }
 
-async fn install_crd(cp: &ControlPlane) {
+pub(crate) async fn install_crd(cp: &ControlPlane) {
     for args in support::KUBECTL_INSTALL_CRD {
         kubectl(cp, args).await;
     }
@@ -1262,7 +1270,7 @@ async fn create_resource(
 
 async fn create_secret(client: &Client, ns: &str, name: &str) {
     let body: Secret = serde_json::from_value(json!({
-        "metadata": { "name": name },
+        "metadata": { "name": name, "labels": { "crawler.dev/cookie": "true" } },
         "stringData": { "cookie": "session=chart-test" },
     }))
     .unwrap();

@@ -16,6 +16,7 @@
 
 mod support;
 
+mod admission;
 mod chart;
 mod cli;
 mod container;

@@ -8,7 +8,11 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use crawler_operator::crd::{Phase, TaskState};
-use kube::api::DeleteParams;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
 use serde_json::json;
 use support::{
     pods::delete_pod,
@@ -246,6 +250,54 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported_a
             p.state == TaskState::Running
         })
         .await;
+}
+
+/// Defense in depth against a `CrawlerResource` that names a Secret which is not a cookie (the
+/// database's connection string, a token) when admission did not stop it: the worker uses only
+/// Secrets labelled crawler.dev/cookie=true, says so, and picks the Secret up once labelled (a
+/// cookie Secret made before the label was required: the upgrade's migration step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_not_labelled_as_a_cookie_is_never_sent() {
+    let (site, story) = worker_1_running("unlabelled").await;
+    story
+        .create_secret_labelled("login", "cookie", "session=hunter2", json!({}))
+        .await;
+    let mut spec = endless(&site, "task-u");
+    spec["cookieSecretRef"] = json!({ "name": "login", "key": "cookie" });
+    story.apply_resource("task-u", spec).await;
+    let progress = story
+        .wait_for_progress("task-u", "a Failed report", |p| {
+            p.state == TaskState::Failed
+        })
+        .await;
+    let message = progress.message.unwrap_or_default();
+    let ns = story.ns();
+    assert!(
+        message.contains(&format!("Secret {ns}/login"))
+            && message.contains(&format!(
+                "kubectl -n {ns} label secret login crawler.dev/cookie=true"
+            )),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(
+        site.hits("task-u").is_empty(),
+        "an unlabelled Secret was sent"
+    );
+
+    // Labelled (the migration step docs/install.md gives): the retry uses it, no spec change.
+    let label = json!({ "metadata": { "labels": { "crawler.dev/cookie": "true" } } });
+    Api::<Secret>::namespaced(story.client.clone(), ns)
+        .patch("login", &PatchParams::default(), &Patch::Merge(label))
+        .await
+        .unwrap();
+    site.wait_for_hits("task-u", "worker-1", None, 1).await;
+    assert!(
+        site.hits("task-u")
+            .iter()
+            .all(|h| h.cookie.as_deref() == Some("session=hunter2")),
+        "the labelled Secret's value is the cookie"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,11 @@
 //! ```
 
 mod beat;
+mod cookie;
 mod release;
 mod results;
 
+pub use cookie::{COOKIE_LABEL, COOKIE_LABEL_VALUE};
 pub use release::{CONFIRM_BOUND as RELEASE_CONFIRM_BOUND, withhold_heartbeat};
 
 pub use results::{CONDITION_COMPLETE, CONDITION_FAILED, Verdict, conditions};
@@ -21,10 +23,7 @@ pub use results::{CONDITION_COMPLETE, CONDITION_FAILED, Verdict, conditions};
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::{
-    api::core::v1::Secret,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -62,6 +61,8 @@ pub struct Settings {
     pub progress_interval: Duration,
     /// How often a task's pages and frontier are written to the store (the `postgres` sink).
     pub checkpoint_interval: Duration,
+    /// Use only cookie Secrets labelled [`COOKIE_LABEL`]`=true` (see [`cookie`]).
+    pub require_cookie_label: bool,
 }
 
 /// Destination of the page records: JSON lines (the `file` sink), or the PostgreSQL store.
@@ -783,10 +784,6 @@ pub fn config_from_spec(
     config
 }
 
-/// Bound on reading a task's cookie Secret (the client has no read timeout): a hung read fails
-/// the start, which is retried with backoff like any other start failure.
-const SECRET_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The crawl configuration of a resource, with its cookie read from the referenced Secret.
 async fn crawl_config(
     client: &Client,
@@ -798,41 +795,14 @@ async fn crawl_config(
     let mut config = config_from_spec(&r.name_any(), spec, &settings.pod_name, assignment);
     config.checkpoint_interval = settings.checkpoint_interval;
     if let Some(secret_ref) = &spec.cookie_secret_ref {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
-        let read = tokio::time::timeout(SECRET_READ_TIMEOUT, secrets.get_opt(&secret_ref.name))
-            .await
-            .map_err(|_| {
-                format!(
-                    "reading Secret {}/{} for spec.cookieSecretRef timed out after {SECRET_READ_TIMEOUT:?}",
-                    settings.namespace, secret_ref.name
-                )
-            })?;
-        let secret = read.map_err(|e| {
-            format!(
-                "cannot read Secret {}/{} for spec.cookieSecretRef: {e}",
-                settings.namespace, secret_ref.name
-            )
-        })?;
-        let secret = secret.ok_or_else(|| {
-            format!("Secret {}/{} named by spec.cookieSecretRef does not exist: create it, or remove cookieSecretRef", settings.namespace, secret_ref.name)
-        })?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&secret_ref.key))
-            .ok_or_else(|| {
-                format!(
-                    "Secret {}/{} has no key {:?} (named by spec.cookieSecretRef.key)",
-                    settings.namespace, secret_ref.name, secret_ref.key
-                )
-            })?;
-        let cookie = String::from_utf8(value.0.clone()).map_err(|_| {
-            format!(
-                "the value of key {:?} in Secret {} is not UTF-8 text",
-                secret_ref.key, secret_ref.name
-            )
-        })?;
-        config.headers.insert("cookie", cookie.trim());
+        let cookie = cookie::read(
+            client,
+            &settings.namespace,
+            secret_ref,
+            settings.require_cookie_label,
+        )
+        .await?;
+        config.headers.insert("cookie", cookie);
     }
     config.validate().map_err(|e| {
         format!(

@@ -131,6 +131,10 @@ pub const OWN_CONTROL_PLANE: &[(&str, &str)] = &[
     ("chart.rs", "runs the chart's controller on all namespaces"),
     ("container.rs", "runs the image's controller everywhere"),
     ("heartbeat.rs", "runs a garbage collector on all namespaces"),
+    (
+        "admission.rs",
+        "installs the chart's cluster-wide admission policy",
+    ),
 ];
 
 /// The key of the control plane the other suites share.

@@ -335,10 +335,23 @@ impl Story {
         self.start_worker("worker-2", None)
     }
 
-    /// Creates Secret `name` with one key, as a user would for `cookieSecretRef`.
+    /// Creates Secret `name` with one key, as a user would for `cookieSecretRef`: labelled
+    /// `crawler.dev/cookie=true`, the mark workers require of a cookie Secret.
     pub async fn create_secret(&self, name: &str, key: &str, value: &str) {
+        let cookie = json!({ (crawler_operator::worker::COOKIE_LABEL): crawler_operator::worker::COOKIE_LABEL_VALUE });
+        self.create_secret_labelled(name, key, value, cookie).await;
+    }
+
+    /// Creates Secret `name` with one key and these labels (a JSON object).
+    pub async fn create_secret_labelled(
+        &self,
+        name: &str,
+        key: &str,
+        value: &str,
+        labels: serde_json::Value,
+    ) {
         let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-            "metadata": { "name": name },
+            "metadata": { "name": name, "labels": labels },
             "stringData": { key: value },
         }))
         .expect("a Secret");
