@@ -207,7 +207,15 @@ where
             biased;
             () = cancel.cancelled() => break StopReason::Cancelled,
             _ = checkpoint.tick() => {
-                sink.flush().await.map_err(|source| sink_error("(checkpoint)", source))?;
+                // A checkpoint the store cannot take yet (it waits out the database) gives way
+                // to a stop: the final checkpoint below tries once more, within its bound.
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break StopReason::Cancelled,
+                    flushed = sink.flush() => {
+                        flushed.map_err(|source| sink_error("(checkpoint)", source))?;
+                    }
+                }
                 continue;
             }
             Some(visit) = in_flight.next() => visit,
@@ -237,7 +245,9 @@ where
     };
     // Dropping the visits drops their requests and connections.
     drop(in_flight);
-    final_checkpoint(&mut sink, &cfg.task).await?;
+    let stop = final_checkpoint(&mut sink, &cfg.task, stop, &cancel).await?;
+    // A sink dropped with a batch unwritten gives it up (the PostgreSQL sink aborts its writer).
+    drop(sink);
 
     state.queued = queue.len();
     state.in_flight = 0;
@@ -249,22 +259,46 @@ where
     })
 }
 
-/// Makes what was written durable when the crawl stops, also on a cancel (a moved task's last
-/// batch is kept unless the new owner has written already: the store's fence decides), within
-/// a bound.
-async fn final_checkpoint<S: Sink>(sink: &mut S, task: &str) -> Result<(), CrawlError> {
-    let Ok(result) = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, sink.flush()).await else {
-        warn!(
-            task,
-            "the final checkpoint did not finish within {FINAL_FLUSH_TIMEOUT:?}; the next owner fetches what it held again"
-        );
-        return Ok(());
-    };
-    result.map_err(|source| CrawlError::Sink {
+/// Makes what was written durable when the crawl stops; returns how it stopped.
+///
+/// A crawl that ended by itself waits for its last batch as for any checkpoint (it is only done
+/// once everything is stored), unless it is cancelled meanwhile. A cancelled crawl (a moved
+/// task's last batch is kept unless the new owner has written already: the store's fence
+/// decides) gives it [`FINAL_FLUSH_TIMEOUT`]: what is not written by then, or cannot be written,
+/// is fetched again by the next owner. A refusal as stale is returned (the caller says why the
+/// task stopped).
+async fn final_checkpoint<S: Sink>(
+    sink: &mut S,
+    task: &str,
+    stop: StopReason,
+    cancel: &CancellationToken,
+) -> Result<StopReason, CrawlError> {
+    let sink_error = |source| CrawlError::Sink {
         task: task.to_owned(),
         url: "(final checkpoint)".to_owned(),
         source,
-    })
+    };
+    if stop != StopReason::Cancelled {
+        tokio::select! {
+            biased;
+            flushed = sink.flush() => return flushed.map(|()| stop).map_err(sink_error),
+            () = cancel.cancelled() => {}
+        }
+    }
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, sink.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_fenced() => return Err(sink_error(e)),
+        Ok(Err(e)) => warn!(
+            task,
+            error = %e,
+            "the final checkpoint failed; the next owner fetches what it held again"
+        ),
+        Err(_) => warn!(
+            task,
+            "the final checkpoint did not finish within {FINAL_FLUSH_TIMEOUT:?}; the next owner fetches what it held again"
+        ),
+    }
+    Ok(StopReason::Cancelled)
 }
 
 /// A URL waiting to be visited: its depth and the extraction rule it will be given.
