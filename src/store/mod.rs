@@ -130,7 +130,7 @@ pub const KEEPALIVE_RETRIES: u32 = 3;
 
 /// The session settings sent once per connection, right after it is made (a `SET` each, one
 /// round trip). Sent rather than put in the startup packet's `options`, which connection
-/// poolers such as PgBouncer refuse; they override what the role or database sets.
+/// poolers such as `PgBouncer` refuse; they override what the role or database sets.
 pub fn session_settings() -> String {
     format!(
         "SET lock_timeout = {}; SET statement_timeout = {}; \

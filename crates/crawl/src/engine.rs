@@ -207,14 +207,8 @@ where
             biased;
             () = cancel.cancelled() => break StopReason::Cancelled,
             _ = checkpoint.tick() => {
-                // A checkpoint the store cannot take yet (it waits out the database) gives way
-                // to a stop: the final checkpoint below tries once more, within its bound.
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => break StopReason::Cancelled,
-                    flushed = sink.flush() => {
-                        flushed.map_err(|source| sink_error("(checkpoint)", source))?;
-                    }
+                if !checkpoint_unless_stopped(&mut sink, &cancel, &cfg.task).await? {
+                    break StopReason::Cancelled;
                 }
                 continue;
             }
@@ -245,9 +239,7 @@ where
     };
     // Dropping the visits drops their requests and connections.
     drop(in_flight);
-    let stop = final_checkpoint(&mut sink, &cfg.task, stop, &cancel).await?;
-    // A sink dropped with a batch unwritten gives it up (the PostgreSQL sink aborts its writer).
-    drop(sink);
+    let stop = final_checkpoint(sink, &cfg.task, stop, &cancel).await?;
 
     state.queued = queue.len();
     state.in_flight = 0;
@@ -259,6 +251,25 @@ where
     })
 }
 
+/// Writes a checkpoint unless the crawl is stopped first: a store that cannot take it yet (it
+/// waits out its database) gives way to the stop, and the final checkpoint tries once more,
+/// within its bound. `Ok(false)`: stopped.
+async fn checkpoint_unless_stopped<S: Sink>(
+    sink: &mut S,
+    cancel: &CancellationToken,
+    task: &str,
+) -> Result<bool, CrawlError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Ok(false),
+        flushed = sink.flush() => flushed.map(|()| true).map_err(|source| CrawlError::Sink {
+            task: task.to_owned(),
+            url: "(checkpoint)".to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Makes what was written durable when the crawl stops; returns how it stopped.
 ///
 /// A crawl that ended by itself waits for its last batch as for any checkpoint (it is only done
@@ -266,9 +277,10 @@ where
 /// task's last batch is kept unless the new owner has written already: the store's fence
 /// decides) gives it [`FINAL_FLUSH_TIMEOUT`]: what is not written by then, or cannot be written,
 /// is fetched again by the next owner. A refusal as stale is returned (the caller says why the
-/// task stopped).
+/// task stopped). The sink is dropped at the end: one dropped with a batch unwritten gives it up
+/// (the PostgreSQL sink aborts its writer).
 async fn final_checkpoint<S: Sink>(
-    sink: &mut S,
+    mut sink: S,
     task: &str,
     stop: StopReason,
     cancel: &CancellationToken,
