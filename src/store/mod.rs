@@ -161,8 +161,8 @@ pub fn configure(config: &mut tokio_postgres::Config, connect_timeout: Duration)
 }
 
 /// Opens a session (plain TCP; `sslmode=require` is refused by this build), drives the
-/// connection on its own task, and applies [`session_settings`]. Every connection of the worker is made
-/// here.
+/// connection on its own task, and applies [`session_settings`]. Every connection of the worker
+/// is made here.
 pub async fn session(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
