@@ -9,14 +9,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crawler_operator::crd::TaskState;
-use kube::api::{Patch, PatchParams};
+use crawler_operator::crd::{Phase, TaskState};
+use kube::{
+    ResourceExt,
+    api::{Patch, PatchParams},
+};
 use serde_json::json;
 use support::{
+    judge::Verdict,
     pods::delete_pod,
     postgres::{self, Postgres},
-    site::Site,
-    story::{BOUND, POLL, Story},
+    site::{Site, endless},
+    story::{BOUND, POLL, Story, phase},
     wait_for,
 };
 
@@ -250,4 +254,257 @@ async fn a_moved_task_resumes_on_its_new_worker_and_completes() {
         stored_by_old.len(),
         first_new.saturating_duration_since(moved)
     );
+}
+
+/// Polls `check` every [`POLL`] for up to `bound`: `Ok` the first value it gives, `Err` the last
+/// thing it saw instead (for a judge that counts a missed bound rather than panicking at it).
+async fn within<T, Fut>(bound: Duration, mut check: impl FnMut() -> Fut) -> Result<T, String>
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(last) if Instant::now() >= deadline => return Err(last),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// (a) of the row-lock scenario: `WaitingForDatabase` on `task-l` within 10 s, `Running` with 0
+/// pages, and a message about the lock. Returns the message and status seen.
+async fn judge_waiting(
+    story: &Story,
+    verdict: &mut Verdict,
+) -> Result<(String, crawler_operator::crd::CrawlerResourceStatus), String> {
+    let api = story.api();
+    let waiting = within(Duration::from_secs(10), || async {
+        let r = api.get("task-l").await.map_err(|e| e.to_string())?;
+        let status = r.status.unwrap_or_default();
+        match status.condition("Complete") {
+            Some(c) if c.reason == "WaitingForDatabase" => Ok((c.message.clone(), status)),
+            other => Err(format!(
+                "reason {:?}, progress {:?}",
+                other.map(|c| &c.reason),
+                status.progress
+            )),
+        }
+    })
+    .await;
+    verdict.judged += 1;
+    match &waiting {
+        Ok((message, status)) => {
+            let progress = status.progress.clone().unwrap_or_default();
+            if (progress.state, progress.pages_fetched) != (TaskState::Running, 0)
+                || !message.contains("lock")
+            {
+                verdict.violation(
+                    "waiting_unexplained",
+                    format!("{progress:?}, message {message:?}"),
+                );
+            }
+        }
+        Err(last) => verdict.violation(
+            "waiting_not_shown",
+            format!("no WaitingForDatabase within 10 s of the lock; last seen: {last}"),
+        ),
+    }
+    waiting
+}
+
+/// The row-lock scenario's other task: crawled without a pause from `held` until now (a
+/// withheld heartbeat stops every task within half its duration, 1 s here), never moved.
+/// Returns the longest gap between its requests.
+async fn judge_other_task(
+    story: &Story,
+    site: &Site,
+    held: Instant,
+    assignment: Option<i64>,
+    verdict: &mut Verdict,
+) -> Duration {
+    let end = Instant::now();
+    let mut at: Vec<Instant> = site
+        .hits("task-o")
+        .iter()
+        .filter(|h| h.at >= held)
+        .map(|h| h.at)
+        .collect();
+    at.sort();
+    verdict.count("other_task_requests", at.len());
+    let mut longest = Duration::ZERO;
+    let mut last = held;
+    for t in at.iter().copied().chain([end]) {
+        let gap = t.saturating_duration_since(last);
+        longest = longest.max(gap);
+        if gap >= Duration::from_secs(1) {
+            verdict.violation(
+                "other_task_paused",
+                format!(
+                    "no request of task-o for {gap:?}, from {:?} after the lock",
+                    last.saturating_duration_since(held)
+                ),
+            );
+        }
+        last = t;
+    }
+    let now = story.api().get("task-o").await.unwrap().status.unwrap();
+    verdict.judged += 1;
+    if now.assignments != assignment || now.assigned_worker.as_deref() != Some("worker-1") {
+        verdict.violation(
+            "other_task_moved",
+            format!(
+                "task-o is now on {:?} as assignment {:?}",
+                now.assigned_worker, now.assignments
+            ),
+        );
+    }
+    longest
+}
+
+/// A session of the test that inserted `uid`'s fence row in a transaction it never ends (what a
+/// worker that died between its fence upsert and COMMIT leaves), with PostgreSQL's defaults: no
+/// timeout ends it. Returns its client and its connection's task.
+async fn hold_task_row(
+    url: &str,
+    ns: &str,
+    uid: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (holder, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let holder_connection = tokio::spawn(connection);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO crawl_tasks (namespace, resource_uid, name, assignment, worker, \
+             claimed_at, updated_at) VALUES ('{ns}', '{uid}', 'task-l', 0, 'worker-0', now(), now())"
+        ))
+        .await
+        .unwrap();
+    (holder, holder_connection)
+}
+
+/// Worker-1's node dies between its fence upsert and COMMIT: its session (here a connection of
+/// the test, with PostgreSQL's defaults, as any session that did not set the worker's timeouts)
+/// keeps the task's row locked. The next owner must say it waits (`WaitingForDatabase`, not
+/// `Running` with 0 pages) within a bound, a suspend must not wait on its blocked claim, the
+/// worker's other task must go on (its heartbeat is not withheld), and once the holder's
+/// transaction ends the task proceeds and completes. Judged as one verdict, so a run of the code
+/// before the fix shows every way it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_row_lock_shows_as_waiting_and_stalls_neither_a_suspend_nor_other_tasks() {
+    let site = Site::start().await;
+    let url = postgres::shared().database("rowlock_procs");
+    let db = Postgres::db_of(&url).to_owned();
+    let mut story = Story::new("rowlock").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker_with("worker-1", None, &pg_flags(&url));
+    // The worker's other task, crawling all along.
+    story
+        .apply_resource("task-o", endless(&site, "task-o"))
+        .await;
+    story.assert_assigned("task-o", "worker-1").await;
+    site.wait_for_hits("task-o", "worker-1", None, 3).await;
+    wait_sql(
+        &db,
+        "task-o claimed",
+        "SELECT count(*) FROM crawl_tasks",
+        |n| n == "1",
+    )
+    .await;
+    let api = story.api();
+    let other_assignment = api.get("task-o").await.unwrap().status.unwrap().assignments;
+    let mut verdict = Verdict::new("rowlock");
+
+    // The task whose previous owner died, created suspended so its uid is known before a worker
+    // claims it: 63 pages.
+    let mut spec = tree(&site, "task-l");
+    spec["maxDepth"] = json!(5);
+    spec["suspend"] = json!(true);
+    story.apply_resource("task-l", spec).await;
+    let uid = api.get("task-l").await.unwrap().uid().unwrap();
+    let (holder, holder_connection) = hold_task_row(&url, story.ns(), &uid).await;
+    let held = Instant::now();
+
+    // (a) The new owner's claim waits on the lock: the task says so within a bound.
+    story.set_suspend("task-l", false).await;
+    story.assert_assigned("task-l", "worker-1").await;
+    let waiting = judge_waiting(&story, &mut verdict).await;
+    let seen_waiting = held.elapsed();
+
+    // (b) A suspend of the blocked task completes at once: the run stops without waiting for
+    // its claim, and the worker confirms the release (a lapse of its heartbeat would take
+    // B + D = 7 s here).
+    let suspend = Instant::now();
+    story.set_suspend("task-l", true).await;
+    story
+        .wait_for_resource("task-l", "phase Suspended", |r| {
+            phase(r) == Some(Phase::Suspended)
+        })
+        .await;
+    let suspended = suspend.elapsed();
+    verdict.judged += 1;
+    if suspended >= Duration::from_secs(3) {
+        verdict.violation(
+            "slow_suspend",
+            format!("Suspended {suspended:?} after the suspend"),
+        );
+    }
+
+    // (c) Placed again, it waits on the lock again; the holder's transaction ends (its process
+    // is gone, its connection closes) and the task proceeds and completes.
+    story.set_suspend("task-l", false).await;
+    story.assert_assigned("task-l", "worker-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early = site.hits("task-l").len();
+    verdict.judged += 1;
+    if early > 0 {
+        verdict.violation(
+            "fetched_while_blocked",
+            format!("{early} requests of task-l before the lock was released"),
+        );
+    }
+    drop(holder);
+    holder_connection.abort();
+    let released = Instant::now();
+    let complete = wait_for("task-l: condition Complete=True", BOUND, POLL, || async {
+        let r = api.get("task-l").await.map_err(|e| e.to_string())?;
+        let status = r.status.unwrap_or_default();
+        match status.condition("Complete") {
+            Some(c) if c.status == "True" => Ok(status),
+            other => Err(format!("{other:?} {:?}", status.progress)),
+        }
+    })
+    .await;
+    assert_eq!(complete.progress.unwrap().pages_fetched, 63);
+    let first = site
+        .hits("task-l")
+        .iter()
+        .map(|h| h.at)
+        .min()
+        .unwrap()
+        .saturating_duration_since(released);
+    let rows = sql(
+        &db,
+        &format!(
+            "SELECT count(*), count(DISTINCT url), count(*) FILTER (WHERE state = 'queued') \
+               FROM crawl_pages WHERE resource_uid = '{uid}'"
+        ),
+    );
+    assert_eq!(rows, "63|63|0");
+
+    let longest = judge_other_task(&story, &site, held, other_assignment, &mut verdict).await;
+    let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
+    verdict.figure("waiting_shown_s", &secs(seen_waiting));
+    verdict.figure("suspended_s", &secs(suspended));
+    verdict.figure("first_request_after_unlock_s", &secs(first));
+    verdict.figure("longest_gap_other_ms", &longest.as_millis());
+    if let Ok((message, _)) = &waiting {
+        println!("RESULTS rowlock: the WaitingForDatabase message: {message}");
+    }
+    verdict.print_and_assert();
 }

@@ -5,7 +5,10 @@
 
 use crate::support;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use crawler_crawl::{self as crawl, CrawlConfig, Discovered, PageRecord, Sink, SinkError};
 use crawler_operator::store::{PgSink, Store, StoreHealth, TaskKey};
@@ -408,6 +411,200 @@ async fn a_database_crash_mid_crawl_pauses_the_crawl_and_loses_nothing() {
             .contains("database system was interrupted"),
         "the server did not go through crash recovery"
     );
+}
+
+/// Waits (up to `bound`) until `health` says the sink waits for the database; returns why.
+async fn waiting(health: &mut watch::Receiver<Option<String>>, bound: Duration) -> Option<String> {
+    tokio::time::timeout(bound, async {
+        loop {
+            if let Some(why) = health.borrow_and_update().clone() {
+                return Some(why);
+            }
+            if health.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A previous owner died between its fence upsert and COMMIT (its node went away): its session,
+/// opened as the worker opens its own, keeps the task's row locked and says nothing more. The
+/// next owner's claim says it waits (the lock timeout), a stop ends that wait at once, and the
+/// server itself ends the dead session (idle in transaction), so the next claim proceeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_open_transaction_is_ended_by_the_server_and_the_next_owner_proceeds() {
+    let pg = postgres::shared();
+    let url = pg.database("deadowner");
+    let db = postgres::Postgres::db_of(&url).to_owned();
+    let store = Store::new(&url, true).unwrap();
+    drop(open(&store, 1, "worker-1").await.unwrap());
+
+    let owner = crawler_operator::store::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    owner
+        .batch_execute(
+            "BEGIN; UPDATE crawl_tasks SET assignment = 2, worker = 'worker-2' \
+             WHERE resource_uid = 'uid-1'",
+        )
+        .await
+        .unwrap();
+    let died = Instant::now();
+
+    // A new owner stopped while it waits for the lock: its open returns at once.
+    let (health_tx, mut health_rx) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let blocked = tokio::spawn({
+        let (store, cancel) = (store.clone(), cancel.clone());
+        async move {
+            let seeds = ["http://a.example/".to_owned()];
+            PgSink::open(store, key(3, "worker-3"), &seeds, health_tx, cancel)
+                .await
+                .map(drop)
+        }
+    });
+    let why = waiting(&mut health_rx, Duration::from_secs(4))
+        .await
+        .expect("the blocked claim never said it waits");
+    let shown = died.elapsed();
+    assert!(why.contains("lock"), "{why}");
+    let stop = Instant::now();
+    cancel.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(1), blocked)
+        .await
+        .expect("the claim went on waiting after the stop")
+        .unwrap();
+    let stop_took = stop.elapsed();
+    assert!(stopped.is_err(), "a stopped claim reported success");
+
+    // The server ends the dead owner's session; the next claim proceeds.
+    let claimed = tokio::time::timeout(Duration::from_secs(20), open(&store, 3, "worker-3"))
+        .await
+        .expect("the claim still waits for the dead owner's lock")
+        .unwrap();
+    let proceeded = died.elapsed();
+    let ended = owner.simple_query("SELECT 1").await.unwrap_err();
+    println!(
+        "STORE dead owner: waiting shown after {shown:?}, a stop ended the wait in {stop_took:?}, \
+         the next owner claimed {proceeded:?} after the owner died; its session: {}",
+        crawler_operator::store::describe(&ended)
+    );
+    assert!(proceeded < Duration::from_secs(10), "{proceeded:?}");
+    drop(claimed);
+    assert_eq!(
+        pg.psql(&db, "SELECT assignment || ' ' || worker FROM crawl_tasks")
+            .unwrap(),
+        "3 worker-3"
+    );
+    // What every session of the worker carries, as the server sees it.
+    let session = crawler_operator::store::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut shown = Vec::new();
+    for setting in [
+        "lock_timeout",
+        "statement_timeout",
+        "idle_in_transaction_session_timeout",
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+    ] {
+        let row = session
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .unwrap();
+        shown.push(row.get::<_, String>(0));
+    }
+    assert_eq!(shown, ["2s", "30s", "5s", "5", "2", "3"]);
+}
+
+/// A running crawl's batch is blocked by a row lock another session holds (without the worker's
+/// timeouts, as any foreign session): a stop ends the crawl without waiting for that write (the
+/// last batch is given up after the final-checkpoint bound), and the abandoned writer leaves no
+/// transaction open behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_never_waits_on_a_blocked_batch_and_leaves_no_transaction_open() {
+    let pg = postgres::shared();
+    let url = format!("{}?application_name=blocked-writer", pg.database("blocked"));
+    let db = postgres::Postgres::db_of(url.split('?').next().unwrap()).to_owned();
+    let store = Store::new(&url, true).unwrap();
+    let site = Site::start().await;
+    let mut config = tree(&site, "b");
+    config.max_depth = 10;
+    config.rate_limit.requests_per_second = 50.0;
+    config.rate_limit.burst = 1;
+    let seeds = config.normalized_seeds().unwrap();
+    let (health_tx, mut health_rx) = watch::channel(None);
+    let (sink, frontier) = PgSink::open(
+        store.clone(),
+        key(1, "worker-1"),
+        &seeds,
+        health_tx,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let crawl = tokio::spawn(crawl::run_from(
+        config,
+        Some(frontier),
+        sink,
+        cancel.clone(),
+        |_| {},
+    ));
+    site.wait_for_hits("b", "?", None, 20).await;
+
+    let (holder, connection) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let holder_connection = tokio::spawn(connection);
+    holder
+        .batch_execute("BEGIN; SELECT * FROM crawl_tasks FOR UPDATE")
+        .await
+        .unwrap();
+    let why = waiting(&mut health_rx, Duration::from_secs(6))
+        .await
+        .expect("the blocked batch never said it waits");
+    assert!(why.contains("lock"), "{why}");
+
+    let stop = Instant::now();
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(8), crawl)
+        .await
+        .expect("the crawl went on waiting for its blocked batch after the stop")
+        .unwrap()
+        .unwrap();
+    let stop_took = stop.elapsed();
+    assert_eq!(outcome.stop, crawl::StopReason::Cancelled);
+
+    // The abandoned writer's session: gone (or at least out of any transaction) within the
+    // lock timeout.
+    let open_left = || {
+        pg.psql(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity \
+              WHERE application_name = 'blocked-writer' AND xact_start IS NOT NULL",
+        )
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while open_left() != "0" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = open_left();
+    let cleared = stop.elapsed();
+    println!(
+        "STORE blocked batch: the crawl returned {stop_took:?} after the stop, the writer's \
+         transactions open {cleared:?} after it: {left}"
+    );
+    // The final checkpoint's bound (3 s) and a little.
+    assert!(stop_took < Duration::from_secs(5), "{stop_took:?}");
+    assert_eq!(left, "0", "the abandoned writer keeps a transaction open");
+    drop(holder);
+    holder_connection.abort();
 }
 
 #[tokio::test]

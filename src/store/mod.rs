@@ -20,6 +20,10 @@
 //! counts, the queued rows are the queue. [`sink::PgSink`] writes in batches (every
 //! `checkpoint_interval`, or every [`sink::BATCH`] pages), so a move re-fetches at most what
 //! the last interval fetched.
+//!
+//! Every session the worker opens is set up in one place ([`configure`], [`session`]): client
+//! TCP keepalives of seconds, and the server-side timeouts that keep a dead or stuck session
+//! from blocking the task's next owner (see the constants below for the values and why).
 
 pub mod sink;
 
@@ -100,21 +104,82 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
 }
 
-/// Connects (plain TCP; `sslmode=require` is refused by this build) and drives the connection
-/// on its own task. Bounded by `timeout`, so an unreachable host fails rather than hangs.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
-    config.connect_timeout(timeout);
+/// How long a statement waits for a lock before it fails (SQLSTATE 55P03), and the task reports
+/// `WaitingForDatabase` and tries again. The only locks a worker waits for are its task's rows,
+/// held by one batch transaction of the task's other writer (milliseconds); longer means a
+/// session that will not let go (a dead owner's, or anyone's): say so soon.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one statement may run. The longest the worker sends is the resume read of a task's
+/// rows (well under a second for 100 000 pages); this only stops one that is stuck.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a session may sit idle inside a transaction before the server ends it (and rolls
+/// back, freeing its locks). A worker never waits inside a transaction for anything but the
+/// database (its batches are built before `BEGIN`), so a transaction idle this long belongs to
+/// a worker that died, froze or lost its network between two statements. It is shorter than the
+/// time the controller takes to move the task off a dead worker (at least 0.8 D after its death,
+/// 8 s at the default heartbeat duration D = 10 s), so the next owner normally finds the lock
+/// gone.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive: first probe after this much silence, then every [`KEEPALIVE_INTERVAL`], the
+/// connection given up after [`KEEPALIVE_RETRIES`] unanswered probes (11 s in all, instead of the
+/// system's two hours). Set on both ends: the worker notices a dead server or path, the server
+/// a dead worker.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The session settings sent once per connection, right after it is made (a `SET` each, one
+/// round trip). Sent rather than put in the startup packet's `options`, which connection
+/// poolers such as `PgBouncer` refuse; they override what the role or database sets.
+pub fn session_settings() -> String {
+    format!(
+        "SET lock_timeout = {}; SET statement_timeout = {}; \
+         SET idle_in_transaction_session_timeout = {}; SET tcp_keepalives_idle = {}; \
+         SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {KEEPALIVE_RETRIES}",
+        LOCK_TIMEOUT.as_millis(),
+        STATEMENT_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+        KEEPALIVE_IDLE.as_secs(),
+        KEEPALIVE_INTERVAL.as_secs(),
+    )
+}
+
+/// Sets what every connection of the worker needs on the parsed connection string: the connect
+/// bound, client keepalives (and a TCP user timeout of the same length, for data the server
+/// never acknowledges), and an application name for `pg_stat_activity` unless the string names
+/// one.
+pub fn configure(config: &mut tokio_postgres::Config, connect_timeout: Duration) {
+    config.connect_timeout(connect_timeout);
+    config.keepalives(true);
+    config.keepalives_idle(KEEPALIVE_IDLE);
+    config.keepalives_interval(KEEPALIVE_INTERVAL);
+    config.keepalives_retries(KEEPALIVE_RETRIES);
+    config.tcp_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES);
     if config.get_application_name().is_none() {
         config.application_name("crawler-operator");
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(StoreError::Connect)?;
+}
+
+/// Opens a session (plain TCP; `sslmode=require` is refused by this build), drives the
+/// connection on its own task, and applies [`session_settings`]. Every connection of the worker
+/// is made here.
+pub async fn session(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection ended");
         }
     });
+    client.batch_execute(&session_settings()).await?;
     Ok(client)
+}
+
+/// Connects with the worker's session settings ([`session`]). Bounded by `timeout`, so an
+/// unreachable host fails rather than hangs.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
+    configure(&mut config, timeout);
+    session(&config).await.map_err(StoreError::Connect)
 }
 
 /// Applies the migrations not yet applied; returns the versions it applied. Safe to run from
@@ -139,6 +204,10 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS {
         let tx = client.transaction().await?;
+        // A migration may wait for another's lock and run long (a backfill): neither bound of
+        // the session applies to it. A stuck migration is ended by a stop of whoever waits on it.
+        tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
+            .await?;
         // 0x6372_6177 = "craw": one lock for every crawler-operator migration.
         tx.execute("SELECT pg_advisory_xact_lock(1668440439)", &[])
             .await?;
@@ -181,6 +250,10 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
             class == "08" // connection exception
                 || class == "57" // operator intervention: admin shutdown, cannot connect now
                 || class == "53" // insufficient resources: too many connections, disk full
+                // lock_timeout: another session holds a row this write needs
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                // the server ended a session left idle inside a transaction
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED
         }
@@ -215,6 +288,15 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
                  store.postgres.secretName (key url)",
             );
         }
+        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => {
+            let _ = write!(
+                out,
+                "; another session holds this task's rows locked, most likely a previous owner \
+                 whose transaction has not ended (the server ends one left idle by a dead worker \
+                 after {IDLE_IN_TRANSACTION_TIMEOUT:?}; pg_stat_activity and pg_locks show who \
+                 holds it)"
+            );
+        }
         Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
             out.push_str("; create the database, or fix its name in the connection string");
         }
@@ -232,6 +314,20 @@ mod tests {
         for (i, (version, _, _)) in MIGRATIONS.iter().enumerate() {
             assert_eq!(*version, i32::try_from(i).unwrap() + 1);
         }
+    }
+
+    #[test]
+    fn the_session_settings_are_the_documented_bounds() {
+        assert_eq!(
+            session_settings(),
+            "SET lock_timeout = 2000; SET statement_timeout = 30000; \
+             SET idle_in_transaction_session_timeout = 5000; SET tcp_keepalives_idle = 5; \
+             SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3"
+        );
+        // A lock wait is reported well before the server ends a dead owner's session, and a
+        // statement is never cut before a lock wait is.
+        assert!(LOCK_TIMEOUT < IDLE_IN_TRANSACTION_TIMEOUT);
+        assert!(LOCK_TIMEOUT < STATEMENT_TIMEOUT);
     }
 
     #[tokio::test]

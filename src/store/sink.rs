@@ -5,6 +5,12 @@
 //! refusal and on errors a person must fix. A batch that may or may not have committed when
 //! the connection broke is written again: every statement in it is idempotent (upserts keyed by
 //! URL, the fence upsert), so nothing is lost and nothing is duplicated.
+//!
+//! Nothing here waits on the database past a stop: opening (the claim) gives up the moment the
+//! run is cancelled, a hand-over that would wait behind a blocked batch gives way to the stop,
+//! and a sink dropped with a batch still unwritten (the engine gives its final checkpoint a
+//! bound) aborts its writer, closing the connection, so no transaction of it stays open past
+//! the session's lock and statement timeouts ([`super::LOCK_TIMEOUT`]).
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -81,10 +87,7 @@ impl Store {
     /// setting (and never echoing the password).
     pub fn new(url: &str, migrate: bool) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
-        config.connect_timeout(CONNECT_TIMEOUT);
-        if config.get_application_name().is_none() {
-            config.application_name("crawler-operator");
-        }
+        super::configure(&mut config, CONNECT_TIMEOUT);
         Ok(Self {
             config: Arc::new(config),
             migrate,
@@ -103,16 +106,7 @@ impl Store {
     }
 
     async fn connect(&self) -> Result<Client, Failure> {
-        let (mut client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(Failure::from)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "database connection ended");
-            }
-        });
+        let mut client = super::session(&self.config).await.map_err(Failure::from)?;
         if self.migrate {
             self.migrated
                 .get_or_try_init(|| async {
@@ -139,11 +133,25 @@ impl Store {
 /// slows the crawl down rather than piling up pages). [`Sink::flush`] waits until everything
 /// handed over is committed. A batch the store refuses (fenced) or cannot take (an error a
 /// person must fix) ends the writer; the next write or flush returns that error.
+///
+/// Dropping it aborts the writer (see the module docs).
 pub struct PgSink {
     pages: Vec<Value>,
     queued: Vec<Value>,
     batches: mpsc::Sender<Batch>,
     writer: Option<JoinHandle<Result<(), SinkError>>>,
+    /// The run's cancellation: a hand-over that does not wait for the commit gives way to it.
+    cancel: CancellationToken,
+}
+
+impl Drop for PgSink {
+    /// A batch still being written is given up: the writer's transaction is dropped (a ROLLBACK
+    /// is queued) with its connection, instead of living on detached.
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
+        }
+    }
 }
 
 /// What the writer task writes in one transaction, and whom to tell when it is committed.
@@ -205,7 +213,8 @@ ON CONFLICT (namespace, resource_uid, url) DO UPDATE SET
 impl PgSink {
     /// Claims the task for `key.assignment` (raising its fence: from here on no older
     /// assignment can write), records the seeds as queued, and reads back what to resume from.
-    /// Waits out an unreachable database (see [`StoreHealth`]) until `cancel` fires.
+    /// Waits out an unreachable database or a lock another session holds (see [`StoreHealth`])
+    /// until `cancel` fires, which ends the wait at once, also in the middle of a statement.
     pub async fn open(
         store: Store,
         key: TaskKey,
@@ -226,8 +235,21 @@ impl PgSink {
             cancel,
         };
         let mut delay = Backoff::default();
+        let stop = writer.cancel.clone();
         let frontier = loop {
-            let result = writer.try_open().await;
+            let attempt = tokio::select! {
+                biased;
+                () = stop.cancelled() => None,
+                result = writer.try_open() => Some(result),
+            };
+            let Some(result) = attempt else {
+                // The transaction and the connection are dropped with the attempt: the server
+                // ends the statement within its lock or statement timeout and rolls back.
+                writer.client = None;
+                return Err(SinkError::Other(
+                    "stopped while claiming the task in the database".to_owned(),
+                ));
+            };
             if let Some(frontier) = writer.settle(result, &mut delay).await? {
                 writer.queued.clear();
                 break frontier;
@@ -238,13 +260,16 @@ impl PgSink {
             pages: Vec::new(),
             queued: Vec::new(),
             batches,
+            cancel: writer.cancel.clone(),
             writer: Some(tokio::spawn(writer.run(rx))),
         };
         Ok((sink, frontier))
     }
 
     /// Hands the current batch to the writer; with `wait`, returns once it (and every batch
-    /// before it) is committed.
+    /// before it) is committed. Without `wait`, a hand-over that would wait behind a batch being
+    /// written gives way to the run's cancellation and keeps its pages (the final flush takes
+    /// them). Safe to drop at any await: the pages leave `self` only once the writer has room.
     async fn hand_over(&mut self, wait: bool) -> Result<(), SinkError> {
         let (committed, done) = if wait {
             let (tx, rx) = oneshot::channel();
@@ -252,12 +277,25 @@ impl PgSink {
         } else {
             (None, None)
         };
-        let batch = Batch {
-            pages: std::mem::take(&mut self.pages),
-            queued: std::mem::take(&mut self.queued),
-            committed,
+        let handed = {
+            let permit = if wait {
+                self.batches.reserve().await
+            } else {
+                tokio::select! {
+                    biased;
+                    permit = self.batches.reserve() => permit,
+                    () = self.cancel.cancelled() => return Ok(()),
+                }
+            };
+            permit.map(|permit| {
+                permit.send(Batch {
+                    pages: std::mem::take(&mut self.pages),
+                    queued: std::mem::take(&mut self.queued),
+                    committed,
+                });
+            })
         };
-        if self.batches.send(batch).await.is_err() {
+        if handed.is_err() {
             return Err(self.writer_error().await);
         }
         if let Some(done) = done

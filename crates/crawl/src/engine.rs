@@ -207,7 +207,9 @@ where
             biased;
             () = cancel.cancelled() => break StopReason::Cancelled,
             _ = checkpoint.tick() => {
-                sink.flush().await.map_err(|source| sink_error("(checkpoint)", source))?;
+                if !checkpoint_unless_stopped(&mut sink, &cancel, &cfg.task).await? {
+                    break StopReason::Cancelled;
+                }
                 continue;
             }
             Some(visit) = in_flight.next() => visit,
@@ -237,7 +239,7 @@ where
     };
     // Dropping the visits drops their requests and connections.
     drop(in_flight);
-    final_checkpoint(&mut sink, &cfg.task).await?;
+    let stop = final_checkpoint(sink, &cfg.task, stop, &cancel).await?;
 
     state.queued = queue.len();
     state.in_flight = 0;
@@ -249,22 +251,66 @@ where
     })
 }
 
-/// Makes what was written durable when the crawl stops, also on a cancel (a moved task's last
-/// batch is kept unless the new owner has written already: the store's fence decides), within
-/// a bound.
-async fn final_checkpoint<S: Sink>(sink: &mut S, task: &str) -> Result<(), CrawlError> {
-    let Ok(result) = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, sink.flush()).await else {
-        warn!(
-            task,
-            "the final checkpoint did not finish within {FINAL_FLUSH_TIMEOUT:?}; the next owner fetches what it held again"
-        );
-        return Ok(());
-    };
-    result.map_err(|source| CrawlError::Sink {
+/// Writes a checkpoint unless the crawl is stopped first: a store that cannot take it yet (it
+/// waits out its database) gives way to the stop, and the final checkpoint tries once more,
+/// within its bound. `Ok(false)`: stopped.
+async fn checkpoint_unless_stopped<S: Sink>(
+    sink: &mut S,
+    cancel: &CancellationToken,
+    task: &str,
+) -> Result<bool, CrawlError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Ok(false),
+        flushed = sink.flush() => flushed.map(|()| true).map_err(|source| CrawlError::Sink {
+            task: task.to_owned(),
+            url: "(checkpoint)".to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Makes what was written durable when the crawl stops; returns how it stopped.
+///
+/// A crawl that ended by itself waits for its last batch as for any checkpoint (it is only done
+/// once everything is stored), unless it is cancelled meanwhile. A cancelled crawl (a moved
+/// task's last batch is kept unless the new owner has written already: the store's fence
+/// decides) gives it [`FINAL_FLUSH_TIMEOUT`]: what is not written by then, or cannot be written,
+/// is fetched again by the next owner. A refusal as stale is returned (the caller says why the
+/// task stopped). The sink is dropped at the end: one dropped with a batch unwritten gives it up
+/// (the PostgreSQL sink aborts its writer).
+async fn final_checkpoint<S: Sink>(
+    mut sink: S,
+    task: &str,
+    stop: StopReason,
+    cancel: &CancellationToken,
+) -> Result<StopReason, CrawlError> {
+    let sink_error = |source| CrawlError::Sink {
         task: task.to_owned(),
         url: "(final checkpoint)".to_owned(),
         source,
-    })
+    };
+    if stop != StopReason::Cancelled {
+        tokio::select! {
+            biased;
+            flushed = sink.flush() => return flushed.map(|()| stop).map_err(sink_error),
+            () = cancel.cancelled() => {}
+        }
+    }
+    match tokio::time::timeout(FINAL_FLUSH_TIMEOUT, sink.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_fenced() => return Err(sink_error(e)),
+        Ok(Err(e)) => warn!(
+            task,
+            error = %e,
+            "the final checkpoint failed; the next owner fetches what it held again"
+        ),
+        Err(_) => warn!(
+            task,
+            "the final checkpoint did not finish within {FINAL_FLUSH_TIMEOUT:?}; the next owner fetches what it held again"
+        ),
+    }
+    Ok(StopReason::Cancelled)
 }
 
 /// A URL waiting to be visited: its depth and the extraction rule it will be given.

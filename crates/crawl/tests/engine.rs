@@ -733,6 +733,94 @@ async fn cancel_drops_a_request_in_flight() {
     assert_eq!(progress_rx.borrow().in_flight, 0);
 }
 
+/// A buffering sink whose batches never commit (a store that waits for its database forever);
+/// counts the flushes it was asked for and how many pages it holds.
+#[derive(Clone, Default)]
+struct Stuck {
+    flushes: Arc<Mutex<usize>>,
+    /// Flushes that complete before the sink gets stuck (`usize::MAX`: never stuck).
+    until: usize,
+    delay: Duration,
+}
+
+impl Sink for Stuck {
+    async fn write(&mut self, _record: &PageRecord) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        let n = {
+            let mut flushes = self.flushes.lock();
+            *flushes += 1;
+            *flushes
+        };
+        if n > self.until {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.delay).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_stop_never_waits_on_a_checkpoint_that_does_not_complete() {
+    let site = wide_site(200).await;
+    let mut cfg = config(&[site.url("/")]);
+    cfg.checkpoint_interval = Duration::from_millis(50);
+    cfg.rate_limit = RateLimit {
+        requests_per_second: 20.0,
+        burst: 1,
+    };
+    let sink = Stuck::default();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(crawl::run(cfg, sink.clone(), cancel.clone(), |_| {}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while *sink.flushes.lock() == 0 {
+        assert!(Instant::now() < deadline, "no checkpoint was taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stop = Instant::now();
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the crawl went on waiting for its checkpoint after the stop")
+        .unwrap()
+        .unwrap();
+    let took = stop.elapsed();
+    eprintln!("a stuck checkpoint: the crawl returned {took:?} after the stop");
+    assert_eq!(outcome.stop, StopReason::Cancelled);
+    // The checkpoint gave way at once; the final one had its 3 s and was given up.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(
+        *sink.flushes.lock(),
+        2,
+        "the checkpoint, then the final one"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_crawl_waits_for_its_last_batch() {
+    let site = Site::start(vec![("/", html("<title>only</title>"))]).await;
+    let mut cfg = config(&[site.url("/")]);
+    cfg.checkpoint_interval = Duration::from_secs(60);
+    // The last batch takes longer than the bound a stopped crawl gives it.
+    let sink = Stuck {
+        until: usize::MAX,
+        delay: Duration::from_secs(4),
+        ..Stuck::default()
+    };
+    let started = Instant::now();
+    let outcome = crawl::run(cfg, sink.clone(), CancellationToken::new(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.stop, StopReason::Finished);
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    assert_eq!(*sink.flushes.lock(), 1);
+}
+
 // === secrets, sinks, progress, config ===
 
 #[tokio::test]
