@@ -392,6 +392,12 @@ impl Worker {
                     task.version
                         .send_replace(resource.resource_version().unwrap_or_default());
                 }
+            } else if self.stopping.contains_key(name) {
+                // A run of it stopped (a spec change, say) and is still winding up: its last
+                // batch could commit after a new run read its frontier. The new run starts at a
+                // sync after the old one ended (`track_releases` forgets ended runs; the 1 s
+                // tick syncs).
+                tracing::debug!(resource = %name, "waiting for its previous run to end before starting it");
             } else {
                 let task = self.start(resource.clone(), 1);
                 self.tasks.insert(name.clone(), task);

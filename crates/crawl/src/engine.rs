@@ -128,8 +128,11 @@ pub struct Frontier {
     pub requested: u64,
 }
 
-/// [`run`], resuming from `frontier` when given (`None`: start from the seeds). A frontier
-/// whose queue is empty is a finished crawl: it returns [`StopReason::Finished`] at once.
+/// [`run`], resuming from `frontier` when given (`None`: start from the seeds). The frontier is
+/// checked against `config` first: queued URLs it no longer allows (their host, their depth)
+/// are dropped, and seeds not seen yet are queued, so a spec changed since the frontier was
+/// stored is what the crawl follows. A frontier whose queue is then empty is a finished crawl:
+/// it returns [`StopReason::Finished`] at once.
 pub async fn run_from<S, P>(
     config: CrawlConfig,
     frontier: Option<Frontier>,
@@ -432,20 +435,33 @@ impl Engine {
             return (queue, Progress::default(), 0);
         };
         let parse = |u: &str| Url::parse(u).ok();
+        // The spec may have changed since the frontier was stored (a new generation resumes the
+        // same store): what the current one no longer allows (a host taken out of allowedHosts,
+        // a depth past maxDepth) is dropped, and seeds it adds are queued.
+        let mut dropped = 0_usize;
         let mut queue: Vec<Queued> = frontier
             .queue
             .iter()
             .filter_map(|(u, d)| {
                 let url = parse(u)?;
+                if *d > cfg.max_depth || !cfg.hosts.allows(&url) {
+                    dropped += 1;
+                    return None;
+                }
                 let rule = cfg.rules.rule_for(url.as_str());
                 Some((url, *d, rule))
             })
             .collect();
-        queue.sort_by_key(|(_, depth, _)| *depth);
         let mut seen = self.seen.lock();
         seen.extend(frontier.seen.iter().filter_map(|u| parse(u)));
         seen.extend(queue.iter().map(|(u, _, _)| u.clone()));
-        info!(task = %cfg.task, queued = queue.len(), seen = seen.len(), pages = frontier.progress.pages_fetched, "crawl resuming from its stored frontier");
+        for seed in &cfg.seeds {
+            if seen.insert(seed.clone()) {
+                queue.push((seed.clone(), 0, cfg.rules.rule_for(seed.as_str())));
+            }
+        }
+        queue.sort_by_key(|(_, depth, _)| *depth);
+        info!(task = %cfg.task, queued = queue.len(), dropped, seen = seen.len(), pages = frontier.progress.pages_fetched, "crawl resuming from its stored frontier");
         (queue.into(), frontier.progress, frontier.requested)
     }
 

@@ -1165,3 +1165,65 @@ async fn invalid_rules_are_refused_before_any_request() {
     );
     assert_eq!(site.total(), 0);
 }
+
+/// Issue 21, item 6: a crawl resumed from its stored frontier after a spec change follows the
+/// new spec, not the one the frontier was queued under. The frontier holds pages of a host the
+/// new `allowedHosts` took out and a page deeper than the new `maxDepth`; the new spec adds a
+/// seed. Judged from both sites' request logs.
+#[tokio::test]
+async fn a_resumed_frontier_is_checked_against_the_current_spec() {
+    let kept = Site::start(vec![
+        ("/", html("<title>root</title>")),
+        ("/a", html("<title>a</title>")),
+        ("/deep", html("<title>deep</title>")),
+        ("/new-seed", html("<title>new seed</title>")),
+    ])
+    .await;
+    let removed = Site::start(vec![("/b", html("<title>b</title>"))]).await;
+    let frontier = crawl::Frontier {
+        seen: vec![kept.url("/")],
+        queue: vec![
+            (kept.url("/a"), 1),
+            (removed.url("/b"), 1),
+            (kept.url("/deep"), 2),
+        ],
+        progress: crawl::Progress {
+            pages_fetched: 1,
+            ..crawl::Progress::default()
+        },
+        requested: 1,
+    };
+    // The new spec: only `kept`'s host, depth 1, and a second seed.
+    let mut config = config(&[kept.url("/"), kept.url("/new-seed")]);
+    config.max_depth = 1;
+    config.allowed_hosts = Some(vec![kept.addr.to_string()]);
+    config.respect_robots = false;
+    let records = Records::default();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        crawl::run_from(
+            config,
+            Some(frontier),
+            records.clone(),
+            CancellationToken::new(),
+            |_| {},
+        ),
+    )
+    .await
+    .expect("the crawl finishes")
+    .expect("the crawl runs");
+    assert_eq!(outcome.stop, StopReason::Finished);
+    let mut paths: Vec<String> = kept.hits().into_iter().map(|h| h.path).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/a", "/new-seed"],
+        "the root was fetched before the move"
+    );
+    assert_eq!(
+        removed.total(),
+        0,
+        "a host taken out of allowedHosts is never requested: {:?}",
+        removed.hits()
+    );
+}
