@@ -13,9 +13,14 @@
 # (hack/image.sh, hack/image/Containerfile): the final stages of the two files are the same, line
 # for line, except for where rootfs/ comes from (`make check-chart` compares them).
 
-ARG RUST_VERSION=1.95
-
-FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# The build stage's base, pinned by the digest of the tag's multi-arch index, so that a rebuild
+# uses the same toolchain and Debian packages. This machine cannot pull images: the digest is the
+# one public Dockerfiles pin for rust:1.95-slim-bookworm (and for rust:1.95.0-slim-bookworm, the
+# same image), e.g. github.com/Cyb3rb1ade/PLUR1BUS-Harness, Dockerfile at commit 38bf711, which
+# says it is the index digest; about a dozen other public Dockerfiles pin the same one. To bump:
+# `docker buildx imagetools inspect rust:<version>-slim-bookworm`, then change the tag and the
+# digest together. The final stage is `scratch`, which is no image and has no digest.
+FROM rust:1.95-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082 AS build
 # Set by BuildKit for each --platform; the target is native on each (no cross compiler needed).
 ARG TARGETARCH
 # musl-gcc builds ring's C and assembly for the musl target.

@@ -8,8 +8,10 @@
 #                            offline validation of all of it and of deploy/ against the
 #                            Kubernetes 1.37 schemas, and of the monitoring objects against
 #                            prometheus-operator's CRD schemas; copies, deploy/,
-#                            dashboard and chart README current; hadolint on the Dockerfile; the
-#                            Dockerfile's final stage the same as hack/image/Containerfile
+#                            dashboard and chart README current; the workers' NetworkPolicy and
+#                            PodDisruptionBudget on by default and off by their values; hadolint
+#                            on the Dockerfile; the Dockerfile's final stage the same as
+#                            hack/image/Containerfile
 #   hack/chart.sh check-deploy   only: the CRD copies, deploy/, dashboard and README are current
 #
 # Tools come from hack/install-tools.sh (helm, kubernetes-validate, hadolint, helm-docs,
@@ -207,6 +209,28 @@ check() {
   fi
   if "$helm" template "$release" "$chart" --set 'admissionPolicy.validationActions={Deny,Warn}' > /dev/null 2>&1; then
     echo "the chart did not refuse admissionPolicy.validationActions={Deny,Warn}" >&2
+    return 1
+  fi
+  # The workers' NetworkPolicy and PodDisruptionBudget are on by default and each has a switch;
+  # the postgres sink needs a database destination while the policy is on.
+  if [[ $(grep -c '^kind: NetworkPolicy$' "$work/default.yaml") != 1 \
+        || $(grep -c '^kind: PodDisruptionBudget$' "$work/default.yaml") != 2 ]]; then
+    echo "the default values should render one NetworkPolicy and two PodDisruptionBudgets" >&2
+    return 1
+  fi
+  "$helm" template "$release" "$chart" --set worker.networkPolicy.enabled=false \
+    --set worker.podDisruptionBudget.enabled=false > "$work/worker-guards-off.yaml"
+  if grep -q '^kind: NetworkPolicy$' "$work/worker-guards-off.yaml" \
+      || [[ $(grep -c '^kind: PodDisruptionBudget$' "$work/worker-guards-off.yaml") != 1 ]]; then
+    echo "worker.networkPolicy.enabled=false / worker.podDisruptionBudget.enabled=false did not turn them off" >&2
+    return 1
+  fi
+  if "$helm" template "$release" "$chart" --set 'worker.networkPolicy.internalCIDRs={10.0.0.0}' > /dev/null 2>&1; then
+    echo "values.schema.json did not refuse worker.networkPolicy.internalCIDRs={10.0.0.0} (no prefix length)" >&2
+    return 1
+  fi
+  if "$helm" template "$release" "$chart" --set worker.sink=postgres --set worker.postgres.secretName=db > /dev/null 2>&1; then
+    echo "sink=postgres without worker.networkPolicy.database.to was not refused" >&2
     return 1
   fi
 

@@ -67,6 +67,7 @@ install_chart() {
   "$TOOLS/helm" install "$RELEASE" "$demo_repo/charts/$RELEASE" --namespace "$NS" --create-namespace \
     --set controller.replicas=0 --set worker.replicas=2 \
     --set worker.sink=postgres --set worker.postgres.secretName=crawler-db \
+    --set 'worker.networkPolicy.database.to[0].ipBlock.cidr=127.0.0.1/32' \
     --wait --timeout 2m >"$LOGS/helm-install.log" 2>&1 \
     || { cat "$LOGS/helm-install.log" >&2; die "helm install failed"; }
   kc -n "$NS" create secret generic crawler-db --from-literal=url="$PG_URL" >/dev/null

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use crawler_core::PolicyKind;
+use crawler_core::{PolicyKind, WorkerSelector};
 use crawler_operator::{
     controller,
     crd::CrawlerResource,
@@ -123,7 +123,8 @@ struct ControllerArgs {
     /// Only watch this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
-    /// Label selector that makes a Pod a worker.
+    /// Label selector that makes a Pod a worker (the text form kubectl -l takes, e.g.
+    /// "pool in (a,b),!legacy"); one the API server would refuse stops the controller at start.
     #[arg(long, default_value = "app.kubernetes.io/component=crawler-worker")]
     worker_selector: String,
     /// Port of the worker process's HTTP server (its --metrics-addr); `status.assignedAddress`
@@ -270,6 +271,16 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .validate()
         .context("invalid leader-election flags")
         .map_err(bad_config)?;
+
+    // Sent to the API server as it is: a selector it refuses would fail every Pod watch, retried
+    // forever. Refused here instead, with the reason.
+    if let Err(e) = WorkerSelector::parse_text(&args.worker_selector) {
+        return Err(bad_config(anyhow::anyhow!(
+            "--worker-selector {:?} is not a label selector the API server accepts: {e}; write one \
+             such as app.kubernetes.io/component=crawler-worker or \"pool in (a,b),!legacy\"",
+            args.worker_selector
+        )));
+    }
 
     let rebalance = args
         .rebalance

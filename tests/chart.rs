@@ -14,7 +14,7 @@ use crate::support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Debug,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -27,10 +27,14 @@ use k8s_openapi::{
         coordination::v1::Lease,
         core::v1::{Container, Pod, Secret, Service, ServiceAccount},
         events::v1::Event,
+        networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
-    apimachinery::pkg::apis::meta::v1::MicroTime,
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, MicroTime},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -135,6 +139,22 @@ async fn helm_install_creates_every_object_with_secure_defaults() {
     );
     let pdb: PodDisruptionBudget = get(&client, ns, &format!("{fullname}-controller")).await;
     assert!(pdb.spec.unwrap().max_unavailable.is_some());
+    // The workers' budget: a drain evicts one at a time, and selects exactly the worker Pods.
+    let pdb: PodDisruptionBudget = get(&client, ns, &format!("{fullname}-worker")).await;
+    let pdb = pdb.spec.unwrap();
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(pdb.min_available, None);
+    assert_eq!(
+        pdb.unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow")
+    );
+    let worker_labels = template_labels(&worker);
+    assert!(selects(pdb.selector.as_ref().unwrap(), &worker_labels));
+    assert!(!selects(
+        pdb.selector.as_ref().unwrap(),
+        &template_labels(&controller)
+    ));
+    let _: NetworkPolicy = get(&client, ns, &format!("{fullname}-worker")).await;
     // All namespaces watched: the controller's rules are a ClusterRole.
     let _: ClusterRole = Api::all(client.clone())
         .get(&format!("{fullname}-controller"))
@@ -223,6 +243,8 @@ async fn deploy_manifests_pass_a_server_side_dry_run() {
         // The API server compiles the policy's CEL on create: a typo fails here.
         "validatingadmissionpolicy.admissionregistration.k8s.io/crawler-operator-cookie-secret-access",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/crawler-operator-cookie-secret-access",
+        "poddisruptionbudget.policy/crawler-operator-worker",
+        "networkpolicy.networking.k8s.io/crawler-operator-worker",
     ] {
         assert!(
             out.contains(&format!("{object} serverside-applied (server dry run)")),
@@ -1078,6 +1100,357 @@ async fn monitoring_objects_are_accepted_and_use_only_documented_metrics() {
     }
 }
 
+/// The workers' `NetworkPolicy`, as the API server stored it, read the way a network plugin
+/// enforces it: the internet and the cluster's DNS and API server are reachable, the cluster's own
+/// ranges (Pods, Services, nodes, cloud metadata) are not; only the metrics port admits
+/// connections. Then the values that narrow it (API server and database addresses, metrics
+/// sources, ports), the refusal of the postgres sink without a database destination, and the
+/// switch that turns it off.
+#[tokio::test]
+async fn the_workers_network_policy_admits_the_internet_but_not_the_cluster() {
+    let (cp, ns) = namespace_with_crd("chart-netpol").await;
+    let ns = ns.name();
+    helm_install(cp, ns, "np", &["fullnameOverride=np"]).await;
+    let admin = cp.client();
+    let policy: NetworkPolicy = get(&admin, ns, "np-worker").await;
+    let worker: Deployment = get(&admin, ns, "np-worker").await;
+    let controller: Deployment = get(&admin, ns, "np-controller").await;
+    let spec = policy.spec.clone().unwrap();
+    assert!(selects(
+        &spec.pod_selector.clone().unwrap(),
+        &template_labels(&worker)
+    ));
+    assert!(!selects(
+        &spec.pod_selector.clone().unwrap(),
+        &template_labels(&controller)
+    ));
+    assert_eq!(
+        spec.policy_types.clone().unwrap_or_default(),
+        ["Ingress", "Egress"]
+    );
+    let policy = Policy::of(&policy);
+    for (address, port) in [
+        ("93.184.215.14", 443),
+        ("93.184.215.14", 80),
+        ("8.8.8.8", 8080),
+        ("2606:4700::6810:85e5", 443),
+    ] {
+        assert!(policy.egress_to(address, port, "TCP"), "{address}:{port}");
+    }
+    for (address, port, what) in [
+        ("10.96.0.1", 80, "a Service address"),
+        ("10.244.3.7", 8080, "a Pod address"),
+        ("172.20.0.5", 5432, "a private address"),
+        ("192.168.1.1", 22, "a private address"),
+        ("100.64.0.9", 80, "a CGNAT address (GKE, EKS Pod ranges)"),
+        ("169.254.169.254", 80, "the cloud metadata service"),
+        ("127.0.0.1", 9090, "loopback"),
+        ("fd00:10:96::1", 80, "an IPv6 ULA Service address"),
+        ("fe80::1", 80, "IPv6 link-local"),
+        ("fd00:ec2::254", 80, "the IPv6 metadata service"),
+        ("224.0.0.251", 5353, "multicast"),
+    ] {
+        assert!(
+            !policy.egress_to(address, port, "TCP"),
+            "{what}: {address}:{port}"
+        );
+    }
+    // DNS: the cluster's DNS Pods, on UDP and TCP 53; not some other Pod on port 53.
+    let kube_system = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        "kube-system".to_owned(),
+    )]);
+    let coredns = BTreeMap::from([("k8s-app".to_owned(), "kube-dns".to_owned())]);
+    let other = BTreeMap::from([("app".to_owned(), "other".to_owned())]);
+    for protocol in ["UDP", "TCP"] {
+        assert!(policy.egress_to_pod(&kube_system, &coredns, "10.244.0.3", 53, protocol));
+    }
+    assert!(!policy.egress_to_pod(&kube_system, &coredns, "10.244.0.3", 80, "TCP"));
+    assert!(!policy.egress_to_pod(&kube_system, &other, "10.244.0.4", 53, "UDP"));
+    // The API server, by default on its ports wherever it is (no address given).
+    for port in [443, 6443] {
+        assert!(
+            policy.egress_to("10.0.0.2", port, "TCP"),
+            "API server on {port}"
+        );
+    }
+    assert!(!policy.egress_to("10.0.0.2", 80, "TCP"));
+    // Ingress: the metrics port only, from anywhere.
+    assert!(policy.ingress_from("10.244.9.9", 9090));
+    assert!(!policy.ingress_from("10.244.9.9", 8080));
+
+    // Narrowed: the API server's and the database's addresses, metrics from one namespace, the
+    // usual web ports only, and a proxy in the cluster.
+    helm_install(
+        cp,
+        ns,
+        "np-narrow",
+        &[
+            "fullnameOverride=np-narrow",
+            "controller.enabled=false",
+            "worker.sink=postgres",
+            "worker.postgres.secretName=crawler-db",
+            "worker.networkPolicy.apiServer.cidrs={10.0.0.2/32,fd00::2/128}",
+            "worker.networkPolicy.database.to[0].ipBlock.cidr=10.0.5.7/32",
+            "worker.networkPolicy.metrics.from[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+            "worker.networkPolicy.internet.ports[0].port=80",
+            "worker.networkPolicy.internet.ports[1].port=443",
+            "worker.networkPolicy.extraEgress[0].to[0].ipBlock.cidr=10.3.0.8/32",
+            "worker.networkPolicy.extraEgress[0].ports[0].port=3128",
+        ],
+    )
+    .await;
+    let narrow = Policy::of(&get::<NetworkPolicy>(&admin, ns, "np-narrow-worker").await);
+    assert!(narrow.egress_to("10.0.0.2", 6443, "TCP"));
+    assert!(narrow.egress_to("fd00::2", 443, "TCP"));
+    assert!(!narrow.egress_to("10.0.0.3", 6443, "TCP"), "another node");
+    assert!(
+        !narrow.egress_to("10.96.0.20", 443, "TCP"),
+        "another Service"
+    );
+    assert!(narrow.egress_to("10.0.5.7", 5432, "TCP"));
+    assert!(!narrow.egress_to("10.0.5.8", 5432, "TCP"));
+    assert!(!narrow.egress_to("10.0.5.7", 22, "TCP"));
+    assert!(narrow.egress_to("93.184.215.14", 443, "TCP"));
+    assert!(!narrow.egress_to("93.184.215.14", 8080, "TCP"));
+    assert!(narrow.egress_to("10.3.0.8", 3128, "TCP"));
+    assert!(!narrow.egress_to("10.3.0.9", 3128, "TCP"));
+    let monitoring = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_owned(),
+        "monitoring".to_owned(),
+    )]);
+    assert!(narrow.ingress_from_pod(&monitoring, &other, 9090));
+    assert!(!narrow.ingress_from_pod(&kube_system, &other, 9090));
+    assert!(
+        !narrow.ingress_from("10.244.9.9", 9090),
+        "not from an address"
+    );
+
+    // The postgres sink needs a database destination while the policy is on: refused at install,
+    // saying which value to set.
+    let mut template = helm(cp);
+    template.args(["template", "np", CHART, "--namespace", ns]);
+    for value in [
+        "worker.sink=postgres",
+        "worker.postgres.secretName=crawler-db",
+    ] {
+        template.args(["--set", value]);
+    }
+    let out = template.kill_on_drop(true).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("set worker.networkPolicy.database.to to where the database is"),
+        "{stderr}"
+    );
+    // Off: no NetworkPolicy at all; the internet rule off: no site outside.
+    for (value, expect) in [
+        ("worker.networkPolicy.enabled=false", false),
+        ("worker.networkPolicy.internet.enabled=false", true),
+    ] {
+        let mut template = helm(cp);
+        template.args(["template", "np", CHART, "--namespace", ns, "--set", value]);
+        let rendered = run(template, "helm template").await;
+        let policies: Vec<NetworkPolicy> = yaml_documents(&rendered)
+            .into_iter()
+            .filter(|d| d["kind"] == "NetworkPolicy")
+            .map(|d| serde_json::from_value(d).unwrap())
+            .collect();
+        assert_eq!(policies.len(), usize::from(expect), "{value}");
+        if let Some(policy) = policies.first() {
+            let policy = Policy::of(policy);
+            assert!(!policy.egress_to("93.184.215.14", 80, "TCP"), "{value}");
+            assert!(policy.egress_to("10.0.0.2", 6443, "TCP"), "{value}");
+            // Without apiServer.cidrs the API server's ports stay open to any address, outside
+            // too (docs/install.md says so).
+            assert!(policy.egress_to("93.184.215.14", 443, "TCP"), "{value}");
+        }
+    }
+}
+
+/// A `NetworkPolicy`'s rules, evaluated as the `NetworkPolicy` API defines them: a connection is
+/// admitted when some rule admits it, a rule admits it when one of its peers (all when it lists
+/// none) and one of its ports (all when it lists none) match; an `ipBlock` matches its CIDR less
+/// its `except` ranges; a selector peer matches Pods by labels (its namespace's labels for
+/// `namespaceSelector`, the policy's own namespace without one).
+struct Policy {
+    namespace: String,
+    ingress: Vec<(Vec<NetworkPolicyPeer>, Vec<NetworkPolicyPort>)>,
+    egress: Vec<(Vec<NetworkPolicyPeer>, Vec<NetworkPolicyPort>)>,
+}
+
+/// Where a connection goes or comes from.
+enum Peer<'a> {
+    Address(IpAddr),
+    Pod {
+        namespace: &'a BTreeMap<String, String>,
+        labels: &'a BTreeMap<String, String>,
+        ip: Option<IpAddr>,
+    },
+}
+
+impl Policy {
+    fn of(policy: &NetworkPolicy) -> Self {
+        let spec = policy.spec.clone().unwrap();
+        Self {
+            namespace: policy.metadata.namespace.clone().unwrap(),
+            ingress: spec
+                .ingress
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| (r.from.unwrap_or_default(), r.ports.unwrap_or_default()))
+                .collect(),
+            egress: spec
+                .egress
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| (r.to.unwrap_or_default(), r.ports.unwrap_or_default()))
+                .collect(),
+        }
+    }
+
+    fn egress_to(&self, address: &str, port: u16, protocol: &str) -> bool {
+        self.admits(
+            &self.egress,
+            &Peer::Address(address.parse().unwrap()),
+            port,
+            protocol,
+        )
+    }
+
+    fn egress_to_pod(
+        &self,
+        namespace: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+        ip: &str,
+        port: u16,
+        protocol: &str,
+    ) -> bool {
+        let pod = Peer::Pod {
+            namespace,
+            labels,
+            ip: Some(ip.parse().unwrap()),
+        };
+        self.admits(&self.egress, &pod, port, protocol)
+    }
+
+    fn ingress_from(&self, address: &str, port: u16) -> bool {
+        self.admits(
+            &self.ingress,
+            &Peer::Address(address.parse().unwrap()),
+            port,
+            "TCP",
+        )
+    }
+
+    fn ingress_from_pod(
+        &self,
+        namespace: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+        port: u16,
+    ) -> bool {
+        let pod = Peer::Pod {
+            namespace,
+            labels,
+            ip: None,
+        };
+        self.admits(&self.ingress, &pod, port, "TCP")
+    }
+
+    fn admits(
+        &self,
+        rules: &[(Vec<NetworkPolicyPeer>, Vec<NetworkPolicyPort>)],
+        peer: &Peer<'_>,
+        port: u16,
+        protocol: &str,
+    ) -> bool {
+        rules.iter().any(|(peers, ports)| {
+            (peers.is_empty() || peers.iter().any(|p| self.peer_matches(p, peer)))
+                && (ports.is_empty() || ports.iter().any(|p| port_matches(p, port, protocol)))
+        })
+    }
+
+    fn peer_matches(&self, rule: &NetworkPolicyPeer, peer: &Peer<'_>) -> bool {
+        if let Some(block) = &rule.ip_block {
+            let ip = match peer {
+                Peer::Address(ip) => Some(*ip),
+                Peer::Pod { ip, .. } => *ip,
+            };
+            return ip.is_some_and(|ip| {
+                in_cidr(ip, &block.cidr) && !block.except.iter().flatten().any(|e| in_cidr(ip, e))
+            });
+        }
+        let Peer::Pod {
+            namespace, labels, ..
+        } = peer
+        else {
+            return false;
+        };
+        let namespace_ok = match &rule.namespace_selector {
+            Some(selector) => selects(selector, namespace),
+            None => namespace.get("kubernetes.io/metadata.name") == Some(&self.namespace),
+        };
+        namespace_ok
+            && rule
+                .pod_selector
+                .as_ref()
+                .is_none_or(|selector| selects(selector, labels))
+    }
+}
+
+fn port_matches(rule: &NetworkPolicyPort, port: u16, protocol: &str) -> bool {
+    rule.protocol.as_deref().unwrap_or("TCP") == protocol
+        && match &rule.port {
+            None => true,
+            Some(IntOrString::Int(first)) => {
+                let last = rule.end_port.unwrap_or(*first);
+                (*first..=last).contains(&i32::from(port))
+            }
+            Some(IntOrString::String(name)) => panic!("named port {name}: not used by the chart"),
+        }
+}
+
+/// Whether `ip` lies in `cidr` (`10.0.0.0/8`, `fc00::/7`); never across address families.
+fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
+    let (network, bits) = cidr.split_once('/').unwrap();
+    let bits: u32 = bits.parse().unwrap();
+    let network: IpAddr = network.parse().unwrap();
+    let (ip, network, width) = match (ip, network) {
+        (IpAddr::V4(ip), IpAddr::V4(network)) => {
+            (u128::from(ip.to_bits()), u128::from(network.to_bits()), 32)
+        }
+        (IpAddr::V6(ip), IpAddr::V6(network)) => (ip.to_bits(), network.to_bits(), 128),
+        _ => return false,
+    };
+    let host_bits = width - bits;
+    host_bits == 128 || (ip >> host_bits) == (network >> host_bits)
+}
+
+/// Whether a label selector of the API selects these labels (the controller's own conversion).
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    crawler_operator::controller::index::worker_selector(selector)
+        .unwrap()
+        .matches(labels)
+}
+
+/// The Pod template's labels of a Deployment.
+fn template_labels(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap()
+}
+
+/// The documents of a multi-document YAML stream (what `helm template` prints), as JSON values.
+fn yaml_documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple(yaml).expect("helm template's output is YAML")
+}
+
 /// The metric names docs/operations.md lists in its tables.
 fn documented_metrics() -> BTreeSet<String> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
@@ -1452,6 +1825,7 @@ async fn the_chart_runs_the_worker_with_the_postgres_sink_from_a_secret() {
             "fullnameOverride=pg",
             "worker.sink=postgres",
             "worker.postgres.secretName=crawler-db",
+            "worker.networkPolicy.database.to[0].ipBlock.cidr=127.0.0.1/32",
         ],
     )
     .await;

@@ -102,6 +102,62 @@ fn bad_rebalance_flags_exit_2_saying_what_to_do() {
     );
 }
 
+/// The API server would refuse these selectors on every Pod watch (retried forever): the
+/// controller refuses them at start, with the parser's reason, before it needs a cluster.
+#[test]
+fn an_invalid_worker_selector_exits_2_at_start_with_the_reason() {
+    for (selector, says) in [
+        (
+            "pool in (a,b",
+            "found the end of the selector, expected a label value, \",\" or \")\"",
+        ),
+        (
+            "app.kubernetes.io/component=crawler worker",
+            "found \"worker\", expected \",\" or the end of the selector",
+        ),
+        (
+            "-pool=gpu",
+            "label key \"-pool\": name \"-pool\" must consist of letters",
+        ),
+        (
+            "pool=gpu*",
+            "label \"pool\": value \"gpu*\" must consist of letters",
+        ),
+    ] {
+        let out = run(
+            &[
+                "--log-format=json",
+                "controller",
+                &format!("--worker-selector={selector}"),
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2), "{selector:?}: {out:?}");
+        let line = one_json_line(&out);
+        assert_eq!(line["fields"]["kind"], "configuration", "{line}");
+        let message = line["fields"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("--worker-selector {selector:?}")) && message.contains(says),
+            "{selector:?}: {message}"
+        );
+    }
+    // A valid one gets past the check: the next failure is the missing cluster configuration.
+    let out = run(
+        &[
+            "--log-format=json",
+            "controller",
+            "--worker-selector=pool in (a,b),!legacy,gen>2",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let message = one_json_line(&out)["fields"]["message"].to_string();
+    assert!(
+        message.contains("cannot build a Kubernetes client") && !message.contains("selector"),
+        "{message}"
+    );
+}
+
 #[test]
 fn no_kubernetes_configuration_is_a_configuration_error() {
     let out = run(

@@ -23,6 +23,7 @@ use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     coordination::v1::Lease,
     core::v1::{Container, ServiceAccount},
+    networking::v1::NetworkPolicy,
 };
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -66,6 +67,24 @@ async fn the_image_runs_the_charts_controller_and_worker_in_podman() {
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
     let worker_template = deployments.get("ctr-worker").await.unwrap().spec.template;
     pods::create_ready_pod_of(&admin, ns, "ctr-worker-0", &worker_template, "127.0.0.1").await;
+    // The install includes the workers' NetworkPolicy, selecting the Pod this test plays. Nothing
+    // enforces it here (no network plugin; the containers share the host's network).
+    let policy = Api::<NetworkPolicy>::namespaced(admin.clone(), ns)
+        .get("ctr-worker")
+        .await
+        .expect("the chart's worker NetworkPolicy");
+    let selector = policy.spec.unwrap().pod_selector.unwrap_or_default();
+    let labels = worker_template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    assert!(
+        crawler_operator::controller::index::worker_selector(&selector)
+            .unwrap()
+            .matches(&labels),
+        "the NetworkPolicy selects the worker Pod: {selector:?} {labels:?}"
+    );
     let worker_pod = worker_template.spec.unwrap();
     let controller_pod = deployments
         .get("ctr-controller")

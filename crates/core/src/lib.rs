@@ -44,5 +44,5 @@ pub use policy::{BinPack, LeastLoaded, Policy, PolicyKind, UnknownPolicy};
 pub use rebalance::{Hysteresis, Move, Task, TokenBucket, plan as plan_rebalance};
 #[cfg(any(test, feature = "bench"))]
 pub use schedule::{Outcome, Schedule};
-pub use selector::{InvalidSelector, Operator, Requirement, WorkerSelector};
+pub use selector::{InvalidSelector, InvalidSelectorText, Operator, Requirement, WorkerSelector};
 pub use worker::{Load, NotReady, Readiness, Worker};

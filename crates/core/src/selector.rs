@@ -1,8 +1,14 @@
 //! Which workers a resource may run on: Kubernetes `LabelSelector` semantics over worker Pod
 //! labels, as plain data so that placement stays free of API types (the operator converts
-//! `LabelSelector` with [`Requirement::parse`]).
+//! `LabelSelector` with [`Requirement::parse`]). The controller's `--worker-selector` is the same
+//! thing written as text; [`WorkerSelector::parse_text`] (in `text`) checks it as the API server
+//! would.
+
+mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+pub use text::InvalidSelectorText;
 
 /// A resource's `workerSelector`: every `match_labels` entry AND every requirement must hold.
 /// The empty selector (the default) matches every worker, as in Kubernetes; a resource without
@@ -33,6 +39,11 @@ pub enum Operator {
     Exists,
     /// The label is absent.
     DoesNotExist,
+    /// The label's value is an integer greater than this. Only the text form has it (`gen>3`);
+    /// a `LabelSelector` object does not.
+    Gt(i64),
+    /// The label's value is an integer less than this (text form only, `gen<3`).
+    Lt(i64),
 }
 
 impl WorkerSelector {
@@ -79,8 +90,15 @@ impl Requirement {
             Operator::NotIn(values) => value.is_none_or(|value| !values.contains(value)),
             Operator::Exists => value.is_some(),
             Operator::DoesNotExist => value.is_none(),
+            Operator::Gt(bound) => integer(value).is_some_and(|v| v > *bound),
+            Operator::Lt(bound) => integer(value).is_some_and(|v| v < *bound),
         }
     }
+}
+
+/// A label value read as a decimal integer, as Kubernetes reads it for `Gt` and `Lt`.
+fn integer(value: Option<&String>) -> Option<i64> {
+    value.and_then(|v| v.parse().ok())
 }
 
 impl Operator {
@@ -101,6 +119,8 @@ impl Operator {
             Operator::NotIn(_) => "NotIn",
             Operator::Exists => "Exists",
             Operator::DoesNotExist => "DoesNotExist",
+            Operator::Gt(_) => "Gt",
+            Operator::Lt(_) => "Lt",
         }
     }
 }
