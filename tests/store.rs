@@ -8,7 +8,7 @@ use crate::support;
 use std::{collections::BTreeMap, time::Duration};
 
 use crawler_crawl::{self as crawl, CrawlConfig, Discovered, PageRecord, Sink, SinkError};
-use crawler_operator::store::{PgSink, Store, StoreHealth, TaskKey};
+use crawler_operator::store::{PgSink, Store, StoreHealth, TaskKey, TlsOptions};
 use support::{postgres, site::Site};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,7 @@ async fn open(store: &Store, assignment: i64, worker: &str) -> Result<PgSink, Si
 fn fresh_store(pg: &postgres::Postgres, prefix: &str) -> (Store, String) {
     let url = pg.database(prefix);
     let db = postgres::Postgres::db_of(&url).to_owned();
-    (Store::new(&url, true).unwrap(), db)
+    (Store::new(&url, &TlsOptions::default(), true).unwrap(), db)
 }
 
 /// Writes a page record for each of `urls` and flushes them as one batch.
@@ -414,11 +414,16 @@ async fn a_database_crash_mid_crawl_pauses_the_crawl_and_loses_nothing() {
 async fn a_missing_table_names_the_command_that_creates_it() {
     let pg = postgres::shared();
     let url = pg.database("nomigrate");
-    let store = Store::new(&url, false).unwrap();
+    let store = Store::new(&url, &TlsOptions::default(), false).unwrap();
     let err = open(&store, 1, "worker-1").await.err().expect("refused");
     let text = err.to_string();
     assert!(text.contains("crawler-operator migrate"), "{text}");
 
-    let bad = Store::new("postgres://u:pw@127.0.0.1:notaport/x", true).expect_err("refused");
+    let bad = Store::new(
+        "postgres://u:pw@127.0.0.1:notaport/x",
+        &TlsOptions::default(),
+        true,
+    )
+    .expect_err("refused");
     assert!(bad.to_string().contains("--database-url"), "{bad}");
 }

@@ -20,15 +20,20 @@
 //! counts, the queued rows are the queue. [`sink::PgSink`] writes in batches (every
 //! `checkpoint_interval`, or every [`sink::BATCH`] pages), so a move re-fetches at most what
 //! the last interval fetched.
+//!
+//! [`Database`] is how both the worker and `crawler-operator migrate` connect: the connection
+//! string with its TLS settings ([`tls`]: libpq's `sslmode`, a CA from a file).
 
 pub mod sink;
+pub mod tls;
 
 use std::{fmt::Write as _, time::Duration};
 
 use thiserror::Error;
-use tokio_postgres::{Client, NoTls, error::SqlState};
+use tokio_postgres::{Client, error::SqlState};
 
 pub use sink::{PgSink, Store, StoreHealth, TaskKey};
+pub use tls::{SslMode, TlsOptions};
 
 /// The schema, one entry per version, applied in order, each in its own transaction. Never
 /// edit an entry that has shipped: add one.
@@ -89,6 +94,12 @@ pub enum StoreError {
     BadUrl(#[source] tokio_postgres::Error),
     #[error("cannot connect to the database named by --database-url / CRAWLER_DATABASE_URL")]
     Connect(#[source] tokio_postgres::Error),
+    /// A TLS setting that cannot work (found before connecting).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The TLS handshake failed: the error and what to do.
+    #[error("cannot connect to the database named by --database-url / CRAWLER_DATABASE_URL: {0}")]
+    TlsConnect(String),
     #[error("migration {version} ({name}) failed")]
     Migration {
         version: i32,
@@ -100,21 +111,72 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
 }
 
-/// Connects (plain TCP; `sslmode=require` is refused by this build) and drives the connection
-/// on its own task. Bounded by `timeout`, so an unreachable host fails rather than hangs.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
-    config.connect_timeout(timeout);
-    if config.get_application_name().is_none() {
-        config.application_name("crawler-operator");
+/// How to reach the database: the connection string, parsed, and its TLS settings. Built (and
+/// so checked) once, at start; every connection of the process is made from it.
+#[derive(Clone)]
+pub struct Database {
+    config: tokio_postgres::Config,
+    tls: tls::Tls,
+}
+
+impl std::fmt::Debug for Database {
+    /// Hosts, database and TLS only: the connection string's password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(StoreError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection ended");
+}
+
+impl Database {
+    /// Parses `url` (with `sslmode` / `sslrootcert`, merged with `tls`) and reads the CA file:
+    /// a wrong setting fails here, naming it (and never echoing the password). Each connection
+    /// attempt is bounded by `timeout`, so an unreachable host fails rather than hangs.
+    pub fn new(url: &str, tls: &TlsOptions, timeout: Duration) -> Result<Self, StoreError> {
+        let (tls, rest) = tls::Tls::from_connection_string(url, tls)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(StoreError::BadUrl)?;
+        tls.configure(&mut config);
+        config.connect_timeout(timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("crawler-operator");
         }
-    });
-    Ok(client)
+        Ok(Self { config, tls })
+    }
+
+    /// The TLS settings in effect.
+    pub fn tls(&self) -> &tls::Tls {
+        &self.tls
+    }
+
+    /// Connects and drives the connection on its own task.
+    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(self.tls.connector()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A failed [`Database::connect`] for a person: the error, and when TLS is why, what to do
+    /// (`Some` then: a setting to fix, not worth retrying).
+    pub fn tls_failure(&self, e: &tokio_postgres::Error) -> Option<String> {
+        self.tls
+            .hint(e)
+            .map(|hint| format!("{}; {hint}", describe(e)))
+    }
+}
+
+/// Connects once (`crawler-operator migrate`): [`Database::new`] then [`Database::connect`].
+pub async fn connect(url: &str, tls: &TlsOptions, timeout: Duration) -> Result<Client, StoreError> {
+    let db = Database::new(url, tls, timeout)?;
+    db.connect().await.map_err(|e| match db.tls_failure(&e) {
+        Some(why) => StoreError::TlsConnect(why),
+        None => StoreError::Connect(e),
+    })
 }
 
 /// Applies the migrations not yet applied; returns the versions it applied. Safe to run from
@@ -238,6 +300,7 @@ mod tests {
     async fn a_bad_connection_string_names_the_setting_and_not_the_password() {
         let err = connect(
             "postgres://u:secret@host:notaport/db",
+            &TlsOptions::default(),
             Duration::from_secs(1),
         )
         .await
