@@ -187,7 +187,7 @@ async fn verify_ca_checks_the_chain_only_and_verify_full_the_host_name_too() {
 }
 
 #[tokio::test]
-async fn a_wrong_ca_is_refused_with_a_message_naming_the_setting_and_is_not_retried() {
+async fn a_wrong_ca_is_refused_with_a_message_naming_the_setting_and_fails_the_start_at_once() {
     let (pg, _) = tls_server();
     let dir = tempfile::tempdir().unwrap();
     let wrong = support::certs::unrelated_ca(dir.path(), "some-other-ca");
