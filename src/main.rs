@@ -2,7 +2,7 @@
 // Doc comments in this file are `--help` text for people, not rustdoc: no Markdown backticks.
 #![allow(clippy::doc_markdown)]
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -57,6 +57,34 @@ struct MigrateArgs {
     /// through the environment (a Secret in a Pod), not on the command line.
     #[arg(long, env = "CRAWLER_DATABASE_URL", hide_env_values = true)]
     database_url: String,
+    #[command(flatten)]
+    tls: DatabaseTlsArgs,
+}
+
+/// TLS to PostgreSQL (docs/worker.md#tls-to-postgresql). Each may also be given in the
+/// connection string (sslmode=, sslrootcert=); given in both places, they must agree.
+#[derive(Args)]
+struct DatabaseTlsArgs {
+    /// TLS to the database, as libpq's sslmode: disable; prefer (the default: TLS when the
+    /// server offers it, its certificate checked only with a CA); require (always TLS, the
+    /// certificate checked only with a CA); verify-ca (always TLS, the certificate must chain to
+    /// --database-ca-file); verify-full (and must name the host connected to).
+    #[arg(long, env = "CRAWLER_DATABASE_SSLMODE")]
+    database_sslmode: Option<crawler_operator::store::SslMode>,
+    /// The CA certificate(s), PEM, the database server's certificate must chain to (what
+    /// sslrootcert= in the connection string names). The chart mounts it from the Secret named
+    /// by worker.postgres.tls.caSecretName.
+    #[arg(long, env = "CRAWLER_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
+}
+
+impl DatabaseTlsArgs {
+    fn options(&self) -> crawler_operator::store::TlsOptions {
+        crawler_operator::store::TlsOptions {
+            sslmode: self.database_sslmode,
+            ca_file: self.database_ca_file.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,6 +118,8 @@ struct WorkerArgs {
     /// reads it from a Secret), never inline.
     #[arg(long, env = "CRAWLER_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    #[command(flatten)]
+    database_tls: DatabaseTlsArgs,
     /// With --sink=postgres: apply the schema migrations at start (false: run
     /// `crawler-operator migrate` yourself, e.g. when the worker's user may not create tables).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "CRAWLER_MIGRATE")]
@@ -393,7 +423,12 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
                 ))
             })?;
             worker::Output::Postgres(
-                crawler_operator::store::Store::new(url, args.migrate).map_err(bad_config)?,
+                crawler_operator::store::Store::new(
+                    url,
+                    &args.database_tls.options(),
+                    args.migrate,
+                )
+                .map_err(bad_config)?,
             )
         }
         (SinkKind::File, "-") => worker::Output::Stdout,
@@ -473,12 +508,19 @@ async fn serve_telemetry(
 
 async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
     use crawler_operator::store;
-    let mut client = store::connect(&args.database_url, Duration::from_secs(10))
-        .await
-        .map_err(|e| match e {
-            store::StoreError::BadUrl(_) => bad_config(e),
-            other => other.into(),
-        })?;
+    let mut client = store::connect(
+        &args.database_url,
+        &args.tls.options(),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| match e {
+        // A setting to fix, TLS included: a refused certificate is not worth retrying.
+        store::StoreError::BadUrl(_)
+        | store::StoreError::Tls(_)
+        | store::StoreError::TlsConnect(_) => bad_config(e),
+        other => other.into(),
+    })?;
     let applied = store::migrate(&mut client).await.map_err(|e| match e {
         store::StoreError::Migration {
             version,

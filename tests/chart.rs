@@ -1873,3 +1873,103 @@ async fn the_chart_runs_the_worker_with_the_postgres_sink_from_a_secret() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_chart_mounts_the_database_ca_from_a_secret_and_the_worker_connects_with_verify_full() {
+    let (cp, ns) = namespace_with_crd("chart-pgtls").await;
+    let ns = ns.name();
+    let pg = support::postgres::shared_tls();
+    let ca_file = pg.ca_file.as_deref().expect("the TLS server's CA");
+    let url = pg.database("chart_tls");
+    let admin = cp.client();
+    let ca: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "crawler-db-ca" },
+        "stringData": { "root.pem": std::fs::read_to_string(ca_file).unwrap() },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &ca)
+        .await
+        .unwrap();
+    helm_install(
+        cp,
+        ns,
+        "pgtls",
+        &[
+            "fullnameOverride=pgtls",
+            "worker.sink=postgres",
+            "worker.postgres.secretName=crawler-db",
+            "worker.postgres.tls.mode=verify-full",
+            "worker.postgres.tls.caSecretName=crawler-db-ca",
+            "worker.postgres.tls.caSecretKey=root.pem",
+        ],
+    )
+    .await;
+    let deployment: Deployment = get(&admin, ns, "pgtls-worker").await;
+    let pod = deployment.spec.template.spec.unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap();
+    let ca_arg = "--database-ca-file=/etc/crawler/database-ca/ca.crt";
+    for arg in ["--database-sslmode=verify-full", ca_arg] {
+        assert!(args.contains(&arg.to_owned()), "{arg} missing: {args:?}");
+    }
+    // The CA comes from the Secret's key, mounted read-only where the argument points.
+    let volumes = pod.volumes.unwrap_or_default();
+    let volume = volumes
+        .iter()
+        .find(|v| v.name == "database-ca")
+        .expect("the database-ca volume");
+    let secret = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("crawler-db-ca"));
+    let items = secret.items.clone().unwrap_or_default();
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect::<Vec<_>>(),
+        [("root.pem", "ca.crt")]
+    );
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "database-ca")
+        .expect("the database-ca mount");
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/crawler/database-ca", Some(true))
+    );
+
+    // The chart's arguments run, with the mount as the kubelet would fill it: the Secret's key
+    // as the file ca.crt.
+    let mounted = tempfile::tempdir().unwrap();
+    let stored: Secret = get(&admin, ns, "crawler-db-ca").await;
+    let pem = stored.data.unwrap()["root.pem"].0.clone();
+    std::fs::write(mounted.path().join("ca.crt"), pem).unwrap();
+    let mut as_mounted = container.clone();
+    for arg in as_mounted.args.iter_mut().flatten() {
+        if arg == ca_arg {
+            *arg = format!(
+                "--database-ca-file={}",
+                mounted.path().join("ca.crt").display()
+            );
+        }
+    }
+    as_mounted.env.get_or_insert_default().push(
+        serde_json::from_value(json!({ "name": "CRAWLER_DATABASE_URL", "value": url })).unwrap(),
+    );
+    let worker = run_as_chart(cp, ns, "pgtls-worker", &as_mounted, "pgtls-worker-0", None);
+    let db = support::postgres::Postgres::db_of(&url).to_owned();
+    wait_for(
+        "the worker applied the migrations over verify-full",
+        BOUND,
+        POLL,
+        || async {
+            match pg.psql(&db, "SELECT max(version) FROM crawler_schema_migrations") {
+                Ok(v) if v == "1" => Ok(()),
+                other => Err(format!("{other:?}\n{}", worker.log_tail(20))),
+            }
+        },
+    )
+    .await;
+}

@@ -33,6 +33,7 @@ mod silent;
 mod smoke;
 mod store;
 mod store_bench;
+mod store_tls;
 mod term;
 mod watch;
 mod worker;

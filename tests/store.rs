@@ -11,7 +11,7 @@ use std::{
 };
 
 use crawler_crawl::{self as crawl, CrawlConfig, Discovered, PageRecord, Sink, SinkError};
-use crawler_operator::store::{PgSink, Store, StoreHealth, TaskKey};
+use crawler_operator::store::{PgSink, Store, StoreHealth, TaskKey, TlsOptions};
 use support::{postgres, site::Site};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -70,7 +70,7 @@ async fn open(store: &Store, assignment: i64, worker: &str) -> Result<PgSink, Si
 fn fresh_store(pg: &postgres::Postgres, prefix: &str) -> (Store, String) {
     let url = pg.database(prefix);
     let db = postgres::Postgres::db_of(&url).to_owned();
-    (Store::new(&url, true).unwrap(), db)
+    (Store::new(&url, &TlsOptions::default(), true).unwrap(), db)
 }
 
 /// Writes a page record for each of `urls` and flushes them as one batch.
@@ -439,12 +439,13 @@ async fn a_dead_owners_open_transaction_is_ended_by_the_server_and_the_next_owne
     let pg = postgres::shared();
     let url = pg.database("deadowner");
     let db = postgres::Postgres::db_of(&url).to_owned();
-    let store = Store::new(&url, true).unwrap();
+    let store = Store::new(&url, &TlsOptions::default(), true).unwrap();
     drop(open(&store, 1, "worker-1").await.unwrap());
 
-    let owner = crawler_operator::store::connect(&url, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let owner =
+        crawler_operator::store::connect(&url, &TlsOptions::default(), Duration::from_secs(5))
+            .await
+            .unwrap();
     owner
         .batch_execute(
             "BEGIN; UPDATE crawl_tasks SET assignment = 2, worker = 'worker-2' \
@@ -500,9 +501,10 @@ async fn a_dead_owners_open_transaction_is_ended_by_the_server_and_the_next_owne
         "3 worker-3"
     );
     // What every session of the worker carries, as the server sees it.
-    let session = crawler_operator::store::connect(&url, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let session =
+        crawler_operator::store::connect(&url, &TlsOptions::default(), Duration::from_secs(5))
+            .await
+            .unwrap();
     let mut shown = Vec::new();
     for setting in [
         "lock_timeout",
@@ -530,7 +532,7 @@ async fn a_stop_never_waits_on_a_blocked_batch_and_leaves_no_transaction_open() 
     let pg = postgres::shared();
     let url = format!("{}?application_name=blocked-writer", pg.database("blocked"));
     let db = postgres::Postgres::db_of(url.split('?').next().unwrap()).to_owned();
-    let store = Store::new(&url, true).unwrap();
+    let store = Store::new(&url, &TlsOptions::default(), true).unwrap();
     let site = Site::start().await;
     let mut config = tree(&site, "b");
     config.max_depth = 10;
@@ -611,11 +613,16 @@ async fn a_stop_never_waits_on_a_blocked_batch_and_leaves_no_transaction_open() 
 async fn a_missing_table_names_the_command_that_creates_it() {
     let pg = postgres::shared();
     let url = pg.database("nomigrate");
-    let store = Store::new(&url, false).unwrap();
+    let store = Store::new(&url, &TlsOptions::default(), false).unwrap();
     let err = open(&store, 1, "worker-1").await.err().expect("refused");
     let text = err.to_string();
     assert!(text.contains("crawler-operator migrate"), "{text}");
 
-    let bad = Store::new("postgres://u:pw@127.0.0.1:notaport/x", true).expect_err("refused");
+    let bad = Store::new(
+        "postgres://u:pw@127.0.0.1:notaport/x",
+        &TlsOptions::default(),
+        true,
+    )
+    .expect_err("refused");
     assert!(bad.to_string().contains("--database-url"), "{bad}");
 }

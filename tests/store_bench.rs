@@ -18,7 +18,7 @@ use std::{
 use crawler_crawl::{
     self as crawl, CrawlConfig, Discovered, JsonLinesSink, PageRecord, Sink, SinkError,
 };
-use crawler_operator::store::{PgSink, Store, TaskKey};
+use crawler_operator::store::{PgSink, Store, TaskKey, TlsOptions};
 use support::{postgres::Postgres, site::Site};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn store_benchmarks() {
     let pg = Postgres::start(true);
     let url = pg.database("bench");
-    let store = Store::new(&url, true).unwrap();
+    let store = Store::new(&url, &TlsOptions::default(), true).unwrap();
     let site = Site::start().await;
     let dir = tempfile::tempdir().unwrap();
 

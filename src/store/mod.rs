@@ -21,18 +21,22 @@
 //! `checkpoint_interval`, or every [`sink::BATCH`] pages), so a move re-fetches at most what
 //! the last interval fetched.
 //!
-//! Every session the worker opens is set up in one place ([`configure`], [`session`]): client
-//! TCP keepalives of seconds, and the server-side timeouts that keep a dead or stuck session
-//! from blocking the task's next owner (see the constants below for the values and why).
+//! [`Database`] is how both the worker and `crawler-operator migrate` connect, and every session
+//! is set up there, in one place: the connection string with its TLS settings ([`tls`]: libpq's
+//! `sslmode`, a CA from a file), client TCP keepalives of seconds ([`configure`]), and the
+//! server-side timeouts that keep a dead or stuck session from blocking the task's next owner
+//! ([`session_settings`]; see the constants below for the values and why).
 
 pub mod sink;
+pub mod tls;
 
 use std::{fmt::Write as _, time::Duration};
 
 use thiserror::Error;
-use tokio_postgres::{Client, NoTls, error::SqlState};
+use tokio_postgres::{Client, error::SqlState};
 
 pub use sink::{PgSink, Store, StoreHealth, TaskKey};
+pub use tls::{SslMode, TlsOptions};
 
 /// The schema, one entry per version, applied in order, each in its own transaction. Never
 /// edit an entry that has shipped: add one.
@@ -93,6 +97,12 @@ pub enum StoreError {
     BadUrl(#[source] tokio_postgres::Error),
     #[error("cannot connect to the database named by --database-url / CRAWLER_DATABASE_URL")]
     Connect(#[source] tokio_postgres::Error),
+    /// A TLS setting that cannot work (found before connecting).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The TLS handshake failed: the error and what to do.
+    #[error("cannot connect to the database named by --database-url / CRAWLER_DATABASE_URL: {0}")]
+    TlsConnect(String),
     #[error("migration {version} ({name}) failed")]
     Migration {
         version: i32,
@@ -160,26 +170,71 @@ pub fn configure(config: &mut tokio_postgres::Config, connect_timeout: Duration)
     }
 }
 
-/// Opens a session (plain TCP; `sslmode=require` is refused by this build), drives the
-/// connection on its own task, and applies [`session_settings`]. Every connection of the worker
-/// is made here.
-pub async fn session(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection ended");
-        }
-    });
-    client.batch_execute(&session_settings()).await?;
-    Ok(client)
+/// How to reach the database: the connection string, parsed, and its TLS settings. Built (and
+/// so checked) once, at start; every connection of the process is made from it.
+#[derive(Clone)]
+pub struct Database {
+    config: tokio_postgres::Config,
+    tls: tls::Tls,
 }
 
-/// Connects with the worker's session settings ([`session`]). Bounded by `timeout`, so an
-/// unreachable host fails rather than hangs.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Client, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
-    configure(&mut config, timeout);
-    session(&config).await.map_err(StoreError::Connect)
+impl std::fmt::Debug for Database {
+    /// Hosts, database and TLS only: the connection string's password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Parses `url` (with `sslmode` / `sslrootcert`, merged with `tls`) and reads the CA file:
+    /// a wrong setting fails here, naming it (and never echoing the password). Each connection
+    /// attempt is bounded by `timeout`, so an unreachable host fails rather than hangs.
+    pub fn new(url: &str, tls: &TlsOptions, timeout: Duration) -> Result<Self, StoreError> {
+        let (tls, rest) = tls::Tls::from_connection_string(url, tls)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(StoreError::BadUrl)?;
+        tls.configure(&mut config);
+        configure(&mut config, timeout);
+        Ok(Self { config, tls })
+    }
+
+    /// The TLS settings in effect.
+    pub fn tls(&self) -> &tls::Tls {
+        &self.tls
+    }
+
+    /// Opens a session: connects (with TLS as configured), drives the connection on its own
+    /// task, and applies [`session_settings`]. Every connection of the process is made here.
+    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(self.tls.connector()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "database connection ended");
+            }
+        });
+        client.batch_execute(&session_settings()).await?;
+        Ok(client)
+    }
+
+    /// A failed [`Database::connect`] for a person: the error, and when TLS is why, what to do
+    /// (`Some` then: a setting to fix, not worth retrying).
+    pub fn tls_failure(&self, e: &tokio_postgres::Error) -> Option<String> {
+        self.tls
+            .hint(e)
+            .map(|hint| format!("{}; {hint}", describe(e)))
+    }
+}
+
+/// Connects once (`crawler-operator migrate`): [`Database::new`] then [`Database::connect`].
+pub async fn connect(url: &str, tls: &TlsOptions, timeout: Duration) -> Result<Client, StoreError> {
+    let db = Database::new(url, tls, timeout)?;
+    db.connect().await.map_err(|e| match db.tls_failure(&e) {
+        Some(why) => StoreError::TlsConnect(why),
+        None => StoreError::Connect(e),
+    })
 }
 
 /// Applies the migrations not yet applied; returns the versions it applied. Safe to run from
@@ -334,6 +389,7 @@ mod tests {
     async fn a_bad_connection_string_names_the_setting_and_not_the_password() {
         let err = connect(
             "postgres://u:secret@host:notaport/db",
+            &TlsOptions::default(),
             Duration::from_secs(1),
         )
         .await

@@ -23,7 +23,7 @@ use tokio::{
 use tokio_postgres::{Client, GenericClient};
 use tokio_util::sync::CancellationToken;
 
-use super::{StoreError, describe, is_transient};
+use super::{Database, StoreError, TlsOptions, describe, is_transient};
 
 /// Pages held before a write even when the checkpoint interval has not passed.
 pub const BATCH: usize = 200;
@@ -49,7 +49,7 @@ pub struct TaskKey {
 /// worker applies the migrations (once, before the first task opens).
 #[derive(Clone)]
 pub struct Store {
-    config: Arc<tokio_postgres::Config>,
+    db: Arc<Database>,
     migrate: bool,
     migrated: Arc<OnceCell<()>>,
 }
@@ -75,21 +75,18 @@ impl std::fmt::Debug for Store {
     /// Host and database only: the connection string's password never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("hosts", &self.config.get_hosts())
-            .field("dbname", &self.config.get_dbname())
+            .field("db", &self.db)
             .field("migrate", &self.migrate)
             .finish_non_exhaustive()
     }
 }
 
 impl Store {
-    /// Checks the connection string now, so a bad one fails the worker at start, naming the
-    /// setting (and never echoing the password).
-    pub fn new(url: &str, migrate: bool) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::BadUrl)?;
-        super::configure(&mut config, CONNECT_TIMEOUT);
+    /// Checks the connection string and its TLS settings now, so a bad one fails the worker at
+    /// start, naming the setting (and never echoing the password).
+    pub fn new(url: &str, tls: &TlsOptions, migrate: bool) -> Result<Self, StoreError> {
         Ok(Self {
-            config: Arc::new(config),
+            db: Arc::new(Database::new(url, tls, CONNECT_TIMEOUT)?),
             migrate,
             migrated: Arc::new(OnceCell::new()),
         })
@@ -106,7 +103,15 @@ impl Store {
     }
 
     async fn connect(&self) -> Result<Client, Failure> {
-        let mut client = super::session(&self.config).await.map_err(Failure::from)?;
+        // A refused certificate or a server without TLS is a setting to fix: not retried.
+        let mut client = self
+            .db
+            .connect()
+            .await
+            .map_err(|e| match self.db.tls_failure(&e) {
+                Some(why) => Failure::Fatal(why),
+                None => Failure::from(e),
+            })?;
         if self.migrate {
             self.migrated
                 .get_or_try_init(|| async {

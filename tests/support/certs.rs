@@ -100,3 +100,57 @@ fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
 }
+
+/// A CA and a PostgreSQL server's pair signed by it, for the result store's TLS tests.
+pub struct DatabaseCerts {
+    /// The CA's certificate: what `sslrootcert` / `--database-ca-file` name.
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// Writes a CA `db-ca.crt` and a server pair for `names` (host names or IP addresses, the
+/// certificate's subject alternative names) into `dir`.
+pub fn database_server(dir: &Path, names: &[&str]) -> DatabaseCerts {
+    let (ca_key, ca) = ca_params("crawler-test-database-ca");
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .expect("self-signing the database CA");
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let server_key = key();
+    let mut server =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("database server certificate SANs");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "postgres");
+    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server
+        .signed_by(&server_key, &issuer)
+        .expect("signing the database server certificate");
+    DatabaseCerts {
+        ca_cert: write(dir, "db-ca.crt", &ca_cert.pem()),
+        server_cert: write(dir, "db-server.crt", &server_cert.pem()),
+        server_key: write(dir, "db-server.key", &server_key.serialize_pem()),
+    }
+}
+
+/// A CA of its own (that signed nothing a test server serves), written to `dir/<name>.crt`.
+pub fn unrelated_ca(dir: &Path, name: &str) -> PathBuf {
+    let (ca_key, ca) = ca_params(name);
+    let cert = ca.self_signed(&ca_key).expect("self-signing a CA");
+    write(dir, &format!("{name}.crt"), &cert.pem())
+}
+
+fn ca_params(name: &str) -> (KeyPair, CertificateParams) {
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, name);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    (key(), ca)
+}

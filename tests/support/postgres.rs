@@ -6,6 +6,10 @@
 //! the postmaster itself, not a wrapper). `initdb -A trust`: only loopback connections, no
 //! password. Each test gets its own database (`Postgres::database`), so tests share the server
 //! but never each other's rows.
+//!
+//! [`shared_tls`] is a second server with `ssl=on`, serving a certificate signed by a CA the test
+//! makes ([`super::certs::database_server`]); it accepts plain TCP too (`pg_hba.conf`'s `host` lines
+//! match both), as a default PostgreSQL with TLS does.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -25,6 +29,8 @@ pub struct Postgres {
     pub server: Server,
     pub port: u16,
     dir: PathBuf,
+    /// With TLS: the CA that signed the server's certificate (for `sslrootcert`).
+    pub ca_file: Option<PathBuf>,
     _dir_guardian: Option<std::process::Child>,
 }
 
@@ -32,6 +38,16 @@ pub struct Postgres {
 pub fn shared() -> &'static Postgres {
     static SHARED: OnceLock<Postgres> = OnceLock::new();
     SHARED.get_or_init(|| Postgres::start(false))
+}
+
+/// Host names and addresses the TLS server's certificate names.
+pub const TLS_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+
+/// The server with `ssl=on` shared by this binary's tests, started on first use; its
+/// certificate names [`TLS_NAMES`] and chains to [`Postgres::ca_file`].
+pub fn shared_tls() -> &'static Postgres {
+    static SHARED: OnceLock<Postgres> = OnceLock::new();
+    SHARED.get_or_init(|| Postgres::start_with(false, true))
 }
 
 /// Where Debian's server binaries are: `$CRAWLER_PG_BIN`, else the newest
@@ -84,10 +100,42 @@ fn as_server_user() -> Vec<String> {
     }
 }
 
+/// Makes the server's certificate and key in `dir` (owned by the server's user when `chown`:
+/// the server refuses a key others may read); returns the server's `-c` settings and the CA.
+fn tls_settings(dir: &Path, chown: bool) -> (Vec<String>, PathBuf) {
+    let certs = super::certs::database_server(dir, &TLS_NAMES);
+    for file in [&certs.server_cert, &certs.server_key] {
+        let mut mode = std::fs::metadata(file).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o600);
+        std::fs::set_permissions(file, mode).unwrap();
+        if chown {
+            let status = Command::new("chown")
+                .args(["postgres:postgres", file.to_str().unwrap()])
+                .status()
+                .expect("running chown");
+            assert!(status.success(), "chown postgres {} failed", file.display());
+        }
+    }
+    let mut args = Vec::new();
+    for setting in [
+        "ssl=on".to_owned(),
+        format!("ssl_cert_file={}", certs.server_cert.display()),
+        format!("ssl_key_file={}", certs.server_key.display()),
+    ] {
+        args.extend(["-c".to_owned(), setting]);
+    }
+    (args, certs.ca_cert)
+}
+
 impl Postgres {
     /// initdb into a fresh temp dir and start the server; waits until it accepts connections.
     /// `fsync` off by default for tests; the benchmark turns it on.
     pub fn start(fsync: bool) -> Postgres {
+        Self::start_with(fsync, false)
+    }
+
+    /// [`Postgres::start`], with `tls`: `ssl=on` and a certificate from a CA made here.
+    pub fn start_with(fsync: bool, tls: bool) -> Postgres {
         let started = Instant::now();
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
@@ -131,6 +179,12 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let (ssl_args, ca_file) = if tls {
+            let (args, ca) = tls_settings(&dir, !prefix.is_empty());
+            (args, Some(ca))
+        } else {
+            (Vec::new(), None)
+        };
         let [port] = super::free_ports();
         let mut args = prefix.clone();
         args.push(bin.join("postgres").display().to_string());
@@ -148,18 +202,21 @@ impl Postgres {
             "-c".to_owned(),
             "max_connections=200".to_owned(),
         ]);
+        args.extend(ssl_args);
         let (binary, args) = (PathBuf::from(args.remove(0)), args);
         let server = Server::new("postgres", binary, args, dir.join("postgres.log"));
         let pg = Postgres {
             server,
             port,
             dir,
+            ca_file,
             _dir_guardian: guardian,
         };
         pg.server.start();
         pg.wait_ready();
         eprintln!(
-            "PostgreSQL ready in {:.1?} on 127.0.0.1:{port} (log {})",
+            "PostgreSQL{} ready in {:.1?} on 127.0.0.1:{port} (log {})",
+            if tls { " (ssl=on)" } else { "" },
             started.elapsed(),
             pg.server.log.display()
         );
