@@ -1902,6 +1902,7 @@ async fn the_chart_mounts_the_database_ca_from_a_secret_and_the_worker_connects_
             "worker.postgres.tls.mode=verify-full",
             "worker.postgres.tls.caSecretName=crawler-db-ca",
             "worker.postgres.tls.caSecretKey=root.pem",
+            "worker.networkPolicy.database.to[0].ipBlock.cidr=127.0.0.1/32",
         ],
     )
     .await;
