@@ -508,3 +508,89 @@ async fn a_dead_owners_row_lock_shows_as_waiting_and_stalls_neither_a_suspend_no
     }
     verdict.print_and_assert();
 }
+
+/// Issue 21, item 6, as a user meets it: `allowedHosts` narrowed mid-crawl. The worker restarts
+/// the task under the new spec once the old run has ended, and the new run resumes from the
+/// stored frontier, which holds pages of the host taken out: the new run must request none of
+/// them, and the kept host is crawled to the end. Judged from both hosts' request logs (two
+/// loopback addresses, two sites) against the instant the new run started (its "crawl starting"
+/// line in the worker's log; any request to the removed host from then on is the new run's, or
+/// an old run still going).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_allowed_hosts_mid_crawl_stops_requests_to_the_removed_host() {
+    let kept = Site::start().await;
+    let removed = Site::start_on("127.0.0.2").await;
+    let url = postgres::shared().database("narrow_procs");
+    let mut story = Story::new("narrow").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    let worker = story.start_worker_with("worker-1", None, &pg_flags(&url));
+    // Depth 4 of each host's tree: 31 pages a host, at 10 requests/s.
+    let spec = |sites: &[&Site]| {
+        json!({
+            "seeds": sites.iter().map(|s| s.seed("task-n")).collect::<Vec<_>>(),
+            "allowedHosts": sites.iter().map(|s| s.addr.to_string()).collect::<Vec<_>>(),
+            "maxDepth": 4,
+            "rateLimit": { "requestsPerSecond": 10, "burst": 1 },
+        })
+    };
+    story
+        .apply_resource("task-n", spec(&[&kept, &removed]))
+        .await;
+    story.assert_assigned("task-n", "worker-1").await;
+    removed.wait_for_hits("task-n", "worker-1", None, 3).await;
+    kept.wait_for_hits("task-n", "worker-1", None, 3).await;
+
+    // The same instant on both clocks: the worker's log is stamped with the wall clock, the
+    // sites' request logs with this process's monotonic one.
+    let (narrowed, narrowed_wall) = (Instant::now(), jiff::Timestamp::now());
+    story.apply_resource("task-n", spec(&[&kept])).await;
+    let api = story.api();
+    wait_for("the narrowed crawl completed", BOUND * 2, POLL, || async {
+        let r = api.get("task-n").await.map_err(|e| e.to_string())?;
+        let status = r.status.unwrap_or_default();
+        match status.condition("Complete") {
+            Some(c) if c.status == "True" && c.observed_generation == Some(2) => Ok(()),
+            other => Err(format!("{other:?} {:?}", status.progress)),
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(&story.workers[worker].log).unwrap();
+    let started: Vec<jiff::Timestamp> = log
+        .lines()
+        .filter(|l| l.contains("crawl starting") && l.contains("task=task-n"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(started.len(), 2, "two runs of task-n:\n{log}");
+    let after = narrowed_wall.duration_until(started[1]).unsigned_abs();
+    let new_run = narrowed + after;
+
+    let mut verdict = Verdict::new("narrow");
+    let removed_hits = removed.hits("task-n");
+    verdict.judged = removed_hits.len();
+    for h in removed_hits.iter().filter(|h| h.at >= new_run) {
+        verdict.violation(
+            "removed_host_requested",
+            format!(
+                "page {} of the removed host requested {:?} after the new run started",
+                h.page,
+                h.at.saturating_duration_since(new_run)
+            ),
+        );
+    }
+    let kept_pages: std::collections::BTreeSet<u64> =
+        kept.hits("task-n").iter().map(|h| h.page).collect();
+    verdict.count("kept_host_pages", kept_pages.len());
+    if kept_pages.len() != 31 {
+        verdict.violation(
+            "kept_host_not_crawled",
+            format!("{} of the kept host's 31 pages fetched", kept_pages.len()),
+        );
+    }
+    verdict.figure("new_run_after_change_ms", &after.as_millis());
+    verdict.figure(
+        "removed_host_last_request_ms",
+        &removed.last_hit_after("task-n", narrowed).as_millis(),
+    );
+    verdict.print_and_assert();
+}

@@ -45,6 +45,12 @@ pub struct Site {
 
 impl Site {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// The site on loopback address `ip` (every 127.x.y.z is a host of its own on Linux): a
+    /// second host for a crawl, with a request log of its own.
+    pub async fn start_on(ip: &str) -> Self {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
         let app = Router::new()
             .route("/robots.txt", get(|| async { "User-agent: *\nAllow: /\n" }))
@@ -53,7 +59,7 @@ impl Site {
             .route("/shelf/{task}/list/{n}", get(shelf_list))
             .route("/shelf/{task}/book/{n}", get(shelf_book))
             .with_state(Arc::clone(&hits));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, hits }
