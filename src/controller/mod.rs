@@ -490,7 +490,11 @@ async fn follow_leadership(ctx: Arc<Context>) {
         );
         ctx.queue.add_all(keys);
         crate::leader::until_lost(&mut rx).await;
-        tracing::info!("no longer leading: decisions stop");
+        let forgotten = ctx.index.lock().forget_move_requests();
+        tracing::info!(
+            moves_forgotten = forgotten,
+            "no longer leading: decisions stop (moves asked for in this term are forgotten)"
+        );
     }
 }
 

@@ -578,6 +578,21 @@ impl Index {
         vec![key.clone()]
     }
 
+    /// Forgets every move asked for and not yet under way (on losing leadership): a move is
+    /// asked for by this term's rebalance, within this term's budget; a later term decides its
+    /// own. A move already under way (phase `Releasing`) is in status, not here, and completes.
+    pub fn forget_move_requests(&mut self) -> usize {
+        let mut forgotten = 0;
+        for ns in self.namespaces.values_mut() {
+            for entry in ns.resources.values_mut() {
+                if entry.move_requested.take().is_some() {
+                    forgotten += 1;
+                }
+            }
+        }
+        forgotten
+    }
+
     /// Every resource known, for a full pass (on becoming leader).
     pub fn all_keys(&self) -> Vec<Key> {
         self.namespaces

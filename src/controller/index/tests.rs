@@ -1803,3 +1803,32 @@ fn a_resource_deleted_before_the_watch_showed_its_placement_holds_back_its_succe
         "held back while worker-1 may still run the deleted one"
     );
 }
+
+/// Issue 21, item 7: a move asked for in one term (by its rebalance, within its budget) and not
+/// yet under way is forgotten when leadership is lost: it never runs in a later term, outside
+/// that term's budget. A move already under way (`Releasing`, in status) completes as usual.
+#[test]
+fn a_move_asked_for_in_a_lost_term_is_not_carried_into_the_next() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    let key = Key::new(NS, "a");
+    assert_eq!(
+        index.move_off(&key, "worker-1", "rebalance"),
+        vec![key.clone()]
+    );
+    // Leadership is lost before the reconcile ran; a later term plans the resource.
+    assert_eq!(index.forget_move_requests(), 1);
+    assert_eq!(
+        place(&mut index, &mut r),
+        Plan::Nothing,
+        "well placed: stays"
+    );
+    assert_eq!(worker_of(&r), Some("worker-1"));
+    assert_eq!(phase_of(&r), Some(Phase::Assigned));
+    // Under way already: the release is in status and goes on whoever leads.
+    index.move_off(&key, "worker-1", "rebalance");
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Releasing));
+    assert_eq!(index.forget_move_requests(), 1);
+    assert_eq!(place(&mut index, &mut r), Plan::Nothing, "still releasing");
+    assert_eq!(phase_of(&r), Some(Phase::Releasing));
+}
