@@ -595,6 +595,7 @@ async fn run_crawl(
     // the crawl (or its cancellation). They start before the store is opened, so a task
     // waiting for its database says so.
     let crawl_done = CancellationToken::new();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
     let periodic = tokio::spawn(report_periodically(
         Arc::clone(&reporter),
         progress_rx.clone(),
@@ -602,6 +603,7 @@ async fn run_crawl(
         settings.progress_interval,
         crawl_done.clone(),
         (alerts.clone(), resource.clone()),
+        started_tx,
     ));
     let stop_reports = async || {
         crawl_done.cancel();
@@ -629,6 +631,24 @@ async fn run_crawl(
             return cannot_start(crawl::error::error_chain(&e)).await;
         }
     };
+    // The start is fenced like a move: no request goes out before the first report, written on
+    // the resourceVersion this run was started from, has landed. A move the controller decided
+    // on that version (one phase, off a worker whose heartbeat lapsed) and a start on it exclude
+    // each other: whichever commits second gets 409. If the move came first, the report finds
+    // the task moved (and stops the run); if the start came first, the controller's write is
+    // refused and it decides again, on a version that shows this worker's renewal.
+    if !started.await.unwrap_or(false) {
+        stop_reports().await;
+        if cancel.is_cancelled() {
+            return None;
+        }
+        return cannot_start(
+            "its start could not be recorded in status.progress (the API server did not take \
+             the report); no request was made"
+                .to_owned(),
+        )
+        .await;
+    }
     let outcome = crawl::run_from(
         config,
         frontier,
@@ -652,10 +672,13 @@ async fn report_periodically(
     interval: Duration,
     crawl_done: CancellationToken,
     (alerts, resource): (results::Alerts, CrawlerResource),
+    started: tokio::sync::oneshot::Sender<bool>,
 ) {
-    reporter
+    // The first report is the start's fence (see `run_crawl`).
+    let written = reporter
         .report(running(None), &crawl::Progress::default())
         .await;
+    let _ = started.send(written);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -888,7 +911,8 @@ fn moved_away(
 }
 
 impl Reporter {
-    async fn report(&self, verdict: Verdict, progress: &crawl::Progress) {
+    /// Writes the report, fenced on the resource's version; returns whether it was written.
+    async fn report(&self, verdict: Verdict, progress: &crawl::Progress) -> bool {
         let state = verdict.state;
         let message = match state {
             TaskState::Running if verdict.reason == "Crawling" => None,
@@ -917,7 +941,7 @@ impl Reporter {
         for attempt in 0..REPORT_ATTEMPTS {
             let write = self.write(&version, &report, &conditions);
             match tokio::time::timeout(Duration::from_secs(5), write).await {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => return true,
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 && attempt + 1 < REPORT_ATTEMPTS => {
                     // Bounded like the write: the client has no read timeout of its own.
                     let read = self.api.get_opt(&self.name);
@@ -927,9 +951,9 @@ impl Reporter {
                         }
                         Ok(Ok(found)) => {
                             self.stop_if_moved(found.as_ref(), state);
-                            return;
+                            return false;
                         }
-                        _ => return,
+                        _ => return false,
                     }
                 }
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 || s.code == 404 => {
@@ -937,18 +961,19 @@ impl Reporter {
                     if s.code == 404 {
                         self.stop_if_moved(None, state);
                     }
-                    return;
+                    return false;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(resource = %self.name, error = %e, "cannot report progress");
-                    return;
+                    return false;
                 }
                 Err(_) => {
                     tracing::warn!(resource = %self.name, "reporting progress timed out");
-                    return;
+                    return false;
                 }
             }
         }
+        false
     }
 
     /// A report of a running task found the resource moved away (or being moved): the run
