@@ -7,6 +7,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crawler_core::PolicyKind;
+use crawler_crawl::AddressPolicy;
 use crawler_operator::{
     controller,
     crd::CrawlerResource,
@@ -111,6 +112,12 @@ struct WorkerArgs {
     /// How often a running task's progress is written into its status.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     progress_interval: Duration,
+    /// Internal address ranges a crawl may connect to, comma-separated CIDRs (e.g.
+    /// 10.20.0.0/16,fd00:20::/32; a bare address is one host). Without it a crawl refuses every
+    /// loopback, private, link-local, CGNAT, multicast and other non-public address: the page's
+    /// record says blocked_address.
+    #[arg(long, default_value = "", env = "CRAWLER_ALLOW_INTERNAL_CIDRS")]
+    allow_internal_cidrs: AddressPolicy,
 }
 
 #[derive(Args)]
@@ -391,6 +398,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         heartbeat_duration: args.heartbeat_duration,
         progress_interval: args.progress_interval,
         checkpoint_interval: args.checkpoint_interval,
+        address_policy: args.allow_internal_cidrs,
     };
     let metrics = Metrics::new(Role::Worker);
     let health = Health::new();

@@ -16,6 +16,7 @@
 
 mod support;
 
+mod addresses;
 mod chart;
 mod cli;
 mod container;

@@ -62,6 +62,9 @@ pub struct Settings {
     pub progress_interval: Duration,
     /// How often a task's pages and frontier are written to the store (the `postgres` sink).
     pub checkpoint_interval: Duration,
+    /// The internal address ranges crawls may connect to (`--allow-internal-cidrs`; none by
+    /// default).
+    pub address_policy: crawl::AddressPolicy,
 }
 
 /// Destination of the page records: JSON lines (the `file` sink), or the PostgreSQL store.
@@ -86,6 +89,9 @@ impl Sink for SharedSink {
         }
         if let Some(kind) = &record.error_kind {
             self.metrics.fetch_error(crawl::error::kind_label(kind));
+            if kind == crawl::error::BLOCKED_ADDRESS {
+                self.metrics.request_blocked();
+            }
         }
         if record.incomplete {
             self.metrics.record_incomplete();
@@ -172,6 +178,11 @@ pub async fn run(
     // connection that goes silent is replaced within a cycle plus its idle bound.
     let mut stream = std::pin::pin!(crate::watch::checked(api, selector));
     tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
+    if settings.address_policy.allowed().is_empty() {
+        tracing::info!("crawls connect to public addresses only (no --allow-internal-cidrs)");
+    } else {
+        tracing::info!(allowed = %settings.address_policy, "crawls may also connect to these internal ranges (--allow-internal-cidrs)");
+    }
 
     let mut worker = Worker {
         client,
@@ -797,6 +808,7 @@ async fn crawl_config(
     let spec = &r.spec;
     let mut config = config_from_spec(&r.name_any(), spec, &settings.pod_name, assignment);
     config.checkpoint_interval = settings.checkpoint_interval;
+    config.address_policy = settings.address_policy.clone();
     if let Some(secret_ref) = &spec.cookie_secret_ref {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
         let read = tokio::time::timeout(SECRET_READ_TIMEOUT, secrets.get_opt(&secret_ref.name))

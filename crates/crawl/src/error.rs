@@ -149,7 +149,7 @@ impl FetchError {
         "bad_redirect",
         "robots_disallowed",
         "robots_unavailable",
-        "blocked_address",
+        BLOCKED_ADDRESS,
     ];
 
     /// A short, bounded label, written to records as `error_kind`.
@@ -165,10 +165,13 @@ impl FetchError {
             FetchError::BadRedirect { .. } => "bad_redirect",
             FetchError::RobotsDisallowed { .. } => "robots_disallowed",
             FetchError::RobotsUnavailable { .. } => "robots_unavailable",
-            FetchError::BlockedAddress { .. } => "blocked_address",
+            FetchError::BlockedAddress { .. } => BLOCKED_ADDRESS,
         }
     }
 }
+
+/// The `error_kind` of a page whose request the address guard refused.
+pub const BLOCKED_ADDRESS: &str = "blocked_address";
 
 /// The bounded label for a record's `error_kind` (`other` for anything unknown), for metrics.
 pub fn kind_label(kind: &str) -> &'static str {
