@@ -178,11 +178,7 @@ pub async fn run(
     // connection that goes silent is replaced within a cycle plus its idle bound.
     let mut stream = std::pin::pin!(crate::watch::checked(api, selector));
     tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
-    if settings.address_policy.allowed().is_empty() {
-        tracing::info!("crawls connect to public addresses only (no --allow-internal-cidrs)");
-    } else {
-        tracing::info!(allowed = %settings.address_policy, "crawls may also connect to these internal ranges (--allow-internal-cidrs)");
-    }
+    tracing::info!(allowed = %settings.address_policy, "crawls connect to public addresses and these internal ranges only (--allow-internal-cidrs)");
 
     let mut worker = Worker {
         client,

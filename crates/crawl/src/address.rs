@@ -2,7 +2,7 @@
 //! private, link-local, CGNAT, multicast, unspecified, documentation, ...) only inside a range
 //! the installation allows ([`AddressPolicy`], the worker's `--allow-internal-cidrs`).
 //!
-//! A CrawlerResource is written by a user and crawled with the worker's network position, so
+//! A `CrawlerResource` is written by a user and crawled with the worker's network position, so
 //! without this guard `http://169.254.169.254/` (cloud metadata), a Service name or
 //! `http://127.0.0.1:…` would be fetched and, with an extraction rule, handed back through the
 //! result store. The check is on the address actually connected to, never on the URL's text:
@@ -197,9 +197,12 @@ const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Ipv4Net {
     Ipv4Net::new_assert(Ipv4Addr::new(a, b, c, d), prefix)
 }
 
-#[allow(clippy::too_many_arguments)] // an IPv6 address is eight groups
-const fn v6(a: u16, b: u16, c: u16, d: u16, e: u16, f: u16, g: u16, h: u16, p: u8) -> Ipv6Net {
-    Ipv6Net::new_assert(Ipv6Addr::new(a, b, c, d, e, f, g, h), p)
+const fn v6(groups: [u16; 8], prefix: u8) -> Ipv6Net {
+    let g = groups;
+    Ipv6Net::new_assert(
+        Ipv6Addr::new(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]),
+        prefix,
+    )
 }
 
 /// The IPv4 ranges of the IANA special-purpose registry that are not globally reachable (RFC
@@ -225,38 +228,38 @@ const INTERNAL_V4: [(Ipv4Net, &str); 15] = [
 /// The same for IPv6. Ranges that embed an IPv4 address (mapped, NAT64, 6to4) are judged by
 /// that address in [`internal_range`] first.
 const INTERNAL_V6: [(Ipv6Net, &str); 13] = [
-    (v6(0, 0, 0, 0, 0, 0, 0, 0, 128), "unspecified"),
-    (v6(0, 0, 0, 0, 0, 0, 0, 1, 128), "loopback"),
+    (v6([0, 0, 0, 0, 0, 0, 0, 0], 128), "unspecified"),
+    (v6([0, 0, 0, 0, 0, 0, 0, 1], 128), "loopback"),
     (
-        v6(0, 0, 0, 0, 0, 0, 0, 0, 96),
+        v6([0, 0, 0, 0, 0, 0, 0, 0], 96),
         "IPv4-compatible (deprecated)",
     ),
-    (v6(0x64, 0xff9b, 1, 0, 0, 0, 0, 0, 48), "local-use NAT64"),
-    (v6(0x100, 0, 0, 0, 0, 0, 0, 0, 64), "discard-only"),
+    (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), "local-use NAT64"),
+    (v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), "discard-only"),
     (
-        v6(0x2001, 0, 0, 0, 0, 0, 0, 0, 23),
+        v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),
         "IETF protocol assignment",
     ),
-    (v6(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0, 32), "documentation"),
-    (v6(0x3fff, 0, 0, 0, 0, 0, 0, 0, 20), "documentation"),
+    (v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), "documentation"),
+    (v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), "documentation"),
     (
-        v6(0x5f00, 0, 0, 0, 0, 0, 0, 0, 16),
+        v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),
         "segment routing (SRv6)",
     ),
     (
-        v6(0xfc00, 0, 0, 0, 0, 0, 0, 0, 7),
+        v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),
         "unique local (RFC 4193)",
     ),
-    (v6(0xfe80, 0, 0, 0, 0, 0, 0, 0, 10), "link-local"),
+    (v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), "link-local"),
     (
-        v6(0xfec0, 0, 0, 0, 0, 0, 0, 0, 10),
+        v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),
         "site-local (deprecated)",
     ),
-    (v6(0xff00, 0, 0, 0, 0, 0, 0, 0, 8), "multicast"),
+    (v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), "multicast"),
 ];
 
-const NAT64: Ipv6Net = v6(0x64, 0xff9b, 0, 0, 0, 0, 0, 0, 96);
-const SIX_TO_FOUR: Ipv6Net = v6(0x2002, 0, 0, 0, 0, 0, 0, 0, 16);
+const NAT64: Ipv6Net = v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96);
+const SIX_TO_FOUR: Ipv6Net = v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16);
 
 /// The internal range `address` falls in, or `None` for a global address. Pure: the policy's
 /// verdict and the tests build on it.
