@@ -30,6 +30,9 @@ LEASE=$RELEASE-leader # the chart's leader-election Lease (its Role grants only 
 SAMPLES=(douban-book-list task-test-1 task-test-2 task-test-3 xxx)
 PROFILE=${CRAWLER_DEMO_PROFILE:-debug}
 SITE=http://127.0.0.1:$PORT_SITE
+# The demo site is on loopback, which a worker refuses to crawl unless the installation allows it
+# (docs/worker.md#internal-addresses): the demo's workers allow that one address.
+ALLOW_INTERNAL=127.0.0.1/32
 BIN_FILE=$DEMO_DIR/bin # which crawler-operator binary this demo runs
 
 bin() { cat "$BIN_FILE"; }
@@ -358,7 +361,7 @@ start_worker_process() { # POD
   start_proc "worker-$pod" env KUBECONFIG="$DEMO_DIR/kubeconfigs/worker.kubeconfig" RUST_LOG=info \
     CRAWLER_DATABASE_URL="$url" \
     "$(bin)" worker --pod-name="$pod" --namespace="$NS" --sink=postgres \
-    --metrics-addr="127.0.0.1:$port"
+    --metrics-addr="127.0.0.1:$port" --allow-internal-cidrs="$ALLOW_INTERNAL"
   STARTED[$pod]=$SECONDS
   log_sup "started the worker process for Pod $pod (pid $(cat "$PIDS/worker-$pod.pid"), metrics 127.0.0.1:$port)"
 }
@@ -465,7 +468,7 @@ run_worker() { # POD: the worker process for POD in the foreground of this termi
   env "$DEMO_TAG" KUBECONFIG="$DEMO_DIR/kubeconfigs/worker.kubeconfig" RUST_LOG="${RUST_LOG:-info}" \
     CRAWLER_DATABASE_URL="$(kc -n "$NS" get secret crawler-db -o jsonpath='{.data.url}' | base64 -d)" \
     "$(bin)" worker --pod-name="$pod" --namespace="$NS" --sink=postgres \
-    --metrics-addr="127.0.0.1:$port" || true
+    --metrics-addr="127.0.0.1:$port" --allow-internal-cidrs="$ALLOW_INTERNAL" || true
 }
 
 start_worker() { # POD

@@ -7,6 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crawler_core::{PolicyKind, WorkerSelector};
+use crawler_crawl::AddressPolicy;
 use crawler_operator::{
     controller,
     crd::CrawlerResource,
@@ -146,6 +147,12 @@ struct WorkerArgs {
     /// may read).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "CRAWLER_REQUIRE_COOKIE_LABEL")]
     require_cookie_label: bool,
+    /// Internal address ranges a crawl may connect to, comma-separated CIDRs (e.g.
+    /// 10.20.0.0/16,fd00:20::/32; a bare address is one host). Without it a crawl refuses every
+    /// loopback, private, link-local, CGNAT, multicast and other non-public address: the page's
+    /// record says blocked_address.
+    #[arg(long, default_value = "", env = "CRAWLER_ALLOW_INTERNAL_CIDRS")]
+    allow_internal_cidrs: AddressPolicy,
 }
 
 #[derive(Args)]
@@ -443,6 +450,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         progress_interval: args.progress_interval,
         checkpoint_interval: args.checkpoint_interval,
         require_cookie_label: args.require_cookie_label,
+        address_policy: args.allow_internal_cidrs,
     };
     let metrics = Metrics::new(Role::Worker);
     let health = Health::new();

@@ -731,6 +731,8 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
             "fullnameOverride=run",
             &format!("controller.workerSelector={selector}"),
             &format!("worker.labels.crawler\\.dev/chart-test={ns}"),
+            // The test site is on loopback: the chart's allow-list lets the worker crawl it.
+            "worker.allowInternalCIDRs={127.0.0.0/8}",
         ],
     )
     .await;

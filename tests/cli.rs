@@ -241,3 +241,28 @@ users:
 - name: u
   user: {token: t}
 ";
+
+#[test]
+fn a_bad_allow_internal_cidrs_entry_exits_2_naming_it() {
+    let expect = "\"10.0.0.0/33\" is not a CIDR";
+    let out = run(
+        &[
+            "worker",
+            "--pod-name=w",
+            "--namespace=n",
+            "--allow-internal-cidrs=127.0.0.0/8,10.0.0.0/33",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(expect), "{stderr}");
+    // The same from the environment (the chart's and an operator's other way to set it).
+    let out = run(
+        &["worker", "--pod-name=w", "--namespace=n"],
+        &[("CRAWLER_ALLOW_INTERNAL_CIDRS", "10.0.0.0/33")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(expect), "{stderr}");
+}

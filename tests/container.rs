@@ -58,6 +58,9 @@ async fn the_image_runs_the_charts_controller_and_worker_in_podman() {
             "fullnameOverride=ctr",
             &format!("controller.workerSelector={selector}"),
             &format!("worker.labels.crawler\\.dev/container-test={ns}"),
+            // The test site is on the host's loopback (seeded as localhost): the chart's
+            // allow-list lets the worker crawl it.
+            "worker.allowInternalCIDRs={127.0.0.0/8,::1/128}",
         ],
     );
     let admin = cp.client();

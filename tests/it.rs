@@ -17,6 +17,7 @@
 mod support;
 
 mod admission;
+mod addresses;
 mod chart;
 mod cli;
 mod container;

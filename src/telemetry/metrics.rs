@@ -263,6 +263,7 @@ struct Inner {
     pages_fetched: Counter,
     records_incomplete: Counter,
     fetch_errors: Family<FetchErrorKind, Counter>,
+    requests_blocked: Counter,
     heartbeat_renew_failures: Counter,
     heartbeat_age: Gauge<f64, AtomicU64>,
 }
@@ -302,6 +303,7 @@ impl Metrics {
             pages_fetched: Counter::default(),
             records_incomplete: Counter::default(),
             fetch_errors: Family::default(),
+            requests_blocked: Counter::default(),
             heartbeat_renew_failures: Counter::default(),
             heartbeat_age: Gauge::default(),
         };
@@ -429,6 +431,12 @@ impl Metrics {
             .fetch_errors
             .get_or_create(&FetchErrorKind(kind))
             .inc();
+    }
+
+    /// Counts one page whose request the address guard refused (an internal address the
+    /// installation does not allow: the record's `error_kind` is `blocked_address`).
+    pub fn request_blocked(&self) {
+        self.0.requests_blocked.inc();
     }
 
     /// Counts one failed renewal of the worker's heartbeat Lease.
@@ -560,6 +568,11 @@ impl Inner {
             "fetch_errors",
             "Pages that got no usable response, by error kind",
             self.fetch_errors.clone(),
+        );
+        r.register(
+            "requests_blocked",
+            "Pages not fetched because a request went to an internal address the installation does not allow",
+            self.requests_blocked.clone(),
         );
         r.register(
             "heartbeat_renew_failures",
@@ -728,6 +741,7 @@ mod tests {
             ("counter", "crawler_worker_heartbeat_renew_failures_total"),
             ("counter", "crawler_worker_pages_fetched_total"),
             ("counter", "crawler_worker_records_incomplete_total"),
+            ("counter", "crawler_worker_requests_blocked_total"),
             ("counter", "crawler_worker_tasks_started_total"),
             ("counter", "crawler_worker_tasks_stopped_total"),
             ("gauge", "crawler_worker_heartbeat_age_seconds"),

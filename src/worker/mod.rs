@@ -63,6 +63,9 @@ pub struct Settings {
     pub checkpoint_interval: Duration,
     /// Use only cookie Secrets labelled [`COOKIE_LABEL`]`=true` (see [`cookie`]).
     pub require_cookie_label: bool,
+    /// The internal address ranges crawls may connect to (`--allow-internal-cidrs`; none by
+    /// default).
+    pub address_policy: crawl::AddressPolicy,
 }
 
 /// Destination of the page records: JSON lines (the `file` sink), or the PostgreSQL store.
@@ -87,6 +90,9 @@ impl Sink for SharedSink {
         }
         if let Some(kind) = &record.error_kind {
             self.metrics.fetch_error(crawl::error::kind_label(kind));
+            if kind == crawl::error::BLOCKED_ADDRESS {
+                self.metrics.request_blocked();
+            }
         }
         if record.incomplete {
             self.metrics.record_incomplete();
@@ -173,6 +179,7 @@ pub async fn run(
     // connection that goes silent is replaced within a cycle plus its idle bound.
     let mut stream = std::pin::pin!(crate::watch::checked(api, selector));
     tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
+    tracing::info!(allowed = %settings.address_policy, "crawls connect to public addresses and these internal ranges only (--allow-internal-cidrs)");
 
     let mut worker = Worker {
         client,
@@ -823,6 +830,7 @@ async fn crawl_config(
     let spec = &r.spec;
     let mut config = config_from_spec(&r.name_any(), spec, &settings.pod_name, assignment);
     config.checkpoint_interval = settings.checkpoint_interval;
+    config.address_policy = settings.address_policy.clone();
     if let Some(secret_ref) = &spec.cookie_secret_ref {
         let cookie = cookie::read(
             client,

@@ -126,6 +126,9 @@ impl Sink for TaskSink {
                 }
                 if let Some(kind) = &record.error_kind {
                     metrics.fetch_error(crawler_crawl::error::kind_label(kind));
+                    if kind == crawler_crawl::error::BLOCKED_ADDRESS {
+                        metrics.request_blocked();
+                    }
                 }
                 sink.write_visit(record, discovered).await
             }

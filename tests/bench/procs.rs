@@ -110,6 +110,8 @@ impl Controller {
             format!("--namespace={namespace}"),
             format!("--output={}", output.display()),
             "--metrics-addr=127.0.0.1:0".to_owned(),
+            // The benchmark's site is on loopback, which a worker refuses unless allowed.
+            "--allow-internal-cidrs=127.0.0.0/8".to_owned(),
         ];
         let server = Server::new("worker", PathBuf::from("/usr/bin/env"), args, log.clone());
         server.start();

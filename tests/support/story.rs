@@ -47,6 +47,9 @@ pub const ELECTION: Election = Election {
     retry: Duration::from_millis(500),
 };
 pub const POLL: Duration = Duration::from_millis(50);
+/// What the story's workers may crawl besides public addresses (`--allow-internal-cidrs`): the
+/// test sites, on loopback. A test of the guard starts a worker with an empty list instead.
+pub const LOOPBACK: &str = "127.0.0.0/8,::1/128";
 
 /// One test's world: a namespace, a client, and helpers that read like the user's story.
 pub struct Story {
@@ -221,6 +224,8 @@ impl Story {
             format!("--heartbeat-duration={}ms", HEARTBEAT.as_millis()),
             "--progress-interval=300ms".to_owned(),
             "--metrics-addr=127.0.0.1:0".to_owned(),
+            // The test sites are on loopback, which a worker refuses to crawl unless allowed.
+            format!("--allow-internal-cidrs={LOOPBACK}"),
         ];
         // A flag in `extra` replaces the default of the same name (clap refuses repeats).
         let name = |a: &str| a.split('=').next().unwrap_or_default().to_owned();

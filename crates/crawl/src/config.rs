@@ -11,6 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
 use super::{
+    address::{AddressPolicy, Resolver},
     error::ConfigError,
     extract::{Rule, Rules},
     urls::{HostFilter, normalize},
@@ -62,6 +63,13 @@ pub struct CrawlConfig {
     /// checkpoint of the pages and the frontier). A move re-fetches at most what the last
     /// interval fetched. Zero is taken as 1 s.
     pub checkpoint_interval: Duration,
+    /// Internal address ranges (loopback, private, link-local, ...) the crawl may connect to
+    /// anyway: the installation's allow-list. None by default: a URL whose host is, or resolves
+    /// only to, an internal address gets a `blocked_address` record (see [`crate::address`]).
+    pub address_policy: AddressPolicy,
+    /// Where host names are resolved: the system's resolver by default (a test gives a fixed
+    /// map). The address guard filters whatever it returns.
+    pub resolver: Resolver,
 }
 
 /// Requests per second across the whole task, with a burst allowance.
@@ -118,7 +126,7 @@ impl fmt::Debug for SecretHeaders {
 impl CrawlConfig {
     /// A config with polite defaults: depth 2, 1 request/s, 30 s timeout,
     /// 10,000 pages, 5 MiB bodies, 10 redirects, 2 requests in flight,
-    /// `robots.txt` honoured, the seeds' hosts only.
+    /// `robots.txt` honoured, the seeds' hosts only, no internal address.
     pub fn new<S: Into<String>>(
         task: impl Into<String>,
         seeds: impl IntoIterator<Item = S>,
@@ -140,6 +148,8 @@ impl CrawlConfig {
             respect_robots: true,
             rules: Vec::new(),
             checkpoint_interval: Duration::from_secs(1),
+            address_policy: AddressPolicy::deny_internal(),
+            resolver: Resolver::system(),
         }
     }
 
@@ -195,6 +205,8 @@ impl CrawlConfig {
             } else {
                 self.checkpoint_interval
             },
+            address_policy: self.address_policy.clone(),
+            resolver: self.resolver.clone(),
         })
     }
 
@@ -292,6 +304,8 @@ pub(crate) struct Validated {
     pub respect_robots: bool,
     pub rules: Rules,
     pub checkpoint_interval: Duration,
+    pub address_policy: AddressPolicy,
+    pub resolver: Resolver,
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use super::{
+    address::{self, find_blocked},
     config::{CrawlConfig, Validated},
     error::{CrawlError, FetchError, error_chain},
     extract::{Extraction, Rules},
@@ -471,6 +472,12 @@ impl Engine {
             // Redirects are followed by hand, so that each hop is rate
             // limited, checked against the hosts and robots.txt, and deduplicated.
             .redirect(redirect::Policy::none())
+            // Names resolve through the address guard, which drops internal addresses the
+            // policy refuses (IP literals, which skip resolution, are checked in `exchange`).
+            // No proxy: one from the environment would connect on the crawl's behalf, past the
+            // guard.
+            .dns_resolver(address::guard(&cfg.resolver, &cfg.address_policy))
+            .no_proxy()
             .connect_timeout(cfg.request_timeout)
             .pool_max_idle_per_host(cfg.concurrency)
             .tls_backend_preconfigured(tls_config())
@@ -641,6 +648,13 @@ impl Engine {
     /// purpose needs of the body, all within the request timeout. The timing
     /// returned leaves the wait out.
     async fn exchange(&self, url: &Url, purpose: Purpose) -> Timed {
+        if let Err(blocked) = self.check_literal(url) {
+            return Timed {
+                sent_at: Timestamp::now(),
+                elapsed: Duration::ZERO,
+                result: Err(blocked),
+            };
+        }
         self.wait_turn().await;
         if self.cancel.is_cancelled() {
             // The crawl loop drops this future as soon as it sees the token;
@@ -713,6 +727,23 @@ impl Engine {
         }
     }
 
+    /// Refuses a URL whose host is an internal IP address the policy does not allow: the HTTP
+    /// client connects to an IP literal without asking the (guarded) resolver.
+    fn check_literal(&self, url: &Url) -> Result<(), FetchError> {
+        let (host, address) = match url.host() {
+            Some(url::Host::Ipv4(ip)) => (url.host_str(), std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => (url.host_str(), std::net::IpAddr::V6(ip)),
+            _ => return Ok(()),
+        };
+        self.cfg
+            .address_policy
+            .check(host.unwrap_or_default(), address)
+            .map_err(|source| FetchError::BlockedAddress {
+                url: url.to_string(),
+                source,
+            })
+    }
+
     /// Resolves when the task's rate limit allows one more request.
     async fn wait_turn(&self) {
         while let Err(not_until) = self.limiter.check() {
@@ -744,6 +775,10 @@ impl Engine {
                 robots_url,
                 reason: reason.to_owned(),
             },
+            Denied::Blocked { url, blocked } => FetchError::BlockedAddress {
+                url: url.to_owned(),
+                source: blocked.clone(),
+            },
         })
     }
 
@@ -773,6 +808,13 @@ impl Engine {
                     response = RobotsResponse::Status { status, body };
                     break;
                 }
+                Err(FetchError::BlockedAddress { url, source }) => {
+                    response = RobotsResponse::Blocked {
+                        url,
+                        blocked: source,
+                    };
+                    break;
+                }
                 Err(err) => {
                     response = RobotsResponse::Failed {
                         reason: error_chain(&err),
@@ -785,6 +827,9 @@ impl Engine {
         match &robots {
             Robots::Unavailable { reason } => {
                 warn!(task = %self.cfg.task, origin, reason, "robots.txt unavailable: host treated as disallowed");
+            }
+            Robots::Blocked { blocked, .. } => {
+                warn!(task = %self.cfg.task, origin, %blocked, "robots.txt not fetched: its address is internal");
             }
             Robots::AllowAll { reason } => {
                 debug!(task = %self.cfg.task, origin, reason, "no robots.txt rules");
@@ -897,6 +942,12 @@ fn host_port(url: &Url) -> String {
 }
 
 fn request_error(url: &Url, source: reqwest::Error) -> FetchError {
+    if let Some(blocked) = find_blocked(&source) {
+        return FetchError::BlockedAddress {
+            url: url.to_string(),
+            source: blocked.clone(),
+        };
+    }
     if source.is_connect() {
         FetchError::Connect {
             url: url.to_string(),

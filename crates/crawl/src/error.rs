@@ -126,11 +126,19 @@ pub enum FetchError {
         robots_url: String,
         reason: String,
     },
+    /// The host is (or resolves only to) an internal address the installation does not allow:
+    /// nothing was sent. `url` is the request refused: the page, a redirect hop or `robots.txt`.
+    #[error("{url} was not fetched")]
+    BlockedAddress {
+        url: String,
+        #[source]
+        source: crate::address::Blocked,
+    },
 }
 
 impl FetchError {
     /// Every value [`FetchError::kind`] returns.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "timeout",
         "connect",
         "request",
@@ -141,6 +149,7 @@ impl FetchError {
         "bad_redirect",
         "robots_disallowed",
         "robots_unavailable",
+        BLOCKED_ADDRESS,
     ];
 
     /// A short, bounded label, written to records as `error_kind`.
@@ -156,9 +165,13 @@ impl FetchError {
             FetchError::BadRedirect { .. } => "bad_redirect",
             FetchError::RobotsDisallowed { .. } => "robots_disallowed",
             FetchError::RobotsUnavailable { .. } => "robots_unavailable",
+            FetchError::BlockedAddress { .. } => BLOCKED_ADDRESS,
         }
     }
 }
+
+/// The `error_kind` of a page whose request the address guard refused.
+pub const BLOCKED_ADDRESS: &str = "blocked_address";
 
 /// The bounded label for a record's `error_kind` (`other` for anything unknown), for metrics.
 pub fn kind_label(kind: &str) -> &'static str {

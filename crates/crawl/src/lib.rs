@@ -6,6 +6,7 @@
 //! it turns into status updates.
 //!
 //! - [`config`]: what a task may do, validated before the first request.
+//! - [`address`]: which addresses a crawl may connect to (no internal ones unless allowed).
 //! - [`engine`]: the breadth-first loop, rate limit, robots, redirects, cancellation.
 //! - [`extract`]: declarative rules: which links to follow, which fields to take.
 //! - [`html`], [`urls`]: pure parsing and URL rules (unit and property tested).
@@ -13,6 +14,7 @@
 //! - [`sink`]: the record and its JSON-lines writers.
 //! - [`error`]: errors with the URL and host involved.
 
+pub mod address;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -22,6 +24,7 @@ pub(crate) mod robots;
 pub mod sink;
 pub mod urls;
 
+pub use address::{AddressPolicy, Blocked, Resolver};
 pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, SecretHeaders};
 pub use engine::{CrawlOutcome, Frontier, Progress, StopReason, run, run_from, watch_progress};
 pub use error::{ConfigError, CrawlError, FetchError, SinkError};

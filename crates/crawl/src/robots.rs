@@ -9,6 +9,8 @@
 use texting_robots::Robot;
 use url::Url;
 
+use crate::address::Blocked;
+
 /// `robots.txt` bodies are read up to this size; Google reads 500 KiB.
 pub(crate) const MAX_ROBOTS_BYTES: usize = 500 * 1024;
 /// Redirects followed when fetching `robots.txt` (RFC 9309: at least five).
@@ -24,6 +26,9 @@ pub(crate) enum Robots {
     /// The file could not be fetched (a 5xx, 429, timeout, connection
     /// error): the host is treated as fully disallowed.
     Unavailable { reason: String },
+    /// A request for the file (`url`) went to an internal address the installation does not
+    /// allow: nothing was sent, and the host's pages are reported as refused for the same reason.
+    Blocked { url: String, blocked: Blocked },
 }
 
 /// What a finished `robots.txt` fetch looked like.
@@ -37,6 +42,11 @@ pub(crate) enum RobotsResponse {
     RedirectsUnresolved,
     Failed {
         reason: String,
+    },
+    /// The address guard refused a request for the file (`url`).
+    Blocked {
+        url: String,
+        blocked: Blocked,
     },
 }
 
@@ -68,6 +78,7 @@ impl Robots {
                 ),
             },
             RobotsResponse::Failed { reason } => Robots::Unavailable { reason },
+            RobotsResponse::Blocked { url, blocked } => Robots::Blocked { url, blocked },
         }
     }
 
@@ -78,6 +89,7 @@ impl Robots {
             Robots::Rules(robot) if robot.allowed(url.as_str()) => Ok(()),
             Robots::Rules(_) => Err(Denied::Disallowed),
             Robots::Unavailable { reason } => Err(Denied::Unavailable { reason }),
+            Robots::Blocked { url, blocked } => Err(Denied::Blocked { url, blocked }),
         }
     }
 }
@@ -86,6 +98,7 @@ impl Robots {
 pub(crate) enum Denied<'a> {
     Disallowed,
     Unavailable { reason: &'a str },
+    Blocked { url: &'a str, blocked: &'a Blocked },
 }
 
 #[cfg(test)]

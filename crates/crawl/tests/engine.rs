@@ -19,8 +19,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use crawler_crawl::{
-    self as crawl, CrawlConfig, CrawlOutcome, JsonLinesSink, PageRecord, Progress, RateLimit, Sink,
-    SinkError, StopReason,
+    self as crawl, AddressPolicy, CrawlConfig, CrawlOutcome, JsonLinesSink, PageRecord, Progress,
+    RateLimit, Sink, SinkError, StopReason,
 };
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -33,6 +33,8 @@ enum Page {
     /// HTML; `{site}` is replaced by this site's origin, `{port}` by its port.
     Html(String),
     Redirect(&'static str),
+    /// A redirect to a URL known only at run time (another site's).
+    Moved(String),
     Slow(Duration),
     Status(u16),
     Typed(&'static str, String),
@@ -64,7 +66,12 @@ struct Site {
 
 impl Site {
     async fn start(pages: Vec<(&str, Page)>) -> Site {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Site::start_on("127.0.0.1", pages).await
+    }
+
+    /// A site on another loopback address (every 127.x.y.z is one on Linux).
+    async fn start_on(ip: &str, pages: Vec<(&str, Page)>) -> Site {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(SiteState {
             origin: format!("http://{addr}"),
@@ -138,6 +145,11 @@ async fn serve(State(site): State<Arc<SiteState>>, uri: Uri, headers: HeaderMap)
             headers.insert(header::LOCATION, to.parse().unwrap());
             (StatusCode::FOUND, headers).into_response()
         }
+        Some(Page::Moved(to)) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::LOCATION, to.parse().unwrap());
+            (StatusCode::MOVED_PERMANENTLY, headers).into_response()
+        }
         Some(Page::Slow(delay)) => {
             tokio::time::sleep(*delay).await;
             html_response("<title>slow</title>")
@@ -176,15 +188,23 @@ impl Records {
     }
 }
 
-/// A config fast enough not to slow the functional tests down.
+/// A config fast enough not to slow the functional tests down. The test sites are on loopback,
+/// which a crawl refuses unless allowed: these tests allow it (the guard's own tests below
+/// start from [`CrawlConfig::new`]'s default, which allows no internal address).
 fn config(seeds: &[String]) -> CrawlConfig {
     let mut config = CrawlConfig::new("task-test", seeds.iter().cloned());
+    config.address_policy = loopback();
     config.rate_limit = RateLimit {
         requests_per_second: 500.0,
         burst: 50,
     };
     config.request_timeout = Duration::from_secs(10);
     config
+}
+
+/// Every loopback address allowed.
+fn loopback() -> AddressPolicy {
+    "127.0.0.0/8,::1/128".parse().unwrap()
 }
 
 async fn crawl(config: CrawlConfig) -> (CrawlOutcome, Records) {
@@ -1226,4 +1246,365 @@ async fn a_resumed_frontier_is_checked_against_the_current_spec() {
         "a host taken out of allowedHosts is never requested: {:?}",
         removed.hits()
     );
+}
+
+// === the address guard: no internal address unless the installation allows it ===
+//
+// Every test here connects to loopback only (127.0.0.1, 127.0.0.2, 127.0.0.3, each a host of its
+// own on Linux), so a broken guard cannot send a packet anywhere else; the other internal ranges
+// are checked at the resolver step, where a refusal means no connection is attempted.
+
+/// `config`, but with the guard's default (no internal address) or the given allow-list.
+fn guarded(seeds: &[String], allow: &str) -> CrawlConfig {
+    let mut cfg = config(seeds);
+    cfg.address_policy = allow.parse().unwrap();
+    cfg
+}
+
+fn assert_blocked(record: &PageRecord, refused: &str, address: &str) {
+    assert_eq!(
+        record.error_kind.as_deref(),
+        Some("blocked_address"),
+        "{record:#?}"
+    );
+    let error = record.error.as_deref().unwrap();
+    assert!(
+        error.starts_with(&format!(
+            "{refused} was not fetched: refused to connect to "
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("{address} is a loopback address (in 127.0.0.0/8)"))
+            || error.contains(&format!("{address} is a loopback address (in ::1/128)")),
+        "{error}"
+    );
+    assert!(
+        error.contains("--allow-internal-cidrs") && error.contains("worker.allowInternalCIDRs"),
+        "the refusal says how to allow it: {error}"
+    );
+}
+
+#[tokio::test]
+async fn a_loopback_seed_is_refused_by_default_and_crawled_when_allowed() {
+    let site = Site::start(vec![
+        ("/robots.txt", Page::Status(404)),
+        ("/", html(r#"<title>Home</title><a href="/a">a</a>"#)),
+        ("/a", html("<title>A</title>")),
+    ])
+    .await;
+    let ipv6 = "http://[::1]:9/".to_owned();
+    // The URL parser writes it as [::ffff:7f00:1]; the guard judges the IPv4 address it reaches.
+    let mapped = url::Url::parse(&format!("http://[::ffff:127.0.0.1]:{}/", site.addr.port()))
+        .unwrap()
+        .to_string();
+    let seeds = [site.url("/"), ipv6.clone(), mapped.clone()];
+    let (outcome, records) = crawl(guarded(&seeds, "")).await;
+    assert_eq!(
+        site.total(),
+        0,
+        "nothing reached the site: {:?}",
+        site.hits()
+    );
+    assert_blocked(
+        &records.get(&site.url("/")),
+        &site.url("/robots.txt"),
+        "127.0.0.1",
+    );
+    assert_blocked(&records.get(&ipv6), "http://[::1]:9/robots.txt", "::1");
+    let error = records.get(&mapped).error.unwrap();
+    assert!(
+        error.contains("is a loopback address (in 127.0.0.0/8)"),
+        "{error}"
+    );
+    assert!(records.all().iter().all(|r| r.status.is_none()));
+    assert_eq!(outcome.progress.errors, 3);
+    assert_eq!(outcome.progress.pages_fetched, 0);
+
+    // Without robots.txt the page request itself is the one refused.
+    let mut cfg = guarded(&[site.url("/")], "");
+    cfg.respect_robots = false;
+    let (_, records) = crawl(cfg).await;
+    assert_blocked(&records.get(&site.url("/")), &site.url("/"), "127.0.0.1");
+    assert_eq!(site.total(), 0);
+
+    let (outcome, records) = crawl(guarded(&[site.url("/")], "127.0.0.1/32")).await;
+    assert_eq!(outcome.progress.errors, 0, "{:#?}", records.all());
+    assert_eq!(records.get(&site.url("/a")).title.as_deref(), Some("A"));
+    assert_eq!(site.count("/"), 1);
+}
+
+/// Site B on 127.0.0.1, and site A on 127.0.0.2 whose pages link and redirect to B.
+async fn two_sites() -> (Site, Site) {
+    let b = Site::start(vec![
+        ("/robots.txt", Page::Status(404)),
+        ("/", html("<title>B</title>")),
+        ("/linked", html("<title>B linked</title>")),
+    ])
+    .await;
+    let a = Site::start_on(
+        "127.0.0.2",
+        vec![
+            ("/robots.txt", Page::Status(404)),
+            (
+                "/",
+                Page::Html(format!(
+                    r#"<title>A</title><a href="{}">to B</a><a href="/away">away</a>"#,
+                    b.url("/linked")
+                )),
+            ),
+            ("/away", Page::Moved(b.url("/"))),
+        ],
+    )
+    .await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_followed_link_and_a_redirect_to_loopback_are_refused_unless_allowed() {
+    let (a, b) = two_sites().await;
+    let hosts = Some(vec![a.addr.ip().to_string(), b.addr.ip().to_string()]);
+    // A is allowed (127.0.0.2/32), B (127.0.0.1) is not.
+    let mut cfg = guarded(&[a.url("/")], "127.0.0.2/32");
+    cfg.allowed_hosts.clone_from(&hosts);
+    let (outcome, records) = crawl(cfg).await;
+    assert_eq!(records.get(&a.url("/")).title.as_deref(), Some("A"));
+    assert_blocked(
+        &records.get(&b.url("/linked")),
+        &b.url("/robots.txt"),
+        "127.0.0.1",
+    );
+    let away = records.get(&a.url("/away"));
+    assert_eq!(away.final_url, b.url("/"));
+    assert_blocked(&away, &b.url("/robots.txt"), "127.0.0.1");
+    assert_eq!(b.total(), 0, "nothing reached B: {:?}", b.hits());
+    assert_eq!(outcome.progress.errors, 2);
+
+    // The same without robots.txt: the link's request and the redirect hop are the ones refused.
+    let mut cfg = guarded(&[a.url("/")], "127.0.0.2/32");
+    cfg.allowed_hosts.clone_from(&hosts);
+    cfg.respect_robots = false;
+    let (_, records) = crawl(cfg).await;
+    assert_blocked(
+        &records.get(&b.url("/linked")),
+        &b.url("/linked"),
+        "127.0.0.1",
+    );
+    assert_blocked(&records.get(&a.url("/away")), &b.url("/"), "127.0.0.1");
+    assert_eq!(b.total(), 0, "nothing reached B: {:?}", b.hits());
+
+    // Allowed: both are fetched.
+    let mut cfg = guarded(&[a.url("/")], "127.0.0.0/8");
+    cfg.allowed_hosts = hosts;
+    let (outcome, records) = crawl(cfg).await;
+    assert_eq!(outcome.progress.errors, 0, "{:#?}", records.all());
+    assert_eq!(
+        records.get(&b.url("/linked")).title.as_deref(),
+        Some("B linked")
+    );
+    let away = records.get(&a.url("/away"));
+    assert_eq!((away.status, away.title.as_deref()), (Some(200), Some("B")));
+}
+
+#[tokio::test]
+async fn a_redirect_from_an_allowed_address_to_another_loopback_address_is_refused() {
+    let target = Site::start_on("127.0.0.2", vec![("/", html("<title>inside</title>"))]).await;
+    let site = Site::start(vec![
+        ("/robots.txt", Page::Status(404)),
+        ("/", html(r#"<a href="/jump">jump</a>"#)),
+        ("/jump", Page::Moved(target.url("/"))),
+    ])
+    .await;
+    let mut cfg = guarded(&[site.url("/")], "127.0.0.1/32");
+    cfg.allowed_hosts = Some(vec!["127.0.0.1".into(), "127.0.0.2".into()]);
+    cfg.respect_robots = false;
+    let (_, records) = crawl(cfg).await;
+    assert_eq!(records.get(&site.url("/")).status, Some(200));
+    let jump = records.get(&site.url("/jump"));
+    assert_eq!(jump.status, Some(301), "the first hop was fetched");
+    assert_blocked(&jump, &target.url("/"), "127.0.0.2");
+    assert_eq!(target.total(), 0, "nothing reached 127.0.0.2");
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_loopback_is_refused_unless_allowed() {
+    let site = Site::start_on(
+        "127.0.0.3",
+        vec![
+            ("/robots.txt", Page::Status(404)),
+            ("/", html("<title>named</title>")),
+        ],
+    )
+    .await;
+    let seed = format!("http://intranet.test:{}/", site.addr.port());
+    let resolver = crawl::Resolver::fixed([("intranet.test", vec![site.addr.ip()])]);
+
+    let mut cfg = guarded(std::slice::from_ref(&seed), "");
+    cfg.resolver = resolver.clone();
+    let (_, records) = crawl(cfg).await;
+    let record = records.get(&seed);
+    assert_blocked(
+        &record,
+        &format!("http://intranet.test:{}/robots.txt", site.addr.port()),
+        "127.0.0.3",
+    );
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("refused to connect to intranet.test at 127.0.0.3"),
+        "{error}"
+    );
+    assert_eq!(site.total(), 0);
+
+    // 127.0.0.1 allowed is not 127.0.0.3 allowed.
+    let mut cfg = guarded(std::slice::from_ref(&seed), "127.0.0.1/32");
+    cfg.resolver = resolver.clone();
+    let (_, records) = crawl(cfg).await;
+    assert_eq!(
+        records.get(&seed).error_kind.as_deref(),
+        Some("blocked_address")
+    );
+    assert_eq!(site.total(), 0);
+
+    let mut cfg = guarded(std::slice::from_ref(&seed), "127.0.0.3/32");
+    cfg.resolver = resolver;
+    let (_, records) = crawl(cfg).await;
+    assert_eq!(records.get(&seed).title.as_deref(), Some("named"));
+}
+
+/// A resolver that answers `first` once, then `then` for ever: a name rebound between two
+/// connections.
+struct Rebinding {
+    calls: Mutex<u32>,
+    first: std::net::IpAddr,
+    then: std::net::IpAddr,
+}
+
+impl crawl::address::Resolve for Rebinding {
+    fn resolve(&self, _: crawl::address::Name) -> crawl::address::Resolving {
+        let mut calls = self.calls.lock();
+        *calls += 1;
+        let ip = if *calls == 1 { self.first } else { self.then };
+        Box::pin(async move {
+            Ok(Box::new(std::iter::once(SocketAddr::new(ip, 0))) as crawl::address::Addrs)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_name_rebound_to_a_refused_address_is_refused_on_the_next_connection() {
+    // The site closes every connection, so each request connects (and resolves) again. It
+    // listens on 127.0.0.1 only; the rebound address, 127.0.0.2, is loopback too.
+    let app = Router::new().fallback(|uri: Uri| async move {
+        let body = if uri.path() == "/" {
+            r#"<title>first</title><a href="/second">second</a>"#
+        } else {
+            "<title>second</title>"
+        };
+        (
+            [
+                (header::CONTENT_TYPE, "text/html"),
+                (header::CONNECTION, "close"),
+            ],
+            body,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let seed = format!("http://rebind.test:{port}/");
+    let mut cfg = guarded(std::slice::from_ref(&seed), "127.0.0.1/32");
+    cfg.respect_robots = false;
+    cfg.concurrency = 1;
+    cfg.resolver = crawl::Resolver::custom(Rebinding {
+        calls: Mutex::new(0),
+        first: "127.0.0.1".parse().unwrap(),
+        then: "127.0.0.2".parse().unwrap(),
+    });
+    let (_, records) = crawl(cfg).await;
+    assert_eq!(records.get(&seed).title.as_deref(), Some("first"));
+    let second = records.get(&format!("http://rebind.test:{port}/second"));
+    assert_eq!(
+        second.error_kind.as_deref(),
+        Some("blocked_address"),
+        "{second:#?}"
+    );
+    assert!(
+        second
+            .error
+            .unwrap()
+            .contains("refused to connect to rebind.test at 127.0.0.2"),
+    );
+}
+
+/// The other internal ranges, at the resolver step the HTTP client goes through: a refusal
+/// there means the client has no address to connect to, so nothing is sent (this test never
+/// makes a request).
+#[tokio::test]
+async fn names_of_other_internal_addresses_are_refused_at_resolution() {
+    use crawl::address::{AddressPolicy, Resolver, find_blocked, guard};
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let cases = [
+        (
+            "metadata.test",
+            "169.254.169.254",
+            "link-local",
+            "169.254.0.0/16",
+        ),
+        ("ten.test", "10.0.0.1", "private (RFC 1918)", "10.0.0.0/8"),
+        (
+            "home.test",
+            "192.168.1.1",
+            "private (RFC 1918)",
+            "192.168.0.0/16",
+        ),
+        ("ula.test", "fd00::1", "unique local (RFC 4193)", "fc00::/7"),
+        (
+            "cgnat.test",
+            "100.64.0.1",
+            "carrier-grade NAT (RFC 6598)",
+            "100.64.0.0/10",
+        ),
+        (
+            "mapped.test",
+            "::ffff:169.254.169.254",
+            "link-local",
+            "169.254.0.0/16",
+        ),
+        ("v6-link.test", "fe80::1", "link-local", "fe80::/10"),
+        (
+            "any.test",
+            "0.0.0.0",
+            "unspecified (\"this network\")",
+            "0.0.0.0/8",
+        ),
+        ("group.test", "239.1.2.3", "multicast", "224.0.0.0/4"),
+    ];
+    let resolver = Resolver::fixed(cases.iter().map(|(n, a, ..)| (*n, vec![ip(a)])));
+    let denied = guard(&resolver, &AddressPolicy::deny_internal());
+    for (name, address, kind, range) in cases {
+        let Err(err) = denied.resolve(name.parse().unwrap()).await else {
+            panic!("{name} ({address}) resolved past the guard");
+        };
+        let blocked = find_blocked(&*err).expect("the guard's refusal");
+        assert_eq!(blocked.host, name);
+        assert_eq!(blocked.address, ip(address));
+        assert_eq!(blocked.internal.kind, kind, "{name}");
+        assert_eq!(blocked.internal.range.to_string(), range, "{name}");
+    }
+    // An allow-list opens exactly its ranges.
+    let allowed = guard(&resolver, &"10.0.0.0/8,fd00::/8".parse().unwrap());
+    for name in ["ten.test", "ula.test"] {
+        let addrs: Vec<_> = allowed
+            .resolve(name.parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert_eq!(addrs.len(), 1, "{name}");
+    }
+    for name in ["metadata.test", "home.test", "mapped.test"] {
+        assert!(
+            allowed.resolve(name.parse().unwrap()).await.is_err(),
+            "{name}"
+        );
+    }
 }
