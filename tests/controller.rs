@@ -169,14 +169,29 @@ async fn unschedulable_until_a_worker_is_ready() {
     assert_eq!(status.assigned_address.as_deref(), Some("10.1.0.9:9090"));
     assert_eq!(status.observed_generation, r.metadata.generation);
 
-    // What a user sees: kubectl's wide view shows the printer columns.
-    let out = story
-        .cp
-        .kubectl()
-        .args(["get", "crawlerresources", "-n", story.ns(), "-o", "wide"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // What a user sees: plain `kubectl get` shows the state and the pages fetched, the wide
+    // view the rest of the printer columns.
+    let header_of = |wide: bool| {
+        let mut args = vec!["get", "crr", "-n", story.ns()];
+        if wide {
+            args.extend(["-o", "wide"]);
+        }
+        let out = story.cp.kubectl().args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = header_of(false);
+    let header: Vec<&str> = plain
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "WORKER", "PHASE", "STATE", "PAGES", "AGE"],
+        "{plain}"
+    );
+    let text = header_of(true);
     let header: Vec<&str> = text
         .lines()
         .next()
@@ -189,14 +204,15 @@ async fn unschedulable_until_a_worker_is_ready() {
             "NAME",
             "WORKER",
             "PHASE",
+            "STATE",
+            "PAGES",
             "AGE",
             "TASK",
             "ADDRESS",
             "WEIGHT",
             "ASSIGNMENTS",
             "SUSPENDED",
-            "STATE",
-            "PAGES"
+            "COMPLETED"
         ],
         "{text}"
     );

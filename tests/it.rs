@@ -22,6 +22,7 @@ mod cli;
 mod container;
 mod controller;
 mod demo;
+mod finished;
 mod handoff;
 mod heartbeat;
 mod leader;
