@@ -141,8 +141,18 @@ async fn three_crawls_on_a_worker_of_capacity_1_run_one_after_the_other() {
             );
         }
     }
-    for name in names {
-        let r = api.get(name).await.unwrap();
+    judge_succeeded(&mut verdict, &story, &site, &names).await;
+    verdict.count("crawls", names.len());
+    gaps.sort_unstable();
+    verdict.figure("gaps_ms", &format!("{gaps:?}"));
+    verdict.print_and_assert();
+}
+
+/// Each of `names` ended `Succeeded` on worker-1, unassigned, its 7 pages fetched once, and
+/// plain `kubectl get crr` says so at a glance.
+async fn judge_succeeded(verdict: &mut Verdict, story: &Story, site: &Site, names: &[&str]) {
+    for name in names.iter().copied() {
+        let r = story.api().get(name).await.unwrap();
         let s = r.status.unwrap();
         verdict.judged += 1;
         let pages = s.progress.as_ref().map_or(0, |p| p.pages_fetched);
@@ -160,10 +170,26 @@ async fn three_crawls_on_a_worker_of_capacity_1_run_one_after_the_other() {
             );
         }
     }
-    verdict.count("crawls", names.len());
-    gaps.sort_unstable();
-    verdict.figure("gaps_ms", &format!("{gaps:?}"));
-    verdict.print_and_assert();
+    // What a user reads at a glance: plain `kubectl get crr` shows each one finished.
+    let out = story
+        .cp
+        .kubectl()
+        .args(["get", "crr", "-n", story.ns()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    for name in names.iter().copied() {
+        verdict.judged += 1;
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_default();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        if cells.get(1..4) != Some(&["Succeeded", "Completed", "7"][..]) {
+            verdict.violation("table", format!("{name}: {row:?} in\n{table}"));
+        }
+    }
 }
 
 /// Requests for each of `tasks` the site received after `since`, as violations.
@@ -183,6 +209,67 @@ fn fetched_again(verdict: &mut Verdict, site: &Site, tasks: &[&str], since: Inst
             );
         }
     }
+}
+
+/// The run of `window` completes while no controller runs (controller-b stopped): the status
+/// still names worker-1, with its `Completed` report, when the worker process restarts; it must
+/// not crawl it again. Then controller-c leads and ends it. Returns when the run completed.
+async fn completed_while_no_controller_runs(
+    story: &mut Story,
+    site: &Site,
+    verdict: &mut Verdict,
+) -> Instant {
+    // The run completes while no controller runs: the status still names worker-1, with its
+    // `Completed` report. The worker restarts meanwhile: it must not crawl it again.
+    story
+        .apply_resource(
+            "window",
+            json!({
+                "seeds": [site.seed("window")], "maxDepth": 2,
+                "rateLimit": { "requestsPerSecond": 2, "burst": 1 },
+            }),
+        )
+        .await;
+    story.assert_assigned("window", "worker-1").await;
+    story.controllers[1].stop().await;
+    let progress = story
+        .wait_for_progress("window", "Completed", |p| p.state == TaskState::Completed)
+        .await;
+    assert_eq!(progress.worker, "worker-1");
+    let window_done = Instant::now();
+    let still = story.api().get("window").await.unwrap();
+    assert_eq!(
+        assigned_worker(&still).as_deref(),
+        Some("worker-1"),
+        "the window this checks: completed, not yet seen by a controller: {:?}",
+        still.status
+    );
+    story.workers[0].stop().await;
+    story.workers[0].start();
+    // It runs tasks again one heartbeat after its first renewal; give it three.
+    tokio::time::sleep(support::story::HEARTBEAT * 3).await;
+    fetched_again(
+        verdict,
+        site,
+        &["window"],
+        window_done,
+        "by a restarted worker before the controller saw it complete",
+    );
+    story.start_controller("controller-c");
+    story.wait_for_leader("controller-c").await;
+    let window = story
+        .wait_for_resource("window", "Succeeded", succeeded)
+        .await;
+    verdict.judged += 1;
+    if window
+        .status
+        .as_ref()
+        .and_then(|s| s.last_worker.as_deref())
+        != Some("worker-1")
+    {
+        verdict.violation("last-worker", format!("{:?}", window.status));
+    }
+    window_done
 }
 
 /// A finished crawl is never fetched again: after its worker process restarts (SIGKILL, same
@@ -234,56 +321,7 @@ async fn a_finished_crawl_is_not_fetched_again_after_a_worker_restart_or_a_leade
         );
     }
 
-    // The run completes while no controller runs: the status still names worker-1, with its
-    // `Completed` report. The worker restarts meanwhile: it must not crawl it again.
-    story
-        .apply_resource(
-            "window",
-            json!({
-                "seeds": [site.seed("window")], "maxDepth": 2,
-                "rateLimit": { "requestsPerSecond": 2, "burst": 1 },
-            }),
-        )
-        .await;
-    story.assert_assigned("window", "worker-1").await;
-    story.controllers[1].stop().await;
-    let progress = story
-        .wait_for_progress("window", "Completed", |p| p.state == TaskState::Completed)
-        .await;
-    assert_eq!(progress.worker, "worker-1");
-    let window_done = Instant::now();
-    let still = story.api().get("window").await.unwrap();
-    assert_eq!(
-        assigned_worker(&still).as_deref(),
-        Some("worker-1"),
-        "the window this checks: completed, not yet seen by a controller: {:?}",
-        still.status
-    );
-    story.workers[0].stop().await;
-    story.workers[0].start();
-    // It runs tasks again one heartbeat after its first renewal; give it three.
-    tokio::time::sleep(support::story::HEARTBEAT * 3).await;
-    fetched_again(
-        &mut verdict,
-        &site,
-        &["window"],
-        window_done,
-        "by a restarted worker before the controller saw it complete",
-    );
-    story.start_controller("controller-c");
-    story.wait_for_leader("controller-c").await;
-    let window = story
-        .wait_for_resource("window", "Succeeded", succeeded)
-        .await;
-    verdict.judged += 1;
-    if window
-        .status
-        .as_ref()
-        .and_then(|s| s.last_worker.as_deref())
-        != Some("worker-1")
-    {
-        verdict.violation("last-worker", format!("{:?}", window.status));
-    }
+    let window_done = completed_while_no_controller_runs(&mut story, &site, &mut verdict).await;
     run_to_the_end(&story, "probe-3").await;
     fetched_again(
         &mut verdict,

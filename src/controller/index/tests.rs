@@ -1916,7 +1916,14 @@ fn a_completed_run_ends_the_crawl_and_frees_its_room_for_the_resource_waiting() 
 #[test]
 fn only_a_completed_report_of_the_current_assignment_and_spec_ends_the_crawl() {
     use crate::crd::TaskState::{Completed, Failed, Running, Stopped};
-    let cases: [(&str, (&str, i64, Option<i64>), crate::crd::TaskState, bool); 8] = [
+    // (what, (worker, assignment, generation) reported, state, whether it ends the crawl)
+    type Case = (
+        &'static str,
+        (&'static str, i64, Option<i64>),
+        crate::crd::TaskState,
+        bool,
+    );
+    let cases: [Case; 8] = [
         (
             "this run completed",
             ("worker-1", 1, Some(1)),
