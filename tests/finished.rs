@@ -341,3 +341,52 @@ async fn a_finished_crawl_is_not_fetched_again_after_a_worker_restart_or_a_leade
     assert_eq!(site.hits("done-1").len(), SMALL_PAGES);
     assert_eq!(site.hits("window").len(), SMALL_PAGES);
 }
+
+/// `kubectl explain` describes what a finished crawl shows and what runs it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_describes_the_finished_fields() {
+    let story = Story::new("explain-finished").await;
+    for (path, expected) in [
+        ("crawlerresources.status.phase", "Succeeded"),
+        (
+            "crawlerresources.status.lastWorker",
+            "last run that completed",
+        ),
+        (
+            "crawlerresources.status.completedAt",
+            "phase became `Succeeded`",
+        ),
+        (
+            "crawlerresources.status.completedGeneration",
+            "A spec change (a higher generation) runs the crawl again",
+        ),
+        (
+            "crawlerresources.status.progress.generation",
+            "a `Completed` report finishes the crawl only for that spec",
+        ),
+    ] {
+        let cp = story.cp;
+        // The API server publishes a new CRD's OpenAPI a moment after it is established.
+        support::wait_for(
+            &format!("kubectl explain {path}"),
+            BOUND,
+            support::story::POLL,
+            || async move {
+                let out = cp
+                    .kubectl()
+                    .args(["explain", path])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                // kubectl wraps descriptions: compare with whitespace collapsed.
+                let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                if words.contains(expected) {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        )
+        .await;
+    }
+}
