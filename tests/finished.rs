@@ -272,12 +272,13 @@ async fn completed_while_no_controller_runs(
     window_done
 }
 
-/// A finished crawl is never fetched again: after its worker process restarts (SIGKILL, same
-/// Pod), after a leader change, and when the worker restarts before any controller saw the run
+/// A finished crawl is never fetched again: after its worker process is killed, its heartbeat
+/// lapses and it restarts in the same Pod, after a leader change, and when the worker restarts before any controller saw the run
 /// complete (the controller was down: the worker's own check of the status keeps it from
 /// starting the crawl over). Each time a fresh crawl is run to prove the worker runs tasks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finished_crawl_is_not_fetched_again_after_a_worker_restart_or_a_leader_change() {
+async fn a_finished_crawl_is_not_fetched_again_after_a_heartbeat_lapse_a_worker_restart_or_a_leader_change()
+ {
     let (site, mut story) = worker_1_running("finished-again").await;
     let mut verdict = Verdict::new("finished-again");
     let run_to_the_end = async |story: &Story, name: &str| {
@@ -288,8 +289,24 @@ async fn a_finished_crawl_is_not_fetched_again_after_a_worker_restart_or_a_leade
     let rv = kube::ResourceExt::resource_version(&done);
     let finished_at = Instant::now();
 
-    // The worker process is killed and started again in the same Pod.
+    // The worker process is killed; its heartbeat lapses (the controller expires it); it is
+    // started again in the same Pod.
     story.workers[0].stop().await;
+    let log = story.controllers[0].log.clone();
+    support::wait_for(
+        "the controller to expire worker-1's heartbeat",
+        BOUND,
+        support::story::POLL,
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("worker heartbeat expired") {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        },
+    )
+    .await;
     story.workers[0].start();
     run_to_the_end(&story, "probe-1").await;
     fetched_again(
@@ -297,7 +314,7 @@ async fn a_finished_crawl_is_not_fetched_again_after_a_worker_restart_or_a_leade
         &site,
         &["done-1"],
         finished_at,
-        "after the worker restarted",
+        "after the worker's heartbeat lapsed and it restarted",
     );
 
     // A leader change: controller-a killed, controller-b takes over.
