@@ -40,13 +40,25 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
         name = "Worker",
         type_ = "string",
         json_path = ".status.assignedWorker",
-        description = "Worker Pod the task is assigned to"
+        description = "Worker Pod the task is assigned to (none once it succeeded: see lastWorker)"
     ),
     printcolumn(
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Assigned, Releasing, Unschedulable or Suspended"
+        description = "Pending, Assigned, Releasing, Unschedulable, Suspended or Succeeded"
+    ),
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.progress.state",
+        description = "What the worker reports: Running, Completed, Failed or Stopped"
+    ),
+    printcolumn(
+        name = "Pages",
+        type_ = "integer",
+        json_path = ".status.progress.pagesFetched",
+        description = "Pages fetched by the last run"
     ),
     printcolumn(
         name = "Age",
@@ -88,18 +100,11 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
         priority = "1"
     ),
     printcolumn(
-        name = "State",
-        type_ = "string",
-        json_path = ".status.progress.state",
+        name = "Completed",
+        type_ = "date",
+        json_path = ".status.completedAt",
         priority = "1",
-        description = "What the worker reports: Running, Completed, Failed or Stopped"
-    ),
-    printcolumn(
-        name = "Pages",
-        type_ = "integer",
-        json_path = ".status.progress.pagesFetched",
-        priority = "1",
-        description = "Pages fetched by the current assignment"
+        description = "When the controller saw the last run of the current spec complete"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -295,13 +300,18 @@ pub enum Phase {
     Unschedulable,
     /// `spec.suspend` is true: unassigned on purpose.
     Suspended,
+    /// The crawl of the current spec finished (its worker reported `Completed` for the current
+    /// assignment): unassigned, it holds no room on any worker and never runs again, whatever
+    /// happens to workers or controllers, until its spec changes (a `metadata.generation` above
+    /// `completedGeneration`). `lastWorker` and `completedAt` say where and when.
+    Succeeded,
 }
 
 /// What the controller (and later the worker) report about a resource.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CrawlerResourceStatus {
-    /// Pending, Assigned, Releasing, Unschedulable or Suspended.
+    /// Pending, Assigned, Releasing, Unschedulable, Suspended or Succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Name of the worker Pod that runs the task.
@@ -320,6 +330,16 @@ pub struct CrawlerResourceStatus {
     /// The `metadata.generation` of the spec the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The worker Pod that ran the last run that completed (kept once the task is unassigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_worker: Option<String>,
+    /// When the controller saw the last run complete (its phase became `Succeeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// The `metadata.generation` of the spec whose run completed. A spec change (a higher
+    /// generation) runs the crawl again; nothing else does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_generation: Option<i64>,
     /// What the worker running the task reports (owned by the worker's field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TaskProgress>,
@@ -341,6 +361,10 @@ pub struct TaskProgress {
     pub assignment: i64,
     /// Running, Completed, Failed or Stopped.
     pub state: TaskState,
+    /// The `metadata.generation` of the spec this run crawls: a `Completed` report finishes the
+    /// crawl only for that spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
     /// Pages fetched (answered with any HTTP status): with the postgres sink, every page the task
     /// has stored, continued after a move or restart; with the file sink, since the task started
     /// on this worker.
@@ -395,6 +419,35 @@ impl CrawlerResourceStatus {
     /// The condition of the given type, if present.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// The worker's report that the run of the current assignment, crawling the spec of
+    /// `generation`, completed: the report is of the assigned worker and of this very
+    /// assignment, so no older run's report (another worker, another assignment, an earlier
+    /// spec) can finish the crawl.
+    pub fn completed_run(&self, generation: Option<i64>) -> Option<&TaskProgress> {
+        self.progress.as_ref().filter(|p| {
+            p.state == TaskState::Completed
+                && self.assigned_worker.as_deref() == Some(p.worker.as_str())
+                && self.assignments == Some(p.assignment)
+                && p.generation.is_some()
+                && p.generation == generation
+        })
+    }
+
+    /// Whether the crawl of the spec of `generation` is over: the controller marked it
+    /// `Succeeded` for that generation.
+    pub fn succeeded(&self, generation: Option<i64>) -> bool {
+        self.phase == Some(Phase::Succeeded)
+            && self.completed_generation.is_some()
+            && self.completed_generation == generation
+    }
+
+    /// Whether a worker must not start (or start again) the crawl this status describes for the
+    /// spec of `generation`: it succeeded, or its current run already reported `Completed` (the
+    /// controller has not unassigned it yet). A worker's belt and braces against a stale view.
+    pub fn finished(&self, generation: Option<i64>) -> bool {
+        self.succeeded(generation) || self.completed_run(generation).is_some()
     }
 }
 
@@ -531,6 +584,88 @@ mod tests {
         assert_eq!(spec["weight"]["default"], 1);
         let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
         assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
+    }
+
+    /// What a worker reads before it starts a task: only the current assignment's `Completed`
+    /// report of the current spec, or `Succeeded` for the current spec, means "finished".
+    #[test]
+    fn a_status_says_finished_only_for_the_current_run_of_the_current_spec() {
+        let status = |phase, (worker, assignment, generation), state| CrawlerResourceStatus {
+            phase: Some(phase),
+            assigned_worker: Some("w1".to_owned()),
+            assignments: Some(2),
+            completed_generation: (phase == Phase::Succeeded).then_some(3),
+            progress: Some(TaskProgress {
+                worker: String::from(worker),
+                assignment,
+                state,
+                generation,
+                ..TaskProgress::default()
+            }),
+            ..CrawlerResourceStatus::default()
+        };
+        let cases = [
+            (
+                Phase::Assigned,
+                ("w1", 2, Some(3)),
+                TaskState::Completed,
+                true,
+            ),
+            (
+                Phase::Releasing,
+                ("w1", 2, Some(3)),
+                TaskState::Completed,
+                true,
+            ),
+            (
+                Phase::Assigned,
+                ("w1", 2, Some(3)),
+                TaskState::Running,
+                false,
+            ),
+            (
+                Phase::Assigned,
+                ("w1", 2, Some(3)),
+                TaskState::Failed,
+                false,
+            ),
+            (
+                Phase::Assigned,
+                ("w1", 1, Some(3)),
+                TaskState::Completed,
+                false,
+            ),
+            (
+                Phase::Assigned,
+                ("w0", 2, Some(3)),
+                TaskState::Completed,
+                false,
+            ),
+            (
+                Phase::Assigned,
+                ("w1", 2, Some(2)),
+                TaskState::Completed,
+                false,
+            ),
+            (
+                Phase::Assigned,
+                ("w1", 2, None),
+                TaskState::Completed,
+                false,
+            ),
+            (
+                Phase::Succeeded,
+                ("w1", 2, Some(3)),
+                TaskState::Running,
+                true,
+            ),
+        ];
+        for (phase, run, state, finished) in cases {
+            let s = status(phase, run, state);
+            assert_eq!(s.finished(Some(3)), finished, "{phase:?} {run:?} {state:?}");
+            // A spec changed since (generation 4) is another crawl: never finished by these.
+            assert!(!s.finished(Some(4)), "{phase:?} {run:?} {state:?}");
+        }
     }
 
     #[test]

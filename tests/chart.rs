@@ -812,8 +812,10 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
     let resources: Api<CrawlerResource> = Api::namespaced(admin.clone(), ns);
     let spec = json!({
         "seeds": [site.seed("task-test-4")],
-        "maxDepth": 0,
-        "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
+        // Long enough to be still running when the placements below are checked: a crawl
+        // that finished is unassigned (phase Succeeded) and counts on no worker.
+        "maxDepth": 10,
+        "rateLimit": { "requestsPerSecond": 5, "burst": 1 },
         "cookieSecretRef": { "name": "cookies", "key": "cookie" },
     });
     apply_crawler_resource(&resources, "task-test-4", spec, "chart-test").await;
@@ -834,7 +836,12 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
                 .progress
                 .as_ref()
                 .is_some_and(|p| p.worker == "run-worker-0");
-            if status.assigned_worker.as_deref() == Some("run-worker-0") && reported {
+            // A crawl that already finished is unassigned (phase Succeeded), its worker kept.
+            let ran_on = status
+                .assigned_worker
+                .as_deref()
+                .or(status.last_worker.as_deref());
+            if ran_on == Some("run-worker-0") && reported {
                 Ok(())
             } else {
                 Err(format!("status {status:?}; {}", logs()))
@@ -851,10 +858,10 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         }
     })
     .await;
-    assert_eq!(
-        cookies(&site),
-        vec!["session=chart-test".to_owned()],
-        "{}",
+    let sent = cookies(&site);
+    assert!(
+        !sent.is_empty() && sent.iter().all(|c| c == "session=chart-test"),
+        "{sent:?}; {}",
         logs()
     );
 
@@ -881,7 +888,10 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
         let body = json!({
             "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
             "metadata": { "name": name },
-            "spec": { "seeds": [site.seed(name)], "maxDepth": 0 },
+            "spec": {
+                "seeds": [site.seed(name)], "maxDepth": 10,
+                "rateLimit": { "requestsPerSecond": 5, "burst": 1 },
+            },
         });
         resources
             .patch(

@@ -113,6 +113,25 @@ async fn the_original_demonstration() {
     story.assert_assigned("task-test-5", "worker-3").await;
 }
 
+/// `kubectl get crr` (`-o wide` if `wide`) in the story's namespace: the header's words and the
+/// whole output.
+fn kubectl_get_crr(story: &Story, wide: bool) -> (Vec<String>, String) {
+    let mut args = vec!["get", "crr", "-n", story.ns()];
+    if wide {
+        args.extend(["-o", "wide"]);
+    }
+    let out = story.cp.kubectl().args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let header = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (header, text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unschedulable_until_a_worker_is_ready() {
     let mut story = Story::new("unsched").await;
@@ -169,34 +188,30 @@ async fn unschedulable_until_a_worker_is_ready() {
     assert_eq!(status.assigned_address.as_deref(), Some("10.1.0.9:9090"));
     assert_eq!(status.observed_generation, r.metadata.generation);
 
-    // What a user sees: kubectl's wide view shows the printer columns.
-    let out = story
-        .cp
-        .kubectl()
-        .args(["get", "crawlerresources", "-n", story.ns(), "-o", "wide"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let header: Vec<&str> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    // What a user sees: plain `kubectl get` shows the state and the pages fetched, the wide
+    // view the rest of the printer columns.
+    let (plain, _) = kubectl_get_crr(&story, false);
+    assert_eq!(
+        plain,
+        ["NAME", "WORKER", "PHASE", "STATE", "PAGES", "AGE"],
+        "plain kubectl get"
+    );
+    let (header, text) = kubectl_get_crr(&story, true);
     assert_eq!(
         header,
         [
             "NAME",
             "WORKER",
             "PHASE",
+            "STATE",
+            "PAGES",
             "AGE",
             "TASK",
             "ADDRESS",
             "WEIGHT",
             "ASSIGNMENTS",
             "SUSPENDED",
-            "STATE",
-            "PAGES"
+            "COMPLETED"
         ],
         "{text}"
     );

@@ -16,13 +16,14 @@
 
 mod support;
 
-mod admission;
 mod addresses;
+mod admission;
 mod chart;
 mod cli;
 mod container;
 mod controller;
 mod demo;
+mod finished;
 mod handoff;
 mod heartbeat;
 mod leader;

@@ -44,18 +44,33 @@ fn shelf_spec(site: &Site, task: &str, rules: &Value) -> Value {
     })
 }
 
+/// Waits until `shelf`'s crawl ended (phase `Succeeded`, unassigned) and checks it ran on
+/// worker-1; returns its status.
+async fn ran_on_worker_1(story: &Story) -> crawler_operator::crd::CrawlerResourceStatus {
+    let r = story
+        .wait_for_resource("shelf", "Succeeded", |r| {
+            support::story::phase(r) == Some(Phase::Succeeded)
+        })
+        .await;
+    assert_eq!(assigned_worker(&r), None);
+    let status = r.status.unwrap();
+    assert_eq!(status.last_worker.as_deref(), Some("worker-1"));
+    status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_book_shelf_is_crawled_and_its_books_extracted() {
     let (site, story) = worker_1_running("rules").await;
     story
         .apply_resource("shelf", shelf_spec(&site, "shelf", &shelf_rules()))
         .await;
-    story.assert_assigned("shelf", "worker-1").await;
     let progress = story
         .wait_for_progress("shelf", "the crawl completed", |p| {
             p.state == TaskState::Completed
         })
         .await;
+    assert_eq!(progress.worker, "worker-1");
+    ran_on_worker_1(&story).await;
     let books = SHELF_PAGES * SHELF_PER_PAGE;
     assert_eq!(
         progress.pages_fetched,
@@ -188,15 +203,12 @@ async fn rules_that_cannot_compile_are_reported_and_the_task_is_not_started() {
     story
         .apply_resource("shelf", shelf_spec(&site, "shelf", &shelf_rules()))
         .await;
-    story.assert_assigned("shelf", "worker-1").await;
     story
         .wait_for_progress("shelf", "the crawl completed", |p| {
             p.state == TaskState::Completed
         })
         .await;
-    let r = story.api().get("shelf").await.unwrap();
-    assert_eq!(assigned_worker(&r).as_deref(), Some("worker-1"));
-    let status = r.status.unwrap();
+    let status = ran_on_worker_1(&story).await;
     assert_eq!(
         status.condition(CONDITION_RULES_VALID).unwrap().status,
         "True"

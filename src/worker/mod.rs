@@ -327,6 +327,15 @@ struct Worker {
     confirmed_tx: mpsc::UnboundedSender<(String, String, i64)>,
 }
 
+/// Whether `r`'s status says the crawl of its current spec is over (see
+/// [`crate::crd::CrawlerResourceStatus::finished`]): the controller ends it, and the worker
+/// never starts it, even from a view that lags the controller's.
+fn is_finished(r: &CrawlerResource) -> bool {
+    r.status
+        .as_ref()
+        .is_some_and(|s| s.finished(r.metadata.generation))
+}
+
 /// Whether the controller is moving `r` off its worker (the handoff's first phase).
 fn is_releasing(r: &CrawlerResource) -> bool {
     r.status
@@ -369,7 +378,11 @@ impl Worker {
             .collect();
         for (name, reason, why) in stale {
             if let Some(task) = self.tasks.remove(&name) {
-                tracing::info!(resource = %name, "stopping task: {why}");
+                if task.handle.is_finished() {
+                    tracing::debug!(resource = %name, "forgetting a task that ended: {why}");
+                } else {
+                    tracing::info!(resource = %name, "stopping task: {why}");
+                }
                 task.stop(reason);
                 self.stopping.entry(name).or_default().push(task.handle);
             }
@@ -387,6 +400,12 @@ impl Worker {
                 || is_releasing(resource)
                 || self.releases.is_released(name, &run.uid, run.assignment)
             {
+                continue;
+            }
+            if !self.tasks.contains_key(name) && is_finished(resource) {
+                // Its run of this spec completed (here before a restart, say) and the controller
+                // has not unassigned it yet: never crawled twice.
+                tracing::debug!(resource = %name, assignment = run.assignment, "not starting the task: its run of this spec completed");
                 continue;
             }
             if let Some(task) = self.tasks.get(name) {
@@ -930,6 +949,7 @@ impl Reporter {
             worker: self.worker.clone(),
             assignment: self.assignment,
             state,
+            generation: Some(self.generation),
             pages_fetched: i64::try_from(progress.pages_fetched).unwrap_or(i64::MAX),
             errors: i64::try_from(progress.errors).unwrap_or(i64::MAX),
             incomplete: i64::try_from(progress.incomplete).unwrap_or(i64::MAX),

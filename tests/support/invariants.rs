@@ -95,7 +95,8 @@ pub async fn check(client: &Client, ns: &str, expected: Option<&BTreeSet<String>
         };
         let worker = status.assigned_worker.clone();
         snapshot.assigned.insert(name.clone(), worker.clone());
-        if r.spec.suspend {
+        // Suspended, or finished (unassigned for good until its spec changes): on no worker.
+        if r.spec.suspend || status.succeeded(r.metadata.generation) {
             continue;
         }
         match &worker {

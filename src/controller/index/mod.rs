@@ -102,6 +102,10 @@ struct ResourceEntry {
     /// (worker, assignment) whose release the worker confirmed in `status.progress`
     /// (`released: true`): that worker stopped the task and never runs that assignment again.
     released_by: Option<(String, i64)>,
+    /// The assigned worker reported that the run of the current assignment, crawling the
+    /// current spec, completed ([`CrawlerResourceStatus::completed_run`]): the next plan ends
+    /// the crawl (phase `Succeeded`).
+    completed: Option<CompletedRun>,
     /// A move that something asked for ([`Index::move_off`]); kept while the resource still
     /// has that assignment.
     move_requested: Option<MoveRequest>,
@@ -128,6 +132,15 @@ impl MoveRequest {
     }
 }
 
+/// A run that completed, as its worker reported it.
+#[derive(Clone, Debug)]
+struct CompletedRun {
+    worker: String,
+    assignment: i64,
+    generation: i64,
+    pages: i64,
+}
+
 #[derive(Clone, Debug)]
 struct Assumption {
     worker: String,
@@ -146,6 +159,12 @@ impl ResourceEntry {
             Some(a) => Some(&a.worker),
             None => self.status.assigned_worker.as_deref(),
         }
+    }
+
+    /// Whether the crawl of the current spec is over (phase `Succeeded` for this generation):
+    /// it counts on no worker, waits for none, and is placed again only once its spec changes.
+    fn done(&self) -> bool {
+        self.status.succeeded(self.generation)
     }
 }
 
@@ -437,6 +456,18 @@ impl Index {
         let move_requested = previous
             .and_then(|p| p.move_requested.clone())
             .filter(|m| m.applies_to(&status));
+        let completed = resource
+            .status
+            .as_ref()
+            .and_then(|s| s.completed_run(resource.metadata.generation))
+            .and_then(|p| {
+                Some(CompletedRun {
+                    worker: p.worker.clone(),
+                    assignment: p.assignment,
+                    generation: p.generation?,
+                    pages: p.pages_fetched,
+                })
+            });
         let entry = ResourceEntry {
             uid: resource.metadata.uid.clone(),
             resource_version: resource.metadata.resource_version.clone(),
@@ -447,6 +478,7 @@ impl Index {
             rules: rules::check(resource, previous.map(|p| (p.generation, &p.rules))),
             status,
             released_by,
+            completed,
             move_requested,
             assumed,
         };
@@ -666,9 +698,14 @@ impl Index {
         let mut event = None;
         let mut assumes = None;
 
+        // A run of the current assignment and spec that completed ends the crawl, wherever its
+        // worker stands now (gone, lapsed, being moved off): it is over, not to be placed again.
+        let finished = entry.completed.as_ref();
+        let done = finished.is_none() && entry.done();
         // A handoff under way completes on the old worker's confirmation or its lapse; until
         // then nothing changes (a release is never taken back: assignment N is over).
         let handed_off = match ns.handoff(entry) {
+            _ if finished.is_some() || done => None,
             Handoff::None => None,
             Handoff::Waiting => return Plan::Nothing,
             Handoff::Done(how) => Some(how),
@@ -692,7 +729,11 @@ impl Index {
             .filter(|_| leaves && handed_off.is_none())
             .filter(|w| ns.heartbeat_alive(w));
 
-        if let Some(worker) = release_from {
+        if let Some(run) = finished {
+            event = Some(finish(&mut desired, current, run, ctx.now));
+        } else if done {
+            // Succeeded for this spec: nothing to place, nothing to write.
+        } else if let Some(worker) = release_from {
             let note = format!(
                 "moving off worker {worker} ({}): waiting for it to confirm the stop or for its \
                  heartbeat to lapse",
@@ -1156,11 +1197,11 @@ impl Namespace {
             .collect()
     }
 
-    /// Resources waiting for a worker (not assigned, not suspended).
+    /// Resources waiting for a worker (not assigned, not suspended, not done).
     fn waiting(&self, namespace: &str) -> Vec<Key> {
         self.resources
             .iter()
-            .filter(|(_, r)| !r.suspend && r.effective_worker().is_none())
+            .filter(|(_, r)| !r.suspend && r.effective_worker().is_none() && !r.done())
             .map(|(name, _)| Key::new(namespace, name.clone()))
             .collect()
     }
@@ -1175,6 +1216,32 @@ impl Namespace {
             })
             .map(|(name, _)| Key::new(namespace, name.clone()))
             .collect()
+    }
+}
+
+/// Ends a crawl whose current run completed: phase `Succeeded`, unassigned (so no worker's
+/// assignment watch shows it any more and its weight counts nowhere), the worker and the time
+/// kept, and the generation that finished, so only a spec change runs it again.
+fn finish(
+    desired: &mut CrawlerResourceStatus,
+    current: &CrawlerResourceStatus,
+    run: &CompletedRun,
+    now: Timestamp,
+) -> PlanEvent {
+    set_unassigned(desired, Phase::Succeeded);
+    desired.last_worker = Some(run.worker.clone());
+    desired.completed_at = Some(Time(now));
+    desired.completed_generation = Some(run.generation);
+    let note = format!(
+        "the crawl finished on worker {} (assignment {}, {} pages): it is not run again unless \
+         its spec changes",
+        run.worker, run.assignment, run.pages
+    );
+    set_assigned_condition(desired, current, false, Reason::Completed, &note, now);
+    PlanEvent {
+        warning: false,
+        reason: Reason::Completed,
+        note,
     }
 }
 

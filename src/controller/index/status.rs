@@ -41,6 +41,9 @@ pub enum Reason {
     InvalidRules,
     /// `RulesValid` condition: every rule compiles.
     RulesCompiled,
+    /// `Assigned` condition (False) and Event: the run of the current spec completed; the task
+    /// is unassigned for good (phase `Succeeded`) until its spec changes.
+    Completed,
 }
 
 impl Reason {
@@ -58,6 +61,7 @@ impl Reason {
             Self::Suspended => "Suspended",
             Self::InvalidRules => "InvalidRules",
             Self::RulesCompiled => "RulesCompiled",
+            Self::Completed => "Completed",
         }
     }
 
@@ -131,6 +135,9 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
         assigned_at: status.assigned_at.clone(),
         assignments: status.assignments,
         observed_generation: status.observed_generation,
+        last_worker: status.last_worker.clone(),
+        completed_at: status.completed_at.clone(),
+        completed_generation: status.completed_generation,
         progress: None,
         conditions: status
             .conditions

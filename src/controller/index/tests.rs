@@ -1832,3 +1832,280 @@ fn a_move_asked_for_in_a_lost_term_is_not_carried_into_the_next() {
     assert_eq!(place(&mut index, &mut r), Plan::Nothing, "still releasing");
     assert_eq!(phase_of(&r), Some(Phase::Releasing));
 }
+
+// === Finished crawls (issue 23) ===
+
+/// The worker's report that `r`'s run of assignment `assignment` and spec `generation` ended in
+/// `state`, as the worker's reporter writes it; the watch shows it to the index.
+fn report(
+    index: &mut Index,
+    r: &mut CrawlerResource,
+    (worker, assignment, generation): (&str, i64, Option<i64>),
+    state: crate::crd::TaskState,
+) -> Vec<Key> {
+    bump_resource_version(r);
+    r.status.as_mut().unwrap().progress = Some(crate::crd::TaskProgress {
+        worker: worker.to_owned(),
+        assignment,
+        state,
+        generation,
+        pages_fetched: 15,
+        ..Default::default()
+    });
+    index.apply_resource(r)
+}
+
+fn completed(index: &mut Index, r: &mut CrawlerResource) -> Vec<Key> {
+    let status = r.status.clone().unwrap();
+    let worker = status.assigned_worker.unwrap();
+    report(
+        index,
+        r,
+        (&worker, status.assignments.unwrap(), r.metadata.generation),
+        crate::crd::TaskState::Completed,
+    )
+}
+
+/// One worker of capacity 1 (heartbeat alive), `a` placed on it, `b` waiting.
+fn full_worker_and_one_waiting() -> (Index, CrawlerResource, CrawlerResource) {
+    let mut index = Index::default();
+    let mut w1 = pod("worker-1", true, &[]);
+    w1.metadata.annotations = Some([(CAPACITY_ANNOTATION.to_owned(), "1".to_owned())].into());
+    index.reset_pods(&[w1]);
+    let now = Instant::now();
+    let lease = heartbeat("worker-1", Some("worker-1"), 100);
+    index.apply_heartbeat(&lease, now);
+    index.finish_heartbeat_list(&listed(std::slice::from_ref(&lease)), now);
+    let (mut a, mut b) = (resource("a", 1), resource("b", 1));
+    index.reset_resources(&[a.clone(), b.clone()]);
+    place(&mut index, &mut a);
+    assert_eq!(worker_of(&a), Some("worker-1"));
+    place(&mut index, &mut b);
+    assert_eq!(phase_of(&b), Some(Phase::Unschedulable), "worker-1 is full");
+    assert!(index.room_freed().is_empty());
+    (index, a, b)
+}
+
+/// Issue 23: a crawl whose run completed frees its worker's room at once, and the resource
+/// waiting for that room is offered it (the 200 ms tick drains `room_freed`).
+#[test]
+fn a_completed_run_ends_the_crawl_and_frees_its_room_for_the_resource_waiting() {
+    let (mut index, mut a, mut b) = full_worker_and_one_waiting();
+    let mut queued = completed(&mut index, &mut a);
+    assert_eq!(
+        index.load(NS, "worker-1"),
+        1,
+        "counted until the controller ends it"
+    );
+    let Plan::Write(w) = place(&mut index, &mut a) else {
+        panic!("expected the end of the crawl")
+    };
+    let s = &w.status;
+    assert_eq!(s.phase, Some(Phase::Succeeded));
+    assert_eq!(
+        s.assigned_worker, None,
+        "no worker's assignment watch shows it any more"
+    );
+    assert_eq!(
+        (s.assigned_address.as_ref(), s.assigned_at.as_ref()),
+        (None, None)
+    );
+    assert_eq!(s.assignments, Some(1), "the assignment number is kept");
+    assert_eq!(s.last_worker.as_deref(), Some("worker-1"));
+    assert_eq!(s.completed_generation, Some(1));
+    assert_eq!(s.completed_at, Some(Time(ctx(&LeastLoaded).now)));
+    let assigned = s.condition(CONDITION_ASSIGNED).unwrap();
+    assert_eq!(
+        (assigned.status.as_str(), assigned.reason.as_str()),
+        ("False", "Completed")
+    );
+    let event = w.event.unwrap();
+    assert_eq!((event.warning, event.reason), (false, Reason::Completed));
+    assert!(
+        event
+            .note
+            .contains("finished on worker worker-1 (assignment 1, 15 pages)"),
+        "{}",
+        event.note
+    );
+    assert_eq!(w.assumes, None);
+    assert_eq!(index.load(NS, "worker-1"), 0, "it counts nowhere");
+    queued.extend(index.room_freed());
+    assert!(queued.contains(&Key::new(NS, "b")), "{queued:?}");
+    assert!(!queued.contains(&Key::new(NS, "a")) || place(&mut index, &mut a) == Plan::Nothing);
+    place(&mut index, &mut b);
+    assert_eq!(worker_of(&b), Some("worker-1"));
+    assert_eq!(place(&mut index, &mut a), Plan::Nothing);
+    index.check_loads();
+}
+
+/// Only the assigned worker's `Completed` report of the current assignment, for the current
+/// spec, ends a crawl: older runs' reports, other states, and reports without a generation (an
+/// older worker) leave it where it is.
+#[test]
+fn only_a_completed_report_of_the_current_assignment_and_spec_ends_the_crawl() {
+    use crate::crd::TaskState::{Completed, Failed, Running, Stopped};
+    // (what, (worker, assignment, generation) reported, state, whether it ends the crawl)
+    type Case = (
+        &'static str,
+        (&'static str, i64, Option<i64>),
+        crate::crd::TaskState,
+        bool,
+    );
+    let cases: [Case; 8] = [
+        (
+            "this run completed",
+            ("worker-1", 1, Some(1)),
+            Completed,
+            true,
+        ),
+        ("running", ("worker-1", 1, Some(1)), Running, false),
+        (
+            "failed (retried by its worker)",
+            ("worker-1", 1, Some(1)),
+            Failed,
+            false,
+        ),
+        ("stopped", ("worker-1", 1, Some(1)), Stopped, false),
+        (
+            "another worker's report",
+            ("worker-2", 1, Some(1)),
+            Completed,
+            false,
+        ),
+        (
+            "an older assignment's report",
+            ("worker-1", 0, Some(1)),
+            Completed,
+            false,
+        ),
+        (
+            "an earlier spec's run",
+            ("worker-1", 1, Some(0)),
+            Completed,
+            false,
+        ),
+        (
+            "a report without a generation",
+            ("worker-1", 1, None),
+            Completed,
+            false,
+        ),
+    ];
+    for (what, run, state, ends) in cases {
+        let (mut index, mut a, _) = full_worker_and_one_waiting();
+        report(&mut index, &mut a, run, state);
+        place(&mut index, &mut a);
+        assert_eq!(phase_of(&a) == Some(Phase::Succeeded), ends, "{what}");
+        assert_eq!(worker_of(&a).is_none(), ends, "{what}");
+        assert_eq!(index.load(NS, "worker-1"), u64::from(!ends), "{what}");
+    }
+}
+
+/// A succeeded crawl is never placed again: not when its worker's Pod goes and comes back, not
+/// when its heartbeat lapses, not by a new leader's full pass over a fresh index, not by the
+/// safety resync of waiting resources.
+#[test]
+fn a_succeeded_crawl_is_never_placed_again_by_a_restart_a_lapse_or_a_new_leader() {
+    let (mut index, mut a, mut b) = full_worker_and_one_waiting();
+    completed(&mut index, &mut a);
+    place(&mut index, &mut a);
+    place(&mut index, &mut b);
+    let succeeded = a.status.clone();
+    let mut queued = index.delete_pod(NS, "worker-1");
+    queued.extend(index.apply_pod(&pod("worker-1", true, &[])));
+    queued.extend(index.apply_heartbeat(&heartbeat("worker-1", None, 100), Instant::now()));
+    queued.extend(index.room_freed());
+    queued.extend(index.all_waiting());
+    queued.extend(index.all_keys());
+    for key in queued.iter().filter(|k| k.name == "a") {
+        assert!(matches!(index.plan(key, &ctx(&LeastLoaded)), Plan::Nothing));
+    }
+    assert!(!index.all_waiting().contains(&Key::new(NS, "a")));
+    assert_eq!(a.status, succeeded);
+
+    // A new leader: a fresh index over the same objects writes nothing for it.
+    let mut fresh = Index::default();
+    fresh.reset_pods(&[pod("worker-1", true, &[])]);
+    fresh.finish_heartbeat_list(&HashSet::new(), Instant::now());
+    fresh.reset_resources(&[a.clone(), b.clone()]);
+    assert_eq!(place(&mut fresh, &mut a), Plan::Nothing);
+    assert!(!fresh.all_waiting().contains(&Key::new(NS, "a")));
+    assert_eq!(fresh.load(NS, "worker-1"), 1, "b only");
+}
+
+/// A run that completes while its resource is being moved off a live worker (phase
+/// `Releasing`) or after its worker lapsed still ends the crawl: it is not placed elsewhere.
+#[test]
+fn a_run_that_completed_is_not_moved_whatever_its_worker_does_meanwhile() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    index.move_off(&Key::new(NS, "a"), "worker-1", "asked");
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Releasing));
+    completed(&mut index, &mut r);
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Succeeded));
+    assert_eq!(worker_of(&r), None);
+
+    let (mut index, mut r) = live_workers_and_one_resource();
+    completed(&mut index, &mut r);
+    index.delete_pod(NS, "worker-1");
+    index.apply_heartbeat(&heartbeat("worker-1", None, 100), Instant::now());
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Succeeded));
+    assert_eq!(
+        r.status.as_ref().unwrap().last_worker.as_deref(),
+        Some("worker-1")
+    );
+    index.check_loads();
+}
+
+/// What runs a finished crawl again: a spec change (a generation above the one that finished).
+/// The new run is a new assignment; its own completion ends it again, for the new generation.
+/// Suspending a finished crawl is a spec change too: it shows `Suspended`, and runs once resumed.
+#[test]
+fn a_spec_change_runs_a_succeeded_crawl_again() {
+    let (mut index, mut a, mut b) = full_worker_and_one_waiting();
+    completed(&mut index, &mut a);
+    place(&mut index, &mut a);
+    index.delete_resource(NS, "b");
+    let _ = &mut b;
+
+    a.spec.max_depth = 3;
+    a.metadata.generation = Some(2);
+    bump_resource_version(&mut a);
+    let queued = index.apply_resource(&a);
+    assert!(queued.contains(&Key::new(NS, "a")));
+    let Plan::Write(w) = place(&mut index, &mut a) else {
+        panic!("expected a new placement")
+    };
+    assert_eq!(w.status.phase, Some(Phase::Assigned));
+    assert_eq!(w.status.assignments, Some(2));
+    assert_eq!(
+        w.status.completed_generation,
+        Some(1),
+        "the last completed run stays told"
+    );
+    assert_eq!(index.load(NS, "worker-1"), 1);
+    completed(&mut index, &mut a);
+    place(&mut index, &mut a);
+    let s = a.status.clone().unwrap();
+    assert_eq!(
+        (s.phase, s.completed_generation, s.assignments),
+        (Some(Phase::Succeeded), Some(2), Some(2))
+    );
+
+    a.spec.suspend = true;
+    a.metadata.generation = Some(3);
+    bump_resource_version(&mut a);
+    index.apply_resource(&a);
+    place(&mut index, &mut a);
+    assert_eq!(phase_of(&a), Some(Phase::Suspended));
+    a.spec.suspend = false;
+    a.metadata.generation = Some(4);
+    bump_resource_version(&mut a);
+    index.apply_resource(&a);
+    place(&mut index, &mut a);
+    assert_eq!(worker_of(&a), Some("worker-1"));
+    index.check_loads();
+}
