@@ -198,7 +198,10 @@ async fn the_image_runs_the_charts_controller_and_worker_in_podman() {
                 .progress
                 .as_ref()
                 .is_some_and(|p| p.worker == "ctr-worker-0" && p.pages_fetched > 0);
-            if status.assigned_worker.as_deref() == Some("ctr-worker-0") && done {
+            // Placed there, or (a finished crawl is unassigned) finished there.
+            let placed = status.assigned_worker.as_deref() == Some("ctr-worker-0")
+                || status.last_worker.as_deref() == Some("ctr-worker-0");
+            if placed && done {
                 Ok(())
             } else {
                 Err(format!("status {status:?}\n{}", logs()))
