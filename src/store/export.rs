@@ -7,7 +7,8 @@
 //!
 //! Every source yields one JSON object per record: the store builds it on the server
 //! (`json_build_object`), the file already holds it. [`Writer`] turns it into a line of JSON, a
-//! CSV row (RFC 4180), or only its `fields`. Nothing is collected: a row is written before the
+//! CSV row (RFC 4180), or only its `fields`; for whole CSV rows the store sends text cells
+//! instead, so the client parses no JSON. Nothing is collected: a row is written before the
 //! next is read, and the database connection's bounded channel (one message) plus TCP flow
 //! control hold the server back while stdout is slow. The one pre-pass is for CSV with
 //! `--fields-only`: the header needs every field name, read first with `SELECT DISTINCT`.
@@ -207,6 +208,24 @@ impl<W: Write> Writer<W> {
         self.out.write_all(&self.line).map_err(RecordError::Output)
     }
 
+    /// Writes one whole record as CSV cells already in text, in the writer's column order
+    /// (what the store sends for CSV: no JSON to parse).
+    pub fn cells(&mut self, cells: &[Option<&str>]) -> Result<(), RecordError> {
+        self.line.clear();
+        if !self.header_written {
+            csv_row(&mut self.line, self.columns.iter().copied());
+            self.header_written = true;
+        }
+        csv_row(&mut self.line, cells.iter().map(|c| c.unwrap_or("")));
+        self.rows += 1;
+        self.out.write_all(&self.line).map_err(RecordError::Output)
+    }
+
+    /// Whether records go out as whole CSV rows (then [`Writer::cells`] takes them).
+    pub fn wants_cells(&self) -> bool {
+        self.format == Format::Csv && self.fields_only.is_none()
+    }
+
     /// Flushes the output and returns it.
     pub fn finish(mut self) -> Result<W, ExportError> {
         self.out.flush().map_err(ExportError::Output)?;
@@ -295,6 +314,17 @@ SELECT json_build_object(
    AND ($3::bigint IS NULL OR assignment = $3)
  ORDER BY url";
 
+/// [`RECORDS`] as text cells for CSV, in [`STORE_COLUMNS`] order (the server formats every
+/// value: the client only quotes).
+const CELLS: &str = "
+SELECT url, final_url, status::text, title, content_type, bytes::text, links_count::text,
+       depth::text, to_json(fetched_at)#>>'{}', elapsed_ms::text, truncated::text, error,
+       error_kind, fields::text, worker, assignment::text
+  FROM crawl_pages
+ WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'
+   AND ($3::bigint IS NULL OR assignment = $3)
+ ORDER BY url";
+
 const FIELD_NAMES: &str = "
 SELECT DISTINCT k
   FROM crawl_pages, jsonb_object_keys(fields) AS k
@@ -328,15 +358,21 @@ pub async fn from_store<W: Write>(
 ) -> Result<u64, ExportError> {
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
         [&sel.namespace, &sel.uid, &sel.assignment];
+    let cells = writer.wants_cells();
     let rows = client
-        .query_raw(RECORDS, params)
+        .query_raw(if cells { CELLS } else { RECORDS }, params)
         .await
         .map_err(ExportError::Query)?;
     pin_mut!(rows);
     while let Some(row) = rows.next().await {
         let row = row.map_err(ExportError::Query)?;
-        let json: &str = row.get(0);
-        writer.record(json).map_err(|e| {
+        let written = if cells {
+            let values: Vec<Option<&str>> = (0..row.len()).map(|i| row.get(i)).collect();
+            writer.cells(&values)
+        } else {
+            writer.record(row.get(0))
+        };
+        written.map_err(|e| {
             e.into_export(|why| not_a_record(Path::new("the result store"), 0, why))
         })?;
     }
