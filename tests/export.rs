@@ -410,3 +410,62 @@ async fn results_reads_one_tasks_records_from_a_worker_processs_file() {
         stderr(&out)
     );
 }
+
+/// `results` connects as the worker does: `--database-sslmode=verify-full` with the CA reads
+/// the pages (TLS, the server's certificate checked); a CA file that cannot work is a setting to fix
+/// (status 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_connects_with_the_workers_tls_flags() {
+    let pg = postgres::shared_tls();
+    let url = pg.database("results_tls");
+    let db = Postgres::db_of(&url).to_owned();
+    let ca = pg.ca_file.as_ref().unwrap().to_str().unwrap().to_owned();
+    let tls = [
+        "--database-sslmode=verify-full",
+        &format!("--database-ca-file={ca}"),
+    ];
+    let out = Command::new(BINARY)
+        .args(["migrate", "--database-url", &url])
+        .args(tls)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "migrate: {out:?}");
+    pg.psql(
+        &db,
+        "INSERT INTO crawl_pages (namespace, resource_uid, url, state, depth, fields, stored_at)
+         SELECT 'ns', 'uid-tls', 'http://a.example/' || i, 'visited', 0, '{}', now()
+           FROM generate_series(1, 5) AS i",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(BINARY)
+            .args([
+                "results",
+                "x",
+                "-n",
+                "ns",
+                "--uid=uid-tls",
+                "--database-url",
+                &url,
+            ])
+            .args(extra)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let out = run(&tls);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+
+    let out = run(&[
+        "--database-sslmode=verify-full",
+        "--database-ca-file=/nonexistent/ca.pem",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("/nonexistent/ca.pem"),
+        "{}",
+        stderr(&out)
+    );
+}
