@@ -412,8 +412,8 @@ async fn results_reads_one_tasks_records_from_a_worker_processs_file() {
 }
 
 /// `results` connects as the worker does: `--database-sslmode=verify-full` with the CA reads
-/// the pages (TLS, the server's certificate checked); a CA file that cannot work is a setting to fix
-/// (status 2).
+/// the pages (TLS, the server's certificate checked); a CA file that cannot work is a setting
+/// to fix (status 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_connects_with_the_workers_tls_flags() {
     let pg = postgres::shared_tls();
