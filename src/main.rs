@@ -50,6 +50,51 @@ enum Command {
     /// Apply the result store's schema migrations to a PostgreSQL database and exit (workers
     /// with --sink=postgres also apply them at start unless --migrate=false).
     Migrate(MigrateArgs),
+    /// Print a crawl's records to stdout as JSON lines or CSV, streamed: from the PostgreSQL
+    /// result store (--database-url), or from a file sink's output (--file, e.g. with kubectl
+    /// exec in the worker Pod). docs/worker.md#reading-the-results.
+    Results(ResultsArgs),
+}
+
+#[derive(Args)]
+struct ResultsArgs {
+    /// The CrawlerResource (looked up through the API server for its uid, which keys its pages
+    /// in the store). With --uid: the name is not looked up. With --file: the task name the
+    /// records carry (the resource's name unless spec.task says otherwise).
+    name: String,
+    /// The resource's namespace (default: the kubeconfig's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Output: one JSON object per line, or CSV with a header (RFC 4180).
+    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    format: ExportFormat,
+    /// Only the pages last stored by this run. Runs are not numbered in the store yet: N is the
+    /// assignment (status.assignments when the run started), which the store keeps per page.
+    #[arg(long, conflicts_with = "file")]
+    run: Option<i64>,
+    /// Only the extracted fields (spec.rules): per line the fields object, or in CSV one column
+    /// per field name; pages without fields are left out.
+    #[arg(long)]
+    fields_only: bool,
+    /// The resource's metadata.uid, for a resource deleted since (its pages stay in the store
+    /// under its uid); the API server is not asked.
+    #[arg(long, conflicts_with = "file")]
+    uid: Option<String>,
+    /// Read a file sink's JSON lines (the worker's --output) instead of the store, keeping the
+    /// records whose task is NAME.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The result store's connection string, as the worker has it (env CRAWLER_DATABASE_URL).
+    #[arg(long, env = "CRAWLER_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(flatten)]
+    tls: DatabaseTlsArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
 }
 
 #[derive(Args)]
@@ -227,6 +272,12 @@ const EXIT_BAD_CONFIG: u8 = 2;
 /// a task that panicked). Restarting may help.
 const EXIT_RUNTIME: u8 = 1;
 
+/// Marks an error as something asked for that does not exist (no such resource, no stored
+/// pages): exit status 1, like `kubectl get` of a missing object.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotFound(String);
+
 /// Marks an error as the user's configuration rather than a failure while running.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
@@ -250,12 +301,21 @@ fn main() -> ExitCode {
         Command::Migrate(args) => tokio::runtime::Runtime::new()
             .context("cannot start the Tokio runtime")
             .and_then(|rt| rt.block_on(run_migrate(args))),
+        Command::Results(args) => tokio::runtime::Runtime::new()
+            .context("cannot start the Tokio runtime")
+            .and_then(|rt| rt.block_on(run_results(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let (code, kind) = if e.chain().any(<dyn std::error::Error>::is::<BadConfig>) {
                 (EXIT_BAD_CONFIG, "configuration")
+            } else if e.chain().any(|e| {
+                e.is::<NotFound>()
+                    || e.downcast_ref::<crawler_operator::store::export::ExportError>()
+                        .is_some_and(crawler_operator::store::export::ExportError::is_empty)
+            }) {
+                (EXIT_RUNTIME, "not found")
             } else {
                 (EXIT_RUNTIME, "runtime")
             };
@@ -548,6 +608,181 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
         println!("applied migrations {applied:?}; the schema is at version {latest}");
     }
     Ok(())
+}
+
+/// `results`: a crawl's records to stdout (docs/worker.md#reading-the-results).
+async fn run_results(args: ResultsArgs) -> anyhow::Result<()> {
+    use crawler_operator::store::{self, export};
+    let format = match args.format {
+        ExportFormat::Jsonl => export::Format::Jsonl,
+        ExportFormat::Csv => export::Format::Csv,
+    };
+    let out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    if let Some(path) = &args.file {
+        return quietly(export_file(&args, path, format, out)).map(drop);
+    }
+    let url = args.database_url.as_deref().ok_or_else(|| {
+        bad_config(anyhow::anyhow!(
+            "results needs the result store's connection string: --database-url or \
+             CRAWLER_DATABASE_URL (what the workers' Secret holds, worker.postgres.secretName); \
+             with the file sink, read the worker's output with --file instead \
+             (docs/worker.md#reading-the-results)"
+        ))
+    })?;
+    let db = store::Database::new(url, &args.tls.options(), Duration::from_secs(10))
+        .map_err(bad_config)?;
+    let (namespace, uid, resource) = resolve_task(&args, &db).await?;
+    let client = db.connect().await.map_err(|e| match db.tls_failure(&e) {
+        Some(why) => bad_config(anyhow::anyhow!(store::StoreError::TlsConnect(why))),
+        None => anyhow::Error::new(store::StoreError::Connect(e)),
+    })?;
+    export::prepare_session(&client).await?;
+    let selection = export::Selection {
+        namespace: namespace.clone(),
+        uid: uid.clone(),
+        assignment: args.run,
+    };
+    let names = match (args.fields_only, format) {
+        (false, _) => None,
+        (true, export::Format::Jsonl) => Some(Vec::new()),
+        (true, export::Format::Csv) => Some(export::field_names(&client, &selection).await?),
+    };
+    let mut writer = export::Writer::new(out, format, export::STORE_COLUMNS, names);
+    let written = async {
+        export::from_store(&client, &selection, &mut writer).await?;
+        let rows = writer.rows();
+        writer.finish()?;
+        Ok(rows)
+    };
+    // Written, or the reader left: done.
+    if quietly(written.await)? != Some(0) {
+        return Ok(());
+    }
+    let who = match &resource {
+        Some(name) => format!("crawlerresource {namespace}/{name} (uid {uid})"),
+        None => format!("uid {uid} in namespace {namespace}"),
+    };
+    let why = match export::task_summary(&client, &namespace, &uid).await? {
+        None => format!(
+            "the result store holds no pages of {who}: it has not run with --sink=postgres \
+             against this database (with the file sink, read the worker's output with --file)"
+        ),
+        Some(task) if args.run.is_some() => format!(
+            "no pages of {who} were last stored by run (assignment) {}; its latest assignment \
+             in the store is {}",
+            args.run.unwrap_or_default(),
+            task.assignment
+        ),
+        Some(_) if args.fields_only => format!(
+            "no page of {who} has extracted fields (spec.rules); leave out --fields-only for \
+             whole records"
+        ),
+        Some(_) => format!("the result store holds no visited pages of {who} yet"),
+    };
+    Err(NotFound(why).into())
+}
+
+/// An export's outcome for the command: a reader that went away (`| head`) ends it quietly,
+/// with status 0 (`Ok(None)`).
+fn quietly<T>(
+    result: Result<T, crawler_operator::store::export::ExportError>,
+) -> anyhow::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.is_closed_output() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `results --file`: the records of task NAME in a file sink's output.
+fn export_file(
+    args: &ResultsArgs,
+    path: &std::path::Path,
+    format: crawler_operator::store::export::Format,
+    out: impl std::io::Write,
+) -> Result<(), crawler_operator::store::export::ExportError> {
+    use crawler_operator::store::export::{self, ExportError};
+    let names = match (args.fields_only, format) {
+        (false, _) => None,
+        (true, export::Format::Jsonl) => Some(Vec::new()),
+        (true, export::Format::Csv) => Some(export::file_field_names(path, &args.name)?),
+    };
+    let mut writer = export::Writer::new(out, format, export::FILE_COLUMNS, names);
+    export::from_file(path, &args.name, &mut writer)?;
+    let rows = writer.rows();
+    writer.finish()?;
+    if rows == 0 {
+        let what = if args.fields_only {
+            "with extracted fields "
+        } else {
+            ""
+        };
+        return Err(ExportError::Empty(format!(
+            "{} holds no records {what}of task {:?} (a record names its task: the resource's \
+             name unless spec.task sets another; `kubectl get crr -o wide` shows TASK)",
+            path.display(),
+            args.name
+        )));
+    }
+    Ok(())
+}
+
+/// The task whose pages to read: the namespace, the resource uid, and the resource's name when
+/// it was looked up. A name the API server does not know is an error that names the uids the
+/// store holds under that name (a deleted resource's pages stay).
+async fn resolve_task(
+    args: &ResultsArgs,
+    db: &crawler_operator::store::Database,
+) -> anyhow::Result<(String, String, Option<String>)> {
+    use crawler_operator::store::export;
+    if let Some(uid) = &args.uid {
+        let namespace = match &args.namespace {
+            Some(ns) => ns.clone(),
+            None => kube::Config::infer()
+                .await
+                .map_or_else(|_| "default".to_owned(), |c| c.default_namespace),
+        };
+        return Ok((namespace, uid.clone(), None));
+    }
+    let client = kube_client().await?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let api: kube::Api<CrawlerResource> = kube::Api::namespaced(client, &namespace);
+    let found = api.get_opt(&args.name).await.with_context(|| {
+        format!(
+            "cannot read crawlerresource {namespace}/{} from the API server",
+            args.name
+        )
+    })?;
+    if let Some(uid) = found.and_then(|r| r.metadata.uid) {
+        return Ok((namespace, uid, Some(args.name.clone())));
+    }
+    let known = match db.connect().await {
+        Ok(client) => export::uids_named(&client, &namespace, &args.name)
+            .await
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let hint = if known.is_empty() {
+        " (check the name and -n; for a deleted resource, pass its uid with --uid)".to_owned()
+    } else {
+        let list: Vec<String> = known
+            .iter()
+            .map(|(uid, at)| format!("{uid} (claimed {at})"))
+            .collect();
+        format!(
+            "; the result store holds pages of a deleted resource of that name: uid {}: pass \
+             --uid",
+            list.join(", ")
+        )
+    };
+    Err(NotFound(format!(
+        "no crawlerresource {:?} in namespace {namespace:?}{hint}",
+        args.name
+    ))
+    .into())
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).

@@ -23,6 +23,7 @@ mod cli;
 mod container;
 mod controller;
 mod demo;
+mod export;
 mod finished;
 mod handoff;
 mod heartbeat;

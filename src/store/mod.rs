@@ -27,6 +27,7 @@
 //! server-side timeouts that keep a dead or stuck session from blocking the task's next owner
 //! ([`session_settings`]; see the constants below for the values and why).
 
+pub mod export;
 pub mod sink;
 pub mod tls;
 
