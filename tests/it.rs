@@ -26,6 +26,7 @@ mod demo;
 mod finished;
 mod handoff;
 mod heartbeat;
+mod jobfields;
 mod leader;
 mod rebalance;
 mod reliability;
