@@ -46,7 +46,7 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Assigned, Releasing, Unschedulable, Suspended or Succeeded"
+        description = "Pending, Assigned, Releasing, Unschedulable, Suspended, BackOff, Succeeded or Failed"
     ),
     printcolumn(
         name = "State",
@@ -98,6 +98,13 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
         type_ = "boolean",
         json_path = ".spec.suspend",
         priority = "1"
+    ),
+    printcolumn(
+        name = "Failures",
+        type_ = "integer",
+        json_path = ".status.failures",
+        priority = "1",
+        description = "Failed runs of the current spec (at most spec.backoffLimit are retried)"
     ),
     printcolumn(
         name = "Completed",
@@ -177,6 +184,30 @@ pub struct CrawlerResourceSpec {
     #[x_kube(validation = Rule::new("self.all(r, self.exists_one(o, o.name == r.name))").message("rule names must be unique: two rules in spec.rules have the same name"))]
     #[x_kube(validation = Rule::new("self.all(r, !has(r.follow) || r.follow.all(f, !has(f.rule) || self.exists(o, o.name == f.rule)))").message("a follow entry's rule must name a rule in spec.rules"))]
     pub rules: Vec<ExtractionRule>,
+
+    /// How many failed runs are retried before the crawl is `Failed` for good, as a Job's
+    /// `backoffLimit` (default 6). A run fails when its crawl fails or cannot start (a missing
+    /// cookie Secret, an unusable database); it is placed again after a back-off (10 s, 20 s,
+    /// 40 s, ... at most 6 min), as a new assignment. After `backoffLimit + 1` failed runs of the
+    /// same spec the phase is `Failed`: unassigned, never run again until the spec changes.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub backoff_limit: i32,
+
+    /// A run that takes longer than this many seconds (counted from its start on its worker) is
+    /// stopped and the crawl is `Failed` for good with reason `DeadlineExceeded`, as a Job's
+    /// `activeDeadlineSeconds`: not retried, whatever `backoffLimit` says. Unset: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31_536_000))]
+    pub active_deadline_seconds: Option<i64>,
+
+    /// Delete this resource that many seconds after its crawl finished (phase `Succeeded` or
+    /// `Failed`), as a Job's `ttlSecondsAfterFinished` (0: at once). Stored results are kept:
+    /// the `postgres` sink's rows stay under the resource's uid, the `file` sink's lines where
+    /// they were written. Unset: kept until deleted by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub ttl_seconds_after_finished: Option<i32>,
 }
 
 /// One extraction rule: which pages it applies to, which links to follow from them and which
@@ -305,13 +336,21 @@ pub enum Phase {
     /// happens to workers or controllers, until its spec changes (a `metadata.generation` above
     /// `completedGeneration`). `lastWorker` and `completedAt` say where and when.
     Succeeded,
+    /// The last run failed (`lastFailure` says how) and fewer than `spec.backoffLimit` runs
+    /// have failed: unassigned, it holds no room, and is placed again at `retryAt`.
+    BackOff,
+    /// The crawl of the current spec failed for good: more than `spec.backoffLimit` runs failed,
+    /// or one exceeded `spec.activeDeadlineSeconds`. Unassigned, never run again until its spec
+    /// changes; `failures`, `failedAt` and `lastFailure` say how.
+    Failed,
 }
 
 /// What the controller (and later the worker) report about a resource.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CrawlerResourceStatus {
-    /// Pending, Assigned, Releasing, Unschedulable, Suspended or Succeeded.
+    /// `Pending`, `Assigned`, `Releasing`, `Unschedulable`, `Suspended`, `BackOff`, `Succeeded` or
+    /// `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Name of the worker Pod that runs the task.
@@ -340,6 +379,21 @@ pub struct CrawlerResourceStatus {
     /// generation) runs the crawl again; nothing else does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_generation: Option<i64>,
+    /// Failed runs of the spec of `observedGeneration` (a spec change starts the count again).
+    /// More than `spec.backoffLimit` make the crawl `Failed` for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<i32>,
+    /// The last failed run: its worker, its assignment, and what the worker said (kept after
+    /// the next run started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// In phase `BackOff`: when the crawl is placed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Time>,
+    /// When the crawl failed for good (its phase became `Failed`); `spec.ttlSecondsAfterFinished`
+    /// counts from here, or from `completedAt` for a crawl that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Time>,
     /// What the worker running the task reports (owned by the worker's field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TaskProgress>,
@@ -380,6 +434,10 @@ pub struct TaskProgress {
     /// Why the task failed or stopped, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why a run ended `Failed`: `CannotStart`, `CrawlFailed` or `DeadlineExceeded` (the run
+    /// took longer than `spec.activeDeadlineSeconds`: the crawl fails for good, not retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The worker let go of this assignment after the controller asked it to (phase
     /// `Releasing`): it stopped the task, wrote its results, and never runs this assignment
     /// again. The controller completes the handoff on it.
@@ -395,7 +453,9 @@ pub enum TaskState {
     Running,
     /// Finished: every page within the limits was fetched.
     Completed,
-    /// Could not run (bad configuration, missing Secret, output not writable); see `message`.
+    /// The run failed: it could not start (missing Secret, output not writable), the crawl
+    /// failed, or it exceeded `spec.activeDeadlineSeconds`; see `reason` and `message`. The
+    /// worker never runs that assignment again: the controller retries with back-off.
     Failed,
     /// Stopped by its worker (shutdown, a release for a move or suspend, or the heartbeat could
     /// not be renewed).
@@ -435,6 +495,19 @@ impl CrawlerResourceStatus {
         })
     }
 
+    /// The worker's report that the run of the current assignment, crawling the spec of
+    /// `generation`, failed (same test as [`Self::completed_run`]): the controller counts it
+    /// once, then unassigns the task (back-off or `Failed` for good).
+    pub fn failed_run(&self, generation: Option<i64>) -> Option<&TaskProgress> {
+        self.progress.as_ref().filter(|p| {
+            p.state == TaskState::Failed
+                && self.assigned_worker.as_deref() == Some(p.worker.as_str())
+                && self.assignments == Some(p.assignment)
+                && p.generation.is_some()
+                && p.generation == generation
+        })
+    }
+
     /// Whether the crawl of the spec of `generation` is over: the controller marked it
     /// `Succeeded` for that generation.
     pub fn succeeded(&self, generation: Option<i64>) -> bool {
@@ -443,11 +516,24 @@ impl CrawlerResourceStatus {
             && self.completed_generation == generation
     }
 
-    /// Whether a worker must not start (or start again) the crawl this status describes for the
-    /// spec of `generation`: it succeeded, or its current run already reported `Completed` (the
-    /// controller has not unassigned it yet). A worker's belt and braces against a stale view.
+    /// Whether the crawl of the spec of `generation` failed for good: the controller marked it
+    /// `Failed` when it acted on that generation.
+    pub fn failed_for_good(&self, generation: Option<i64>) -> bool {
+        self.phase == Some(Phase::Failed)
+            && self.observed_generation.is_some()
+            && self.observed_generation == generation
+    }
+
+    /// Whether a worker must not start (or start again) the run this status describes for the
+    /// spec of `generation`: the crawl succeeded or failed for good, or its current run already
+    /// reported `Completed` or `Failed` (the controller has not acted on it yet: it retries a
+    /// failed run as a new assignment, after a back-off). A worker's belt and braces against a
+    /// stale view.
     pub fn finished(&self, generation: Option<i64>) -> bool {
-        self.succeeded(generation) || self.completed_run(generation).is_some()
+        self.succeeded(generation)
+            || self.failed_for_good(generation)
+            || self.completed_run(generation).is_some()
+            || self.failed_run(generation).is_some()
     }
 }
 
@@ -562,6 +648,9 @@ fn default_requests_per_second() -> f64 {
 fn default_burst() -> i32 {
     1
 }
+fn default_backoff_limit() -> i32 {
+    6
+}
 
 #[cfg(test)]
 mod tests {
@@ -623,9 +712,10 @@ mod tests {
                 TaskState::Running,
                 false,
             ),
+            (Phase::Assigned, ("w1", 2, Some(3)), TaskState::Failed, true),
             (
                 Phase::Assigned,
-                ("w1", 2, Some(3)),
+                ("w1", 1, Some(3)),
                 TaskState::Failed,
                 false,
             ),
@@ -674,6 +764,9 @@ mod tests {
             serde_json::from_value(serde_json::json!({"seeds": ["https://example.org/"]})).unwrap();
         assert_eq!(spec.weight, 1);
         assert_eq!(spec.max_depth, 1);
+        assert_eq!(spec.backoff_limit, 6, "a Job's default");
+        assert_eq!(spec.active_deadline_seconds, None);
+        assert_eq!(spec.ttl_seconds_after_finished, None);
         assert_eq!(spec.rate_limit, RateLimit::default());
         assert_eq!(spec.task_name("task-test-4"), "task-test-4");
         assert!(!spec.suspend);

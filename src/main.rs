@@ -263,6 +263,13 @@ struct ControllerArgs {
     /// With --rebalance: a task placed or moved less than this long ago stays where it is.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "rebalance")]
     rebalance_cooldown: Duration,
+    /// How long a crawl whose run failed waits before it is placed again, after its first
+    /// failure; doubling with each failure, up to --backoff-max (a Job's: 10 s, 20 s, 40 s, ...).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    backoff_base: Duration,
+    /// The longest wait between a failed run and the next (a Job's: 6 min).
+    #[arg(long, default_value = "6m", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
 }
 
 /// Exit status of a configuration the process cannot run with: flags, environment, kubeconfig or
@@ -352,6 +359,34 @@ fn crdgen() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--worker-selector`, checked: it is sent to the API server as it is, and a selector it refuses
+/// would fail every Pod watch, retried forever. Refused here instead, with the reason.
+fn check_worker_selector(selector: &str) -> anyhow::Result<()> {
+    WorkerSelector::parse_text(selector).map_err(|e| {
+        bad_config(anyhow::anyhow!(
+            "--worker-selector {selector:?} is not a label selector the API server accepts: {e}; \
+             write one such as app.kubernetes.io/component=crawler-worker or \"pool in \
+             (a,b),!legacy\""
+        ))
+    })?;
+    Ok(())
+}
+
+/// `--backoff-base` and `--backoff-max`, checked.
+fn retry_backoff(args: &ControllerArgs) -> anyhow::Result<controller::index::RetryBackoff> {
+    if args.backoff_base.is_zero() || args.backoff_max < args.backoff_base {
+        return Err(bad_config(anyhow::anyhow!(
+            "--backoff-base ({:?}) must be above zero and at most --backoff-max ({:?})",
+            args.backoff_base,
+            args.backoff_max
+        )));
+    }
+    Ok(controller::index::RetryBackoff {
+        base: args.backoff_base,
+        max: args.backoff_max,
+    })
+}
+
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let lease_namespace = args
@@ -369,15 +404,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .context("invalid leader-election flags")
         .map_err(bad_config)?;
 
-    // Sent to the API server as it is: a selector it refuses would fail every Pod watch, retried
-    // forever. Refused here instead, with the reason.
-    if let Err(e) = WorkerSelector::parse_text(&args.worker_selector) {
-        return Err(bad_config(anyhow::anyhow!(
-            "--worker-selector {:?} is not a label selector the API server accepts: {e}; write one \
-             such as app.kubernetes.io/component=crawler-worker or \"pool in (a,b),!legacy\"",
-            args.worker_selector
-        )));
-    }
+    check_worker_selector(&args.worker_selector)?;
 
     let rebalance = args
         .rebalance
@@ -390,6 +417,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         rebalance.validate(args.policy).map_err(bad_config)?;
     }
 
+    let retry_backoff = retry_backoff(&args)?;
     let client = kube_client().await?;
     let settings = controller::Settings {
         namespace: args.namespace,
@@ -400,6 +428,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         write_timeout: args.write_timeout,
         instance: identity,
         rebalance,
+        retry_backoff,
     };
 
     let elector = LeaderElector::new(client.clone(), lease)

@@ -27,6 +27,7 @@ mod export;
 mod finished;
 mod handoff;
 mod heartbeat;
+mod jobfields;
 mod leader;
 mod rebalance;
 mod reliability;

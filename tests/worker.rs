@@ -238,9 +238,13 @@ async fn cookies_come_from_the_referenced_secret_and_a_missing_one_is_reported_a
         site.hits("task-f").is_empty(),
         "a task without its Secret must not crawl"
     );
-    assert!(message.contains("trying again in 5s"), "{message}");
+    assert!(
+        message.contains("the controller places it again after a back-off"),
+        "{message}"
+    );
 
-    // The user creates the Secret: the worker tries again on its own (5 s later), no spec change.
+    // The user creates the Secret: the controller places it again after its back-off (10 s
+    // after a first failure: spec.backoffLimit), no spec change.
     story
         .create_secret("no-such-secret", "cookie", "session=late")
         .await;
@@ -285,7 +289,8 @@ async fn a_secret_not_labelled_as_a_cookie_is_never_sent() {
         "an unlabelled Secret was sent"
     );
 
-    // Labelled (the migration step docs/install.md gives): the retry uses it, no spec change.
+    // Labelled (the migration step docs/install.md gives): the controller's retry (after its
+    // back-off) uses it, no spec change.
     let label = json!({ "metadata": { "labels": { "crawler.dev/cookie": "true" } } });
     Api::<Secret>::namespaced(story.client.clone(), ns)
         .patch("login", &PatchParams::default(), &Patch::Merge(label))

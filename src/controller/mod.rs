@@ -71,6 +71,8 @@ pub struct Settings {
     pub instance: String,
     /// `--rebalance` and its flags; `None`: off (the default), nothing well placed ever moves.
     pub rebalance: Option<rebalance::RebalanceSettings>,
+    /// The back-off between a failed run and the next (`--backoff-base`, `--backoff-max`).
+    pub retry_backoff: index::RetryBackoff,
 }
 
 /// Errors of one reconcile.
@@ -143,11 +145,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::channel(1024);
+    let retry_backoff = settings.retry_backoff;
     let ctx = Arc::new(Context {
         client: client.clone(),
         policy: settings.policy.build(),
         settings,
-        index: Mutex::new(Index::with_unseen_heartbeat_wait(heartbeat::UNSEEN_WAIT)),
+        index: Mutex::new(
+            Index::with_unseen_heartbeat_wait(heartbeat::UNSEEN_WAIT)
+                .with_retry_backoff(retry_backoff),
+        ),
         queue: WorkQueue::new(),
         leadership,
         events: events_tx,
@@ -389,8 +395,10 @@ async fn expire_heartbeats(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_resync = Instant::now();
+    let mut ticks: u32 = 0;
     loop {
         tick.tick().await;
+        ticks = ticks.wrapping_add(1);
         let now = Instant::now();
         let resync = now.duration_since(last_resync) >= WAITING_RESYNC;
         let (successors, freed) = {
@@ -411,6 +419,23 @@ async fn expire_heartbeats(ctx: Arc<Context>) {
         if ctx.leadership.borrow().is_leading_now() {
             ctx.queue.add_all(successors);
             ctx.queue.add_all(freed);
+        }
+        if ticks.is_multiple_of(5) && ctx.leadership.borrow().is_leading_now() {
+            // Once a second: back-offs that ended, and finished crawls whose TTL passed (wall-clock times in
+            // status, so a new leader keeps them).
+            let wall = Timestamp::now();
+            let (retries, expired) = {
+                let mut index = ctx.index.lock();
+                if index.synced() {
+                    (index.retries_due(wall), index.expired(wall))
+                } else {
+                    (Vec::new(), Vec::new())
+                }
+            };
+            ctx.queue.add_all(retries);
+            for gone in expired {
+                tokio::spawn(delete_expired(Arc::clone(&ctx), gone));
+            }
         }
         let due = ctx.index.lock().heartbeats_due(Instant::now());
         if due.is_empty() {
@@ -453,6 +478,41 @@ async fn expire_heartbeats(ctx: Arc<Context>) {
             if !keys.is_empty() && ctx.leadership.borrow().is_leading_now() {
                 ctx.queue.add_all(keys);
             }
+        }
+    }
+}
+
+/// Deletes a finished crawl whose `spec.ttlSecondsAfterFinished` passed, on the uid and
+/// resourceVersion it was judged on: a spec changed since (a new run) or an object created again
+/// under the name is not deleted (409), and the watch shows the current state instead.
+async fn delete_expired(ctx: Arc<Context>, gone: index::Expired) {
+    let api: Api<CrawlerResource> = Api::namespaced(ctx.client.clone(), &gone.key.namespace);
+    let params = kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: gone.uid.clone(),
+            resource_version: gone.resource_version.clone(),
+        }),
+        ..kube::api::DeleteParams::default()
+    };
+    let deleted = tokio::time::timeout(
+        ctx.settings.write_timeout,
+        api.delete(&gone.key.name, &params),
+    )
+    .await;
+    match deleted {
+        Ok(Ok(_)) => {
+            tracing::info!(resource = %gone.key, "deleted: its crawl finished longer than spec.ttlSecondsAfterFinished ago");
+        }
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 || s.code == 409 => {
+            tracing::debug!(resource = %gone.key, code = s.code, "not deleted after its TTL: it is gone or changed since");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(resource = %gone.key, error = %e, "cannot delete a finished crawl whose TTL passed; trying again (the controller's RBAC needs delete on crawlerresources)");
+            ctx.index.lock().expiry_failed(&gone.key);
+        }
+        Err(_) => {
+            tracing::warn!(resource = %gone.key, "deleting a finished crawl whose TTL passed timed out; trying again");
+            ctx.index.lock().expiry_failed(&gone.key);
         }
     }
 }

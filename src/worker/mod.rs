@@ -118,18 +118,20 @@ struct Task {
     /// Latest resourceVersion seen, for fenced progress writes.
     version: watch::Sender<String>,
     handle: JoinHandle<()>,
-    /// Starts of this run so far (1 for the first).
-    attempt: u32,
-    /// Set when the task could not start (e.g. its cookie Secret is missing): when to try again.
-    retry_at: Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>,
 }
 
-/// How long a task that could not start waits before its `attempt + 1`-th start: 5 s, doubling,
-/// at most 5 min (what a user fixes, such as a missing Secret, is picked up without a spec change).
-pub fn start_retry_delay(attempt: u32) -> Duration {
-    Duration::from_secs(5)
-        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
-        .min(Duration::from_secs(300))
+/// How often a final report (`Completed`, `Failed`) that did not land is sent again: 100 ms,
+/// doubling, at most 5 s apart, until it lands or the run is stopped (the controller acts on
+/// it: without it a run that ended would hold its worker's room). The worker never runs an
+/// assignment again by itself: retrying a failed run is the controller's (`spec.backoffLimit`).
+fn final_report_retry() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Runs the worker until `shutdown` resolves; then stops every task and releases the heartbeat.
@@ -195,7 +197,8 @@ pub async fn run(
     };
     let mut gate = Gate::default();
     let mut shutdown = std::pin::pin!(shutdown);
-    // Tasks that could not start are tried again on a timer, not only on a change.
+    // A run that waits for its previous run to end (a spec change) starts on a timer, not only
+    // on a change.
     let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -203,7 +206,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             _ = retry_tick.tick() => {
-                if !worker.retry_due() { continue; }
+                if worker.stopping.is_empty() { continue; }
             }
             () = async { match stale_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
                 tracing::warn!("the view of this worker's assignments is not known fresh (no LIST succeeded for {:?}): stopping every task, withholding the heartbeat", crate::watch::STALE_AFTER);
@@ -409,15 +412,10 @@ impl Worker {
                 continue;
             }
             if let Some(task) = self.tasks.get(name) {
-                if may_start && task.retry_is_due() {
-                    let attempt = task.attempt + 1;
-                    tracing::info!(resource = %name, attempt, "trying again to start the task");
-                    let task = self.start(resource.clone(), attempt);
-                    self.tasks.insert(name.clone(), task);
-                } else {
-                    task.version
-                        .send_replace(resource.resource_version().unwrap_or_default());
-                }
+                // A run that ended (completed or failed) is not started again here: the
+                // controller ends the crawl or retries it as a new assignment.
+                task.version
+                    .send_replace(resource.resource_version().unwrap_or_default());
             } else if self.stopping.contains_key(name) {
                 // A run of it stopped (a spec change, say) and is still winding up: its last
                 // batch could commit after a new run read its frontier. The new run starts at a
@@ -425,7 +423,7 @@ impl Worker {
                 // tick syncs).
                 tracing::debug!(resource = %name, "waiting for its previous run to end before starting it");
             } else {
-                let task = self.start(resource.clone(), 1);
+                let task = self.start(resource.clone());
                 self.tasks.insert(name.clone(), task);
             }
         }
@@ -468,18 +466,12 @@ impl Worker {
         }
     }
 
-    /// Whether a task that could not start is due to be tried again.
-    fn retry_due(&self) -> bool {
-        self.tasks.values().any(Task::retry_is_due)
-    }
-
-    fn start(&self, resource: CrawlerResource, attempt: u32) -> Task {
+    fn start(&self, resource: CrawlerResource) -> Task {
         let run = run_of(&resource);
         tracing::info!(resource = %resource.name_any(), assignment = run.assignment, "starting task");
         let cancel = CancellationToken::new();
         let (version, version_rx) = watch::channel(resource.resource_version().unwrap_or_default());
         let stop_reason = Arc::new(parking_lot::Mutex::new(TaskStopReason::Unassigned));
-        let retry_at = Arc::new(parking_lot::Mutex::new(None));
         let shared = Shared {
             client: self.client.clone(),
             settings: self.settings.clone(),
@@ -494,7 +486,6 @@ impl Worker {
             cancel.clone(),
             version_rx,
             Arc::clone(&stop_reason),
-            (attempt, Arc::clone(&retry_at)),
         ));
         Task {
             run,
@@ -502,8 +493,6 @@ impl Worker {
             stop_reason,
             version,
             handle,
-            attempt,
-            retry_at,
         }
     }
 
@@ -520,14 +509,6 @@ impl Worker {
 }
 
 impl Task {
-    fn retry_is_due(&self) -> bool {
-        self.handle.is_finished()
-            && self
-                .retry_at
-                .lock()
-                .is_some_and(|at| tokio::time::Instant::now() >= at)
-    }
-
     fn stop(&self, reason: TaskStopReason) {
         *self.stop_reason.lock() = reason;
         self.cancel.cancel();
@@ -559,7 +540,6 @@ async fn run_task(
     cancel: CancellationToken,
     version: watch::Receiver<String>,
     stop_reason: Arc<parking_lot::Mutex<TaskStopReason>>,
-    retry: (u32, Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>),
 ) {
     let metrics = shared.metrics.clone();
     metrics.task_started();
@@ -567,12 +547,13 @@ async fn run_task(
         cancel,
         reason: Arc::clone(&stop_reason),
     };
-    let reason = run_crawl(shared, resource, run, stopper, version, retry).await;
+    let reason = run_crawl(shared, resource, run, stopper, version).await;
     let reason = reason.unwrap_or_else(|| *stop_reason.lock());
     metrics.task_stopped(reason);
 }
 
 /// Runs the crawl and reports it; returns how it ended by itself (`None`: it was stopped).
+#[allow(clippy::too_many_lines)] // one run from its start to its final report, top to bottom
 async fn run_crawl(
     Shared {
         client,
@@ -585,7 +566,6 @@ async fn run_crawl(
     run: Run,
     stopper: Stopper,
     version: watch::Receiver<String>,
-    (attempt, retry_at): (u32, Arc<parking_lot::Mutex<Option<tokio::time::Instant>>>),
 ) -> Option<TaskStopReason> {
     let name = resource.name_any();
     let cancel = stopper.cancel.clone();
@@ -602,16 +582,27 @@ async fn run_crawl(
         stopper,
     });
     let cannot_start = async |message: String| {
-        let delay = start_retry_delay(attempt);
-        tracing::warn!(resource = %name, attempt, "task cannot start (trying again in {delay:?}): {message}");
-        let message = format!("{message} (trying again in {}s)", delay.as_secs());
+        tracing::warn!(resource = %name, "task cannot start: {message}");
+        let message = format!(
+            "{message} (the controller places it again after a back-off, up to \
+             spec.backoffLimit times)"
+        );
         alerts.warn(&resource, "CannotStart", &message).await;
-        reporter
-            .report(failed("CannotStart", message), &crawl::Progress::default())
-            .await;
-        *retry_at.lock() = Some(tokio::time::Instant::now() + delay);
+        report_final(
+            &reporter,
+            failed("CannotStart", message),
+            &crawl::Progress::default(),
+        )
+        .await;
         Some(TaskStopReason::Failed)
     };
+    // `spec.activeDeadlineSeconds`, counted from the run's start here: the crawl is stopped
+    // (cleanly: its last batch is written) and the run reported `Failed`, `DeadlineExceeded`.
+    let deadline = resource
+        .spec
+        .active_deadline_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(|s| (s, tokio::time::Instant::now() + Duration::from_secs(s)));
     let config = match crawl_config(&client, &settings, &resource, run.assignment).await {
         Ok(config) => config,
         Err(message) => return cannot_start(message).await,
@@ -675,19 +666,64 @@ async fn run_crawl(
         )
         .await;
     }
+    let crawl_cancel = cancel.child_token();
+    let timer = deadline.map(|(_, at)| {
+        let crawl_cancel = crawl_cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            crawl_cancel.cancel();
+        })
+    });
     let outcome = crawl::run_from(
         config,
         frontier,
         sink,
-        cancel.clone(),
+        crawl_cancel.clone(),
         crawl::watch_progress(progress_tx),
     )
     .await;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
     // Let a report in flight finish before the final one, so a late Running can never land
     // after it (a report is bounded by its own timeout).
     stop_reports().await;
     let progress = progress_rx.borrow().clone();
+    let stopped_by_deadline = crawl_cancel.is_cancelled()
+        && !cancel.is_cancelled()
+        && outcome
+            .as_ref()
+            .is_ok_and(|o| o.stop == crawl::StopReason::Cancelled);
+    if let Some((seconds, _)) = deadline.filter(|_| stopped_by_deadline) {
+        let message = format!(
+            "the run took longer than spec.activeDeadlineSeconds ({seconds}s) and was stopped \
+             after {} pages; the crawl fails for good (not retried): raise the deadline or change \
+             the spec to run it again",
+            progress.pages_fetched
+        );
+        tracing::warn!(resource = %name, "{message}");
+        alerts.warn(&resource, DEADLINE_EXCEEDED, &message).await;
+        report_final(&reporter, failed(DEADLINE_EXCEEDED, message), &progress).await;
+        return Some(TaskStopReason::Failed);
+    }
     report_outcome(outcome, progress, &reporter, &alerts, &resource).await
+}
+
+/// `progress.reason` of a run stopped by `spec.activeDeadlineSeconds`.
+const DEADLINE_EXCEEDED: &str = crate::controller::index::DEADLINE_EXCEEDED;
+
+/// Writes a final report (`Completed` or `Failed`), again and again until it lands or the run
+/// is stopped (e.g. the resource moved or was deleted: the watch stops it).
+async fn report_final(reporter: &Reporter, verdict: Verdict, progress: &crawl::Progress) {
+    let mut delays = final_report_retry();
+    while !reporter.report(verdict.clone(), progress).await {
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tracing::debug!(resource = %reporter.name, ?delay, "the final report did not land; sending it again");
+        tokio::select! {
+            () = reporter.stopper.cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
 }
 
 /// Writes the progress (and the store's wait, if any) every `interval` while it changes.
@@ -759,7 +795,7 @@ async fn report_outcome(
                 reason,
                 message: message.to_owned(),
             };
-            reporter.report(verdict, &outcome.progress).await;
+            report_final(reporter, verdict, &outcome.progress).await;
             Some(TaskStopReason::Finished)
         }
         Err(e) if e.sink_error().is_some_and(SinkError::is_fenced) => {
@@ -769,9 +805,7 @@ async fn report_outcome(
             let message = crawl::error::error_chain(&e);
             tracing::warn!(resource = %name, "task failed: {message}");
             alerts.warn(resource, "CrawlFailed", &message).await;
-            reporter
-                .report(failed("CrawlFailed", message), &progress)
-                .await;
+            report_final(reporter, failed("CrawlFailed", message), &progress).await;
             Some(TaskStopReason::Failed)
         }
     }
@@ -955,6 +989,7 @@ impl Reporter {
             incomplete: i64::try_from(progress.incomplete).unwrap_or(i64::MAX),
             last_activity: progress.last_activity.map(Time),
             message,
+            reason: (state == TaskState::Failed).then(|| verdict.reason.to_owned()),
             released: false,
         };
         let conditions = {
@@ -1068,15 +1103,6 @@ mod tests {
 
     fn spec(json: serde_json::Value) -> CrawlerResourceSpec {
         serde_json::from_value(json).unwrap()
-    }
-
-    #[test]
-    fn a_task_that_cannot_start_is_tried_again_with_a_doubling_delay() {
-        let delays: Vec<u64> = [1, 2, 3, 6, 7, 8, 100]
-            .into_iter()
-            .map(|a| start_retry_delay(a).as_secs())
-            .collect();
-        assert_eq!(delays, [5, 10, 20, 160, 300, 300, 300]);
     }
 
     #[test]

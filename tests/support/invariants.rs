@@ -95,8 +95,13 @@ pub async fn check(client: &Client, ns: &str, expected: Option<&BTreeSet<String>
         };
         let worker = status.assigned_worker.clone();
         snapshot.assigned.insert(name.clone(), worker.clone());
-        // Suspended, or finished (unassigned for good until its spec changes): on no worker.
-        if r.spec.suspend || status.succeeded(r.metadata.generation) {
+        // Suspended, finished (succeeded or failed for good: unassigned until its spec
+        // changes), or backing off after a failed run (until `retryAt`): on no worker.
+        if r.spec.suspend
+            || status.succeeded(r.metadata.generation)
+            || status.failed_for_good(r.metadata.generation)
+            || status.phase == Some(Phase::BackOff)
+        {
             continue;
         }
         match &worker {

@@ -106,6 +106,17 @@ struct ResourceEntry {
     /// current spec, completed ([`CrawlerResourceStatus::completed_run`]): the next plan ends
     /// the crawl (phase `Succeeded`).
     completed: Option<CompletedRun>,
+    /// The assigned worker reported that the run of the current assignment, crawling the
+    /// current spec, failed ([`CrawlerResourceStatus::failed_run`]): the next plan counts it
+    /// and unassigns the crawl (phase `BackOff`, or `Failed` for good).
+    failed: Option<FailedRun>,
+    /// `spec.backoffLimit`: failed runs retried before the crawl is `Failed` for good.
+    backoff_limit: u32,
+    /// `spec.ttlSecondsAfterFinished`.
+    ttl: Option<u32>,
+    /// The TTL's deletion was handed to the controller ([`Index::expired`]); not again unless it
+    /// reports it failed ([`Index::expiry_failed`]).
+    expiring: bool,
     /// A move that something asked for ([`Index::move_off`]); kept while the resource still
     /// has that assignment.
     move_requested: Option<MoveRequest>,
@@ -130,6 +141,16 @@ impl MoveRequest {
         status.assigned_worker.as_deref() == Some(self.from.as_str())
             && status.assignments == self.assignment
     }
+}
+
+/// A run that failed, as its worker reported it.
+#[derive(Clone, Debug)]
+struct FailedRun {
+    worker: String,
+    assignment: i64,
+    /// It exceeded `spec.activeDeadlineSeconds` (reason `DeadlineExceeded`): not retried.
+    deadline: bool,
+    message: String,
 }
 
 /// A run that completed, as its worker reported it.
@@ -164,7 +185,25 @@ impl ResourceEntry {
     /// Whether the crawl of the current spec is over (phase `Succeeded` for this generation):
     /// it counts on no worker, waits for none, and is placed again only once its spec changes.
     fn done(&self) -> bool {
-        self.status.succeeded(self.generation)
+        self.status.succeeded(self.generation) || self.status.failed_for_good(self.generation)
+    }
+
+    /// Whether the crawl waits out a back-off after a failed run of the current spec at `now`.
+    fn backing_off(&self, now: Timestamp) -> bool {
+        self.status.phase == Some(Phase::BackOff)
+            && self.status.observed_generation == self.generation
+            && self.status.retry_at.as_ref().is_some_and(|t| t.0 > now)
+    }
+
+    /// When the crawl finished (succeeded, or failed for good), for `ttlSecondsAfterFinished`.
+    fn finished_at(&self) -> Option<Timestamp> {
+        if self.status.succeeded(self.generation) {
+            self.status.completed_at.as_ref().map(|t| t.0)
+        } else if self.status.failed_for_good(self.generation) {
+            self.status.failed_at.as_ref().map(|t| t.0)
+        } else {
+            None
+        }
     }
 }
 
@@ -230,6 +269,53 @@ pub struct Index {
     unseen_wait: Option<Duration>,
     /// The longest heartbeat duration seen: the unseen wait is never shorter.
     longest_heartbeat: Duration,
+    /// The back-off between a failed run and the next (see [`RetryBackoff`]).
+    retry_backoff: RetryBackoff,
+}
+
+/// How long a crawl whose run failed waits before it is placed again: `base` after the first
+/// failure, doubling, at most `max` (a Job's: 10 s, 20 s, 40 s, ... at most 6 min). The
+/// controller's `--backoff-base` and `--backoff-max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBackoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(360),
+        }
+    }
+}
+
+impl RetryBackoff {
+    /// The wait after the `failures`-th failed run (1 for the first), from backon's exponential
+    /// schedule (no jitter: the time is written into `status.retryAt`, and a decision must be
+    /// the same whoever makes it).
+    pub fn delay(self, failures: u32) -> Duration {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.base)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+            .nth(usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX))
+            .unwrap_or(self.max)
+            .min(self.max)
+    }
+}
+
+/// A resource whose `ttlSecondsAfterFinished` has passed: the controller deletes it, with these
+/// preconditions (a spec changed since, a run again, is a new object version: refused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub key: Key,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
 }
 
 /// See [`Index::stats`].
@@ -328,6 +414,13 @@ impl Index {
             unseen_wait: Some(wait),
             ..Self::default()
         }
+    }
+
+    /// The back-off between a failed run and the next (default: a Job's).
+    #[must_use]
+    pub fn with_retry_backoff(mut self, backoff: RetryBackoff) -> Self {
+        self.retry_backoff = backoff;
+        self
     }
 
     // === Pods ===
@@ -468,6 +561,16 @@ impl Index {
                     pages: p.pages_fetched,
                 })
             });
+        let failed = resource
+            .status
+            .as_ref()
+            .and_then(|s| s.failed_run(resource.metadata.generation))
+            .map(|p| FailedRun {
+                worker: p.worker.clone(),
+                assignment: p.assignment,
+                deadline: p.reason.as_deref() == Some(DEADLINE_EXCEEDED),
+                message: p.message.clone().unwrap_or_default(),
+            });
         let entry = ResourceEntry {
             uid: resource.metadata.uid.clone(),
             resource_version: resource.metadata.resource_version.clone(),
@@ -479,6 +582,15 @@ impl Index {
             status,
             released_by,
             completed,
+            failed,
+            backoff_limit: u32::try_from(resource.spec.backoff_limit).unwrap_or(0),
+            ttl: resource
+                .spec
+                .ttl_seconds_after_finished
+                .and_then(|t| u32::try_from(t).ok()),
+            expiring: previous.is_some_and(|p| {
+                p.expiring && p.resource_version == resource.metadata.resource_version
+            }),
             move_requested,
             assumed,
         };
@@ -540,6 +652,55 @@ impl Index {
             }
         }
         keys
+    }
+
+    /// Crawls whose back-off after a failed run ended by `now` (phase `BackOff`, `retryAt`
+    /// passed): the controller's tick queues them, and their plan places them again.
+    pub fn retries_due(&self, now: Timestamp) -> Vec<Key> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns_name, ns)| {
+                ns.resources
+                    .iter()
+                    .filter(move |(_, r)| {
+                        r.status.phase == Some(Phase::BackOff)
+                            && r.assumed.is_none()
+                            && !r.backing_off(now)
+                    })
+                    .map(|(name, _)| Key::new(ns_name.clone(), name.clone()))
+            })
+            .collect()
+    }
+
+    /// Finished crawls (succeeded, or failed for good) whose `spec.ttlSecondsAfterFinished` has
+    /// passed by `now`, each handed out once: the controller deletes them (and reports a
+    /// deletion that failed with [`Index::expiry_failed`], so it is tried again).
+    pub fn expired(&mut self, now: Timestamp) -> Vec<Expired> {
+        let mut due = Vec::new();
+        for (ns_name, ns) in &mut self.namespaces {
+            for (name, r) in &mut ns.resources {
+                let Some((ttl, at)) = r.ttl.zip(r.finished_at()) else {
+                    continue;
+                };
+                if r.expiring || at + Duration::from_secs(u64::from(ttl)) > now {
+                    continue;
+                }
+                r.expiring = true;
+                due.push(Expired {
+                    key: Key::new(ns_name.clone(), name.clone()),
+                    uid: r.uid.clone(),
+                    resource_version: r.resource_version.clone(),
+                });
+            }
+        }
+        due
+    }
+
+    /// The deletion of an expired resource failed: hand it out again.
+    pub fn expiry_failed(&mut self, key: &Key) {
+        if let Some(entry) = self.entry_mut(key) {
+            entry.expiring = false;
+        }
     }
 
     /// Every resource waiting for a worker, in every namespace: the controller's periodic safety
@@ -694,18 +855,28 @@ impl Index {
         };
         let current = &entry.status;
         let mut desired = controller_fields(current);
+        if current.observed_generation.is_some() && current.observed_generation != entry.generation
+        {
+            // A new spec is a new crawl: its failures are counted afresh, and a back-off of
+            // the old one does not hold it back.
+            desired.failures = None;
+            desired.retry_at = None;
+        }
         desired.observed_generation = entry.generation;
         let mut event = None;
         let mut assumes = None;
 
-        // A run of the current assignment and spec that completed ends the crawl, wherever its
-        // worker stands now (gone, lapsed, being moved off): it is over, not to be placed again.
+        // A run of the current assignment and spec that completed (or failed) ends that run,
+        // wherever its worker stands now (gone, lapsed, being moved off): it is over, not to be
+        // moved: it succeeded, or it is counted and retried after a back-off as a new run.
         let finished = entry.completed.as_ref();
-        let done = finished.is_none() && entry.done();
+        let failed = entry.failed.as_ref().filter(|_| finished.is_none());
+        let done = finished.is_none() && failed.is_none() && entry.done();
+        let backing_off = finished.is_none() && failed.is_none() && entry.backing_off(ctx.now);
         // A handoff under way completes on the old worker's confirmation or its lapse; until
         // then nothing changes (a release is never taken back: assignment N is over).
         let handed_off = match ns.handoff(entry) {
-            _ if finished.is_some() || done => None,
+            _ if finished.is_some() || failed.is_some() || done || backing_off => None,
             Handoff::None => None,
             Handoff::Waiting => return Plan::Nothing,
             Handoff::Done(how) => Some(how),
@@ -731,8 +902,17 @@ impl Index {
 
         if let Some(run) = finished {
             event = Some(finish(&mut desired, current, run, ctx.now));
-        } else if done {
-            // Succeeded for this spec: nothing to place, nothing to write.
+        } else if let Some(run) = failed {
+            event = Some(fail(
+                &mut desired,
+                current,
+                run,
+                (entry.backoff_limit, self.retry_backoff),
+                ctx.now,
+            ));
+        } else if done || backing_off {
+            // Succeeded or failed for this spec, or waiting out a back-off (the tick queues it
+            // at `retryAt`): nothing to place, nothing to write.
         } else if let Some(worker) = release_from {
             let note = format!(
                 "moving off worker {worker} ({}): waiting for it to confirm the stop or for its \
@@ -1241,6 +1421,70 @@ fn finish(
     PlanEvent {
         warning: false,
         reason: Reason::Completed,
+        note,
+    }
+}
+
+/// `progress.reason` of a run stopped by `spec.activeDeadlineSeconds`.
+pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+
+/// Counts a failed run of the current assignment and spec and unassigns the crawl (the run is
+/// over on its worker, which never runs that assignment again): phase `BackOff` until `retryAt`
+/// while at most `backoff_limit` runs failed, else `Failed` for good; a run that exceeded its
+/// deadline is `Failed` for good at once (a Job's `activeDeadlineSeconds` is not retried).
+fn fail(
+    desired: &mut CrawlerResourceStatus,
+    current: &CrawlerResourceStatus,
+    run: &FailedRun,
+    (backoff_limit, backoff): (u32, RetryBackoff),
+    now: Timestamp,
+) -> PlanEvent {
+    let failures = desired.failures.unwrap_or(0).saturating_add(1);
+    desired.failures = Some(failures);
+    let count = u32::try_from(failures).unwrap_or(u32::MAX);
+    let what = format!(
+        "the run on worker {} (assignment {}) failed: {}",
+        run.worker, run.assignment, run.message
+    );
+    desired.last_failure = Some(what.clone());
+    let (reason, note) = if run.deadline {
+        (
+            Reason::DeadlineExceeded,
+            format!(
+                "{what}; spec.activeDeadlineSeconds was exceeded, so the crawl failed for good                  (not retried): change its spec to run it again"
+            ),
+        )
+    } else if count > backoff_limit {
+        (
+            Reason::BackoffLimitExceeded,
+            format!(
+                "{what}; {failures} runs failed, more than spec.backoffLimit ({backoff_limit}),                  so the crawl failed for good: fix the cause and change its spec to run it again"
+            ),
+        )
+    } else {
+        let delay = backoff.delay(count);
+        set_unassigned(desired, Phase::BackOff);
+        desired.retry_at = Some(Time(now + delay));
+        let note = format!(
+            "{what}; failure {failures} of at most {} (spec.backoffLimit {backoff_limit}              retries): placed again in {}s",
+            backoff_limit.saturating_add(1),
+            delay.as_secs()
+        );
+        set_assigned_condition(desired, current, false, Reason::BackOff, &note, now);
+        return PlanEvent {
+            warning: true,
+            reason: Reason::BackOff,
+            note,
+        };
+    };
+    set_unassigned(desired, Phase::Failed);
+    desired.retry_at = None;
+    desired.last_worker = Some(run.worker.clone());
+    desired.failed_at = Some(Time(now));
+    set_assigned_condition(desired, current, false, reason, &note, now);
+    PlanEvent {
+        warning: true,
+        reason,
         note,
     }
 }

@@ -44,6 +44,15 @@ pub enum Reason {
     /// `Assigned` condition (False) and Event: the run of the current spec completed; the task
     /// is unassigned for good (phase `Succeeded`) until its spec changes.
     Completed,
+    /// `Assigned` condition (False) and Event (Warning): the run failed; unassigned, placed
+    /// again after a back-off (phase `BackOff`).
+    BackOff,
+    /// `Assigned` condition (False) and Event (Warning): more than `spec.backoffLimit` runs
+    /// failed; the crawl is `Failed` for good until its spec changes.
+    BackoffLimitExceeded,
+    /// `Assigned` condition (False) and Event (Warning): a run took longer than
+    /// `spec.activeDeadlineSeconds`; the crawl is `Failed` for good until its spec changes.
+    DeadlineExceeded,
 }
 
 impl Reason {
@@ -62,6 +71,9 @@ impl Reason {
             Self::InvalidRules => "InvalidRules",
             Self::RulesCompiled => "RulesCompiled",
             Self::Completed => "Completed",
+            Self::BackOff => "BackOff",
+            Self::BackoffLimitExceeded => "BackoffLimitExceeded",
+            Self::DeadlineExceeded => "DeadlineExceeded",
         }
     }
 
@@ -138,6 +150,10 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
         last_worker: status.last_worker.clone(),
         completed_at: status.completed_at.clone(),
         completed_generation: status.completed_generation,
+        failures: status.failures,
+        last_failure: status.last_failure.clone(),
+        retry_at: status.retry_at.clone(),
+        failed_at: status.failed_at.clone(),
         progress: None,
         conditions: status
             .conditions

@@ -1944,7 +1944,7 @@ fn a_completed_run_ends_the_crawl_and_frees_its_room_for_the_resource_waiting() 
 /// older worker) leave it where it is.
 #[test]
 fn only_a_completed_report_of_the_current_assignment_and_spec_ends_the_crawl() {
-    use crate::crd::TaskState::{Completed, Failed, Running, Stopped};
+    use crate::crd::TaskState::{Completed, Running, Stopped};
     // (what, (worker, assignment, generation) reported, state, whether it ends the crawl)
     type Case = (
         &'static str,
@@ -1952,7 +1952,8 @@ fn only_a_completed_report_of_the_current_assignment_and_spec_ends_the_crawl() {
         crate::crd::TaskState,
         bool,
     );
-    let cases: [Case; 8] = [
+    // A `Failed` report unassigns too, but backs off (see the Job fields' tests below).
+    let cases: [Case; 7] = [
         (
             "this run completed",
             ("worker-1", 1, Some(1)),
@@ -1960,12 +1961,6 @@ fn only_a_completed_report_of_the_current_assignment_and_spec_ends_the_crawl() {
             true,
         ),
         ("running", ("worker-1", 1, Some(1)), Running, false),
-        (
-            "failed (retried by its worker)",
-            ("worker-1", 1, Some(1)),
-            Failed,
-            false,
-        ),
         ("stopped", ("worker-1", 1, Some(1)), Stopped, false),
         (
             "another worker's report",
@@ -2108,4 +2103,229 @@ fn a_spec_change_runs_a_succeeded_crawl_again() {
     place(&mut index, &mut a);
     assert_eq!(worker_of(&a), Some("worker-1"));
     index.check_loads();
+}
+
+// === Job fields: backoffLimit, activeDeadlineSeconds, ttlSecondsAfterFinished (issue 23) ===
+
+/// The assigned worker reports its current run `Failed` (with `reason`).
+fn failed_run(index: &mut Index, r: &mut CrawlerResource, reason: &str) -> Vec<Key> {
+    let status = r.status.clone().unwrap();
+    let worker = status.assigned_worker.unwrap();
+    bump_resource_version(r);
+    r.status.as_mut().unwrap().progress = Some(crate::crd::TaskProgress {
+        worker,
+        assignment: status.assignments.unwrap(),
+        state: crate::crd::TaskState::Failed,
+        generation: r.metadata.generation,
+        message: Some("Secret \"c\" not found".to_owned()),
+        reason: Some(reason.to_owned()),
+        ..Default::default()
+    });
+    index.apply_resource(r)
+}
+
+#[test]
+fn the_backoff_doubles_from_its_base_up_to_its_cap_as_a_jobs() {
+    let delays: Vec<u64> = (1..=9)
+        .map(|n| RetryBackoff::default().delay(n).as_secs())
+        .collect();
+    assert_eq!(delays, [10, 20, 40, 80, 160, 320, 360, 360, 360]);
+    let short = RetryBackoff {
+        base: Duration::from_millis(500),
+        max: Duration::from_secs(1),
+    };
+    assert_eq!(short.delay(1), Duration::from_millis(500));
+    assert_eq!(short.delay(2), Duration::from_secs(1));
+    assert_eq!(short.delay(u32::MAX), Duration::from_secs(1));
+}
+
+/// A failed run is counted once, unassigns the crawl (its room goes to the one waiting) and
+/// backs off; at `retryAt` it is placed again as a new assignment.
+#[test]
+fn a_failed_run_backs_off_frees_its_room_and_is_placed_again_as_a_new_assignment() {
+    let (mut index, mut a, mut b) = full_worker_and_one_waiting();
+    failed_run(&mut index, &mut a, "CannotStart");
+    let Plan::Write(w) = place(&mut index, &mut a) else {
+        panic!("expected the back-off")
+    };
+    let st = &w.status;
+    assert_eq!(
+        (st.phase, st.assigned_worker.as_deref()),
+        (Some(Phase::BackOff), None)
+    );
+    assert_eq!(st.failures, Some(1));
+    assert_eq!(
+        st.retry_at,
+        Some(Time(later(10).now)),
+        "10 s after the first failure"
+    );
+    assert!(
+        st.last_failure
+            .as_deref()
+            .unwrap()
+            .contains("worker-1 (assignment 1)"),
+        "{st:?}"
+    );
+    let cond = st.condition(CONDITION_ASSIGNED).unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "BackOff")
+    );
+    assert!(
+        cond.message.contains("failure 1 of at most 7"),
+        "{}",
+        cond.message
+    );
+    assert_eq!(
+        w.event.as_ref().map(|e| (e.warning, e.reason)),
+        Some((true, Reason::BackOff))
+    );
+    assert_eq!(index.load(NS, "worker-1"), 0);
+    assert!(index.room_freed().contains(&Key::new(NS, "b")));
+    place(&mut index, &mut b);
+    assert_eq!(worker_of(&b), Some("worker-1"));
+
+    // Counted once: planning again (a resync, a new leader) writes nothing, before retryAt.
+    assert_eq!(place(&mut index, &mut a), Plan::Nothing);
+    assert!(index.retries_due(later(9).now).is_empty());
+    let mut fresh = Index::default();
+    fresh.reset_pods(&[pod("worker-1", true, &[])]);
+    fresh.finish_heartbeat_list(&HashSet::new(), Instant::now());
+    fresh.reset_resources(&[a.clone()]);
+    assert_eq!(place(&mut fresh, &mut a), Plan::Nothing);
+
+    // At retryAt (worker-1 free again): a new assignment, failures kept.
+    index.delete_resource(NS, "b");
+    let due = later(10);
+    assert_eq!(index.retries_due(due.now), [Key::new(NS, "a")]);
+    place_at(&mut index, &mut a, &due);
+    let st = a.status.clone().unwrap();
+    assert_eq!(
+        (
+            st.phase,
+            st.assigned_worker.as_deref(),
+            st.assignments,
+            st.failures
+        ),
+        (Some(Phase::Assigned), Some("worker-1"), Some(2), Some(1))
+    );
+    index.check_loads();
+}
+
+/// More than `backoffLimit` failed runs fail the crawl for good: unassigned, never placed again
+/// (not by a resync, a restart or a new leader), until a spec change, which counts afresh.
+#[test]
+fn more_failed_runs_than_the_backoff_limit_fail_the_crawl_for_good_until_the_spec_changes() {
+    let (mut index, mut a, b) = full_worker_and_one_waiting();
+    index.delete_resource(NS, "b");
+    let _ = b;
+    a.spec.backoff_limit = 1;
+    bump_resource_version(&mut a);
+    index.apply_resource(&a);
+    failed_run(&mut index, &mut a, "CrawlFailed");
+    place(&mut index, &mut a);
+    assert_eq!(phase_of(&a), Some(Phase::BackOff));
+    place_at(&mut index, &mut a, &later(10));
+    assert_eq!(worker_of(&a), Some("worker-1"));
+    failed_run(&mut index, &mut a, "CrawlFailed");
+    let Plan::Write(w) = place_at(&mut index, &mut a, &later(11)) else {
+        panic!("expected the end")
+    };
+    let st = &w.status;
+    assert_eq!(
+        (st.phase, st.assigned_worker.as_deref()),
+        (Some(Phase::Failed), None)
+    );
+    assert_eq!((st.failures, st.retry_at.as_ref()), (Some(2), None));
+    assert_eq!(st.failed_at, Some(Time(later(11).now)));
+    assert_eq!(st.last_worker.as_deref(), Some("worker-1"));
+    let cond = st.condition(CONDITION_ASSIGNED).unwrap();
+    assert_eq!(cond.reason, "BackoffLimitExceeded");
+    assert!(
+        cond.message
+            .contains("2 runs failed, more than spec.backoffLimit (1)"),
+        "{}",
+        cond.message
+    );
+    assert_eq!(index.load(NS, "worker-1"), 0);
+
+    let mut queued = index.all_keys();
+    queued.extend(index.all_waiting());
+    queued.extend(index.retries_due(later(10_000).now));
+    for key in &queued {
+        assert_eq!(index.plan(key, &later(10_000)), Plan::Nothing);
+    }
+    assert!(!index.all_waiting().contains(&Key::new(NS, "a")));
+
+    a.spec.max_depth = 2;
+    a.metadata.generation = Some(2);
+    bump_resource_version(&mut a);
+    index.apply_resource(&a);
+    place(&mut index, &mut a);
+    let st = a.status.clone().unwrap();
+    assert_eq!(
+        (st.phase, st.assignments, st.failures),
+        (Some(Phase::Assigned), Some(3), None),
+        "a new spec is a new crawl: failures counted afresh"
+    );
+    index.check_loads();
+}
+
+/// A run stopped by `activeDeadlineSeconds` fails the crawl for good at once, whatever
+/// `backoffLimit` says (a Job's deadline is not retried).
+#[test]
+fn a_run_past_its_deadline_fails_the_crawl_for_good_at_once() {
+    let (mut index, mut a, _) = full_worker_and_one_waiting();
+    failed_run(&mut index, &mut a, DEADLINE_EXCEEDED);
+    place(&mut index, &mut a);
+    let st = a.status.clone().unwrap();
+    assert_eq!((st.phase, st.failures), (Some(Phase::Failed), Some(1)));
+    let cond = st.condition(CONDITION_ASSIGNED).unwrap();
+    assert_eq!(cond.reason, "DeadlineExceeded");
+    assert_eq!(worker_of(&a), None);
+}
+
+/// A finished crawl (succeeded, or failed for good) is handed out for deletion once its TTL
+/// passed, once; one without a TTL, or still running, never.
+#[test]
+fn a_finished_crawl_expires_once_its_ttl_passed() {
+    let (mut index, mut a, mut b) = full_worker_and_one_waiting();
+    a.spec.ttl_seconds_after_finished = Some(30);
+    bump_resource_version(&mut a);
+    index.apply_resource(&a);
+    completed(&mut index, &mut a);
+    place(&mut index, &mut a);
+    place(&mut index, &mut b);
+    assert_eq!(phase_of(&a), Some(Phase::Succeeded));
+    assert!(index.expired(later(29).now).is_empty());
+    let due = index.expired(later(30).now);
+    assert_eq!(
+        due,
+        [Expired {
+            key: Key::new(NS, "a"),
+            uid: a.metadata.uid.clone(),
+            resource_version: a.metadata.resource_version.clone(),
+        }]
+    );
+    assert!(index.expired(later(31).now).is_empty(), "once");
+    index.expiry_failed(&Key::new(NS, "a"));
+    assert_eq!(
+        index.expired(later(32).now).len(),
+        1,
+        "again after a failure"
+    );
+
+    // Failed for good counts from failedAt; b (no TTL) never expires.
+    b.spec.ttl_seconds_after_finished = Some(0);
+    bump_resource_version(&mut b);
+    index.apply_resource(&b);
+    assert!(index.expired(later(1_000).now).is_empty(), "b still runs");
+    failed_run(&mut index, &mut b, DEADLINE_EXCEEDED);
+    place(&mut index, &mut b);
+    assert_eq!(phase_of(&b), Some(Phase::Failed));
+    let due = index.expired(ctx(&LeastLoaded).now);
+    assert_eq!(
+        due.iter().map(|e| e.key.name.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
 }
