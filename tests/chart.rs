@@ -420,12 +420,13 @@ async fn the_controller_account_may_do_its_job_and_nothing_more() {
                 .await,
         );
         forbidden(
-            "delete a crawlerresource",
-            resources.delete("task", &DeleteParams::default()).await,
-        );
-        forbidden(
             "create a crawlerresource",
             create_resource(&me, n, "mine").await,
+        );
+        // Deleting is its job since spec.ttlSecondsAfterFinished: a finished crawl past its TTL.
+        allowed(
+            "delete a crawlerresource (ttlSecondsAfterFinished)",
+            resources.delete("task", &DeleteParams::default()).await,
         );
         let deployments: Api<Deployment> = Api::namespaced(me.clone(), n);
         forbidden(

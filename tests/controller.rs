@@ -211,6 +211,7 @@ async fn unschedulable_until_a_worker_is_ready() {
             "WEIGHT",
             "ASSIGNMENTS",
             "SUSPENDED",
+            "FAILURES",
             "COMPLETED"
         ],
         "{text}"
