@@ -186,6 +186,11 @@ impl CrawlConfig {
         }
     }
 
+    /// Whether `user_agent` can be sent as a `User-Agent` header.
+    pub fn user_agent_checked(&self, user_agent: &str) -> bool {
+        HeaderValue::from_str(user_agent).is_ok()
+    }
+
     /// Checks everything the engine relies on; [`run`](super::run) calls it first.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validated().map(drop)

@@ -69,6 +69,17 @@ pub struct Progress {
     pub host_backoff: Option<HostBackoff>,
 }
 
+impl Progress {
+    /// Counts a finished visit's record.
+    fn tally(&mut self, record: &PageRecord) {
+        self.pages_fetched += u64::from(record.status.is_some());
+        self.errors += u64::from(record.error.is_some());
+        self.bytes += record.bytes;
+        self.incomplete += u64::from(record.incomplete);
+        self.last_activity = Some(Timestamp::now());
+    }
+}
+
 /// Why [`run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum StopReason {
@@ -223,11 +234,7 @@ where
         };
 
         requested += u64::from(visit.requested);
-        state.pages_fetched += u64::from(visit.record.status.is_some());
-        state.errors += u64::from(visit.record.error.is_some());
-        state.bytes += visit.record.bytes;
-        state.incomplete += u64::from(visit.record.incomplete);
-        state.last_activity = state.last_activity.max(Some(Timestamp::now()));
+        state.tally(&visit.record);
         state.host_backoff = engine.current_backoff();
         state.in_flight = in_flight.len();
         if visit.record.depth < cfg.max_depth {

@@ -33,7 +33,7 @@ use crate::robots::Robots;
 
 /// How the installation treats every host. [`HostPolicy::default`] is the engine's library
 /// default: no delay or in-flight bound of its own (each task's rate limit applies), back-off
-/// as StormCrawler does it; the worker sets its own from flags.
+/// as `StormCrawler` does it; the worker sets its own from flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostPolicy {
     /// Least time between the starts of two requests to one host, from any task.
@@ -80,7 +80,7 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// StormCrawler's for a 429 without `Retry-After`: 60 s, doubling, at most a day, 10 %.
+    /// `StormCrawler`'s for a 429 without `Retry-After`: 60 s, doubling, at most a day, 10 %.
     fn default() -> Self {
         Self {
             start: Duration::from_secs(60),
@@ -127,7 +127,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let at = jiff::fmt::rfc2822::DateTimeParser::new()
         .parse_timestamp(value)
         .ok()?;
-    let at = SystemTime::try_from(at).ok()?;
+    let at = SystemTime::from(at);
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
@@ -199,7 +199,7 @@ impl HostState {
         self.next = now + self.delay;
     }
 
-    /// A request ended at `now`: the delay also counts from its end (as StormCrawler's and
+    /// A request ended at `now`: the delay also counts from its end (as `StormCrawler`'s and
     /// Nutch's queues count it), so the next request reaches the host at least the delay after
     /// this one did, however long this one spent on its way there.
     pub fn end(&mut self, now: Instant) {
@@ -418,7 +418,7 @@ impl Politeness {
         });
         if delay > state.delay {
             // The next slot moves out too: the request after robots.txt already waits it.
-            state.next += delay - state.delay;
+            state.next += delay.saturating_sub(state.delay);
             state.delay = delay;
         }
     }
