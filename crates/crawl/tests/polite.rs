@@ -213,10 +213,11 @@ struct Verdict {
 }
 
 /// Arrivals closer than the delay less this break it: the host's clock reads an arrival a
-/// little after the request's bytes came in (its handler is scheduled on 2 loaded cores).
+/// little after the request's bytes came in (its handler is scheduled on 2 loaded cores: up
+/// to 14 ms late seen while a release build ran beside it).
 /// The engine counts the delay from the end of a request as well as from its start, so a
 /// request slow to arrive (a new connection) does not shorten the gap the host sees.
-const SLACK: Duration = Duration::from_millis(10);
+const SLACK: Duration = Duration::from_millis(25);
 /// A request may arrive this long after a 429 left the host and not break its window: it was
 /// sent before the 429 reached the client.
 /// A host sees a connection closed this long after the client let it go.
@@ -338,7 +339,8 @@ async fn task(i: usize, hosts: &[&Host], politeness: &Politeness) -> Vec<PageRec
         requests_per_second: 200.0,
         burst: 20,
     };
-    config.request_timeout = Duration::from_millis(400);
+    // Short for the silent host, long enough for a robots.txt on 2 loaded cores (400 ms was not).
+    config.request_timeout = Duration::from_millis(1500);
     config.retries = Retries {
         max_retries: 1,
         backoff: Backoff {
@@ -397,6 +399,13 @@ async fn tasks_sharing_hosts_keep_every_host_budget() {
 
     // The judge had something to judge: every task reached every host.
     let records: Vec<PageRecord> = results.into_iter().flatten().collect();
+    for r in records
+        .iter()
+        .filter(|r| r.error.is_some() && !r.url.starts_with(&silent.origin))
+        .take(5)
+    {
+        println!("{} {:?} {:?}", r.url, r.status, r.error);
+    }
     for host in [&plain[0], &plain[1], &too_many] {
         let fetched = records
             .iter()
