@@ -52,6 +52,9 @@ pub struct HostPolicy {
     pub robots_ttl: Duration,
 }
 
+/// Cached `robots.txt` files past which the expired ones are first dropped.
+const ROBOTS_PRUNE_AT: usize = 4096;
+
 /// How long a `robots.txt` that could not be fetched is remembered.
 pub const ROBOTS_ERROR_TTL: Duration = Duration::from_secs(60);
 
@@ -262,7 +265,8 @@ pub struct Politeness(Arc<Inner>);
 struct Inner {
     policy: HostPolicy,
     hosts: Mutex<Hosts>,
-    robots: Mutex<HashMap<String, Arc<RobotsEntry>>>,
+    /// The cached files, and the size past which the expired ones are dropped (then doubled).
+    robots: Mutex<(HashMap<String, Arc<RobotsEntry>>, usize)>,
     observer: Option<Arc<dyn FetchObserver>>,
 }
 
@@ -303,7 +307,7 @@ impl Politeness {
                 map: HashMap::new(),
                 prune_at: 1024,
             }),
-            robots: Mutex::new(HashMap::new()),
+            robots: Mutex::new((HashMap::new(), ROBOTS_PRUNE_AT)),
             observer,
         }))
     }
@@ -428,7 +432,8 @@ impl Politeness {
     pub(crate) fn robots_entry(&self, key: &str) -> Arc<RobotsEntry> {
         let now = Instant::now();
         let ttl = self.0.policy.robots_ttl;
-        let mut robots = self.0.robots.lock();
+        let mut guard = self.0.robots.lock();
+        let (robots, prune_at) = &mut *guard;
         let expired = robots.get(key).is_some_and(|entry| {
             entry.cell.get().is_some_and(|(at, r)| {
                 let ttl = if matches!(r, Robots::Unavailable { .. }) {
@@ -442,6 +447,16 @@ impl Politeness {
         if expired {
             robots.remove(key);
         }
+        if robots.len() >= *prune_at {
+            // A worker that crawls many sites keeps only what it may still use.
+            robots.retain(|_, entry| {
+                entry
+                    .cell
+                    .get()
+                    .is_none_or(|(at, _)| now.saturating_duration_since(*at) < ttl)
+            });
+            *prune_at = (robots.len() * 2).max(ROBOTS_PRUNE_AT);
+        }
         robots
             .entry(key.to_owned())
             .or_insert_with(|| {
@@ -454,7 +469,7 @@ impl Politeness {
 
     /// Forgets `entry` (one that depends on the task that fetched it: an address refusal).
     pub(crate) fn forget_robots(&self, key: &str, entry: &Arc<RobotsEntry>) {
-        let mut robots = self.0.robots.lock();
+        let robots = &mut self.0.robots.lock().0;
         if robots.get(key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             robots.remove(key);
         }
