@@ -521,6 +521,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             args.pod_name
         )));
     }
+    let (policy, retries) = args.polite.policy().map_err(bad_config)?;
     let client = kube_client().await?;
     let output = match (args.sink, args.output.as_str()) {
         (SinkKind::Postgres, _) => {
@@ -542,7 +543,6 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         (SinkKind::File, "-") => worker::Output::Stdout,
         (SinkKind::File, path) => worker::Output::File(path.into()),
     };
-    let (policy, retries) = args.polite.policy()?;
     let metrics = Metrics::new(Role::Worker);
     let politeness = crawler_crawl::Politeness::with_observer(
         policy,
