@@ -198,6 +198,107 @@ struct WorkerArgs {
     /// record says blocked_address.
     #[arg(long, default_value = "", env = "CRAWLER_ALLOW_INTERNAL_CIDRS")]
     allow_internal_cidrs: AddressPolicy,
+    #[command(flatten)]
+    polite: PoliteArgs,
+}
+
+/// What every host sees of this worker, whatever its tasks ask (see docs/worker.md#politeness).
+#[derive(Args)]
+struct PoliteArgs {
+    /// The User-Agent of every request, name/version (+contact URL) by convention, e.g.
+    /// "examplebot/1.0 (+https://example.com/bot)"; robots.txt groups are matched on its name.
+    /// The worker adds "(worker <pod>; assignment <n>)".
+    #[arg(long, default_value = crawler_crawl::DEFAULT_USER_AGENT, env = "CRAWLER_USER_AGENT")]
+    user_agent: String,
+    /// Most requests per second to one host from all the tasks of this worker (each task's
+    /// spec.rateLimit still applies to the task: a resource can only be slower). The delay
+    /// between two requests to a host counts from the end of one as well as the start.
+    #[arg(long, default_value_t = 2.0)]
+    host_requests_per_second: f64,
+    /// Most requests in flight to one host at once from all the tasks of this worker.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    host_max_in_flight: u32,
+    /// A robots.txt Crawl-delay is honoured up to this (a longer one is taken as this).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    max_crawl_delay: Duration,
+    /// How long a fetched robots.txt is used by the tasks of this worker (RFC 9309: at most 24h).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    robots_ttl: Duration,
+    /// After a 429 or 503 without Retry-After: the first window during which the host gets no
+    /// request; it doubles (--backoff-factor) with each such answer in a row.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    backoff_start: Duration,
+    #[arg(long, default_value_t = 2.0)]
+    backoff_factor: f64,
+    /// The longest back-off window; also the most a Retry-After is honoured.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    backoff_cap: Duration,
+    /// Each back-off window is moved by up to this fraction either way.
+    #[arg(long, default_value_t = 0.1)]
+    backoff_jitter: f64,
+    /// Retries of a page after a connect error, a timeout, a reset, a 429 or a 5xx.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    max_retries: u32,
+    /// The wait before the first retry of a page; it doubles for each next one.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    retry_delay: Duration,
+}
+
+impl PoliteArgs {
+    /// The per-host policy and the retries, checked: a value that makes no sense is refused with
+    /// the flag's name.
+    fn policy(&self) -> anyhow::Result<(crawler_crawl::HostPolicy, crawler_crawl::Retries)> {
+        let rate = self.host_requests_per_second;
+        let min_delay = (rate.is_finite() && rate > 0.0)
+            .then(|| Duration::try_from_secs_f64(1.0 / rate).ok())
+            .flatten()
+            .with_context(|| {
+                format!("--host-requests-per-second {rate}: give a number of requests per second above 0 (0.5 is one every 2 s)")
+            })?;
+        anyhow::ensure!(
+            self.backoff_factor.is_finite() && self.backoff_factor >= 1.0,
+            "--backoff-factor {}: give a factor of 1 or more (2 doubles each window)",
+            self.backoff_factor
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.backoff_jitter),
+            "--backoff-jitter {}: give a fraction between 0 and 1 (0.1 is 10 %)",
+            self.backoff_jitter
+        );
+        anyhow::ensure!(
+            self.robots_ttl <= Duration::from_secs(24 * 3600),
+            "--robots-ttl {:?}: RFC 9309 asks crawlers not to use a robots.txt for more than 24h",
+            self.robots_ttl
+        );
+        anyhow::ensure!(
+            crawler_crawl::CrawlConfig::new("check", ["http://example.com/"])
+                .user_agent_checked(&self.user_agent),
+            "--user-agent {:?}: a header value cannot carry these characters",
+            self.user_agent
+        );
+        let backoff = crawler_crawl::Backoff {
+            start: self.backoff_start,
+            factor: self.backoff_factor,
+            cap: self.backoff_cap,
+            jitter: self.backoff_jitter,
+        };
+        let policy = crawler_crawl::HostPolicy {
+            min_delay,
+            max_in_flight: self.host_max_in_flight as usize,
+            max_crawl_delay: self.max_crawl_delay,
+            backoff,
+            max_retry_after: self.backoff_cap,
+            robots_ttl: self.robots_ttl,
+        };
+        let retries = crawler_crawl::Retries {
+            max_retries: self.max_retries,
+            backoff: crawler_crawl::Backoff {
+                start: self.retry_delay,
+                ..crawler_crawl::Retries::default().backoff
+            },
+        };
+        Ok((policy, retries))
+    }
 }
 
 #[derive(Args)]
@@ -509,6 +610,7 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             args.pod_name
         )));
     }
+    let (policy, retries) = args.polite.policy().map_err(bad_config)?;
     let client = kube_client().await?;
     let output = match (args.sink, args.output.as_str()) {
         (SinkKind::Postgres, _) => {
@@ -530,6 +632,11 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         (SinkKind::File, "-") => worker::Output::Stdout,
         (SinkKind::File, path) => worker::Output::File(path.into()),
     };
+    let metrics = Metrics::new(Role::Worker);
+    let politeness = crawler_crawl::Politeness::with_observer(
+        policy,
+        Some(std::sync::Arc::new(metrics.clone())),
+    );
     let settings = worker::Settings {
         pod_name: args.pod_name,
         pod_uid: args.pod_uid.filter(|uid| !uid.is_empty()),
@@ -540,8 +647,10 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         checkpoint_interval: args.checkpoint_interval,
         require_cookie_label: args.require_cookie_label,
         address_policy: args.allow_internal_cidrs,
+        politeness,
+        retries,
+        user_agent: args.polite.user_agent,
     };
-    let metrics = Metrics::new(Role::Worker);
     let health = Health::new();
     // The worker's servers run until the process ends: aborted below.
     let (_keep, never) = watch::channel(false);
@@ -553,7 +662,19 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         &never,
     )
     .await?;
+    // Hosts in a back-off window change with time, not with events: sampled.
+    let backoff_gauge = {
+        let (politeness, metrics) = (settings.politeness.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.set_hosts_in_backoff(politeness.hosts_in_backoff());
+            }
+        })
+    };
     let result = worker::run(client, settings, metrics, health, shutdown_signal()).await;
+    backoff_gauge.abort();
     for server in http {
         server.abort();
     }

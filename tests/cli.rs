@@ -266,3 +266,24 @@ fn a_bad_allow_internal_cidrs_entry_exits_2_naming_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(expect), "{stderr}");
 }
+
+#[test]
+fn bad_politeness_flags_exit_2_saying_what_to_give() {
+    for (flag, expect) in [
+        (
+            "--host-requests-per-second=0",
+            "give a number of requests per second above 0",
+        ),
+        ("--backoff-factor=0.5", "give a factor of 1 or more"),
+        ("--backoff-jitter=2", "give a fraction between 0 and 1"),
+        (
+            "--robots-ttl=48h",
+            "not to use a robots.txt for more than 24h",
+        ),
+    ] {
+        let out = run(&["worker", "--pod-name=w", "--namespace=n", flag], &[]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{flag}: {stderr}");
+    }
+}

@@ -81,6 +81,43 @@ macro_rules! label_enum {
 }
 
 label_enum! {
+    /// The class of a crawl response's HTTP status (label `class`).
+    StatusClass, label = "class", {
+        Informational => "1xx",
+        Success => "2xx",
+        Redirect => "3xx",
+        ClientError => "4xx",
+        ServerError => "5xx",
+        /// No response: a timeout, a connection error, a refused address.
+        None => "none",
+    }
+}
+
+impl StatusClass {
+    fn of(status: Option<u16>) -> Self {
+        match status {
+            Some(100..=199) => StatusClass::Informational,
+            Some(200..=299) => StatusClass::Success,
+            Some(300..=399) => StatusClass::Redirect,
+            Some(400..=499) => StatusClass::ClientError,
+            Some(_) => StatusClass::ServerError,
+            None => StatusClass::None,
+        }
+    }
+}
+
+/// Crawl request latency: loopback sites answer in milliseconds, slow ones time out at 30 s.
+const FETCH_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl crawler_crawl::FetchObserver for Metrics {
+    fn fetched(&self, status: Option<u16>, elapsed: Duration) {
+        Metrics::fetched(self, status, elapsed);
+    }
+}
+
+label_enum! {
     /// How a status write ended (label `outcome`).
     WriteOutcome, label = "outcome", {
         /// The API server accepted it.
@@ -264,6 +301,9 @@ struct Inner {
     records_incomplete: Counter,
     fetch_errors: Family<FetchErrorKind, Counter>,
     requests_blocked: Counter,
+    fetch_duration: Histogram,
+    responses: Family<StatusClass, Counter>,
+    hosts_in_backoff: Gauge,
     heartbeat_renew_failures: Counter,
     heartbeat_age: Gauge<f64, AtomicU64>,
 }
@@ -304,6 +344,9 @@ impl Metrics {
             records_incomplete: Counter::default(),
             fetch_errors: Family::default(),
             requests_blocked: Counter::default(),
+            fetch_duration: Histogram::new(FETCH_BUCKETS),
+            responses: Family::default(),
+            hosts_in_backoff: Gauge::default(),
             heartbeat_renew_failures: Counter::default(),
             heartbeat_age: Gauge::default(),
         };
@@ -439,6 +482,21 @@ impl Metrics {
         self.0.requests_blocked.inc();
     }
 
+    /// One HTTP request of a crawl ended: its latency, and its status class (`none`: no
+    /// response, a timeout or a connection error).
+    pub fn fetched(&self, status: Option<u16>, elapsed: Duration) {
+        self.0.fetch_duration.observe(elapsed.as_secs_f64());
+        self.0
+            .responses
+            .get_or_create(&StatusClass::of(status))
+            .inc();
+    }
+
+    /// Sets the number of hosts inside a 429/503 back-off window.
+    pub fn set_hosts_in_backoff(&self, hosts: usize) {
+        self.0.hosts_in_backoff.set(to_i64(hosts));
+    }
+
     /// Counts one failed renewal of the worker's heartbeat Lease.
     pub fn heartbeat_renew_failed(&self) {
         self.0.heartbeat_renew_failures.inc();
@@ -538,6 +596,9 @@ impl Inner {
         for reason in TaskStopReason::ALL {
             self.tasks_stopped.get_or_create_owned(reason);
         }
+        for class in StatusClass::ALL {
+            self.responses.get_or_create_owned(class);
+        }
         let r = self.registry.sub_registry_with_prefix("worker");
         r.register(
             "running_tasks",
@@ -573,6 +634,22 @@ impl Inner {
             "requests_blocked",
             "Pages not fetched because a request went to an internal address the installation does not allow",
             self.requests_blocked.clone(),
+        );
+        r.register_with_unit(
+            "fetch_duration",
+            "Time from sending a crawl request to its body read (or its failure)",
+            Unit::Seconds,
+            self.fetch_duration.clone(),
+        );
+        r.register(
+            "responses",
+            "Crawl requests by the class of their HTTP status (none: no response)",
+            self.responses.clone(),
+        );
+        r.register(
+            "hosts_in_backoff",
+            "Hosts that answered 429 or 503 and get no request from this worker until their window ends",
+            self.hosts_in_backoff.clone(),
         );
         r.register(
             "heartbeat_renew_failures",
@@ -669,6 +746,8 @@ mod tests {
         metrics.fetch_error("timeout");
         metrics.heartbeat_renew_failed();
         metrics.set_heartbeat_age(Duration::from_millis(1500));
+        metrics.fetched(Some(204), Duration::from_millis(3));
+        metrics.set_hosts_in_backoff(2);
     }
 
     fn encoded(role: Role) -> String {
@@ -742,10 +821,13 @@ mod tests {
             ("counter", "crawler_worker_pages_fetched_total"),
             ("counter", "crawler_worker_records_incomplete_total"),
             ("counter", "crawler_worker_requests_blocked_total"),
+            ("counter", "crawler_worker_responses_total"),
             ("counter", "crawler_worker_tasks_started_total"),
             ("counter", "crawler_worker_tasks_stopped_total"),
             ("gauge", "crawler_worker_heartbeat_age_seconds"),
+            ("gauge", "crawler_worker_hosts_in_backoff"),
             ("gauge", "crawler_worker_running_tasks"),
+            ("histogram", "crawler_worker_fetch_duration_seconds"),
             ("info", "crawler_build_info"),
         ];
         let want: Vec<_> = want
@@ -810,6 +892,10 @@ mod tests {
             "crawler_worker_fetch_errors_total{kind=\"timeout\"} 1".into(),
             "crawler_worker_heartbeat_renew_failures_total 1".into(),
             "crawler_worker_heartbeat_age_seconds 1.5".into(),
+            "crawler_worker_responses_total{class=\"2xx\"} 1".into(),
+            "crawler_worker_responses_total{class=\"none\"} 0".into(),
+            "crawler_worker_hosts_in_backoff 2".into(),
+            "crawler_worker_fetch_duration_seconds_count 1".into(),
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -66,6 +66,12 @@ pub struct Settings {
     /// The internal address ranges crawls may connect to (`--allow-internal-cidrs`; none by
     /// default).
     pub address_policy: crawl::AddressPolicy,
+    /// The per-host gate and robots.txt cache every task of this worker shares.
+    pub politeness: crawl::Politeness,
+    /// Retries of a page's transient failures.
+    pub retries: crawl::Retries,
+    /// The installation's User-Agent (`--user-agent`); the worker adds its own part.
+    pub user_agent: String,
 }
 
 /// Destination of the page records: JSON lines (the `file` sink), or the PostgreSQL store.
@@ -755,7 +761,18 @@ async fn report_periodically(
             if health_changed && let Some(why) = &waiting {
                 alerts.warn(&resource, "WaitingForDatabase", why).await;
             }
-            reporter.report(running(waiting), &progress).await;
+            let verdict = running(waiting);
+            let verdict = match &progress.host_backoff {
+                Some(b) if verdict.reason == "Crawling" => Verdict {
+                    message: format!(
+                        "the task is running; host {} answered {}: no request goes to it before {}",
+                        b.host, b.status, b.until
+                    ),
+                    ..verdict
+                },
+                _ => verdict,
+            };
+            reporter.report(verdict, &progress).await;
         }
     }
 }
@@ -866,11 +883,14 @@ pub fn config_from_spec(
         config.max_pages = u64::try_from(max).unwrap_or(1).max(1);
     }
     config.rules = crate::rules::crawl_rules(spec);
-    config.user_agent = format!(
-        "{} (worker {worker}; assignment {assignment})",
-        crawl::DEFAULT_USER_AGENT
-    );
+    config.user_agent = worker_user_agent(crawl::DEFAULT_USER_AGENT, worker, assignment);
     config
+}
+
+/// The installation's User-Agent with the worker's part, which the test site reads:
+/// `name/version (+url) (worker <pod>; assignment <n>)`.
+pub fn worker_user_agent(base: &str, worker: &str, assignment: i64) -> String {
+    format!("{base} (worker {worker}; assignment {assignment})")
 }
 
 /// The crawl configuration of a resource, with its cookie read from the referenced Secret.
@@ -884,6 +904,9 @@ async fn crawl_config(
     let mut config = config_from_spec(&r.name_any(), spec, &settings.pod_name, assignment);
     config.checkpoint_interval = settings.checkpoint_interval;
     config.address_policy = settings.address_policy.clone();
+    config.politeness = settings.politeness.clone();
+    config.retries = settings.retries;
+    config.user_agent = worker_user_agent(&settings.user_agent, &settings.pod_name, assignment);
     if let Some(secret_ref) = &spec.cookie_secret_ref {
         let cookie = cookie::read(
             client,

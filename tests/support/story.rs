@@ -226,6 +226,10 @@ impl Story {
             "--metrics-addr=127.0.0.1:0".to_owned(),
             // The test sites are on loopback, which a worker refuses to crawl unless allowed.
             format!("--allow-internal-cidrs={LOOPBACK}"),
+            // The test site is one host for every task of a worker: its per-host budget is
+            // lifted, so a task's own rateLimit sets its pace (the engine tests judge the budget).
+            "--host-requests-per-second=1000".to_owned(),
+            "--host-max-in-flight=64".to_owned(),
         ];
         // A flag in `extra` replaces the default of the same name (clap refuses repeats).
         let name = |a: &str| a.split('=').next().unwrap_or_default().to_owned();

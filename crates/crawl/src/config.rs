@@ -14,6 +14,7 @@ use super::{
     address::{AddressPolicy, Resolver},
     error::ConfigError,
     extract::{Rule, Rules},
+    polite::{Backoff, Politeness},
     urls::{HostFilter, normalize},
 };
 
@@ -70,6 +71,36 @@ pub struct CrawlConfig {
     /// Where host names are resolved: the system's resolver by default (a test gives a fixed
     /// map). The address guard filters whatever it returns.
     pub resolver: Resolver,
+    /// The per-host gate and `robots.txt` cache shared by every crawl of the worker (clone one
+    /// handle into each config). The default is a handle of this config's own, whose policy
+    /// bounds nothing but 429/503 windows (see [`crate::polite::HostPolicy::default`]).
+    pub politeness: Politeness,
+    /// Transient failures of a page request retried, per URL.
+    pub retries: Retries,
+}
+
+/// Retries of one URL after a connect error, a timeout, a reset or a 5xx (and 429) answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retries {
+    /// Requests after the first; 0 turns retries off.
+    pub max_retries: u32,
+    /// The wait before each retry (the per-host gate may wait longer: a 429/503 window).
+    pub backoff: Backoff,
+}
+
+impl Default for Retries {
+    /// Two retries, after 1 s and 2 s (±10 %), at most 30 s apart.
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            backoff: Backoff {
+                start: Duration::from_secs(1),
+                factor: 2.0,
+                cap: Duration::from_secs(30),
+                jitter: 0.1,
+            },
+        }
+    }
 }
 
 /// Requests per second across the whole task, with a burst allowance.
@@ -150,7 +181,14 @@ impl CrawlConfig {
             checkpoint_interval: Duration::from_secs(1),
             address_policy: AddressPolicy::deny_internal(),
             resolver: Resolver::system(),
+            politeness: Politeness::default(),
+            retries: Retries::default(),
         }
+    }
+
+    /// Whether `user_agent` can be sent as a `User-Agent` header.
+    pub fn user_agent_checked(&self, user_agent: &str) -> bool {
+        HeaderValue::from_str(user_agent).is_ok()
     }
 
     /// Checks everything the engine relies on; [`run`](super::run) calls it first.
@@ -207,6 +245,8 @@ impl CrawlConfig {
             },
             address_policy: self.address_policy.clone(),
             resolver: self.resolver.clone(),
+            politeness: self.politeness.clone(),
+            retries: self.retries,
         })
     }
 
@@ -306,6 +346,8 @@ pub(crate) struct Validated {
     pub checkpoint_interval: Duration,
     pub address_policy: AddressPolicy,
     pub resolver: Resolver,
+    pub politeness: Politeness,
+    pub retries: Retries,
 }
 
 #[cfg(test)]

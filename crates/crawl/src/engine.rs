@@ -11,7 +11,7 @@
 //! loop, so dropping them (on cancel) drops their connections too.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -26,11 +26,10 @@ use jiff::Timestamp;
 use parking_lot::Mutex;
 use reqwest::{
     Client, StatusCode,
-    header::{CONTENT_TYPE, LOCATION},
+    header::{CONTENT_TYPE, LOCATION, RETRY_AFTER},
     redirect,
 };
 use serde::Serialize;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -41,6 +40,7 @@ use super::{
     error::{CrawlError, FetchError, error_chain},
     extract::{Extraction, Rules},
     html::{self, Page},
+    polite::HostBackoff,
     robots::{Denied, MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, Robots, RobotsResponse},
     sink::{Discovered, PageRecord, Sink},
     urls::{origin_key, resolve},
@@ -64,6 +64,20 @@ pub struct Progress {
     pub in_flight: usize,
     /// When the last record was produced.
     pub last_activity: Option<Timestamp>,
+    /// A host of this crawl that answered 429 or 503 and gets no request until its window
+    /// ends (the latest such window still open).
+    pub host_backoff: Option<HostBackoff>,
+}
+
+impl Progress {
+    /// Counts a finished visit's record.
+    fn tally(&mut self, record: &PageRecord) {
+        self.pages_fetched += u64::from(record.status.is_some());
+        self.errors += u64::from(record.error.is_some());
+        self.bytes += record.bytes;
+        self.incomplete += u64::from(record.incomplete);
+        self.last_activity = Some(Timestamp::now());
+    }
 }
 
 /// Why [`run`] returned.
@@ -220,11 +234,8 @@ where
         };
 
         requested += u64::from(visit.requested);
-        state.pages_fetched += u64::from(visit.record.status.is_some());
-        state.errors += u64::from(visit.record.error.is_some());
-        state.bytes += visit.record.bytes;
-        state.incomplete += u64::from(visit.record.incomplete);
-        state.last_activity = Some(Timestamp::now());
+        state.tally(&visit.record);
+        state.host_backoff = engine.current_backoff();
         state.in_flight = in_flight.len();
         if visit.record.depth < cfg.max_depth {
             let room = cfg
@@ -333,8 +344,8 @@ struct Engine {
     clock: DefaultClock,
     /// Every URL queued or fetched (redirect targets too): each is requested once.
     seen: Mutex<HashSet<Url>>,
-    /// `robots.txt` per origin, fetched once even when visits race for it.
-    robots: Mutex<HashMap<String, Arc<OnceCell<Robots>>>>,
+    /// The latest 429/503 window one of this crawl's requests opened.
+    backoff: Mutex<Option<HostBackoff>>,
     cancel: CancellationToken,
 }
 
@@ -360,6 +371,10 @@ struct Attempt {
     page: Page,
     /// What the page's rule extracted (a parsed HTML page with a rule only).
     extraction: Option<Extraction>,
+    /// Requests for the URL itself, retries included.
+    attempts: u32,
+    /// The last failure that was retried.
+    last_error: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -495,7 +510,7 @@ impl Engine {
             clock,
             client,
             seen: Mutex::new(HashSet::new()),
-            robots: Mutex::new(HashMap::new()),
+            backoff: Mutex::new(None),
             cancel,
             cfg,
         })
@@ -513,6 +528,8 @@ impl Engine {
             truncated: false,
             page: Page::default(),
             extraction: None,
+            attempts: 0,
+            last_error: None,
         };
         let result = self.fetch_page(&url, &mut attempt, rule).await;
         if let Err(err) = &result {
@@ -561,6 +578,8 @@ impl Engine {
             fields,
             incomplete: !missing.is_empty(),
             missing,
+            attempts: attempt.attempts,
+            last_error: attempt.last_error,
         };
         Visit {
             record,
@@ -581,10 +600,9 @@ impl Engine {
         loop {
             let current = chain.last().expect("chain starts with the URL").clone();
             attempt.requested = true;
-            let timed = self.exchange(&current, Purpose::Page).await;
-            attempt.started_at.get_or_insert(timed.sent_at);
-            attempt.elapsed += timed.elapsed;
-            match timed.result? {
+            let first = chain.len() == 1;
+            let result = self.exchange_retrying(&current, attempt, first).await;
+            match result? {
                 Exchange::Redirect { status, location } => {
                     attempt.status = Some(status);
                     let target = location
@@ -644,6 +662,57 @@ impl Engine {
         }
     }
 
+    /// [`Engine::exchange`], retried after a transient failure (a connect error, a timeout, a
+    /// reset, a 429 or a 5xx) up to the task's budget, waiting the retry schedule (and the
+    /// per-host gate, which keeps a 429/503 window). `count`: the requests count as attempts of
+    /// the URL (not of a redirect hop).
+    async fn exchange_retrying(
+        &self,
+        url: &Url,
+        attempt: &mut Attempt,
+        count: bool,
+    ) -> Result<Exchange, FetchError> {
+        let retries = self.cfg.retries;
+        let mut retry = 0_u32;
+        loop {
+            let timed = self.exchange(url, Purpose::Page).await;
+            attempt.started_at.get_or_insert(timed.sent_at);
+            attempt.elapsed += timed.elapsed;
+            if count {
+                attempt.attempts += 1;
+            }
+            let failure = match &timed.result {
+                Err(err) if is_transient(err) => Some(error_chain(err)),
+                Ok(Exchange::Done { status, .. }) if is_transient_status(*status) => {
+                    Some(format!("HTTP {status} from {url}"))
+                }
+                _ => None,
+            };
+            let Some(failure) = failure else {
+                return timed.result;
+            };
+            if retry >= retries.max_retries {
+                return timed.result;
+            }
+            debug!(task = %self.cfg.task, %url, retry = retry + 1, failure, "retrying");
+            attempt.last_error = Some(failure);
+            tokio::time::sleep(retries.backoff.delay(retry, 0.0)).await;
+            retry += 1;
+        }
+    }
+
+    /// The latest 429/503 window of this crawl, while it is open.
+    fn current_backoff(&self) -> Option<HostBackoff> {
+        let mut backoff = self.backoff.lock();
+        if backoff
+            .as_ref()
+            .is_some_and(|b| b.until <= Timestamp::now())
+        {
+            *backoff = None;
+        }
+        backoff.clone()
+    }
+
     /// Waits for the rate limiter, then makes one request and reads what the
     /// purpose needs of the body, all within the request timeout. The timing
     /// returned leaves the wait out.
@@ -656,6 +725,10 @@ impl Engine {
             };
         }
         self.wait_turn().await;
+        let host = url.host_str().unwrap_or_default();
+        let politeness = &self.cfg.politeness;
+        // Held until the body is read: it counts the request in flight to the host.
+        let _permit = politeness.acquire(host).await;
         if self.cancel.is_cancelled() {
             // The crawl loop drops this future as soon as it sees the token;
             // never send a request in the meantime.
@@ -674,6 +747,16 @@ impl Engine {
                 .await
                 .map_err(|source| request_error(url, source))?;
             let status = response.status();
+            if let Some(window) = politeness.answered(
+                host,
+                status.as_u16(),
+                response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()),
+            ) {
+                *self.backoff.lock() = Some(window);
+            }
             if is_redirect(status) {
                 let location = response
                     .headers()
@@ -720,6 +803,11 @@ impl Engine {
                     timeout,
                 })
             });
+        let status = match &result {
+            Ok(Exchange::Done { status, .. } | Exchange::Redirect { status, .. }) => Some(*status),
+            Err(_) => None,
+        };
+        politeness.observe(status, started.elapsed());
         Timed {
             sent_at,
             elapsed: started.elapsed(),
@@ -756,13 +844,24 @@ impl Engine {
             return Ok(());
         }
         let origin = origin_key(url);
-        let cell = self
-            .robots
-            .lock()
-            .entry(origin.clone())
-            .or_default()
-            .clone();
-        let robots = cell.get_or_init(|| self.fetch_robots(&origin)).await;
+        // Shared by the worker's crawls: the rules depend on the agent, so it is in the key.
+        let key = format!("{origin} {}", self.cfg.robots_agent);
+        let politeness = &self.cfg.politeness;
+        let entry = politeness.robots_entry(&key);
+        let (_, robots) = entry
+            .cell
+            .get_or_init(|| async {
+                let robots = self.fetch_robots(&origin).await;
+                if let Robots::Rules(robot) = &robots {
+                    politeness.crawl_delay(url.host_str().unwrap_or_default(), robot.delay);
+                }
+                (tokio::time::Instant::now(), robots)
+            })
+            .await;
+        if matches!(robots, Robots::Blocked { .. }) {
+            // Another task may allow that address: the refusal is this task's own.
+            politeness.forget_robots(&key, &entry);
+        }
         let robots_url = format!("{origin}/robots.txt");
         robots.check(url).map_err(|denied| match denied {
             Denied::Disallowed => FetchError::RobotsDisallowed {
@@ -884,6 +983,22 @@ fn tls_config() -> rustls::ClientConfig {
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     tls
+}
+
+/// Failures worth another try: the next request may well succeed.
+fn is_transient(err: &FetchError) -> bool {
+    matches!(
+        err,
+        FetchError::Timeout { .. }
+            | FetchError::Connect { .. }
+            | FetchError::Request { .. }
+            | FetchError::Body { .. }
+    )
+}
+
+/// 429 and the 5xx a server or proxy sends when it is overloaded or restarting.
+fn is_transient_status(status: u16) -> bool {
+    matches!(status, 429 | 500 | 502 | 503 | 504)
 }
 
 fn is_redirect(status: StatusCode) -> bool {

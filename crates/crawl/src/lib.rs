@@ -9,6 +9,8 @@
 //! - [`address`]: which addresses a crawl may connect to (no internal ones unless allowed).
 //! - [`engine`]: the breadth-first loop, rate limit, robots, redirects, cancellation.
 //! - [`extract`]: declarative rules: which links to follow, which fields to take.
+//! - [`polite`]: the per-host gate (delay, in flight, 429/503 windows) and `robots.txt` cache
+//!   a worker's crawls share.
 //! - [`html`], [`urls`]: pure parsing and URL rules (unit and property tested).
 //! - `robots`: how a `robots.txt` response is read (internal).
 //! - [`sink`]: the record and its JSON-lines writers.
@@ -20,13 +22,15 @@ pub mod engine;
 pub mod error;
 pub mod extract;
 pub mod html;
+pub mod polite;
 pub(crate) mod robots;
 pub mod sink;
 pub mod urls;
 
 pub use address::{AddressPolicy, Blocked, Resolver};
-pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, SecretHeaders};
+pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, Retries, SecretHeaders};
 pub use engine::{CrawlOutcome, Frontier, Progress, StopReason, run, run_from, watch_progress};
 pub use error::{ConfigError, CrawlError, FetchError, SinkError};
 pub use extract::{Field, FieldValue, Follow, Rule, RuleProblem, Rules, RulesError};
+pub use polite::{Backoff, FetchObserver, HostBackoff, HostPolicy, Politeness};
 pub use sink::{Discovered, JsonLinesSink, PageRecord, Sink};

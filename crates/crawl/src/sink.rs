@@ -56,6 +56,14 @@ pub struct PageRecord {
     /// `missing` is not empty: the record lacks data its rule requires (the crawl goes on).
     #[serde(default)]
     pub incomplete: bool,
+    /// Requests made for the URL itself (1, plus the retries of transient failures); 0 when
+    /// none was sent (refused by robots.txt, say). Redirect hops are not counted.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last failure that was retried (a timeout, a reset, `HTTP 503`), kept even when a
+    /// retry then succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A link the crawl queued because of a page: the URL (normalised) and its depth.
@@ -197,6 +205,8 @@ mod tests {
             fields: BTreeMap::new(),
             missing: Vec::new(),
             incomplete: false,
+            attempts: 1,
+            last_error: None,
         }
     }
 
