@@ -245,27 +245,7 @@ async fn kubectl_explain_describes_the_job_fields() {
             "DeadlineExceeded",
         ),
     ] {
-        let cp = story.cp;
-        support::wait_for(
-            &format!("kubectl explain {path}"),
-            BOUND,
-            POLL,
-            || async move {
-                let out = cp
-                    .kubectl()
-                    .args(["explain", path])
-                    .output()
-                    .map_err(|e| e.to_string())?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
-                if words.contains(expected) {
-                    Ok(())
-                } else {
-                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-                }
-            },
-        )
-        .await;
+        story.wait_for_explain(path, expected).await;
     }
     // Refused at apply, naming the field.
     for (spec, field) in [

@@ -277,28 +277,6 @@ async fn kubectl_explain_describes_the_rule_language() {
         ),
         ("crawlerresources.spec.rules.fields.required", "incomplete"),
     ] {
-        let cp = story.cp;
-        // The API server publishes a new CRD's OpenAPI a moment after it is established.
-        wait_for(
-            &format!("kubectl explain {path}"),
-            BOUND,
-            POLL,
-            || async move {
-                let out = cp
-                    .kubectl()
-                    .args(["explain", path])
-                    .output()
-                    .map_err(|e| e.to_string())?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                // kubectl wraps descriptions: compare with whitespace collapsed.
-                let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
-                if words.contains(expected) {
-                    Ok(())
-                } else {
-                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
-                }
-            },
-        )
-        .await;
+        story.wait_for_explain(path, expected).await;
     }
 }

@@ -47,20 +47,8 @@ fn health() -> StoreHealth {
     watch::channel(None).0
 }
 
-/// Opens a sink for `key` seeded with `http://a.example/`, as a worker does when it starts a task.
-async fn open_key(store: &Store, key: TaskKey) -> Result<(PgSink, crawl::Frontier), SinkError> {
-    PgSink::open(
-        store.clone(),
-        key,
-        &["http://a.example/".to_owned()],
-        health(),
-        CancellationToken::new(),
-    )
-    .await
-}
-
 async fn open(store: &Store, assignment: i64, worker: &str) -> Result<PgSink, SinkError> {
-    open_key(store, key(assignment, worker))
+    postgres::open_sink(store, key(assignment, worker))
         .await
         .map(|(sink, _)| sink)
 }
@@ -229,7 +217,7 @@ async fn open_as(
         uid: uid.into(),
         ..key(assignment, worker)
     };
-    open_key(store, key)
+    postgres::open_sink(store, key)
         .await
         .unwrap_or_else(|e| panic!("opening {uid} at assignment {assignment}: {e}"))
 }

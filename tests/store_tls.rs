@@ -12,10 +12,8 @@ use std::{
 };
 
 use crawler_crawl::{PageRecord, Sink};
-use crawler_operator::store::{self, PgSink, SslMode, Store, StoreHealth, TaskKey, TlsOptions};
+use crawler_operator::store::{self, SslMode, Store, TaskKey, TlsOptions};
 use support::postgres::{self, Postgres};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -226,20 +224,10 @@ async fn a_wrong_ca_is_refused_with_a_message_naming_the_setting_and_fails_the_s
     .unwrap();
     let why = store.check().await.expect_err("refused");
     assert!(why.contains("sslrootcert"), "{why}");
-    let (health, _) = watch::channel(None);
     let started = Instant::now();
-    let opened = tokio::time::timeout(
-        Duration::from_secs(30),
-        PgSink::open(
-            store,
-            key(),
-            &["http://a.example/".to_owned()],
-            health,
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("a refused certificate is not retried");
+    let opened = tokio::time::timeout(Duration::from_secs(30), postgres::open_sink(&store, key()))
+        .await
+        .expect("a refused certificate is not retried");
     let err = opened.err().expect("refused").to_string();
     assert!(err.contains("not issued by the CA"), "{err}");
     eprintln!("the task failed {:.1?} after it opened", started.elapsed());
@@ -284,16 +272,7 @@ async fn the_result_store_writes_over_verify_full() {
     let url = pg.database("tls_store");
     let db = Postgres::db_of(&url).to_owned();
     let store = Store::new(&with(&url, "sslmode=verify-full"), &ca(ca_file), true).unwrap();
-    let health: StoreHealth = watch::channel(None).0;
-    let (mut sink, _) = PgSink::open(
-        store,
-        key(),
-        &["http://a.example/".to_owned()],
-        health,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let (mut sink, _) = postgres::open_sink(&store, key()).await.unwrap();
     sink.write(&PageRecord {
         task: "task".into(),
         url: "http://a.example/".into(),

@@ -312,3 +312,19 @@ impl Postgres {
         &self.dir
     }
 }
+
+/// Opens a sink for `key` seeded with `http://a.example/`, as a worker does when it starts a task
+/// (no store health watched); returns it and the frontier to resume from.
+pub async fn open_sink(
+    store: &crawler_operator::store::Store,
+    key: crawler_operator::store::TaskKey,
+) -> Result<(crawler_operator::store::PgSink, crawler_crawl::Frontier), crawler_crawl::SinkError> {
+    crawler_operator::store::PgSink::open(
+        store.clone(),
+        key,
+        &["http://a.example/".to_owned()],
+        tokio::sync::watch::channel(None).0,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+}

@@ -427,6 +427,33 @@ impl Story {
         .await;
     }
 
+    /// Waits until `kubectl explain PATH` says `expected`: the API server publishes a new CRD's
+    /// `OpenAPI` a moment after it is established, and kubectl wraps descriptions, so whitespace is
+    /// collapsed before comparing.
+    pub async fn wait_for_explain(&self, path: &str, expected: &str) {
+        let cp = self.cp;
+        wait_for(
+            &format!("kubectl explain {path}"),
+            BOUND,
+            POLL,
+            || async move {
+                let out = cp
+                    .kubectl()
+                    .args(["explain", path])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                if words.contains(expected) {
+                    Ok(())
+                } else {
+                    Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+                }
+            },
+        )
+        .await;
+    }
+
     pub async fn resource_versions(&self) -> BTreeMap<String, String> {
         self.api()
             .list(&ListParams::default())

@@ -279,6 +279,10 @@ impl Index {
             .collect()
     }
 
+    fn heartbeat(&self, namespace: &str, pod: &str) -> Option<&Heartbeat> {
+        self.namespaces.get(namespace)?.heartbeats.get(pod)
+    }
+
     fn is_due(&self, h: &Heartbeat, now: Instant) -> bool {
         let since = self
             .heartbeats_unseen_at
@@ -309,11 +313,7 @@ impl Index {
         answered: Instant,
     ) -> Vec<Key> {
         let (namespace, pod) = (due.namespace.as_str(), due.pod.as_str());
-        let Some(h) = self
-            .namespaces
-            .get(namespace)
-            .and_then(|ns| ns.heartbeats.get(pod))
-        else {
+        let Some(h) = self.heartbeat(namespace, pod) else {
             return Vec::new();
         };
         if Seen::of(h) != due.seen {
@@ -382,11 +382,7 @@ impl Index {
         lease: Option<&Lease>,
         answered: Instant,
     ) -> Vec<Key> {
-        let Some(h) = self
-            .namespaces
-            .get(namespace)
-            .and_then(|ns| ns.heartbeats.get(pod))
-        else {
+        let Some(h) = self.heartbeat(namespace, pod) else {
             return Vec::new();
         };
         let due = DueHeartbeat {

@@ -331,19 +331,13 @@ fn dns_subdomain_problem(text: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
 
+    use crate::selector::tests::labels;
+
     fn parse(text: &str) -> Result<WorkerSelector, InvalidSelectorText> {
         WorkerSelector::parse_text(text)
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
     }
 
     #[test]
