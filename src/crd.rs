@@ -366,6 +366,12 @@ pub struct CrawlerResourceStatus {
     /// Identifies an assignment together with the worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignments: Option<i64>,
+    /// The crawl run this assignment belongs to: 1 for the first crawl, and one more for each
+    /// new crawl from the seeds (a `spec.schedule` firing, or a spec change after the crawl
+    /// finished). A move, a restart or a retry after a failed run continues the same run. The
+    /// result store keeps, per page, the run that last fetched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<i64>,
     /// The `metadata.generation` of the spec the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

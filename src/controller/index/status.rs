@@ -146,6 +146,7 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
         assigned_address: status.assigned_address.clone(),
         assigned_at: status.assigned_at.clone(),
         assignments: status.assignments,
+        run: status.run,
         observed_generation: status.observed_generation,
         last_worker: status.last_worker.clone(),
         completed_at: status.completed_at.clone(),
