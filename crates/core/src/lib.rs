@@ -17,9 +17,13 @@
 //! [`plan_rebalance`] chooses moves that even out load after workers join (opt-in, budgeted by a
 //! [`TokenBucket`], with [`Hysteresis`]); its targets are the ones placement would choose.
 //!
+//! [`Cron`] times a scheduled crawl's firings (`spec.schedule` in `spec.timeZone`): the next one
+//! after an instant, and the one to act on now as a CronJob would.
+//!
 //! [`Schedule`] runs many decisions over a worker table it owns (tests, benchmarks), and
 //! [`original_algorithm`] keeps the original Go master's algorithm as the benchmark baseline.
 
+mod cron;
 mod diagnosis;
 mod filter;
 #[cfg(any(test, feature = "bench"))]
@@ -35,6 +39,7 @@ mod worker;
 #[cfg(test)]
 mod properties;
 
+pub use cron::{Cron, CronError, Firings, MIN_EVERY};
 pub use diagnosis::Diagnosis;
 pub use filter::{Unfit, filter};
 #[cfg(any(test, feature = "bench"))]
