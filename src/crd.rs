@@ -22,6 +22,9 @@ pub const CONDITION_ASSIGNED: &str = "Assigned";
 /// Condition type the controller owns: do `spec.rules` compile? A resource whose rules do not is
 /// not placed.
 pub const CONDITION_RULES_VALID: &str = "RulesValid";
+/// Condition type the controller owns on a scheduled crawl: is `spec.schedule` in force, and what
+/// did its last firing do (started a run, skipped, missed)?
+pub const CONDITION_SCHEDULED: &str = "Scheduled";
 
 /// One crawl task: what to crawl, how politely, how heavy it is and where it may run.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -46,7 +49,7 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
         name = "Phase",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Assigned, Releasing, Unschedulable, Suspended, BackOff, Succeeded or Failed"
+        description = "Pending, Scheduled, Assigned, Releasing, Unschedulable, Suspended, BackOff, Succeeded or Failed"
     ),
     printcolumn(
         name = "State",
@@ -107,6 +110,20 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
         description = "Failed runs of the current spec (at most spec.backoffLimit are retried)"
     ),
     printcolumn(
+        name = "Run",
+        type_ = "integer",
+        json_path = ".status.run",
+        priority = "1",
+        description = "The crawl run of the current (or last) assignment: each new crawl from the seeds adds one"
+    ),
+    printcolumn(
+        name = "Next",
+        type_ = "string",
+        json_path = ".status.nextScheduleTime",
+        priority = "1",
+        description = "When spec.schedule fires next"
+    ),
+    printcolumn(
         name = "Completed",
         type_ = "date",
         json_path = ".status.completedAt",
@@ -115,6 +132,7 @@ pub const CONDITION_RULES_VALID: &str = "RulesValid";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.schedule) || !has(self.ttlSecondsAfterFinished)").message("ttlSecondsAfterFinished does not apply to a scheduled crawl: it never finishes for good (the next firing runs it again); remove one of spec.schedule and spec.ttlSecondsAfterFinished"))]
 pub struct CrawlerResourceSpec {
     /// Which crawl task the worker runs. Defaults to the resource's name; unlike the name it may
     /// contain underscores (`douban_book_list`).
@@ -204,10 +222,57 @@ pub struct CrawlerResourceSpec {
     /// Delete this resource that many seconds after its crawl finished (phase `Succeeded` or
     /// `Failed`), as a Job's `ttlSecondsAfterFinished` (0: at once). Stored results are kept:
     /// the `postgres` sink's rows stay under the resource's uid, the `file` sink's lines where
-    /// they were written. Unset: kept until deleted by hand.
+    /// they were written. Unset: kept until deleted by hand. Not allowed with `spec.schedule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31_536_000))]
     pub ttl_seconds_after_finished: Option<i32>,
+
+    /// Run the crawl again and again, as a CronJob: each firing starts a new run from the seeds
+    /// (`status.run` adds one). CronJob's syntax: five fields `minute hour day-of-month month
+    /// day-of-week` (e.g. `0 3 * * *`, `*/15 * * * MON-FRI`) or `@hourly`, `@daily`, `@weekly`,
+    /// `@monthly`, `@yearly`; as an extension, `@every <duration>` (e.g. `@every 30s`, at least
+    /// 5s) fires that long after the previous firing. The first run is at the first firing; a
+    /// finished run stays `Succeeded` (or `Failed`) until the next one, which `nextScheduleTime`
+    /// shows. A spec change does not start a run of a scheduled crawl: the next firing runs the
+    /// new spec. Errors the schema cannot see (a minute of 60) are reported in the `Scheduled`
+    /// condition, and the crawl is not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(r"self.matches('^ *(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|@every +[0-9][0-9a-zA-Z. ]*|[0-9A-Za-z*?/,-]+( +[0-9A-Za-z*?/,-]+){4}) *$')").message("schedule must be five cron fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *'), a macro (@hourly, @daily, @weekly, @monthly, @yearly) or '@every <duration>' (e.g. '@every 30s'); set the time zone in spec.timeZone, not in the schedule"))]
+    pub schedule: Option<String>,
+
+    /// The IANA time zone `spec.schedule` is read in, e.g. `Europe/Paris`, as a CronJob's
+    /// `timeZone` (default `UTC`). A name the controller's time zone database does not know is
+    /// reported in the `Scheduled` condition, and the crawl is not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new(r"self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$')").message("timeZone must be an IANA time zone name such as UTC, Europe/Paris or America/New_York"))]
+    pub time_zone: Option<String>,
+
+    /// What a firing does while the previous run of a scheduled crawl has not finished:
+    /// `Forbid` (the default) skips the firing (an Event and the `Scheduled` condition say so);
+    /// `Replace` stops the running run on its worker and, once the worker confirmed the stop,
+    /// starts a new one. CronJob's `Allow` is not offered: a resource is one task with one
+    /// frontier, and two runs of it cannot crawl at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+
+    /// A firing that could not be acted on within this many seconds (no controller led, the
+    /// schedule was suspended) is skipped, as a CronJob's `startingDeadlineSeconds`. Unset: the
+    /// most recent missed firing runs as soon as it can (earlier ones are not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub starting_deadline_seconds: Option<i64>,
+}
+
+/// What a firing of `spec.schedule` does while the previous run has not finished.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConcurrencyPolicy {
+    /// Skip the firing; the running run goes on.
+    #[default]
+    Forbid,
+    /// Stop the running run, then start a new one.
+    Replace,
 }
 
 /// One extraction rule: which pages it applies to, which links to follow from them and which
@@ -331,6 +396,9 @@ pub enum Phase {
     Unschedulable,
     /// `spec.suspend` is true: unassigned on purpose.
     Suspended,
+    /// A scheduled crawl (`spec.schedule`) that has not run yet: placed at its first firing
+    /// (`nextScheduleTime`).
+    Scheduled,
     /// The crawl of the current spec finished (its worker reported `Completed` for the current
     /// assignment): unassigned, it holds no room on any worker and never runs again, whatever
     /// happens to workers or controllers, until its spec changes (a `metadata.generation` above
@@ -349,8 +417,8 @@ pub enum Phase {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CrawlerResourceStatus {
-    /// `Pending`, `Assigned`, `Releasing`, `Unschedulable`, `Suspended`, `BackOff`, `Succeeded` or
-    /// `Failed`.
+    /// `Pending`, `Scheduled`, `Assigned`, `Releasing`, `Unschedulable`, `Suspended`, `BackOff`,
+    /// `Succeeded` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// Name of the worker Pod that runs the task.
@@ -400,6 +468,17 @@ pub struct CrawlerResourceStatus {
     /// counts from here, or from `completedAt` for a crawl that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<Time>,
+    /// A scheduled crawl: the firing of `spec.schedule` that started the current (or last) run,
+    /// as a CronJob's `lastScheduleTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// A scheduled crawl: when a run last succeeded, as a CronJob's `lastSuccessfulTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
+    /// A scheduled crawl: when `spec.schedule` fires next (none while `spec.suspend` is true or
+    /// the schedule is invalid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
     /// What the worker running the task reports (owned by the worker's field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TaskProgress>,

@@ -157,7 +157,11 @@ impl FieldSpec {
             let names = if self.names.is_empty() {
                 String::new()
             } else {
-                format!(" or a name ({}-{})", self.names[0], self.names[self.names.len() - 1])
+                format!(
+                    " or a name ({}-{})",
+                    self.names[0],
+                    self.names[self.names.len() - 1]
+                )
             };
             self.error(format!(
                 "{text:?} is not a number from {} to {}{names}",
@@ -368,7 +372,15 @@ impl Cron {
         now: Timestamp,
         starting_deadline: Option<Duration>,
     ) -> Firings {
-        let next = self.next_after(now.max(since), tz);
+        let next = match self.kind {
+            // Firings are `since + k * every`: the first of them after `now`.
+            Kind::Every(secs) => {
+                let k = (now.as_second() - since.as_second()).max(0) / secs + 1;
+                Timestamp::from_second(since.as_second().saturating_add(k.saturating_mul(secs)))
+                    .ok()
+            }
+            Kind::Fields(_) => self.next_after(now.max(since), tz),
+        };
         let latest = self.latest_in(tz, since, now);
         let too_late = |t: Timestamp| {
             starting_deadline.is_some_and(|d| {
@@ -477,7 +489,11 @@ fn backward_jump(tz: &TimeZone, t: Timestamp) -> SignedDuration {
     tz.following(from)
         .take_while(|tr| tr.timestamp() <= to)
         .filter_map(|tr| {
-            let before = tz.to_offset(tr.timestamp().checked_sub(SignedDuration::from_nanos(1)).ok()?);
+            let before = tz.to_offset(
+                tr.timestamp()
+                    .checked_sub(SignedDuration::from_nanos(1))
+                    .ok()?,
+            );
             Some(before.duration_since(tr.offset()))
         })
         .filter(|jump| jump.is_positive())
@@ -553,7 +569,10 @@ mod tests {
             ("@every 1.5s", "whole seconds"),
             ("@every soon", "expected a duration"),
             ("TZ=UTC 0 3 * * *", "set spec.timeZone instead"),
-            ("CRON_TZ=Europe/Paris 0 3 * * *", "set spec.timeZone instead"),
+            (
+                "CRON_TZ=Europe/Paris 0 3 * * *",
+                "set spec.timeZone instead",
+            ),
         ] {
             let e = bad.parse::<Cron>().unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
@@ -573,7 +592,12 @@ mod tests {
         );
         // 03:00 in Tokyo (UTC+9) is 18:00 UTC the day before.
         assert_eq!(
-            series(&cron("0 3 * * *"), &tz("Asia/Tokyo"), "2025-01-30T00:00:00Z", 1),
+            series(
+                &cron("0 3 * * *"),
+                &tz("Asia/Tokyo"),
+                "2025-01-30T00:00:00Z",
+                1
+            ),
             ["2025-01-30T18:00:00Z"]
         );
         assert_eq!(
@@ -607,7 +631,10 @@ mod tests {
             series(&cron("0 0 29 2 *"), &utc, "2025-01-01T00:00:00Z", 1),
             ["2028-02-29T00:00:00Z"]
         );
-        assert_eq!(cron("0 0 30 2 *").next_after(ts("2025-01-01T00:00:00Z"), &utc), None);
+        assert_eq!(
+            cron("0 0 30 2 *").next_after(ts("2025-01-01T00:00:00Z"), &utc),
+            None
+        );
     }
 
     #[test]
@@ -677,7 +704,8 @@ mod tests {
             }
         );
         assert_eq!(
-            c.firings(&utc, since, now, Some(Duration::from_secs(600))).due,
+            c.firings(&utc, since, now, Some(Duration::from_secs(600)))
+                .due,
             Some(ts("2025-01-01T05:00:00Z"))
         );
         assert_eq!(
@@ -699,7 +727,16 @@ mod tests {
         assert_eq!(yearly.due, Some(ts("2027-01-01T00:00:00Z")));
         let every = cron("@every 10s").firings(&utc, since, ts("2025-01-01T00:00:35Z"), None);
         assert_eq!(every.due, Some(ts("2025-01-01T00:00:30Z")));
-        assert_eq!(every.next, Some(ts("2025-01-01T00:00:45Z")));
+        assert_eq!(
+            every.next,
+            Some(ts("2025-01-01T00:00:40Z")),
+            "counted from since"
+        );
+        let early = cron("@every 10s").firings(&utc, since, ts("2025-01-01T00:00:01Z"), None);
+        assert_eq!(
+            (early.due, early.next),
+            (None, Some(ts("2025-01-01T00:00:10Z")))
+        );
     }
 
     const ZONES: [&str; 6] = [

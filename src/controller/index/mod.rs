@@ -9,6 +9,7 @@
 
 mod rebalance;
 mod rules;
+mod schedule;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use crate::crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Pha
 
 use self::{
     rules::{RulesCheck, keep_off_workers, set_rules_condition},
+    schedule::Step,
     status::{
         address, controller_fields, lost_reason, set_assigned_condition, set_unassigned, stop_note,
     },
@@ -114,6 +116,8 @@ struct ResourceEntry {
     backoff_limit: u32,
     /// `spec.ttlSecondsAfterFinished`.
     ttl: Option<u32>,
+    /// `spec.schedule` and its fields, or what is wrong with them; `None`: the crawl runs once.
+    schedule: Option<Result<schedule::Timing, String>>,
     /// The TTL's deletion was handed to the controller ([`Index::expired`]); not again unless it
     /// reports it failed ([`Index::expiry_failed`]).
     expiring: bool,
@@ -184,7 +188,12 @@ impl ResourceEntry {
 
     /// Whether the crawl of the current spec is over (phase `Succeeded` for this generation):
     /// it counts on no worker, waits for none, and is placed again only once its spec changes.
+    ///
+    /// A scheduled crawl is done between its runs, whatever its spec: only a firing runs it again.
     fn done(&self) -> bool {
+        if matches!(self.schedule, Some(Ok(_))) {
+            return schedule::between_runs(&self.status);
+        }
         self.status.succeeded(self.generation) || self.status.failed_for_good(self.generation)
     }
 
@@ -196,8 +205,11 @@ impl ResourceEntry {
     }
 
     /// When the crawl finished (succeeded, or failed for good), for `ttlSecondsAfterFinished`.
+    /// A scheduled crawl never finishes for good (the CRD refuses a TTL with a schedule).
     fn finished_at(&self) -> Option<Timestamp> {
-        if self.status.succeeded(self.generation) {
+        if self.schedule.is_some() {
+            None
+        } else if self.status.succeeded(self.generation) {
             self.status.completed_at.as_ref().map(|t| t.0)
         } else if self.status.failed_for_good(self.generation) {
             self.status.failed_at.as_ref().map(|t| t.0)
@@ -588,6 +600,7 @@ impl Index {
                 .spec
                 .ttl_seconds_after_finished
                 .and_then(|t| u32::try_from(t).ok()),
+            schedule: schedule::timing_for(resource),
             expiring: previous.is_some_and(|p| {
                 p.expiring && p.resource_version == resource.metadata.resource_version
             }),
@@ -654,8 +667,10 @@ impl Index {
         keys
     }
 
-    /// Crawls whose back-off after a failed run ended by `now` (phase `BackOff`, `retryAt`
-    /// passed): the controller's tick queues them, and their plan places them again.
+    /// Crawls a wall-clock time in their status calls for by `now`: a back-off after a failed run
+    /// ended (phase `BackOff`, `retryAt` passed), or a schedule fires (`nextScheduleTime`
+    /// passed). The controller's tick queues them; their plan places them again, or acts on
+    /// the firing.
     pub fn retries_due(&self, now: Timestamp) -> Vec<Key> {
         self.namespaces
             .iter()
@@ -663,9 +678,13 @@ impl Index {
                 ns.resources
                     .iter()
                     .filter(move |(_, r)| {
-                        r.status.phase == Some(Phase::BackOff)
-                            && r.assumed.is_none()
-                            && !r.backing_off(now)
+                        let retry = r.status.phase == Some(Phase::BackOff) && !r.backing_off(now);
+                        let fires = r
+                            .status
+                            .next_schedule_time
+                            .as_ref()
+                            .is_some_and(|t| t.0 <= now);
+                        (retry || fires) && r.assumed.is_none()
                     })
                     .map(|(name, _)| Key::new(ns_name.clone(), name.clone()))
             })
@@ -871,12 +890,59 @@ impl Index {
         // moved: it succeeded, or it is counted and retried after a back-off as a new run.
         let finished = entry.completed.as_ref();
         let failed = entry.failed.as_ref().filter(|_| finished.is_none());
-        let done = finished.is_none() && failed.is_none() && entry.done();
-        let backing_off = finished.is_none() && failed.is_none() && entry.backing_off(ctx.now);
+        let reported = finished.is_some() || failed.is_some();
+        // A scheduled crawl: a firing may start a new run (see `schedule`).
+        let (mut step, next_firing) = schedule::step(
+            entry.schedule.as_ref(),
+            entry.suspend,
+            current,
+            reported,
+            ctx.now,
+        );
+        desired.next_schedule_time = next_firing.map(Time);
+        // `Replace` of a run open on a live worker: released there first; the new run starts
+        // once the worker confirmed the stop (or its heartbeat lapsed), as a move does.
+        let replace_from = match step {
+            Step::Start(at) if !schedule::between_runs(current) => match ns.handoff(entry) {
+                Handoff::Waiting => return Plan::Nothing,
+                Handoff::Done(_) => None,
+                Handoff::None => current
+                    .assigned_worker
+                    .as_deref()
+                    .filter(|w| ns.heartbeat_alive(w))
+                    .map(|w| (w.to_owned(), at)),
+            },
+            _ => None,
+        };
+        if let Some((_, at)) = &replace_from {
+            step = Step::Replacing(*at);
+        }
+        let starts = match step {
+            Step::Start(at) => Some(at),
+            _ => None,
+        };
+        if let Some(at) = starts {
+            // A new crawl from the seeds: a new run number, its own failures.
+            desired.run = Some(schedule::next_run(current));
+            desired.last_schedule_time = Some(Time(at));
+            desired.failures = None;
+            desired.retry_at = None;
+        } else if entry.schedule.is_none()
+            && !reported
+            && matches!(current.phase, Some(Phase::Succeeded | Phase::Failed))
+            && !entry.done()
+        {
+            // A finished crawl whose spec changed runs again: a new run.
+            desired.run = Some(schedule::next_run(current));
+        }
+        let schedule_invalid = matches!(step, Step::Invalid(_));
+        let done = !reported && starts.is_none() && replace_from.is_none() && entry.done();
+        let backing_off =
+            !reported && starts.is_none() && replace_from.is_none() && entry.backing_off(ctx.now);
         // A handoff under way completes on the old worker's confirmation or its lapse; until
         // then nothing changes (a release is never taken back: assignment N is over).
         let handed_off = match ns.handoff(entry) {
-            _ if finished.is_some() || failed.is_some() || done || backing_off => None,
+            _ if reported || done || backing_off || replace_from.is_some() => None,
             Handoff::None => None,
             Handoff::Waiting => return Plan::Nothing,
             Handoff::Done(how) => Some(how),
@@ -884,7 +950,7 @@ impl Index {
         let keep = current
             .assigned_worker
             .as_deref()
-            .filter(|_| handed_off.is_none())
+            .filter(|_| handed_off.is_none() && starts.is_none())
             .filter(|_| (entry.move_requested.as_ref()).is_none_or(|m| !m.applies_to(current)))
             .and_then(|w| ns.workers.get(w))
             .filter(|w| w.worker.readiness == Readiness::Ready)
@@ -892,6 +958,7 @@ impl Index {
         // Leaving a worker whose heartbeat is alive: release it there first (phase one).
         let leaves = keep.is_none()
             || entry.suspend
+            || schedule_invalid
             || matches!(entry.rules, RulesCheck::Invalid(_))
             || entry.request.is_err();
         let release_from = current
@@ -901,18 +968,53 @@ impl Index {
             .filter(|w| ns.heartbeat_alive(w));
 
         if let Some(run) = finished {
-            event = Some(finish(&mut desired, current, run, ctx.now));
+            event = Some(finish(
+                &mut desired,
+                current,
+                run,
+                again(entry.schedule.is_some()),
+                ctx.now,
+            ));
+            if entry.schedule.is_some() {
+                desired.last_successful_time = Some(Time(ctx.now));
+            }
         } else if let Some(run) = failed {
             event = Some(fail(
                 &mut desired,
                 current,
                 run,
                 (entry.backoff_limit, self.retry_backoff),
+                again(entry.schedule.is_some()),
                 ctx.now,
             ));
         } else if done || backing_off {
             // Succeeded or failed for this spec, or waiting out a back-off (the tick queues it
-            // at `retryAt`): nothing to place, nothing to write.
+            // at `retryAt`), or a scheduled crawl between runs (the tick queues it at
+            // `nextScheduleTime`): nothing to place.
+            if entry.schedule.is_some() && matches!(current.phase, None | Some(Phase::Pending)) {
+                set_unassigned(&mut desired, Phase::Scheduled);
+            }
+        } else if let Some((worker, _)) = &replace_from {
+            let note = format!(
+                "moving off worker {worker} (a firing of spec.schedule replaces run {} with a new \
+                 run, spec.concurrencyPolicy Replace): waiting for it to confirm the stop or for \
+                 its heartbeat to lapse",
+                current.run.unwrap_or(1)
+            );
+            desired.phase = Some(Phase::Releasing);
+            set_assigned_condition(
+                &mut desired,
+                current,
+                true,
+                Reason::Releasing,
+                &note,
+                ctx.now,
+            );
+            event = Some(PlanEvent {
+                warning: false,
+                reason: Reason::Releasing,
+                note,
+            });
         } else if let Some(worker) = release_from {
             let note = format!(
                 "moving off worker {worker} ({}): waiting for it to confirm the stop or for its \
@@ -950,8 +1052,20 @@ impl Index {
                     note: stop_note(current, "spec.suspend is true"),
                 });
             }
+        } else if let Step::Invalid(message) = &step {
+            event = keep_off_workers(
+                &mut desired,
+                current,
+                (Reason::InvalidSchedule, message),
+                ctx.now,
+            );
         } else if let RulesCheck::Invalid(message) = &entry.rules {
-            event = keep_off_workers(&mut desired, current, message, ctx.now);
+            event = keep_off_workers(
+                &mut desired,
+                current,
+                (Reason::InvalidRules, message),
+                ctx.now,
+            );
         } else if let Err(e) = &entry.request {
             set_unassigned(&mut desired, Phase::Unschedulable);
             let message =
@@ -1003,6 +1117,22 @@ impl Index {
             );
         }
 
+        if let (Some(at), Some(e)) = (starts, event.as_mut()) {
+            // The placement's (or why there is none) Event says which run and firing it is.
+            e.note = format!(
+                "run {} (the firing at {at} of spec.schedule): {}",
+                desired.run.unwrap_or(1),
+                e.note
+            );
+        }
+        let schedule_event = schedule::set_scheduled_condition(
+            &mut desired,
+            current,
+            &step,
+            entry.schedule.as_ref(),
+            ctx.now,
+        );
+        event = event.or(schedule_event);
         set_rules_condition(&mut desired, current, &entry.rules, ctx.now);
         for condition in &mut desired.conditions {
             condition.observed_generation = desired.observed_generation;
@@ -1131,6 +1261,8 @@ impl Namespace {
                     worker.ip.as_ref().map(|ip| address(ip, ctx.worker_port));
                 desired.assigned_at = Some(Time(ctx.now));
                 desired.assignments = Some(current.assignments.unwrap_or(0) + 1);
+                // Every assignment names its run (1 at the first placement); a move keeps it.
+                desired.run = Some(desired.run.unwrap_or(1));
                 let capacity = worker
                     .worker
                     .capacity
@@ -1353,6 +1485,9 @@ impl Namespace {
         if entry.suspend {
             return "spec.suspend is true".to_owned();
         }
+        if let Some(Err(_)) = entry.schedule {
+            return "spec.schedule cannot be used".to_owned();
+        }
         if let RulesCheck::Invalid(_) = entry.rules {
             return "spec.rules cannot be compiled".to_owned();
         }
@@ -1406,6 +1541,7 @@ fn finish(
     desired: &mut CrawlerResourceStatus,
     current: &CrawlerResourceStatus,
     run: &CompletedRun,
+    again: &str,
     now: Timestamp,
 ) -> PlanEvent {
     set_unassigned(desired, Phase::Succeeded);
@@ -1413,8 +1549,7 @@ fn finish(
     desired.completed_at = Some(Time(now));
     desired.completed_generation = Some(run.generation);
     let note = format!(
-        "the crawl finished on worker {} (assignment {}, {} pages): it is not run again unless \
-         its spec changes",
+        "the crawl finished on worker {} (assignment {}, {} pages): {again}",
         run.worker, run.assignment, run.pages
     );
     set_assigned_condition(desired, current, false, Reason::Completed, &note, now);
@@ -1422,6 +1557,15 @@ fn finish(
         warning: false,
         reason: Reason::Completed,
         note,
+    }
+}
+
+/// What runs a finished crawl again, for the notes that end a crawl.
+fn again(scheduled: bool) -> &'static str {
+    if scheduled {
+        "the next firing of spec.schedule runs it again"
+    } else {
+        "it is not run again unless its spec changes"
     }
 }
 
@@ -1437,6 +1581,7 @@ fn fail(
     current: &CrawlerResourceStatus,
     run: &FailedRun,
     (backoff_limit, backoff): (u32, RetryBackoff),
+    again: &str,
     now: Timestamp,
 ) -> PlanEvent {
     let failures = desired.failures.unwrap_or(0).saturating_add(1);
@@ -1451,14 +1596,14 @@ fn fail(
         (
             Reason::DeadlineExceeded,
             format!(
-                "{what}; spec.activeDeadlineSeconds was exceeded, so the crawl failed for good                  (not retried): change its spec to run it again"
+                "{what}; spec.activeDeadlineSeconds was exceeded, so the crawl failed for good                  (not retried): {again}"
             ),
         )
     } else if count > backoff_limit {
         (
             Reason::BackoffLimitExceeded,
             format!(
-                "{what}; {failures} runs failed, more than spec.backoffLimit ({backoff_limit}),                  so the crawl failed for good: fix the cause and change its spec to run it again"
+                "{what}; {failures} runs failed, more than spec.backoffLimit ({backoff_limit}),                  so the crawl failed for good: fix the cause; {again}"
             ),
         )
     } else {

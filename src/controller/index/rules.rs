@@ -78,17 +78,17 @@ pub(super) fn check(
 pub(super) fn keep_off_workers(
     desired: &mut CrawlerResourceStatus,
     current: &CrawlerResourceStatus,
-    message: &str,
+    (reason, message): (Reason, &str),
     now: Timestamp,
 ) -> Option<PlanEvent> {
     set_unassigned(desired, Phase::Unschedulable);
-    set_assigned_condition(desired, current, false, Reason::InvalidRules, message, now);
+    set_assigned_condition(desired, current, false, reason, message, now);
     current
         .condition(CONDITION_ASSIGNED)
         .is_none_or(|c| c.message != message)
         .then(|| PlanEvent {
             warning: true,
-            reason: Reason::InvalidRules,
+            reason,
             note: stop_note(current, message),
         })
 }

@@ -7,7 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crawler_core::{Diagnosis, NotReady, Readiness, Request};
 
 use crate::{
-    crd::{CONDITION_ASSIGNED, CONDITION_RULES_VALID, CrawlerResourceStatus, Phase},
+    crd::{
+        CONDITION_ASSIGNED, CONDITION_RULES_VALID, CONDITION_SCHEDULED, CrawlerResourceStatus,
+        Phase,
+    },
     telemetry::AssignmentKind,
 };
 
@@ -53,6 +56,18 @@ pub enum Reason {
     /// `Assigned` condition (False) and Event (Warning): a run took longer than
     /// `spec.activeDeadlineSeconds`; the crawl is `Failed` for good until its spec changes.
     DeadlineExceeded,
+    /// `Scheduled` condition: the schedule is in force (the message says what its last firing
+    /// did).
+    Scheduled,
+    /// `Scheduled` condition and Event: a firing was skipped, the previous run has not finished
+    /// (`spec.concurrencyPolicy` Forbid).
+    ScheduleSkipped,
+    /// `Scheduled` condition and Event (Warning): a firing could not start within
+    /// `spec.startingDeadlineSeconds`.
+    MissedSchedule,
+    /// `Scheduled` and `Assigned` conditions and Event (Warning): `spec.schedule` or
+    /// `spec.timeZone` cannot be used; the crawl is not run.
+    InvalidSchedule,
 }
 
 impl Reason {
@@ -74,6 +89,10 @@ impl Reason {
             Self::BackOff => "BackOff",
             Self::BackoffLimitExceeded => "BackoffLimitExceeded",
             Self::DeadlineExceeded => "DeadlineExceeded",
+            Self::Scheduled => "Scheduled",
+            Self::ScheduleSkipped => "ScheduleSkipped",
+            Self::MissedSchedule => "MissedSchedule",
+            Self::InvalidSchedule => "InvalidSchedule",
         }
     }
 
@@ -155,11 +174,18 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
         last_failure: status.last_failure.clone(),
         retry_at: status.retry_at.clone(),
         failed_at: status.failed_at.clone(),
+        last_schedule_time: status.last_schedule_time.clone(),
+        last_successful_time: status.last_successful_time.clone(),
+        next_schedule_time: status.next_schedule_time.clone(),
         progress: None,
         conditions: status
             .conditions
             .iter()
-            .filter(|c| c.type_ == CONDITION_ASSIGNED || c.type_ == CONDITION_RULES_VALID)
+            .filter(|c| {
+                c.type_ == CONDITION_ASSIGNED
+                    || c.type_ == CONDITION_RULES_VALID
+                    || c.type_ == CONDITION_SCHEDULED
+            })
             .cloned()
             .collect(),
     }

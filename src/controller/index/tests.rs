@@ -2329,3 +2329,279 @@ fn a_finished_crawl_expires_once_its_ttl_passed() {
         ["b"]
     );
 }
+
+// === Scheduled crawls (issue 23) ===
+
+/// Seconds after [`ctx`]'s `now`, the scheduled resource's creation.
+fn at(policy: &dyn Policy, secs: i64) -> PlanContext<'_> {
+    PlanContext {
+        now: ctx(policy).now + jiff::SignedDuration::from_secs(secs),
+        ..ctx(policy)
+    }
+}
+
+fn t(secs: i64) -> Time {
+    Time(at(&LeastLoaded, secs).now)
+}
+
+/// Two live workers (heartbeats alive) and `a`, created at [`ctx`]'s `now` with
+/// `spec.schedule: @every 10s` and `concurrencyPolicy`, not yet planned.
+fn scheduled(
+    policy: crate::crd::ConcurrencyPolicy,
+    deadline: Option<i64>,
+) -> (Index, CrawlerResource) {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let now = Instant::now();
+    let leases = ["worker-1", "worker-2"].map(|w| heartbeat(w, Some(w), 100));
+    for lease in &leases {
+        index.apply_heartbeat(lease, now);
+    }
+    index.finish_heartbeat_list(&listed(&leases), now);
+    let mut r = resource("a", 1);
+    r.spec.schedule = Some("@every 10s".to_owned());
+    r.spec.concurrency_policy = Some(policy);
+    r.spec.starting_deadline_seconds = deadline;
+    r.metadata.creation_timestamp = Some(t(0));
+    index.reset_resources(std::slice::from_ref(&r));
+    (index, r)
+}
+
+fn status_of(r: &CrawlerResource) -> &CrawlerResourceStatus {
+    r.status.as_ref().unwrap()
+}
+
+fn scheduled_condition(r: &CrawlerResource) -> (String, String) {
+    let c = status_of(r)
+        .condition(crate::crd::CONDITION_SCHEDULED)
+        .unwrap();
+    (c.reason.clone(), c.message.clone())
+}
+
+fn due(index: &Index, secs: i64) -> bool {
+    index
+        .retries_due(at(&LeastLoaded, secs).now)
+        .contains(&Key::new(NS, "a"))
+}
+
+/// A scheduled crawl runs first at its first firing, each firing after a finished run starts a
+/// new run (a new assignment, `status.run` one more), and the tick's `retries_due` wakes it at
+/// `nextScheduleTime`; between runs it stays `Succeeded`, holding no room.
+#[test]
+fn a_scheduled_crawl_runs_at_each_firing_as_a_new_run() {
+    let (mut index, mut r) = scheduled(crate::crd::ConcurrencyPolicy::Forbid, None);
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 1));
+    let s = status_of(&r);
+    assert_eq!(s.phase, Some(Phase::Scheduled));
+    assert_eq!((s.assigned_worker.as_ref(), s.run), (None, None));
+    assert_eq!(s.next_schedule_time, Some(t(10)));
+    assert!(!due(&index, 9) && due(&index, 10));
+
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 10));
+    let s = status_of(&r);
+    assert_eq!(s.phase, Some(Phase::Assigned));
+    assert_eq!((s.run, s.assignments), (Some(1), Some(1)));
+    assert_eq!(s.last_schedule_time, Some(t(10)));
+    assert_eq!(s.next_schedule_time, Some(t(20)));
+    assert!(!due(&index, 15));
+
+    completed(&mut index, &mut r);
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 12));
+    let s = status_of(&r);
+    assert_eq!(s.phase, Some(Phase::Succeeded));
+    assert_eq!(s.last_successful_time, Some(t(12)));
+    assert_eq!(index.load(NS, "worker-1") + index.load(NS, "worker-2"), 0);
+    assert_eq!(
+        place_at(&mut index, &mut r, &at(&LeastLoaded, 19)),
+        Plan::Nothing
+    );
+
+    let Plan::Write(w) = place_at(&mut index, &mut r, &at(&LeastLoaded, 20)) else {
+        panic!("the firing at 20 s starts run 2")
+    };
+    let s = status_of(&r);
+    assert_eq!(s.phase, Some(Phase::Assigned));
+    assert_eq!((s.run, s.assignments), (Some(2), Some(2)));
+    assert_eq!(s.last_schedule_time, Some(t(20)));
+    let note = w.event.unwrap().note;
+    assert!(note.starts_with("run 2 (the firing at"), "{note}");
+    assert_eq!(scheduled_condition(&r).0, "Scheduled");
+}
+
+/// `Forbid`: a firing while the run is open is skipped (the `Scheduled` condition and an
+/// Event say so, once); as a CronJob, the most recent skipped firing runs when the run finishes
+/// unless it is older than `startingDeadlineSeconds`, then it is missed.
+#[test]
+fn forbid_skips_a_firing_while_the_run_is_open() {
+    for (deadline, runs_after) in [(None, true), (Some(3), false)] {
+        let (mut index, mut r) = scheduled(crate::crd::ConcurrencyPolicy::Forbid, deadline);
+        place_at(&mut index, &mut r, &at(&LeastLoaded, 10));
+        assert_eq!(status_of(&r).run, Some(1));
+        let Plan::Write(w) = place_at(&mut index, &mut r, &at(&LeastLoaded, 20)) else {
+            panic!("the skip is shown")
+        };
+        let event = w.event.unwrap();
+        assert_eq!(event.reason, Reason::ScheduleSkipped);
+        assert!(
+            event.note.contains("run 1 has not finished"),
+            "{}",
+            event.note
+        );
+        let s = status_of(&r);
+        assert_eq!(
+            (s.phase, s.run, s.assignments),
+            (Some(Phase::Assigned), Some(1), Some(1))
+        );
+        assert_eq!(
+            s.last_schedule_time,
+            Some(t(10)),
+            "a skipped firing is not acted on"
+        );
+        assert_eq!(
+            place_at(&mut index, &mut r, &at(&LeastLoaded, 21)),
+            Plan::Nothing
+        );
+
+        completed(&mut index, &mut r);
+        place_at(&mut index, &mut r, &at(&LeastLoaded, 25));
+        assert_eq!(phase_of(&r), Some(Phase::Succeeded));
+        let plan = place_at(&mut index, &mut r, &at(&LeastLoaded, 25));
+        let s = status_of(&r);
+        if runs_after {
+            assert_eq!((s.phase, s.run), (Some(Phase::Assigned), Some(2)));
+            assert_eq!(s.last_schedule_time, Some(t(20)));
+        } else {
+            let Plan::Write(w) = plan else {
+                panic!("the miss is shown")
+            };
+            assert_eq!(w.event.unwrap().reason, Reason::MissedSchedule);
+            assert_eq!((s.phase, s.run), (Some(Phase::Succeeded), Some(1)));
+            assert_eq!(scheduled_condition(&r).0, "MissedSchedule");
+        }
+    }
+}
+
+/// `Replace`: a firing while the run is open on a live worker releases it there first; the new
+/// run (a new assignment, run 2) is placed only once the worker confirmed the stop.
+#[test]
+fn replace_stops_the_open_run_before_the_new_one_starts() {
+    let (mut index, mut r) = scheduled(crate::crd::ConcurrencyPolicy::Replace, None);
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 10));
+    let worker = worker_of(&r).unwrap().to_owned();
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 20));
+    let s = status_of(&r);
+    assert_eq!((s.phase, s.run), (Some(Phase::Releasing), Some(1)));
+    assert_eq!(s.assigned_worker.as_deref(), Some(worker.as_str()));
+    assert!(scheduled_condition(&r).1.contains("replaces run 1"));
+    assert_eq!(
+        place_at(&mut index, &mut r, &at(&LeastLoaded, 21)),
+        Plan::Nothing
+    );
+    assert_eq!(
+        place_at(&mut index, &mut r, &at(&LeastLoaded, 30)),
+        Plan::Nothing,
+        "still waiting"
+    );
+
+    confirm(&mut index, &mut r, &worker, 1);
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 31));
+    let s = status_of(&r);
+    assert_eq!(s.phase, Some(Phase::Assigned));
+    assert_eq!((s.run, s.assignments), (Some(2), Some(2)));
+    // The most recent firing by then (30 s) started it; 20 s was superseded.
+    assert_eq!(s.last_schedule_time, Some(t(30)));
+    assert_eq!(s.failures, None, "backoffLimit counts per run");
+}
+
+/// `suspend: true` pauses the schedule: no next firing shown, none acted on; unsuspended, the
+/// most recent missed firing runs (a CronJob's, without a starting deadline).
+#[test]
+fn suspend_pauses_the_schedule() {
+    let (mut index, mut r) = scheduled(crate::crd::ConcurrencyPolicy::Forbid, None);
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 1));
+    r.spec.suspend = true;
+    r.metadata.generation = Some(2);
+    bump_resource_version(&mut r);
+    index.apply_resource(&r);
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 2));
+    let s = status_of(&r);
+    assert_eq!(
+        (s.phase, s.next_schedule_time.as_ref()),
+        (Some(Phase::Scheduled), None)
+    );
+    assert_eq!(scheduled_condition(&r).0, "Suspended");
+    assert!(!due(&index, 100));
+    assert_eq!(
+        place_at(&mut index, &mut r, &at(&LeastLoaded, 35)),
+        Plan::Nothing
+    );
+    assert_eq!(status_of(&r).run, None);
+
+    r.spec.suspend = false;
+    r.metadata.generation = Some(3);
+    bump_resource_version(&mut r);
+    index.apply_resource(&r);
+    place_at(&mut index, &mut r, &at(&LeastLoaded, 45));
+    let s = status_of(&r);
+    assert_eq!((s.phase, s.run), (Some(Phase::Assigned), Some(1)));
+    assert_eq!(s.last_schedule_time, Some(t(40)));
+}
+
+/// A crawl without a schedule: run 1 at its first placement, the same run after a move, and
+/// run 2 when its spec changes after it succeeded.
+#[test]
+fn a_spec_change_after_success_is_a_new_run() {
+    let (mut index, mut r) = live_workers_and_one_resource();
+    assert_eq!(status_of(&r).run, Some(1));
+    completed(&mut index, &mut r);
+    place(&mut index, &mut r);
+    assert_eq!(phase_of(&r), Some(Phase::Succeeded));
+    r.spec.max_depth = 2;
+    r.metadata.generation = Some(2);
+    bump_resource_version(&mut r);
+    index.apply_resource(&r);
+    place(&mut index, &mut r);
+    let s = status_of(&r);
+    assert_eq!(
+        (s.phase, s.run, s.assignments),
+        (Some(Phase::Assigned), Some(2), Some(2))
+    );
+    assert_eq!(s.next_schedule_time, None);
+    assert!(s.condition(crate::crd::CONDITION_SCHEDULED).is_none());
+}
+
+/// A schedule the schema lets through but that cannot be used (a minute of 60, an unknown
+/// zone) keeps the crawl off workers, saying what is wrong and what to do.
+#[test]
+fn an_invalid_schedule_is_reported_and_not_run() {
+    for (schedule, zone, says) in [
+        ("60 * * * *", None, "minute field: 60 is out of range"),
+        (
+            "@daily",
+            Some("Mars/Olympus"),
+            "spec.timeZone \"Mars/Olympus\"",
+        ),
+    ] {
+        let (mut index, mut r) = scheduled(crate::crd::ConcurrencyPolicy::Forbid, None);
+        r.spec.schedule = Some(schedule.to_owned());
+        r.spec.time_zone = zone.map(str::to_owned);
+        index.apply_resource(&r);
+        let Plan::Write(w) = place_at(&mut index, &mut r, &at(&LeastLoaded, 1)) else {
+            panic!("the error is shown")
+        };
+        let event = w.event.unwrap();
+        assert_eq!(event.reason, Reason::InvalidSchedule);
+        assert!(event.note.contains(says), "{}", event.note);
+        let s = status_of(&r);
+        assert_eq!(
+            (s.phase, s.assigned_worker.as_ref()),
+            (Some(Phase::Unschedulable), None)
+        );
+        let (reason, message) = scheduled_condition(&r);
+        assert_eq!(reason, "InvalidSchedule");
+        assert!(
+            message.contains("kubectl edit") || message.contains("IANA name"),
+            "{message}"
+        );
+    }
+}
