@@ -265,7 +265,11 @@ pub struct CrawlerResourceSpec {
     pub starting_deadline_seconds: Option<i64>,
 }
 
-/// What a firing of `spec.schedule` does while the previous run has not finished.
+/// What a firing of `spec.schedule` does while the previous run has not finished:
+/// `Forbid` (the default) skips the firing (an Event and the `Scheduled` condition say so);
+/// `Replace` stops the running run on its worker and, once the worker confirmed the stop,
+/// starts a new one. CronJob's `Allow` is not offered: a resource is one task with one
+/// frontier, and two runs of it cannot crawl at once.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConcurrencyPolicy {
     /// Skip the firing; the running run goes on.

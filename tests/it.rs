@@ -33,6 +33,7 @@ mod rebalance;
 mod reliability;
 mod results;
 mod rules;
+mod schedule;
 mod silent;
 mod smoke;
 mod store;

@@ -420,16 +420,19 @@ async fn expire_heartbeats(ctx: Arc<Context>) {
             ctx.queue.add_all(successors);
             ctx.queue.add_all(freed);
         }
-        if ticks.is_multiple_of(5) && ctx.leadership.borrow().is_leading_now() {
-            // Once a second: back-offs that ended, and finished crawls whose TTL passed (wall-clock times in
-            // status, so a new leader keeps them).
+        if ctx.leadership.borrow().is_leading_now() {
+            // Wall-clock times in status (so a new leader keeps them): back-offs that ended and
+            // schedules that fire, every tick (a firing starts within a tick of its time); and
+            // once a second, finished crawls whose TTL passed.
             let wall = Timestamp::now();
             let (retries, expired) = {
                 let mut index = ctx.index.lock();
-                if index.synced() {
+                if !index.synced() {
+                    (Vec::new(), Vec::new())
+                } else if ticks.is_multiple_of(5) {
                     (index.retries_due(wall), index.expired(wall))
                 } else {
-                    (Vec::new(), Vec::new())
+                    (index.retries_due(wall), Vec::new())
                 }
             };
             ctx.queue.add_all(retries);
@@ -688,8 +691,14 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
     if !ctx.leadership.borrow().is_leading_now() {
         return Ok(ReconcileOutcome::Nothing);
     }
+    // Whole seconds, truncated (never rounded up): a firing or a retry is never acted on before
+    // its time, which the tick compares with the clock unrounded.
     let now = Timestamp::now()
-        .round(jiff::Unit::Second)
+        .round(
+            jiff::TimestampRound::new()
+                .smallest(jiff::Unit::Second)
+                .mode(jiff::RoundMode::Trunc),
+        )
         .unwrap_or_else(|_| Timestamp::now());
     let plan = {
         let mut index = ctx.index.lock();
