@@ -212,6 +212,8 @@ async fn unschedulable_until_a_worker_is_ready() {
             "ASSIGNMENTS",
             "SUSPENDED",
             "FAILURES",
+            "RUN",
+            "NEXT",
             "COMPLETED"
         ],
         "{text}"

@@ -468,7 +468,8 @@ async fn a_spec_change_after_success_is_a_new_run() {
 }
 
 /// The API server refuses what the schema can see: a schedule that is not cron syntax, CronJob's
-/// `Allow`, a TTL on a scheduled crawl; `kubectl explain` describes every new field.
+/// `Allow`, a TTL on a scheduled crawl; it accepts `examples/scheduled.yaml`; `kubectl explain`
+/// describes every new field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_fields_are_validated_at_apply_and_explained() {
     let story = Story::new("schedule-explain").await;
@@ -502,6 +503,16 @@ async fn the_schedule_fields_are_validated_at_apply_and_explained() {
         let message = story.refused_spec(&spec).await;
         assert!(message.contains(says), "{spec}: {message}");
     }
+    // The example in the repository is accepted as it is.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/scheduled.yaml"
+    ))
+    .unwrap();
+    let example: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    story
+        .apply_resource("nightly-books", example["spec"].clone())
+        .await;
     for (path, expected) in [
         ("crawlerresources.spec.schedule", "@every <duration>"),
         ("crawlerresources.spec.timeZone", "IANA time zone"),
