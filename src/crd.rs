@@ -227,8 +227,8 @@ pub struct CrawlerResourceSpec {
     #[schemars(range(min = 0, max = 31_536_000))]
     pub ttl_seconds_after_finished: Option<i32>,
 
-    /// Run the crawl again and again, as a CronJob: each firing starts a new run from the seeds
-    /// (`status.run` adds one). CronJob's syntax: five fields `minute hour day-of-month month
+    /// Run the crawl again and again, as a `CronJob`: each firing starts a new run from the seeds
+    /// (`status.run` adds one). `CronJob`'s syntax: five fields `minute hour day-of-month month
     /// day-of-week` (e.g. `0 3 * * *`, `*/15 * * * MON-FRI`) or `@hourly`, `@daily`, `@weekly`,
     /// `@monthly`, `@yearly`; as an extension, `@every <duration>` (e.g. `@every 30s`, at least
     /// 5s) fires that long after the previous firing. The first run is at the first firing; a
@@ -241,7 +241,7 @@ pub struct CrawlerResourceSpec {
     #[x_kube(validation = Rule::new(r"self.matches('^ *(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|@every +[0-9][0-9a-zA-Z. ]*|[0-9A-Za-z*?/,-]+( +[0-9A-Za-z*?/,-]+){4}) *$')").message("schedule must be five cron fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *'), a macro (@hourly, @daily, @weekly, @monthly, @yearly) or '@every <duration>' (e.g. '@every 30s'); set the time zone in spec.timeZone, not in the schedule"))]
     pub schedule: Option<String>,
 
-    /// The IANA time zone `spec.schedule` is read in, e.g. `Europe/Paris`, as a CronJob's
+    /// The IANA time zone `spec.schedule` is read in, e.g. `Europe/Paris`, as a `CronJob`'s
     /// `timeZone` (default `UTC`). A name the controller's time zone database does not know is
     /// reported in the `Scheduled` condition, and the crawl is not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,13 +252,13 @@ pub struct CrawlerResourceSpec {
     /// What a firing does while the previous run of a scheduled crawl has not finished:
     /// `Forbid` (the default) skips the firing (an Event and the `Scheduled` condition say so);
     /// `Replace` stops the running run on its worker and, once the worker confirmed the stop,
-    /// starts a new one. CronJob's `Allow` is not offered: a resource is one task with one
+    /// starts a new one. `CronJob`'s `Allow` is not offered: a resource is one task with one
     /// frontier, and two runs of it cannot crawl at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_policy: Option<ConcurrencyPolicy>,
 
     /// A firing that could not be acted on within this many seconds (no controller led, the
-    /// schedule was suspended) is skipped, as a CronJob's `startingDeadlineSeconds`. Unset: the
+    /// schedule was suspended) is skipped, as a `CronJob`'s `startingDeadlineSeconds`. Unset: the
     /// most recent missed firing runs as soon as it can (earlier ones are not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31_536_000))]
@@ -268,7 +268,7 @@ pub struct CrawlerResourceSpec {
 /// What a firing of `spec.schedule` does while the previous run has not finished:
 /// `Forbid` (the default) skips the firing (an Event and the `Scheduled` condition say so);
 /// `Replace` stops the running run on its worker and, once the worker confirmed the stop,
-/// starts a new one. CronJob's `Allow` is not offered: a resource is one task with one
+/// starts a new one. `CronJob`'s `Allow` is not offered: a resource is one task with one
 /// frontier, and two runs of it cannot crawl at once.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConcurrencyPolicy {
@@ -473,10 +473,10 @@ pub struct CrawlerResourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<Time>,
     /// A scheduled crawl: the firing of `spec.schedule` that started the current (or last) run,
-    /// as a CronJob's `lastScheduleTime`.
+    /// as a `CronJob`'s `lastScheduleTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,
-    /// A scheduled crawl: when a run last succeeded, as a CronJob's `lastSuccessfulTime`.
+    /// A scheduled crawl: when a run last succeeded, as a `CronJob`'s `lastSuccessfulTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<Time>,
     /// A scheduled crawl: when `spec.schedule` fires next (none while `spec.suspend` is true or

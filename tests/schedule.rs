@@ -219,7 +219,7 @@ async fn a_schedule_runs_the_crawl_at_each_firing_as_a_new_run() {
 
 /// `Forbid`: a firing while a slow run (7 pages at one a second) is open is skipped, which the
 /// `Scheduled` condition (reason `ScheduleSkipped`) and an Event show; run 1 goes on to the end,
-/// and (as a CronJob's, without a starting deadline) the skipped firing starts run 2 once run 1
+/// and (as a `CronJob`'s, without a starting deadline) the skipped firing starts run 2 once run 1
 /// finished: the site never sees the two runs at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbid_skips_a_firing_while_a_slow_run_is_open() {
@@ -352,7 +352,7 @@ async fn replace_stops_the_open_run_before_the_next_starts() {
 }
 
 /// `suspend: true` pauses the schedule: no next firing shown, nothing fetched over two firings;
-/// unsuspended, the most recent missed firing runs (as a CronJob's without a starting deadline).
+/// unsuspended, the most recent missed firing runs (as a `CronJob`'s without a starting deadline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_pauses_the_schedule() {
     let (site, story) = worker_1_running("schedule-suspend").await;
@@ -467,7 +467,7 @@ async fn a_spec_change_after_success_is_a_new_run() {
     verdict.print_and_assert();
 }
 
-/// The API server refuses what the schema can see: a schedule that is not cron syntax, CronJob's
+/// The API server refuses what the schema can see: a schedule that is not cron syntax, `CronJob`'s
 /// `Allow`, a TTL on a scheduled crawl; it accepts `examples/scheduled.yaml`; `kubectl explain`
 /// describes every new field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,12 @@
 //! When a scheduled crawl fires: `spec.schedule` parsed, and the timing of its firings in a time
 //! zone. Pure: instants and a time zone in, instants out (the caller looks the zone up by name).
 //!
-//! The syntax is a CronJob's (robfig/cron's standard parser, which Kubernetes uses): five fields
+//! The syntax is a `CronJob`'s (robfig/cron's standard parser, which Kubernetes uses): five fields
 //! `minute hour day-of-month month day-of-week` with `*`, `?`, lists (`1,15`), ranges (`1-5`),
 //! steps (`*/10`, `5/15` = `5-59/15`), month names `JAN`-`DEC` and day names `SUN`-`SAT`
 //! (day of week 0-6, Sunday 0); the macros `@yearly` (`@annually`), `@monthly`, `@weekly`, `@daily`
 //! (`@midnight`) and `@hourly`. When both day fields are restricted, a day matches either (as in
-//! Vixie cron and robfig); when either is `*`, both must match. As an extension of CronJob's
+//! Vixie cron and robfig); when either is `*`, both must match. As an extension of `CronJob`'s
 //! documented syntax, `@every <duration>` (e.g. `@every 30s`, `@every 1h30m`) fires every
 //! duration after the last firing, at least [`MIN_EVERY`] apart.
 //!
@@ -86,14 +86,14 @@ pub enum CronError {
     InlineTimeZone(String),
 }
 
-/// The firings between the last one acted on and now, as a CronJob judges them.
+/// The firings between the last one acted on and now, as a `CronJob` judges them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Firings {
     /// The firing to act on now: the most recent one in `(since, now]`, unless it is older than the
-    /// starting deadline (earlier ones in that range are superseded by it, as in a CronJob).
+    /// starting deadline (earlier ones in that range are superseded by it, as in a `CronJob`).
     pub due: Option<Timestamp>,
     /// The most recent firing in `(since, now]` when it is older than the starting deadline: it
-    /// is not run (a CronJob's missed schedule).
+    /// is not run (a `CronJob`'s missed schedule).
     pub missed: Option<Timestamp>,
     /// The first firing after `now` (none within five years: the schedule never matches).
     pub next: Option<Timestamp>,
@@ -363,7 +363,7 @@ impl Cron {
 
     /// The firings in `(since, now]` and the next one after `now` (see [`Firings`]). `since`:
     /// the last firing acted on (or when the schedule began: the resource's creation). A firing
-    /// more than `starting_deadline` before `now` is missed, as a CronJob's
+    /// more than `starting_deadline` before `now` is missed, as a `CronJob`'s
     /// `startingDeadlineSeconds`.
     pub fn firings(
         &self,
@@ -452,10 +452,7 @@ fn next_fields(fields: &Fields, t: Timestamp, tz: &TimeZone) -> Option<Timestamp
         .build()
         .ok()?;
     let mut best: Option<(Timestamp, DateTime)> = None;
-    loop {
-        let Some(candidate) = fields.next_civil(c, limit) else {
-            break;
-        };
+    while let Some(candidate) = fields.next_civil(c, limit) {
         c = candidate;
         if let Some((_, at)) = best
             && c > at.checked_add(back).ok()?
@@ -496,7 +493,7 @@ fn backward_jump(tz: &TimeZone, t: Timestamp) -> SignedDuration {
             );
             Some(before.duration_since(tr.offset()))
         })
-        .filter(|jump| jump.is_positive())
+        .filter(SignedDuration::is_positive)
         .max()
         .unwrap_or(SignedDuration::ZERO)
 }

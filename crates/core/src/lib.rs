@@ -18,7 +18,7 @@
 //! [`TokenBucket`], with [`Hysteresis`]); its targets are the ones placement would choose.
 //!
 //! [`Cron`] times a scheduled crawl's firings (`spec.schedule` in `spec.timeZone`): the next one
-//! after an instant, and the one to act on now as a CronJob would.
+//! after an instant, and the one to act on now as a `CronJob` would.
 //!
 //! [`Schedule`] runs many decisions over a worker table it owns (tests, benchmarks), and
 //! [`original_algorithm`] keeps the original Go master's algorithm as the benchmark baseline.

@@ -153,14 +153,14 @@ pub(super) fn set_scheduled_condition(
     desired
         .conditions
         .retain(|c| c.type_ != CONDITION_SCHEDULED);
-    let Some(timing) = timing else {
-        return None;
-    };
+    let timing = timing?;
     let what = |t: &Timing| format!("spec.schedule {:?} in {}", t.cron.to_string(), t.zone_name);
     let run = current.run.unwrap_or(1);
     let (status, reason, message, warning) = match (step, timing) {
         (Step::None, _) => return None,
-        (Step::Invalid(message), _) => ("False", Reason::InvalidSchedule, message.clone(), true),
+        (Step::Invalid(message), _) | (_, Err(message)) => {
+            ("False", Reason::InvalidSchedule, message.clone(), true)
+        }
         (Step::Suspended, Ok(t)) => (
             "False",
             Reason::Suspended,
@@ -221,7 +221,6 @@ pub(super) fn set_scheduled_condition(
                 false,
             )
         }
-        (_, Err(message)) => ("False", Reason::InvalidSchedule, message.clone(), true),
     };
     let changed = current
         .condition(CONDITION_SCHEDULED)

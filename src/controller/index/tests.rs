@@ -2429,7 +2429,7 @@ fn a_scheduled_crawl_runs_at_each_firing_as_a_new_run() {
 }
 
 /// `Forbid`: a firing while the run is open is skipped (the `Scheduled` condition and an
-/// Event say so, once); as a CronJob, the most recent skipped firing runs when the run finishes
+/// Event say so, once); as a `CronJob`, the most recent skipped firing runs when the run finishes
 /// unless it is older than `startingDeadlineSeconds`, then it is missed.
 #[test]
 fn forbid_skips_a_firing_while_the_run_is_open() {
@@ -2514,7 +2514,7 @@ fn replace_stops_the_open_run_before_the_new_one_starts() {
 }
 
 /// `suspend: true` pauses the schedule: no next firing shown, none acted on; unsuspended, the
-/// most recent missed firing runs (a CronJob's, without a starting deadline).
+/// most recent missed firing runs (a `CronJob`'s, without a starting deadline).
 #[test]
 fn suspend_pauses_the_schedule() {
     let (mut index, mut r) = scheduled(crate::crd::ConcurrencyPolicy::Forbid, None);
