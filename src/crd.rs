@@ -406,7 +406,8 @@ pub enum Phase {
     /// The crawl of the current spec finished (its worker reported `Completed` for the current
     /// assignment): unassigned, it holds no room on any worker and never runs again, whatever
     /// happens to workers or controllers, until its spec changes (a `metadata.generation` above
-    /// `completedGeneration`). `lastWorker` and `completedAt` say where and when.
+    /// `completedGeneration`), or, with `spec.schedule`, until its next firing.
+    /// `lastWorker` and `completedAt` say where and when.
     Succeeded,
     /// The last run failed (`lastFailure` says how) and fewer than `spec.backoffLimit` runs
     /// have failed: unassigned, it holds no room, and is placed again at `retryAt`.
@@ -454,7 +455,8 @@ pub struct CrawlerResourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
     /// The `metadata.generation` of the spec whose run completed. A spec change (a higher
-    /// generation) runs the crawl again; nothing else does.
+    /// generation) runs the crawl again; nothing else does (with `spec.schedule`: only its next
+    /// firing does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_generation: Option<i64>,
     /// Failed runs of the spec of `observedGeneration` (a spec change starts the count again).
