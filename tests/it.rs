@@ -24,6 +24,7 @@ mod container;
 mod controller;
 mod demo;
 mod export;
+mod fence;
 mod finished;
 mod handoff;
 mod heartbeat;

@@ -42,7 +42,7 @@ use crawler_core::{Policy, PolicyKind};
 
 use self::queue::WorkQueue;
 use crate::{
-    crd::CrawlerResource,
+    crd::{ControllerTerm, CrawlerResource},
     heartbeat,
     leader::Leadership,
     telemetry::{
@@ -67,7 +67,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Bound on each status write, so a hung API server cannot hold a decision forever.
     pub write_timeout: Duration,
-    /// Name of this replica in Events.
+    /// Name of this replica in Events, and in the term stamped on its status writes
+    /// (`status.controllerTerm.holder`): its leader-election identity.
     pub instance: String,
     /// `--rebalance` and its flags; `None`: off (the default), nothing well placed ever moves.
     pub rebalance: Option<rebalance::RebalanceSettings>,
@@ -95,6 +96,19 @@ pub enum Error {
          write to finish; retrying after the next renewal"
     )]
     TermEnding { key: Key, left: Duration },
+    #[error(
+        "status write of {key} refused by the leader fence (the API server's copy of the \
+         leader Lease does not name this replica's term {holder}/{transitions}); retrying. If \
+         this persists while this replica leads, the Lease is not the one this controller \
+         elects with (--lease-name, --lease-namespace against the chart's \
+         controller.leaderElection.leaseName), or the controller image predates the fence: {message}"
+    )]
+    Fenced {
+        key: Key,
+        holder: String,
+        transitions: i32,
+        message: String,
+    },
 }
 
 impl Error {
@@ -105,6 +119,7 @@ impl Error {
             Error::Write { .. } => "write",
             Error::Timeout { .. } => "timeout",
             Error::TermEnding { .. } => "term_ending",
+            Error::Fenced { .. } => "fenced",
         }
     }
 }
@@ -637,8 +652,21 @@ async fn report(ctx: Arc<Context>) {
 /// decision is only written by a leader (`None`: not leading), and only if it can finish within
 /// the term (the local deadline of the last renewal): its timeout never reaches past that
 /// deadline, and it is not sent at all when too little is left.
-fn write_time(ctx: &Context, key: &Key, now: Instant) -> Result<Option<Duration>, Error> {
-    let valid_until = ctx.leadership.borrow().valid_until();
+///
+/// `decided_in`: when the term the decision was made in began; a decision of an earlier term
+/// is not written (the new term's full pass decides again).
+fn write_time(
+    ctx: &Context,
+    key: &Key,
+    now: Instant,
+    decided_in: Instant,
+) -> Result<Option<Duration>, Error> {
+    let valid_until = match &*ctx.leadership.borrow() {
+        Leadership::Leading {
+            since, valid_until, ..
+        } if *since == decided_in => Some(*valid_until),
+        _ => None,
+    };
     let Some(left) = valid_until
         .map(|until| until.saturating_duration_since(now))
         .filter(|left| !left.is_zero())
@@ -685,9 +713,16 @@ async fn write_within_term(
 
 /// Decide under the index lock, write without it.
 async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> {
-    if !ctx.leadership.borrow().is_leading_now() {
-        return Ok(ReconcileOutcome::Nothing);
-    }
+    // The term this decision is made in: stamped on the write, which the leader fence refuses
+    // once the Lease has moved on to another term.
+    let (term, since) = match &*ctx.leadership.borrow() {
+        Leadership::Leading {
+            term,
+            since,
+            valid_until,
+        } if Instant::now() < *valid_until => (*term, *since),
+        _ => return Ok(ReconcileOutcome::Nothing),
+    };
     let now = Timestamp::now()
         .round(jiff::Unit::Second)
         .unwrap_or_else(|_| Timestamp::now());
@@ -705,15 +740,19 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             },
         )
     };
-    let write = match plan {
+    let mut write = match plan {
         Plan::Nothing => return Ok(ReconcileOutcome::Nothing),
         Plan::Wait => return Ok(ReconcileOutcome::Wait),
         Plan::Write(write) => write,
     };
     let sent = Instant::now();
-    let Some(timeout) = write_time(ctx, key, sent)? else {
+    let Some(timeout) = write_time(ctx, key, sent, since)? else {
         return Ok(ReconcileOutcome::Nothing);
     };
+    write.status.controller_term = Some(ControllerTerm {
+        holder: ctx.settings.instance.clone(),
+        lease_transitions: term,
+    });
     let api: Api<CrawlerResource> = Api::namespaced(ctx.client.clone(), &key.namespace);
     // Server-side apply of the controller's fields only, carrying the resourceVersion the decision
     // was made on: the API server refuses it (409) if the object changed meanwhile.
@@ -765,6 +804,16 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             ctx.metrics.status_write(WriteOutcome::Conflict);
             Err(Error::Conflict { key: key.clone() })
         }
+        Ok(Err(kube::Error::Api(status))) if is_fence_refusal(&status) => {
+            ctx.index.lock().forget(key);
+            ctx.metrics.status_write(WriteOutcome::Error);
+            Err(Error::Fenced {
+                key: key.clone(),
+                holder: ctx.settings.instance.clone(),
+                transitions: term,
+                message: status.message,
+            })
+        }
         Ok(Err(source)) => {
             ctx.index.lock().forget(key);
             ctx.metrics.status_write(WriteOutcome::Error);
@@ -786,6 +835,19 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             })
         }
     }
+}
+
+/// Marks the leader fence's refusals: the chart's policy starts its message with it.
+pub const FENCE_MESSAGE_PREFIX: &str = "leader fence:";
+
+/// A 403 from the chart's leader-fence admission policy (not RBAC): the API server's copy of
+/// the Lease names another holder or term than the write's stamp. Retried like any failed write:
+/// at a term's start the API server's Lease cache may lag the takeover by milliseconds.
+/// (The Lease missing, `parameterNotFoundAction: Deny`, is refused with 422 and the API
+/// server's own message, which names the policy.)
+fn is_fence_refusal(status: &kube::core::Status) -> bool {
+    (status.code == 403 && status.message.contains(FENCE_MESSAGE_PREFIX))
+        || (status.code == 422 && status.message.contains("-leader-fence' with binding"))
 }
 
 /// A status write is not sent when less than this is left of the term: it could not finish

@@ -155,6 +155,9 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
         last_failure: status.last_failure.clone(),
         retry_at: status.retry_at.clone(),
         failed_at: status.failed_at.clone(),
+        // Stamped at write time (the term that decides the write), never compared: a new
+        // leader does not rewrite a resource whose decision is still right.
+        controller_term: None,
         progress: None,
         conditions: status
             .conditions
