@@ -30,6 +30,7 @@ mod handoff;
 mod heartbeat;
 mod jobfields;
 mod leader;
+mod pause;
 mod rebalance;
 mod reliability;
 mod results;

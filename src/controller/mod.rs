@@ -843,11 +843,8 @@ pub const FENCE_MESSAGE_PREFIX: &str = "leader fence:";
 /// A 403 from the chart's leader-fence admission policy (not RBAC): the API server's copy of
 /// the Lease names another holder or term than the write's stamp. Retried like any failed write:
 /// at a term's start the API server's Lease cache may lag the takeover by milliseconds.
-/// (The Lease missing, `parameterNotFoundAction: Deny`, is refused with 422 and the API
-/// server's own message, which names the policy.)
 fn is_fence_refusal(status: &kube::core::Status) -> bool {
-    (status.code == 403 && status.message.contains(FENCE_MESSAGE_PREFIX))
-        || (status.code == 422 && status.message.contains("-leader-fence' with binding"))
+    status.code == 403 && status.message.contains(FENCE_MESSAGE_PREFIX)
 }
 
 /// A status write is not sent when less than this is left of the term: it could not finish
