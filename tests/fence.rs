@@ -3,7 +3,7 @@
 //! must not land, also on a resource the next leader never writes (which the resourceVersion
 //! fence cannot catch: nothing wrote it since the decision).
 //!
-//! The controllers run as the chart's controller ServiceAccount (a token from the `TokenRequest`
+//! The controllers run as the chart's controller `ServiceAccount` (a token from the `TokenRequest`
 //! API, with the chart's RBAC), which is what the policy matches. The scenario: everything
 //! controller-a sends is held in the network (a proxy that holds what the client sends and
 //! still delivers what the server sends), worker-1 turns not ready, and controller-a moves every
@@ -19,7 +19,7 @@
 //! The policies are cluster-scoped, so this suite has a control plane of its own
 //! ([`support::OWN_CONTROL_PLANE`]).
 
-use crate::{admission, chart, support};
+use crate::{admission, chart, reliability, support};
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -40,23 +40,41 @@ use support::{
 
 const RESOURCES: usize = 120;
 
+/// CI runs the scenario once; `make soak` (`CRAWLER_SOAK=1`) `CRAWLER_SOAK_FENCE_CYCLES` times
+/// (5), each in a namespace and release of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_write_held_past_the_term_is_refused_by_the_leader_fence() {
-    let run = held_writes_delivered_after_the_term("fence-on", true).await;
-    for v in [&run.late, &run.writes] {
+    let cycles = if reliability::soak() {
+        reliability::soak_cycles("CRAWLER_SOAK_FENCE_CYCLES", 5)
+    } else {
+        1
+    };
+    let (mut late, mut writes) = (Verdict::new("late-writes"), Verdict::new("leader-writes"));
+    for cycle in 0..cycles {
+        let release = if cycle == 0 {
+            "fence-on".to_owned()
+        } else {
+            format!("fence-on-{cycle}")
+        };
+        let run = held_writes_delivered_after_the_term(&release, true).await;
+        assert!(
+            run.abandoned > 0,
+            "no write of controller-a was in flight at the freeze, the scenario did not \
+             happen:\n{}",
+            run.logs
+        );
+        assert!(
+            run.refused > 0,
+            "the fence refused none of the held writes: did they reach the API server? ({})",
+            run.late.line()
+        );
+        late.absorb(run.late);
+        writes.absorb(run.writes);
+    }
+    for v in [&late, &writes] {
         println!("{}", v.line());
     }
-    assert!(
-        run.abandoned > 0,
-        "no write of controller-a was in flight at the freeze, the scenario did not happen:\n{}",
-        run.logs
-    );
-    assert!(
-        run.refused > 0,
-        "the fence refused none of the held writes: did they reach the API server? ({})",
-        run.late.line()
-    );
-    for v in [&run.late, &run.writes] {
+    for v in [&late, &writes] {
         v.assert_clean();
     }
 }
@@ -79,6 +97,28 @@ async fn without_the_leader_fence_a_write_held_past_the_term_lands() {
         run.late.line(),
         run.logs
     );
+}
+
+/// `kubectl explain` describes the stamp and what checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_describes_the_controller_term() {
+    let story = Story::new("fence-explain").await;
+    for (path, expected) in [
+        (
+            "crawlerresources.status.controllerTerm",
+            "`<fullname>-leader-fence` refuses a controller status write whose term is not the Lease's current one",
+        ),
+        (
+            "crawlerresources.status.controllerTerm.holder",
+            "the Lease's `holderIdentity` while it led",
+        ),
+        (
+            "crawlerresources.status.controllerTerm.leaseTransitions",
+            "one more for every acquisition",
+        ),
+    ] {
+        story.wait_for_explain(path, expected).await;
+    }
 }
 
 /// What one run of the scenario found.
@@ -323,7 +363,6 @@ async fn fence_denials(client: &kube::Client, release: &str) -> usize {
                 && l.contains(&policy)
                 && l.contains("enforcement_action=\"deny\"")
         })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as usize)
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
         .sum()
 }

@@ -715,13 +715,8 @@ async fn write_within_term(
 async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> {
     // The term this decision is made in: stamped on the write, which the leader fence refuses
     // once the Lease has moved on to another term.
-    let (term, since) = match &*ctx.leadership.borrow() {
-        Leadership::Leading {
-            term,
-            since,
-            valid_until,
-        } if Instant::now() < *valid_until => (*term, *since),
-        _ => return Ok(ReconcileOutcome::Nothing),
+    let Some((term, since)) = leading_term(ctx) else {
+        return Ok(ReconcileOutcome::Nothing);
     };
     let now = Timestamp::now()
         .round(jiff::Unit::Second)
@@ -804,23 +799,10 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             ctx.metrics.status_write(WriteOutcome::Conflict);
             Err(Error::Conflict { key: key.clone() })
         }
-        Ok(Err(kube::Error::Api(status))) if is_fence_refusal(&status) => {
-            ctx.index.lock().forget(key);
-            ctx.metrics.status_write(WriteOutcome::Error);
-            Err(Error::Fenced {
-                key: key.clone(),
-                holder: ctx.settings.instance.clone(),
-                transitions: term,
-                message: status.message,
-            })
-        }
         Ok(Err(source)) => {
             ctx.index.lock().forget(key);
             ctx.metrics.status_write(WriteOutcome::Error);
-            Err(Error::Write {
-                key: key.clone(),
-                source,
-            })
+            Err(write_error(ctx, key, term, source))
         }
         Err(_) => {
             // The write may still land; forgetting is safe because its watch event will be applied.
@@ -834,6 +816,35 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
                 timeout,
             })
         }
+    }
+}
+
+/// A failed status write (not a conflict) as the reconcile reports it: the leader fence's
+/// refusal says so.
+fn write_error(ctx: &Context, key: &Key, term: i32, source: kube::Error) -> Error {
+    match source {
+        kube::Error::Api(status) if is_fence_refusal(&status) => Error::Fenced {
+            key: key.clone(),
+            holder: ctx.settings.instance.clone(),
+            transitions: term,
+            message: status.message,
+        },
+        source => Error::Write {
+            key: key.clone(),
+            source,
+        },
+    }
+}
+
+/// The term this replica leads in now (`leaseTransitions`, and when it began), if it does.
+fn leading_term(ctx: &Context) -> Option<(i32, Instant)> {
+    match &*ctx.leadership.borrow() {
+        Leadership::Leading {
+            term,
+            since,
+            valid_until,
+        } if Instant::now() < *valid_until => Some((*term, *since)),
+        _ => None,
     }
 }
 
@@ -928,4 +939,33 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, message: &str) -> kube::core::Status {
+        let mut status = kube::core::Status::failure(message, "Forbidden");
+        status.code = code;
+        status
+    }
+
+    #[test]
+    fn only_the_leader_fences_refusal_counts_as_fenced() {
+        let fenced = "crawlerresources.crawler.dev \"r\" is forbidden: ValidatingAdmissionPolicy \
+                      'c-leader-fence' with binding 'c-leader-fence' denied request: leader fence: \
+                      this status write was decided in term a/3, but Lease ns/l is in term b/4";
+        assert!(is_fence_refusal(&status(403, fenced)));
+        // RBAC, another policy, a conflict: not the fence.
+        assert!(!is_fence_refusal(&status(
+            403,
+            "crawlerresources.crawler.dev \"r\" is forbidden: User \"x\" cannot patch resource"
+        )));
+        assert!(!is_fence_refusal(&status(
+            403,
+            "ValidatingAdmissionPolicy 'c-cookie-secret-access' denied request: spec.cookieSecretRef"
+        )));
+        assert!(!is_fence_refusal(&status(409, fenced)));
+    }
 }

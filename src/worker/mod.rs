@@ -141,6 +141,7 @@ fn final_report_retry() -> impl Iterator<Item = Duration> {
 }
 
 /// Runs the worker until `shutdown` resolves; then stops every task and releases the heartbeat.
+#[allow(clippy::too_many_lines)] // the worker's wiring and its main loop, top to bottom
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -153,7 +154,6 @@ pub async fn run(
     health.set_not_ready("waiting for the first heartbeat renewal");
 
     let (alive_tx, mut alive) = watch::channel(false);
-    // Until when the heartbeat is known valid: every crawl checks it before each request.
     let (deadline_tx, deadline_rx) = watch::channel(None::<tokio::time::Instant>);
     let (stop_tx, stop_rx) = watch::channel(false);
     // When the view of the assignments was last proven complete (the send time of the latest

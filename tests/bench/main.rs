@@ -514,8 +514,13 @@ async fn controller_benchmarks() {
             }
             if cfg.enabled("bulk-fence") {
                 // The leader fence's cost per write: the same bulk as one ServiceAccount,
-                // without and with the chart's policy.
-                for fence in [false, true] {
+                // without and with the chart's policy, alternating `BENCH_FENCE_ROUNDS` times
+                // (2): on a shared machine one pair is mostly noise.
+                let rounds = std::env::var("BENCH_FENCE_ROUNDS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2);
+                for fence in (0..rounds).flat_map(|_| [false, true]) {
                     let variant = scenario_bulk(
                         cp,
                         &cfg,

@@ -166,7 +166,7 @@ impl Proxy {
     /// [`Proxy::thaw`], but on each connection only what it held is delivered at once; what its
     /// client sent after that arrives `delay` later. So a request held in the network is served
     /// in full even if its client gave up on it meanwhile. (Delivered back to back, a request
-    /// and the TLS close_notify and FIN behind it make the API server cancel the request: Go
+    /// and the TLS `close_notify` and FIN behind it make the API server cancel the request: Go
     /// cancels a request whose client hung up, usually before it commits. A client that is
     /// paused, or a network that delays later packets too, sends no such close in time.)
     pub fn thaw_delaying_the_rest(&self, delay: Duration) {

@@ -63,7 +63,7 @@ pub struct Story {
     /// The election flags controllers are started with.
     pub election: Election,
     /// The kubeconfig controllers are started with (default: the admin's), e.g. one with a
-    /// token of the chart's controller ServiceAccount.
+    /// token of the chart's controller `ServiceAccount`.
     pub controller_kubeconfig: Option<PathBuf>,
 }
 

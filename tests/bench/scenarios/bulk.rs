@@ -140,16 +140,16 @@ pub(crate) async fn scenario_bulk(
     let client = cp.client();
     let variant = !matches!(as_user, BulkAs::Admin);
     let ns = cp.namespace(as_user.prefix()).await;
-    let kubeconfig = match as_user {
-        BulkAs::Admin => cp.kubeconfig_path().to_path_buf(),
-        BulkAs::NoEvents(path) => path.to_path_buf(),
-        BulkAs::ServiceAccount { fence } => fenced_identity(cp, ns.name(), fence).await,
-    };
     let n = cfg.resources;
     create_workers(&client, ns.name(), cfg.workers).await;
     let names: Vec<String> = (0..n).map(|i| format!("r-{i:06}")).collect();
     let create_time = create_resources(&client, ns.name(), Arc::new(names.clone()), 0, 32).await;
     println!("bench: bulk: {n} resources created in {create_time:.1?}");
+    let kubeconfig = match as_user {
+        BulkAs::Admin => cp.kubeconfig_path().to_path_buf(),
+        BulkAs::NoEvents(path) => path.to_path_buf(),
+        BulkAs::ServiceAccount { fence } => fenced_identity(cp, ns.name(), fence).await,
+    };
     let mut fleet = Fleet {
         cp,
         resources: resource_observer(&client, ns.name()),
@@ -465,7 +465,7 @@ pub(crate) enum BulkAs<'a> {
     Admin,
     /// A user RBAC refuses `events create`, through this kubeconfig (scenario 2b).
     NoEvents(&'a Path),
-    /// ServiceAccount [`FENCED_ACCOUNT`] of the bulk namespace, with or without the chart's
+    /// `ServiceAccount` [`FENCED_ACCOUNT`] of the bulk namespace, with or without the chart's
     /// leader fence (scenarios 2c and 2d).
     ServiceAccount { fence: bool },
 }
@@ -510,10 +510,10 @@ impl BulkAs<'_> {
     }
 }
 
-/// The ServiceAccount the 2c and 2d bulk runs impersonate (in the bulk namespace).
+/// The `ServiceAccount` the 2c and 2d bulk runs impersonate (in the bulk namespace).
 const FENCED_ACCOUNT: &str = "bench-controller";
 
-/// RBAC for ServiceAccount [`FENCED_ACCOUNT`] of `ns` (everything the controller needs), a
+/// RBAC for `ServiceAccount` [`FENCED_ACCOUNT`] of `ns` (everything the controller needs), a
 /// `FlowSchema` that keeps it exempt from API Priority and Fairness (as the admin is), a
 /// kubeconfig that impersonates it, and, with `fence`, the chart's leader fence for it
 /// (rendered by `helm template`, applied, and waited for until enforced). Returns the
@@ -626,13 +626,8 @@ async fn fenced_identity(cp: &ControlPlane, ns: &str, fence: bool) -> std::path:
         );
         // Enforced once the API server's policy informer has it (and the Lease): a dry-run
         // status write of the account stamped with no one's term is refused.
-        let config = kube::Config {
-            auth_info: kube::config::AuthInfo {
-                impersonate: Some(user.clone()),
-                ..cp.config().auth_info
-            },
-            ..cp.config()
-        };
+        let mut config = cp.config();
+        config.auth_info.impersonate = Some(user.clone());
         let as_user = Client::try_from(config).expect("an impersonating client");
         let probe = json!({
             "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
