@@ -166,9 +166,10 @@ impl Proxy {
     /// [`Proxy::thaw`], but on each connection only what it held is delivered at once; what its
     /// client sent after that arrives `delay` later. So a request held in the network is served
     /// in full even if its client gave up on it meanwhile. (Delivered back to back, a request
-    /// and the TLS `close_notify` and FIN behind it make the API server cancel the request: Go
-    /// cancels a request whose client hung up, usually before it commits. A client that is
-    /// paused, or a network that delays later packets too, sends no such close in time.)
+    /// and the TLS `close_notify` and FIN behind it may make the API server cancel the request,
+    /// as Go does for a client that hung up: 8 of 32 held writes did not land that way in
+    /// `tests/fence.rs`. A paused client, or a network that delays later packets too, sends no
+    /// such close in time.)
     pub fn thaw_delaying_the_rest(&self, delay: Duration) {
         let mut state = self.shared.state.lock().unwrap();
         let frozen: Vec<u64> = state.frozen.iter().copied().collect();

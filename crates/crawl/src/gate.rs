@@ -6,7 +6,9 @@
 //! up to `concurrency` requests per task could go out before the loop notices. So the engine
 //! asks, right before each request is sent, whether `now` is still before the instant its owner
 //! published; past it (or with none published) the request waits: the owner's lapse stops the
-//! crawl, or a renewal moves the instant on and the request goes out.
+//! crawl, or a renewal moves the instant on and the request goes out. What it cannot hold back is
+//! a request handed to the HTTP client just before the pause, whose bytes the client's
+//! connection task writes on waking.
 
 use tokio::{sync::watch, time::Instant};
 
