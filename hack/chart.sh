@@ -211,6 +211,19 @@ check() {
     echo "the chart did not refuse admissionPolicy.validationActions={Deny,Warn}" >&2
     return 1
   fi
+  # The leader fence: on by default (a second policy and binding), off with its own value and
+  # in a workers-only release; its parameter is the release's election Lease.
+  if [[ $(grep -c '^kind: ValidatingAdmissionPolicy$' "$work/default.yaml") != 2 ]] \
+     || ! grep -qE '^    name: [a-z0-9-]+-leader$' "$work/default.yaml"; then
+    echo "the default values should render two admission policies, the leader fence's parameter the release's Lease" >&2
+    return 1
+  fi
+  for off in admissionPolicy.leaderFence.enabled=false controller.enabled=false; do
+    if "$helm" template "$release" "$chart" --set "$off" | grep -q -- '-leader-fence$'; then
+      echo "$off still rendered the leader fence" >&2
+      return 1
+    fi
+  done
   # The workers' NetworkPolicy and PodDisruptionBudget are on by default and each has a switch;
   # the postgres sink needs a database destination while the policy is on.
   if [[ $(grep -c '^kind: NetworkPolicy$' "$work/default.yaml") != 1 \

@@ -485,6 +485,12 @@ pub struct CrawlerResourceStatus {
     /// the schedule is invalid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<Time>,
+    /// The leader term the controller's last status write was decided in: the holder and
+    /// `leaseTransitions` of the controller's leader-election Lease. The chart's admission policy
+    /// `<fullname>-leader-fence` refuses a controller status write whose term is not the Lease's
+    /// current one (a write held in the network past its leader's term).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_term: Option<ControllerTerm>,
     /// What the worker running the task reports (owned by the worker's field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TaskProgress>,
@@ -493,6 +499,17 @@ pub struct CrawlerResourceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A leader's term, stamped on every status write the controller makes (see
+/// docs/architecture.md, Leader election).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerTerm {
+    /// The replica that made the write: the Lease's `holderIdentity` while it led.
+    pub holder: String,
+    /// The Lease's `leaseTransitions` during that term (one more for every acquisition).
+    pub lease_transitions: i32,
 }
 
 /// What a worker reports about the task it runs, written under the worker's own field manager.

@@ -409,7 +409,7 @@ async fn token(cp: &ControlPlane, ns: &str, name: &str) -> String {
 
 /// A client of the test API server that authenticates as `ServiceAccount` `ns/name` with a token
 /// (the admin's certificate is not sent).
-async fn user_token(cp: &ControlPlane, ns: &str, name: &str) -> Client {
+pub(crate) async fn user_token(cp: &ControlPlane, ns: &str, name: &str) -> Client {
     let mut config = cp.config();
     config.auth_info = serde_json::from_value(json!({ "token": token(cp, ns, name).await }))
         .expect("an AuthInfo with a token");
@@ -417,7 +417,11 @@ async fn user_token(cp: &ControlPlane, ns: &str, name: &str) -> Client {
 }
 
 /// A kubeconfig file for `ServiceAccount` `ns/name`: the admin's, with a token as its user.
-async fn token_kubeconfig(cp: &ControlPlane, ns: &str, name: &str) -> std::path::PathBuf {
+pub(crate) async fn token_kubeconfig(
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+) -> std::path::PathBuf {
     let admin = std::fs::read_to_string(cp.kubeconfig_path()).expect("reading the kubeconfig");
     let (user, contexts) = ("  user:\n", "contexts:\n");
     let start = admin.find(user).expect("a user entry") + user.len();

@@ -50,7 +50,7 @@ async fn beside_others() -> Turn {
     }
 }
 
-fn soak() -> bool {
+pub(crate) fn soak() -> bool {
     std::env::var("CRAWLER_SOAK").is_ok_and(|v| v == "1")
 }
 
@@ -66,7 +66,7 @@ fn shards() -> usize {
 }
 
 /// Cycles of a soak scenario: `var` if set (a shorter trial run), else `default`.
-fn soak_cycles(var: &str, default: usize) -> usize {
+pub(crate) fn soak_cycles(var: &str, default: usize) -> usize {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())

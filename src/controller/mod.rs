@@ -42,7 +42,7 @@ use crawler_core::{Policy, PolicyKind};
 
 use self::queue::WorkQueue;
 use crate::{
-    crd::CrawlerResource,
+    crd::{ControllerTerm, CrawlerResource},
     heartbeat,
     leader::Leadership,
     telemetry::{
@@ -67,7 +67,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Bound on each status write, so a hung API server cannot hold a decision forever.
     pub write_timeout: Duration,
-    /// Name of this replica in Events.
+    /// Name of this replica in Events, and in the term stamped on its status writes
+    /// (`status.controllerTerm.holder`): its leader-election identity.
     pub instance: String,
     /// `--rebalance` and its flags; `None`: off (the default), nothing well placed ever moves.
     pub rebalance: Option<rebalance::RebalanceSettings>,
@@ -95,6 +96,19 @@ pub enum Error {
          write to finish; retrying after the next renewal"
     )]
     TermEnding { key: Key, left: Duration },
+    #[error(
+        "status write of {key} refused by the leader fence (the API server's copy of the \
+         leader Lease does not name this replica's term {holder}/{transitions}); retrying. If \
+         this persists while this replica leads, the Lease is not the one this controller \
+         elects with (--lease-name, --lease-namespace against the chart's \
+         controller.leaderElection.leaseName), or the controller image predates the fence: {message}"
+    )]
+    Fenced {
+        key: Key,
+        holder: String,
+        transitions: i32,
+        message: String,
+    },
 }
 
 impl Error {
@@ -105,6 +119,7 @@ impl Error {
             Error::Write { .. } => "write",
             Error::Timeout { .. } => "timeout",
             Error::TermEnding { .. } => "term_ending",
+            Error::Fenced { .. } => "fenced",
         }
     }
 }
@@ -640,8 +655,21 @@ async fn report(ctx: Arc<Context>) {
 /// decision is only written by a leader (`None`: not leading), and only if it can finish within
 /// the term (the local deadline of the last renewal): its timeout never reaches past that
 /// deadline, and it is not sent at all when too little is left.
-fn write_time(ctx: &Context, key: &Key, now: Instant) -> Result<Option<Duration>, Error> {
-    let valid_until = ctx.leadership.borrow().valid_until();
+///
+/// `decided_in`: when the term the decision was made in began; a decision of an earlier term
+/// is not written (the new term's full pass decides again).
+fn write_time(
+    ctx: &Context,
+    key: &Key,
+    now: Instant,
+    decided_in: Instant,
+) -> Result<Option<Duration>, Error> {
+    let valid_until = match &*ctx.leadership.borrow() {
+        Leadership::Leading {
+            since, valid_until, ..
+        } if *since == decided_in => Some(*valid_until),
+        _ => None,
+    };
     let Some(left) = valid_until
         .map(|until| until.saturating_duration_since(now))
         .filter(|left| !left.is_zero())
@@ -688,9 +716,11 @@ async fn write_within_term(
 
 /// Decide under the index lock, write without it.
 async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> {
-    if !ctx.leadership.borrow().is_leading_now() {
+    // The term this decision is made in: stamped on the write, which the leader fence refuses
+    // once the Lease has moved on to another term.
+    let Some((term, since)) = leading_term(ctx) else {
         return Ok(ReconcileOutcome::Nothing);
-    }
+    };
     // Whole seconds, truncated (never rounded up): a firing or a retry is never acted on before
     // its time, which the tick compares with the clock unrounded.
     let now = Timestamp::now()
@@ -714,15 +744,19 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             },
         )
     };
-    let write = match plan {
+    let mut write = match plan {
         Plan::Nothing => return Ok(ReconcileOutcome::Nothing),
         Plan::Wait => return Ok(ReconcileOutcome::Wait),
         Plan::Write(write) => write,
     };
     let sent = Instant::now();
-    let Some(timeout) = write_time(ctx, key, sent)? else {
+    let Some(timeout) = write_time(ctx, key, sent, since)? else {
         return Ok(ReconcileOutcome::Nothing);
     };
+    write.status.controller_term = Some(ControllerTerm {
+        holder: ctx.settings.instance.clone(),
+        lease_transitions: term,
+    });
     let api: Api<CrawlerResource> = Api::namespaced(ctx.client.clone(), &key.namespace);
     // Server-side apply of the controller's fields only, carrying the resourceVersion the decision
     // was made on: the API server refuses it (409) if the object changed meanwhile.
@@ -777,10 +811,7 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
         Ok(Err(source)) => {
             ctx.index.lock().forget(key);
             ctx.metrics.status_write(WriteOutcome::Error);
-            Err(Error::Write {
-                key: key.clone(),
-                source,
-            })
+            Err(write_error(ctx, key, term, source))
         }
         Err(_) => {
             // The write may still land; forgetting is safe because its watch event will be applied.
@@ -795,6 +826,45 @@ async fn reconcile(ctx: &Context, key: &Key) -> Result<ReconcileOutcome, Error> 
             })
         }
     }
+}
+
+/// A failed status write (not a conflict) as the reconcile reports it: the leader fence's
+/// refusal says so.
+fn write_error(ctx: &Context, key: &Key, term: i32, source: kube::Error) -> Error {
+    match source {
+        kube::Error::Api(status) if is_fence_refusal(&status) => Error::Fenced {
+            key: key.clone(),
+            holder: ctx.settings.instance.clone(),
+            transitions: term,
+            message: status.message,
+        },
+        source => Error::Write {
+            key: key.clone(),
+            source,
+        },
+    }
+}
+
+/// The term this replica leads in now (`leaseTransitions`, and when it began), if it does.
+fn leading_term(ctx: &Context) -> Option<(i32, Instant)> {
+    match &*ctx.leadership.borrow() {
+        Leadership::Leading {
+            term,
+            since,
+            valid_until,
+        } if Instant::now() < *valid_until => Some((*term, *since)),
+        _ => None,
+    }
+}
+
+/// Marks the leader fence's refusals: the chart's policy starts its message with it.
+pub const FENCE_MESSAGE_PREFIX: &str = "leader fence:";
+
+/// A 403 from the chart's leader-fence admission policy (not RBAC): the API server's copy of
+/// the Lease names another holder or term than the write's stamp. Retried like any failed write:
+/// at a term's start the API server's Lease cache may lag the takeover by milliseconds.
+fn is_fence_refusal(status: &kube::core::Status) -> bool {
+    status.code == 403 && status.message.contains(FENCE_MESSAGE_PREFIX)
 }
 
 /// A status write is not sent when less than this is left of the term: it could not finish
@@ -878,4 +948,33 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(end);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, message: &str) -> kube::core::Status {
+        let mut status = kube::core::Status::failure(message, "Forbidden");
+        status.code = code;
+        status
+    }
+
+    #[test]
+    fn only_the_leader_fences_refusal_counts_as_fenced() {
+        let fenced = "crawlerresources.crawler.dev \"r\" is forbidden: ValidatingAdmissionPolicy \
+                      'c-leader-fence' with binding 'c-leader-fence' denied request: leader fence: \
+                      this status write was decided in term a/3, but Lease ns/l is in term b/4";
+        assert!(is_fence_refusal(&status(403, fenced)));
+        // RBAC, another policy, a conflict: not the fence.
+        assert!(!is_fence_refusal(&status(
+            403,
+            "crawlerresources.crawler.dev \"r\" is forbidden: User \"x\" cannot patch resource"
+        )));
+        assert!(!is_fence_refusal(&status(
+            403,
+            "ValidatingAdmissionPolicy 'c-cookie-secret-access' denied request: spec.cookieSecretRef"
+        )));
+        assert!(!is_fence_refusal(&status(409, fenced)));
+    }
 }

@@ -96,7 +96,9 @@ impl Observed {
 pub enum Decision {
     /// There is no Lease: create it, naming us.
     Create,
-    /// The Lease names us: renew it (also after a restart under the same identity).
+    /// The Lease names us: renew it. When we do not lead (a restart under the same identity,
+    /// or our own deadline passed) the elector writes a new term instead (a claim counting a
+    /// transition), so that writes stamped with the old term stay fenced.
     Renew,
     /// The Lease is free or its holder went silent: write ourselves in.
     Acquire {

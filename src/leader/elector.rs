@@ -151,6 +151,9 @@ struct Campaign {
     holder_expires: Option<Instant>,
     /// When we first found the Lease missing after having seen it (see [`decide`]).
     gone_since: Option<Instant>,
+    /// The highest `leaseTransitions` seen: a Lease re-created after a deletion continues the
+    /// count, so no two terms are stamped alike (see [`super::lease::created`]).
+    last_transitions: Option<i32>,
     /// Consecutive failed rounds while standing by: the next attempt backs off.
     failures: u32,
 }
@@ -312,6 +315,9 @@ impl LeaderElector {
         c.observed = current.as_ref().map(|lease| {
             Observed::update(c.observed.take(), LeaseRecord::from_lease(lease), received)
         });
+        if let Some(observed) = &c.observed {
+            c.last_transitions = c.last_transitions.max(Some(observed.record.transitions));
+        }
         c.lease = current;
 
         let decision = decide(c.observed.as_ref(), c.gone_since, received, &self.settings);
@@ -349,7 +355,7 @@ impl LeaderElector {
                 return Ok(());
             }
             (Decision::Create, _) => {
-                let body = created(&self.settings);
+                let body = created(&self.settings, c.last_transitions);
                 let params = PostParams::default();
                 let request = self.api.create(&params, &body);
                 (self.call(Verb::Create, budget, request).await, None)
@@ -364,6 +370,16 @@ impl LeaderElector {
                 let body = claimed(&self.settings, lease, transitions);
                 let written = self.call(Verb::Update, budget, self.replace(&body)).await;
                 (written, previous_holder)
+            }
+            // The Lease names us but we do not lead (a term that ended by our own deadline, or
+            // a restart under the same identity): a new term, so a new `leaseTransitions`. A
+            // status write stamped with the old term and held in the network is then refused
+            // by the leader fence, like any other leader's.
+            (Decision::Renew, Some(lease)) if c.term.is_none() => {
+                let transitions = LeaseRecord::from_lease(lease).transitions.saturating_add(1);
+                let body = claimed(&self.settings, lease, transitions);
+                let written = self.call(Verb::Update, budget, self.replace(&body)).await;
+                (written, Some(self.settings.identity.clone()))
             }
             (Decision::Renew, Some(lease)) => {
                 let body = renewed(&self.settings, lease);

@@ -16,7 +16,10 @@ fn unmark(lease: &mut Lease) {
     }
 }
 
-pub(super) fn created(settings: &LeaseSettings) -> Lease {
+/// A new Lease naming us. `last_transitions`: the highest `leaseTransitions` this replica saw
+/// on the Lease before it was deleted; the new one continues from there (0 if it saw none), so
+/// that a term of the old Lease and one of the new never carry the same number.
+pub(super) fn created(settings: &LeaseSettings, last_transitions: Option<i32>) -> Lease {
     let now = MicroTime(Timestamp::now());
     Lease {
         metadata: ObjectMeta {
@@ -29,7 +32,7 @@ pub(super) fn created(settings: &LeaseSettings) -> Lease {
             lease_duration_seconds: Some(settings.lease_duration_seconds()),
             acquire_time: Some(now.clone()),
             renew_time: Some(now),
-            lease_transitions: Some(0),
+            lease_transitions: Some(last_transitions.map_or(0, |t| t.saturating_add(1))),
             ..LeaseSpec::default()
         }),
     }
@@ -161,8 +164,16 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_created_again_continues_the_count_of_the_deleted_one() {
+        let again = created(&settings(), Some(6));
+        let spec = again.spec.as_ref().unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+        assert_eq!(spec.lease_transitions, Some(7));
+    }
+
+    #[test]
     fn a_created_lease_names_us_from_term_zero() {
-        let created = created(&settings());
+        let created = created(&settings(), None);
         let spec = created.spec.as_ref().unwrap();
         assert_eq!(created.metadata.name.as_deref(), Some("crawler-operator"));
         assert_eq!(created.metadata.namespace.as_deref(), Some("crawler"));

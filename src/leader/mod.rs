@@ -65,9 +65,11 @@ pub enum Leadership {
         since: Instant,
         /// Send time of the last successful renewal + renew deadline.
         valid_until: Instant,
-        /// The Lease's `leaseTransitions` when we took it. It counts changes of holder, so a
-        /// replica that steps down and takes its own Lease back gets the same number again;
-        /// `since` tells any two terms of this process apart.
+        /// The Lease's `leaseTransitions` when we took it. Every acquisition counts one, also
+        /// taking back a Lease that still names us (after our own deadline passed, or a restart
+        /// under the same identity), and a Lease created again after a deletion continues from
+        /// the highest number this replica saw: (identity, term) names one term of the Lease,
+        /// which is what the controller stamps on its status writes (`status.controllerTerm`).
         term: i32,
     },
 }

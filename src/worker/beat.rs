@@ -36,7 +36,8 @@ pub struct Holds {
 }
 
 /// Renews the heartbeat Lease of `pod` until `stop` turns true, publishing on `alive` whether the
-/// worker may run tasks: true only while a renewal sent less than `stop_after(duration)` ago
+/// worker may run tasks (and on `send_deadline` until when, for the crawl engines' check before
+/// each request): true only while a renewal sent less than `stop_after(duration)` ago
 /// succeeded, and, after a lapse (or when an earlier process left the Lease behind), not before a
 /// renewal sent `resume_after(duration)` after the first successful one. On stop it releases the
 /// Lease (holder cleared) so the controller reassigns at once.
@@ -55,6 +56,7 @@ pub async fn run(
         duration,
     }: Params,
     alive: watch::Sender<bool>,
+    send_deadline: watch::Sender<Option<Instant>>,
     Holds { fresh, unconfirmed }: Holds,
     mut stop: watch::Receiver<bool>,
     metrics: Metrics,
@@ -90,6 +92,7 @@ pub async fn run(
             valid_until = None;
             lapsed = true;
             hold_until = None;
+            send_deadline.send_replace(None);
             if alive.send_replace(false) {
                 tracing::warn!(lease = %name, "heartbeat not renewed in time: stopping every task until it is");
             }
@@ -126,6 +129,9 @@ pub async fn run(
                 }
                 if hold_until.is_none_or(|h| sent >= h) {
                     hold_until = None;
+                    // The crawl engines check this before each request: after a pause, none
+                    // goes out before this loop has noticed the lapse.
+                    send_deadline.send_replace(valid_until);
                     if !alive.send_replace(true) {
                         tracing::info!(lease = %name, "heartbeat renewed: tasks may run");
                     }
@@ -141,6 +147,7 @@ pub async fn run(
             }
         }
     }
+    send_deadline.send_replace(None);
     alive.send_replace(false);
     match timeout(
         Duration::from_secs(2),

@@ -141,6 +141,7 @@ fn final_report_retry() -> impl Iterator<Item = Duration> {
 }
 
 /// Runs the worker until `shutdown` resolves; then stops every task and releases the heartbeat.
+#[allow(clippy::too_many_lines)] // the worker's wiring and its main loop, top to bottom
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -153,6 +154,7 @@ pub async fn run(
     health.set_not_ready("waiting for the first heartbeat renewal");
 
     let (alive_tx, mut alive) = watch::channel(false);
+    let (deadline_tx, deadline_rx) = watch::channel(None::<tokio::time::Instant>);
     let (stop_tx, stop_rx) = watch::channel(false);
     // When the view of the assignments was last proven complete (the send time of the latest
     // LIST of the checked watch): the heartbeat is renewed only while it is fresh.
@@ -170,6 +172,7 @@ pub async fn run(
             duration: settings.heartbeat_duration,
         },
         alive_tx,
+        deadline_tx,
         beat::Holds {
             fresh: fresh_rx,
             unconfirmed: holding_rx,
@@ -195,6 +198,7 @@ pub async fn run(
         results,
         alerts,
         metrics,
+        send_deadline: crawl::SendDeadline::new(deadline_rx),
         assigned: HashMap::new(),
         tasks: HashMap::new(),
         stopping: HashMap::new(),
@@ -325,6 +329,8 @@ struct Worker {
     results: results::Results,
     alerts: results::Alerts,
     metrics: Metrics,
+    /// Until when the heartbeat is valid, for every crawl's check before each request.
+    send_deadline: crawl::SendDeadline,
     /// What the watch says is assigned to this Pod now.
     assigned: HashMap<String, CrawlerResource>,
     tasks: HashMap<String, Task>,
@@ -484,6 +490,7 @@ impl Worker {
             results: self.results.clone(),
             alerts: self.alerts.clone(),
             metrics: self.metrics.clone(),
+            send_deadline: self.send_deadline.clone(),
         };
         let handle = tokio::spawn(run_task(
             shared,
@@ -536,6 +543,8 @@ struct Shared {
     results: results::Results,
     alerts: results::Alerts,
     metrics: Metrics,
+    /// Until when the heartbeat is valid (see [`crawl::SendDeadline`]).
+    send_deadline: crawl::SendDeadline,
 }
 
 /// One task from start to its final report.
@@ -566,6 +575,7 @@ async fn run_crawl(
         settings,
         results,
         alerts,
+        send_deadline,
         ..
     }: Shared,
     resource: CrawlerResource,
@@ -610,7 +620,10 @@ async fn run_crawl(
         .and_then(|s| u64::try_from(s).ok())
         .map(|s| (s, tokio::time::Instant::now() + Duration::from_secs(s)));
     let config = match crawl_config(&client, &settings, &resource, run.assignment).await {
-        Ok(config) => config,
+        Ok(config) => crawl::CrawlConfig {
+            send_deadline,
+            ..config
+        },
         Err(message) => return cannot_start(message).await,
     };
     let (progress_tx, progress_rx) = watch::channel(crawl::Progress::default());

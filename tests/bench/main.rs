@@ -62,7 +62,7 @@ use observe::{Leases, Observer, PodChange, Pods, Resources};
 use procs::{Controller, CpuSnapshot, CpuSpent, Election, ServerPids, Usage};
 use report::{Report, table};
 use scenarios::{
-    bulk::{Fleet, no_events_identity, scenario_bulk},
+    bulk::{BulkAs, Fleet, no_events_identity, scenario_bulk},
     ceiling::{Ceiling, scenario_ceiling},
     cold_start::scenario_cold_start,
     failover::scenario_failover,
@@ -103,7 +103,7 @@ pub struct Config {
     /// measured.
     pub worker_tasks: Vec<usize>,
     /// `BENCH_SCENARIOS` (all): comma-separated subset of
-    /// micro,extract,ceiling,bulk,orphans,coldstart,failover,bulk-noevents,large,kube-scheduler,
+    /// micro,extract,ceiling,bulk,orphans,coldstart,failover,bulk-noevents,bulk-fence,large,kube-scheduler,
     /// worker.
     pub scenarios: Option<HashSet<String>>,
     /// `BENCH_FSYNC` (1): etcd fsync on.
@@ -476,8 +476,16 @@ async fn controller_benchmarks() {
             c_raw = Some(scenario_ceiling(cp, &cfg, pids, &mut report, &mut cpu_rows).await);
         }
         if cfg.enabled("bulk") {
-            let mut fleet: Fleet =
-                scenario_bulk(cp, &cfg, pids, c_raw, &mut report, &mut cpu_rows, None).await;
+            let mut fleet: Fleet = scenario_bulk(
+                cp,
+                &cfg,
+                pids,
+                c_raw,
+                &mut report,
+                &mut cpu_rows,
+                BulkAs::Admin,
+            )
+            .await;
             ours = Some(fleet.bulk_rate);
             if cfg.enabled("orphans") {
                 scenario_orphans(&mut fleet, &cfg, &mut report).await;
@@ -498,11 +506,34 @@ async fn controller_benchmarks() {
                     c_raw,
                     &mut report,
                     &mut cpu_rows,
-                    Some(&kubeconfig),
+                    BulkAs::NoEvents(&kubeconfig),
                 )
                 .await;
                 variant.stop_all().await;
                 fleet.footprint.extend(variant.footprint.iter().cloned());
+            }
+            if cfg.enabled("bulk-fence") {
+                // The leader fence's cost per write: the same bulk as one ServiceAccount,
+                // without and with the chart's policy, alternating `BENCH_FENCE_ROUNDS` times
+                // (2): on a shared machine one pair is mostly noise.
+                let rounds = std::env::var("BENCH_FENCE_ROUNDS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2);
+                for fence in (0..rounds).flat_map(|_| [false, true]) {
+                    let variant = scenario_bulk(
+                        cp,
+                        &cfg,
+                        pids,
+                        c_raw,
+                        &mut report,
+                        &mut cpu_rows,
+                        BulkAs::ServiceAccount { fence },
+                    )
+                    .await;
+                    variant.stop_all().await;
+                    fleet.footprint.extend(variant.footprint.iter().cloned());
+                }
             }
             footprint_section(&fleet, &cfg, &mut report);
         }

@@ -135,6 +135,10 @@ pub const OWN_CONTROL_PLANE: &[(&str, &str)] = &[
         "admission.rs",
         "installs the chart's cluster-wide admission policy",
     ),
+    (
+        "fence.rs",
+        "installs the chart's cluster-wide admission policies",
+    ),
 ];
 
 /// The key of the control plane the other suites share.

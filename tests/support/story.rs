@@ -62,6 +62,9 @@ pub struct Story {
     pub workers: Vec<Server>,
     /// The election flags controllers are started with.
     pub election: Election,
+    /// The kubeconfig controllers are started with (default: the admin's), e.g. one with a
+    /// token of the chart's controller `ServiceAccount`.
+    pub controller_kubeconfig: Option<PathBuf>,
 }
 
 impl Story {
@@ -84,6 +87,7 @@ impl Story {
             controller_ids: Vec::new(),
             workers: Vec::new(),
             election: ELECTION,
+            controller_kubeconfig: None,
         }
     }
 
@@ -121,11 +125,15 @@ impl Story {
 
     /// A kubeconfig that reaches the API server through `proxy` (or the plain one).
     fn kubeconfig_for(&self, who: &str, proxy: Option<&Proxy>) -> PathBuf {
+        self.kubeconfig_from(self.cp.kubeconfig_path(), who, proxy)
+    }
+
+    /// `base`, or a copy of it that reaches the API server through `proxy`.
+    fn kubeconfig_from(&self, base: &std::path::Path, who: &str, proxy: Option<&Proxy>) -> PathBuf {
         match proxy {
-            None => self.cp.kubeconfig_path().to_path_buf(),
+            None => base.to_path_buf(),
             Some(proxy) => {
-                let text = std::fs::read_to_string(self.cp.kubeconfig_path())
-                    .expect("reading the kubeconfig");
+                let text = std::fs::read_to_string(base).expect("reading the kubeconfig");
                 let via = text.replace(&self.cp.server_url(), &format!("https://{}", proxy.addr()));
                 let path = self
                     .cp
@@ -154,7 +162,14 @@ impl Story {
         let args = [
             format!(
                 "KUBECONFIG={}",
-                self.kubeconfig_for(identity, proxy).display()
+                self.kubeconfig_from(
+                    self.controller_kubeconfig
+                        .as_deref()
+                        .unwrap_or(self.cp.kubeconfig_path()),
+                    identity,
+                    proxy
+                )
+                .display()
             ),
             "RUST_LOG=info,crawler_operator=debug".to_owned(),
             env!("CARGO_BIN_EXE_crawler-operator").to_owned(),

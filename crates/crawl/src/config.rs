@@ -14,6 +14,7 @@ use super::{
     address::{AddressPolicy, Resolver},
     error::ConfigError,
     extract::{Rule, Rules},
+    gate::SendDeadline,
     polite::{Backoff, Politeness},
     urls::{HostFilter, normalize},
 };
@@ -77,6 +78,9 @@ pub struct CrawlConfig {
     pub politeness: Politeness,
     /// Transient failures of a page request retried, per URL.
     pub retries: Retries,
+    /// Until when requests may be sent (the worker's heartbeat; see [`crate::gate`]). None by
+    /// default.
+    pub send_deadline: SendDeadline,
 }
 
 /// Retries of one URL after a connect error, a timeout, a reset or a 5xx (and 429) answer.
@@ -183,6 +187,7 @@ impl CrawlConfig {
             resolver: Resolver::system(),
             politeness: Politeness::default(),
             retries: Retries::default(),
+            send_deadline: SendDeadline::default(),
         }
     }
 
@@ -247,6 +252,7 @@ impl CrawlConfig {
             resolver: self.resolver.clone(),
             politeness: self.politeness.clone(),
             retries: self.retries,
+            send_deadline: self.send_deadline.clone(),
         })
     }
 
@@ -348,6 +354,7 @@ pub(crate) struct Validated {
     pub resolver: Resolver,
     pub politeness: Politeness,
     pub retries: Retries,
+    pub send_deadline: SendDeadline,
 }
 
 #[cfg(test)]

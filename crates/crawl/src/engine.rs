@@ -734,6 +734,9 @@ impl Engine {
             // never send a request in the meantime.
             return std::future::pending().await;
         }
+        // Past the owner's deadline (its heartbeat), e.g. right after a process pause: held
+        // until a renewal moves it on or the lapse stops the crawl (see `crate::gate`).
+        self.cfg.send_deadline.open().await;
         let sent_at = Timestamp::now();
         let started = Instant::now();
         let mut request = self.client.get(url.clone());

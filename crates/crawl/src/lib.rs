@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod extract;
+pub mod gate;
 pub mod html;
 pub mod polite;
 pub(crate) mod robots;
@@ -32,5 +33,6 @@ pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, Retries, SecretHead
 pub use engine::{CrawlOutcome, Frontier, Progress, StopReason, run, run_from, watch_progress};
 pub use error::{ConfigError, CrawlError, FetchError, SinkError};
 pub use extract::{Field, FieldValue, Follow, Rule, RuleProblem, Rules, RulesError};
+pub use gate::SendDeadline;
 pub use polite::{Backoff, FetchObserver, HostBackoff, HostPolicy, Politeness};
 pub use sink::{Discovered, JsonLinesSink, PageRecord, Sink};

@@ -177,6 +177,9 @@ pub(super) fn controller_fields(status: &CrawlerResourceStatus) -> CrawlerResour
         last_schedule_time: status.last_schedule_time.clone(),
         last_successful_time: status.last_successful_time.clone(),
         next_schedule_time: status.next_schedule_time.clone(),
+        // Stamped at write time (the term that decides the write), never compared: a new
+        // leader does not rewrite a resource whose decision is still right.
+        controller_term: None,
         progress: None,
         conditions: status
             .conditions

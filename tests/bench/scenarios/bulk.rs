@@ -135,18 +135,21 @@ pub(crate) async fn scenario_bulk(
     c_raw: Option<Ceiling>,
     report: &mut Report,
     cpu_rows: &mut Vec<Vec<String>>,
-    no_events: Option<&Path>,
+    as_user: BulkAs<'_>,
 ) -> Fleet {
     let client = cp.client();
-    let variant = no_events.is_some();
-    let ns = cp
-        .namespace(if variant { "bulk-noevents" } else { "bulk" })
-        .await;
+    let variant = !matches!(as_user, BulkAs::Admin);
+    let ns = cp.namespace(as_user.prefix()).await;
     let n = cfg.resources;
     create_workers(&client, ns.name(), cfg.workers).await;
     let names: Vec<String> = (0..n).map(|i| format!("r-{i:06}")).collect();
     let create_time = create_resources(&client, ns.name(), Arc::new(names.clone()), 0, 32).await;
     println!("bench: bulk: {n} resources created in {create_time:.1?}");
+    let kubeconfig = match as_user {
+        BulkAs::Admin => cp.kubeconfig_path().to_path_buf(),
+        BulkAs::NoEvents(path) => path.to_path_buf(),
+        BulkAs::ServiceAccount { fence } => fenced_identity(cp, ns.name(), fence).await,
+    };
     let mut fleet = Fleet {
         cp,
         resources: resource_observer(&client, ns.name()),
@@ -161,7 +164,7 @@ pub(crate) async fn scenario_bulk(
         leaders: Vec::new(),
         bulk_rate: 0.0,
         pids,
-        kubeconfig: no_events.map_or_else(|| cp.kubeconfig_path().to_path_buf(), Path::to_path_buf),
+        kubeconfig,
     };
     fleet
         .resources
@@ -185,7 +188,7 @@ pub(crate) async fn scenario_bulk(
     settle(pids, Duration::from_secs(60)).await;
     let cpu_before = CpuSnapshot::take(pids);
     let t_start = Instant::now();
-    let identity = if variant { "ctl-noevents" } else { "ctl-bulk" };
+    let identity = as_user.identity();
     let leader = fleet.start(identity, Election::DEFAULTS);
     fleet.leaders.push(identity.to_owned());
     let timeout = Duration::from_secs((n as u64 / 20).max(120));
@@ -267,24 +270,13 @@ pub(crate) async fn scenario_bulk(
     let ratio = c_raw.map(|c| rate / c.rate);
     fleet.bulk_rate = rate;
     cpu_rows.push(cpu_row(
-        if variant {
-            "2b. bulk, Events refused by RBAC"
-        } else {
-            "2. bulk: controller placing"
-        },
+        as_user.cpu_label(),
         assigned,
         &cpu,
         Some(usage.cpu),
     ));
     fleet.footprint.push((
-        format!(
-            "leader after placing {n} ({})",
-            if variant {
-                "2b, Events refused"
-            } else {
-                "bulk"
-            }
-        ),
+        format!("leader after placing {n} ({})", as_user.footprint_label()),
         usage,
     ));
 
@@ -413,7 +405,24 @@ pub(crate) async fn scenario_bulk(
             ),
         ],
     ];
-    if variant {
+    if let BulkAs::ServiceAccount { fence } = as_user {
+        report.section(
+            &format!(
+                "{}: {n} resources over {} ready workers",
+                as_user.cpu_label(),
+                cfg.workers
+            ),
+            format!(
+                "Same as 2, except that the controller runs as ServiceAccount `{FENCED_ACCOUNT}` of the bulk namespace (its kubeconfig impersonates it; a FlowSchema keeps it exempt from API Priority and Fairness, like the admin), {}. Compare 2c with 2d for the fence's cost per write (same identity, same RBAC; impersonation adds an RBAC evaluation to every request in both).\n\n{}",
+                if fence {
+                    "with the chart's leader fence (`templates/leader-fence-policy.yaml`, rendered by `helm template` for this namespace and account) installed: every status write is evaluated against the election Lease"
+                } else {
+                    "without the leader fence"
+                },
+                table(&["", "value"], rows)
+            ),
+        );
+    } else if variant {
         report.section(
             &format!("2b. Bulk again, Events refused by RBAC: {n} resources over {} ready workers", cfg.workers),
             format!(
@@ -447,6 +456,215 @@ pub(crate) async fn scenario_bulk(
         Some(exactly_one == n),
     );
     fleet
+}
+
+/// Who the bulk run's controller is.
+#[derive(Clone, Copy)]
+pub(crate) enum BulkAs<'a> {
+    /// The admin (scenario 2).
+    Admin,
+    /// A user RBAC refuses `events create`, through this kubeconfig (scenario 2b).
+    NoEvents(&'a Path),
+    /// `ServiceAccount` [`FENCED_ACCOUNT`] of the bulk namespace, with or without the chart's
+    /// leader fence (scenarios 2c and 2d).
+    ServiceAccount { fence: bool },
+}
+
+impl BulkAs<'_> {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Admin => "bulk",
+            Self::NoEvents(_) => "bulk-noevents",
+            Self::ServiceAccount { fence: false } => "bulk-sa",
+            Self::ServiceAccount { fence: true } => "bulk-fence",
+        }
+    }
+
+    fn identity(self) -> &'static str {
+        match self {
+            Self::Admin => "ctl-bulk",
+            Self::NoEvents(_) => "ctl-noevents",
+            Self::ServiceAccount { fence: false } => "ctl-sa",
+            Self::ServiceAccount { fence: true } => "ctl-fence",
+        }
+    }
+
+    fn cpu_label(self) -> &'static str {
+        match self {
+            Self::Admin => "2. bulk: controller placing",
+            Self::NoEvents(_) => "2b. bulk, Events refused by RBAC",
+            Self::ServiceAccount { fence: false } => {
+                "2c. bulk as a ServiceAccount, no leader fence"
+            }
+            Self::ServiceAccount { fence: true } => "2d. bulk as a ServiceAccount, leader fence",
+        }
+    }
+
+    fn footprint_label(self) -> &'static str {
+        match self {
+            Self::Admin => "bulk",
+            Self::NoEvents(_) => "2b, Events refused",
+            Self::ServiceAccount { fence: false } => "2c, no fence",
+            Self::ServiceAccount { fence: true } => "2d, leader fence",
+        }
+    }
+}
+
+/// The `ServiceAccount` the 2c and 2d bulk runs impersonate (in the bulk namespace).
+const FENCED_ACCOUNT: &str = "bench-controller";
+
+/// RBAC for `ServiceAccount` [`FENCED_ACCOUNT`] of `ns` (everything the controller needs), a
+/// `FlowSchema` that keeps it exempt from API Priority and Fairness (as the admin is), a
+/// kubeconfig that impersonates it, and, with `fence`, the chart's leader fence for it
+/// (rendered by `helm template`, applied, and waited for until enforced). Returns the
+/// kubeconfig's path.
+async fn fenced_identity(cp: &ControlPlane, ns: &str, fence: bool) -> std::path::PathBuf {
+    use k8s_openapi::api::{
+        flowcontrol::v1::FlowSchema,
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    };
+    let client = cp.client();
+    let apply = PatchParams::apply("crawler-bench").force();
+    let name = format!("{ns}-{FENCED_ACCOUNT}");
+    let user = format!("system:serviceaccount:{ns}:{FENCED_ACCOUNT}");
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "rules": [
+            { "apiGroups": ["crawler.dev"], "resources": ["crawlerresources", "crawlerresources/status"], "verbs": ["*"] },
+            { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"] },
+            { "apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] },
+        ],
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+        "subjects": [{ "kind": "ServiceAccount", "name": FENCED_ACCOUNT, "namespace": ns }],
+    }))
+    .unwrap();
+    let schema: FlowSchema = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "priorityLevelConfiguration": { "name": "exempt" },
+            "matchingPrecedence": 2,
+            "rules": [{
+                "subjects": [{ "kind": "ServiceAccount", "serviceAccount": { "name": FENCED_ACCOUNT, "namespace": ns } }],
+                "resourceRules": [{ "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "namespaces": ["*"], "clusterScope": true }],
+                "nonResourceRules": [{ "verbs": ["*"], "nonResourceURLs": ["*"] }],
+            }],
+        },
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .patch(&name, &apply, &Patch::Apply(&role))
+        .await
+        .expect("ClusterRole");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(&name, &apply, &Patch::Apply(&binding))
+        .await
+        .expect("ClusterRoleBinding");
+    Api::<FlowSchema>::all(client.clone())
+        .patch(&name, &apply, &Patch::Apply(&schema))
+        .await
+        .expect("FlowSchema");
+    let path = impersonating_kubeconfig(cp, &user, &format!("kubeconfig-{ns}"));
+    // The election Lease, released by a holder (a replica takes it at once): the policy's
+    // parameter exists before the controller starts, so the fence is enforced from its first
+    // write on (and in 2c the start is the same).
+    let mut released = serde_json::Map::new();
+    released.insert(
+        crawler_operator::leader::RELEASED_ANNOTATION.to_owned(),
+        json!("0/bench"),
+    );
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": { "name": "crawler-operator-leader", "annotations": released },
+        "spec": { "leaseDurationSeconds": 1, "leaseTransitions": 0 },
+    }))
+    .unwrap();
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("the election Lease");
+    if fence {
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/crawler-operator");
+        let values = format!(
+            "fullnameOverride={ns},controller.serviceAccount.create=false,\
+             controller.serviceAccount.name={FENCED_ACCOUNT},\
+             controller.leaderElection.leaseName=crawler-operator-leader"
+        );
+        let rendered = command_line(
+            support::tools::cache_dir()
+                .join("helm")
+                .to_str()
+                .expect("a UTF-8 path"),
+            &[
+                "template",
+                ns,
+                chart,
+                "--namespace",
+                ns,
+                "--set",
+                &values,
+                "--show-only",
+                "templates/leader-fence-policy.yaml",
+            ],
+        );
+        let manifest = cp.dir().join(format!("{ns}-leader-fence.yaml"));
+        std::fs::write(&manifest, rendered).expect("writing the rendered policy");
+        let applied = std::process::Command::new(support::tools::binary("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig_path())
+            .args(["apply", "-f"])
+            .arg(&manifest)
+            .output()
+            .expect("running kubectl apply");
+        assert!(
+            applied.status.success(),
+            "kubectl apply of the leader fence: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        // Enforced once the API server's policy informer has it (and the Lease): a dry-run
+        // status write of the account stamped with no one's term is refused.
+        let mut config = cp.config();
+        config.auth_info.impersonate = Some(user.clone());
+        let as_user = Client::try_from(config).expect("an impersonating client");
+        let probe = json!({
+            "apiVersion": "crawler.dev/v1alpha1", "kind": "CrawlerResource",
+            "status": { "controllerTerm": { "holder": "nobody", "leaseTransitions": -1 } },
+        });
+        let params = PatchParams::apply("fence-probe").force().dry_run();
+        let api: Api<CrawlerResource> = Api::namespaced(as_user, ns);
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            match api
+                .patch_status("r-000000", &params, &Patch::Apply(&probe))
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.message.contains("leader fence:") => break,
+                other => assert!(
+                    Instant::now() < until,
+                    "the leader fence is not enforced after 60 s: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    path
+}
+
+/// The admin's kubeconfig, impersonating `user`, written to `file` in the control plane's dir.
+fn impersonating_kubeconfig(cp: &ControlPlane, user: &str, file: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(cp.kubeconfig_path()).expect("reading the kubeconfig");
+    let marker = "    client-key-data:";
+    let at = text
+        .find(marker)
+        .expect("client-key-data in our kubeconfig");
+    let line_end = at + text[at..].find('\n').expect("end of line");
+    let impersonating = format!("{}\n    as: {user}{}", &text[..line_end], &text[line_end..]);
+    let path = cp.dir().join(file);
+    std::fs::write(&path, impersonating).expect("writing the impersonating kubeconfig");
+    path
 }
 
 /// The user the no-Events bulk run impersonates.
@@ -502,18 +720,5 @@ pub(crate) async fn no_events_identity(cp: &ControlPlane) -> std::path::PathBuf 
         .patch(NO_EVENTS_USER, &apply, &Patch::Apply(&schema))
         .await
         .expect("FlowSchema");
-    let text = std::fs::read_to_string(cp.kubeconfig_path()).expect("reading the kubeconfig");
-    let marker = "    client-key-data:";
-    let at = text
-        .find(marker)
-        .expect("client-key-data in our kubeconfig");
-    let line_end = at + text[at..].find('\n').expect("end of line");
-    let impersonating = format!(
-        "{}\n    as: {NO_EVENTS_USER}{}",
-        &text[..line_end],
-        &text[line_end..]
-    );
-    let path = cp.dir().join("kubeconfig-no-events");
-    std::fs::write(&path, impersonating).expect("writing the impersonating kubeconfig");
-    path
+    impersonating_kubeconfig(cp, NO_EVENTS_USER, "kubeconfig-no-events")
 }
