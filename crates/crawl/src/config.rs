@@ -77,6 +77,14 @@ pub struct CrawlConfig {
     pub politeness: Politeness,
     /// Transient failures of a page request retried, per URL.
     pub retries: Retries,
+    /// The crawl run (`status.run`), copied into every record; 1 for the first crawl.
+    pub run: u64,
+    /// Use sitemaps as a discovery source: the `Sitemap:` lines of the seed hosts'
+    /// `robots.txt` are queued with the seeds, and an XML response that is a sitemap or a
+    /// sitemap index (a seed, say) queues the URLs it lists, at the sitemap's own depth (0 for a
+    /// seed or a `robots.txt` line), within the allowed hosts. With a store of an earlier run, a
+    /// URL whose `lastmod` is not newer than its stored fetch is not fetched again.
+    pub sitemaps: bool,
 }
 
 /// Retries of one URL after a connect error, a timeout, a reset or a 5xx (and 429) answer.
@@ -183,6 +191,8 @@ impl CrawlConfig {
             resolver: Resolver::system(),
             politeness: Politeness::default(),
             retries: Retries::default(),
+            run: 1,
+            sitemaps: false,
         }
     }
 
@@ -247,6 +257,8 @@ impl CrawlConfig {
             resolver: self.resolver.clone(),
             politeness: self.politeness.clone(),
             retries: self.retries,
+            run: self.run,
+            sitemaps: self.sitemaps,
         })
     }
 
@@ -348,6 +360,8 @@ pub(crate) struct Validated {
     pub resolver: Resolver,
     pub politeness: Politeness,
     pub retries: Retries,
+    pub run: u64,
+    pub sitemaps: bool,
 }
 
 #[cfg(test)]
