@@ -30,6 +30,7 @@ mod heartbeat;
 mod jobfields;
 mod leader;
 mod rebalance;
+mod recrawl;
 mod reliability;
 mod results;
 mod rules;

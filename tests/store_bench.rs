@@ -70,6 +70,7 @@ fn key(task: &str, assignment: i64) -> TaskKey {
         name: task.into(),
         worker: format!("worker-{assignment}"),
         assignment,
+        run: 1,
     }
 }
 

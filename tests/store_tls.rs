@@ -263,6 +263,7 @@ fn key() -> TaskKey {
         name: "task".into(),
         worker: "worker-1".into(),
         assignment: 1,
+        run: 1,
     }
 }
 

@@ -891,8 +891,8 @@ impl Engine {
                         }
                         attempt.content_hash = Some(hash);
                     }
-                    let xml = self.cfg.sitemaps
-                        && content_type.as_deref().is_some_and(sitemap::is_xml);
+                    let xml =
+                        self.cfg.sitemaps && content_type.as_deref().is_some_and(sitemap::is_xml);
                     if xml {
                         if let Some(map) = sitemap::parse(&body) {
                             if map.cut {

@@ -253,8 +253,9 @@ mod tests {
 
     #[test]
     fn a_broken_file_keeps_what_was_read() {
-        let map = parse(b"<urlset><url><loc>https://e.com/1</loc></url><url><loc>https://e.com/2</lo")
-            .unwrap();
+        let map =
+            parse(b"<urlset><url><loc>https://e.com/1</loc></url><url><loc>https://e.com/2</lo")
+                .unwrap();
         assert_eq!(map.entries.len(), 1);
     }
 
@@ -267,7 +268,10 @@ mod tests {
             parse_lastmod("2026-12-06T09:30:15.5-02:00"),
             ts("2026-12-06T11:30:15.5Z")
         );
-        assert_eq!(parse_lastmod("2026-12-06T09:30Z"), ts("2026-12-06T09:30:00Z"));
+        assert_eq!(
+            parse_lastmod("2026-12-06T09:30Z"),
+            ts("2026-12-06T09:30:00Z")
+        );
         assert_eq!(parse_lastmod(""), None);
         assert_eq!(parse_lastmod("yesterday"), None);
         assert_eq!(parse_lastmod("2026-13-01"), None);
