@@ -445,7 +445,7 @@ pub struct TaskProgress {
     #[serde(default)]
     pub incomplete: i64,
     /// Pages of this run found unchanged since an earlier run and left as stored: answered
-    /// `304 Not Modified` to the stored ETag / Last-Modified, fetched with the stored body's
+    /// `304 Not Modified` to the stored `ETag` / `Last-Modified`, fetched with the stored body's
     /// hash, or skipped because their sitemap `lastmod` is not newer than the stored fetch.
     /// Only with the postgres sink (the file sink keeps no validators: always 0).
     #[serde(default)]

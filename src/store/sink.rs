@@ -677,12 +677,12 @@ impl Previous for PgPrevious {
             {
                 return None;
             }
-            match tokio::time::timeout(CONNECT_TIMEOUT, self.try_lookup(url)).await {
-                Ok(Ok(found)) => found,
-                Ok(Err(())) | Err(_) => {
-                    *self.down_until.lock() = Some(std::time::Instant::now() + LOOKUP_PAUSE);
-                    None
-                }
+            if let Ok(Ok(found)) = tokio::time::timeout(CONNECT_TIMEOUT, self.try_lookup(url)).await
+            {
+                found
+            } else {
+                *self.down_until.lock() = Some(std::time::Instant::now() + LOOKUP_PAUSE);
+                None
             }
         })
     }

@@ -116,7 +116,7 @@ struct Run {
     generation: i64,
     /// `status.run`: the crawl run this assignment belongs to (1 when unset). It changes only
     /// with a new assignment; the store starts a higher one from the seeds.
-    crawl_run: i64,
+    crawl: i64,
 }
 
 struct Task {
@@ -529,7 +529,7 @@ fn run_of(r: &CrawlerResource) -> Run {
         uid: r.uid().unwrap_or_default(),
         assignment: r.status.as_ref().and_then(|s| s.assignments).unwrap_or(0),
         generation: r.metadata.generation.unwrap_or(0),
-        crawl_run: r.status.as_ref().and_then(|s| s.run).unwrap_or(1).max(1),
+        crawl: r.status.as_ref().and_then(|s| s.run).unwrap_or(1).max(1),
     }
 }
 
@@ -615,7 +615,7 @@ async fn run_crawl(
         .map(|s| (s, tokio::time::Instant::now() + Duration::from_secs(s)));
     let config = match crawl_config(&client, &settings, &resource, run.assignment).await {
         Ok(mut config) => {
-            config.run = u64::try_from(run.crawl_run).unwrap_or(1);
+            config.run = u64::try_from(run.crawl).unwrap_or(1);
             config
         }
         Err(message) => return cannot_start(message).await,
@@ -645,7 +645,7 @@ async fn run_crawl(
         name: name.clone(),
         worker: settings.pod_name.clone(),
         assignment: run.assignment,
-        run: run.crawl_run,
+        run: run.crawl,
     };
     let (sink, frontier) = match results.open(key, &config, health_tx, cancel.clone()).await {
         Ok(opened) => opened,

@@ -396,7 +396,7 @@ impl Versioned {
 /// Whether a versioned page sends validators: all but every sixteenth (16, 32, 48), which a
 /// recrawl can only find unchanged by its body's hash.
 pub fn sends_validators(n: u64) -> bool {
-    n % 16 != 0
+    !n.is_multiple_of(16)
 }
 
 impl Site {
@@ -410,7 +410,7 @@ impl Site {
         format!("http://{}/v/{task}/sitemap.xml", self.addr)
     }
 
-    /// Changes page `n`'s content (its title says the new version; its ETag, Last-Modified and
+    /// Changes page `n`'s content (its title says the new version; its `ETag`, `Last-Modified` and
     /// sitemap lastmod move on).
     pub fn change_page(&self, task: &str, n: u64) {
         let mut pages = self.versioned.pages.lock().unwrap();

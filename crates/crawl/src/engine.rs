@@ -152,6 +152,13 @@ pub struct Frontier {
     pub previous: Option<PreviousFetches>,
 }
 
+impl Frontier {
+    /// Nothing of this run fetched yet: a new run (or one that stopped before its first page).
+    fn is_fresh(&self) -> bool {
+        self.requested == 0 && self.progress.pages_fetched == 0
+    }
+}
+
 /// A handle on a store's [`Previous`] fetches. Two handles are equal when they are the same
 /// store's.
 #[derive(Clone)]
@@ -191,13 +198,8 @@ where
         task: config.task.clone(),
         source,
     })?;
-    let mut engine = Engine::new(cfg, cancel.clone())?;
-    engine.keep = sink.stores_validators();
-    engine.previous = frontier.as_ref().and_then(|f| f.previous.clone());
-    let fresh = frontier
-        .as_ref()
-        .is_none_or(|f| f.requested == 0 && f.progress.pages_fetched == 0);
-    let engine = engine;
+    let engine = Engine::new(cfg, cancel.clone())?.with_store(&sink, frontier.as_ref());
+    let fresh = frontier.as_ref().is_none_or(Frontier::is_fresh);
     let cfg = &engine.cfg;
     info!(
         task = %cfg.task,
@@ -228,12 +230,10 @@ where
     let mut left_out = false;
     let mut discovered: Vec<Discovered> = Vec::new();
     if cfg.sitemaps && fresh {
-        // The sitemaps the seed hosts' robots.txt name, queued with the seeds (and stored with
-        // the first record, so a move keeps them queued).
-        let room = cfg.max_pages.saturating_sub(requested);
-        let found = engine.robots_sitemaps().await;
-        let found = found.into_iter().map(|u| (u, None)).collect();
-        left_out |= engine.follow_sitemap(found, 0, room, &mut queue, &mut discovered);
+        // Stored with the first record, so a move keeps them queued.
+        left_out = engine
+            .queue_robots_sitemaps(requested, &mut queue, &mut discovered)
+            .await;
     }
 
     let stop = loop {
@@ -263,7 +263,7 @@ where
             };
         }
 
-        let visit = tokio::select! {
+        let mut visit = tokio::select! {
             biased;
             () = cancel.cancelled() => break StopReason::Cancelled,
             _ = checkpoint.tick() => {
@@ -279,27 +279,8 @@ where
         state.tally(&visit.record);
         state.host_backoff = engine.current_backoff();
         state.in_flight = in_flight.len();
-        if !visit.sitemap.is_empty() {
-            let room = cfg
-                .max_pages
-                .saturating_sub(requested)
-                .saturating_sub(in_flight.len() as u64);
-            left_out |= engine.follow_sitemap(
-                visit.sitemap,
-                visit.record.depth,
-                room,
-                &mut queue,
-                &mut discovered,
-            );
-        }
-        if visit.record.depth < cfg.max_depth {
-            let room = cfg
-                .max_pages
-                .saturating_sub(requested)
-                .saturating_sub(in_flight.len() as u64);
-            let depth = visit.record.depth + 1;
-            left_out |= engine.follow(visit.follow, depth, room, &mut queue, &mut discovered);
-        }
+        let room = requested + in_flight.len() as u64;
+        left_out |= engine.queue_links(&mut visit, room, &mut queue, &mut discovered);
         state.queued = queue.len();
         sink.write_visit(&visit.record, &discovered)
             .await
@@ -459,6 +440,32 @@ struct Attempt {
     sitemap: Vec<(Url, Option<Timestamp>)>,
 }
 
+impl Attempt {
+    /// Nothing learned yet about `url`.
+    fn new(url: &Url) -> Self {
+        Self {
+            final_url: url.clone(),
+            status: None,
+            started_at: None,
+            elapsed: Duration::ZERO,
+            requested: false,
+            content_type: None,
+            bytes: 0,
+            truncated: false,
+            page: Page::default(),
+            extraction: None,
+            attempts: 0,
+            last_error: None,
+            stored: None,
+            unchanged: None,
+            etag: None,
+            last_modified: None,
+            content_hash: None,
+            sitemap: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Purpose {
     Page,
@@ -559,16 +566,77 @@ impl Engine {
         left_out
     }
 
+    /// What a sink that stores validators keeps of a page's links: those followed (or listed,
+    /// for a sitemap) within the allowed hosts.
+    fn followed(
+        &self,
+        follow: &[(Url, Option<usize>)],
+        sitemap: &[(Url, Option<Timestamp>)],
+    ) -> Vec<String> {
+        if !self.keep {
+            return Vec::new();
+        }
+        follow
+            .iter()
+            .map(|(link, _)| link)
+            .chain(sitemap.iter().map(|(link, _)| link))
+            .filter(|link| self.cfg.hosts.allows(link))
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Queues what a finished visit leads to: the URLs it lists if it is a sitemap (at its
+    /// depth), its links (one deeper, within `max_depth`). `used`: the requests made or in
+    /// flight, which the queue's room is `max_pages` less. Returns whether some were left out.
+    fn queue_links(
+        &self,
+        visit: &mut Visit,
+        used: u64,
+        queue: &mut VecDeque<Queued>,
+        discovered: &mut Vec<Discovered>,
+    ) -> bool {
+        let room = self.cfg.max_pages.saturating_sub(used);
+        let depth = visit.record.depth;
+        let sitemap = std::mem::take(&mut visit.sitemap);
+        let mut left_out = self.follow_sitemap(sitemap, depth, room, queue, discovered);
+        if depth < self.cfg.max_depth {
+            let follow = std::mem::take(&mut visit.follow);
+            left_out |= self.follow(follow, depth + 1, room, queue, discovered);
+        }
+        left_out
+    }
+
+    /// Whether `sink` keeps validators (then pages are hashed and their followed links kept),
+    /// and what earlier runs stored, from the frontier.
+    fn with_store<S: Sink>(mut self, sink: &S, frontier: Option<&Frontier>) -> Self {
+        self.keep = sink.stores_validators();
+        self.previous = frontier.and_then(|f| f.previous.clone());
+        self
+    }
+
+    /// Queues the sitemaps the seed hosts' `robots.txt` name with the seeds (at depth 0);
+    /// returns whether some were left out (`max_pages`).
+    async fn queue_robots_sitemaps(
+        &self,
+        requested: u64,
+        queue: &mut VecDeque<Queued>,
+        discovered: &mut Vec<Discovered>,
+    ) -> bool {
+        let found = self.robots_sitemaps().await;
+        let room = self.cfg.max_pages.saturating_sub(requested);
+        self.follow_sitemap(found, 0, room, queue, discovered)
+    }
+
     /// The `Sitemap:` URLs of the seed hosts' `robots.txt` (fetched once, through the cache
     /// the robots rules use), each once.
-    async fn robots_sitemaps(&self) -> Vec<Url> {
+    async fn robots_sitemaps(&self) -> Vec<(Url, Option<Timestamp>)> {
         let mut origins: Vec<&Url> = Vec::new();
         for seed in &self.cfg.seeds {
             if !origins.iter().any(|o| origin_key(o) == origin_key(seed)) {
                 origins.push(seed);
             }
         }
-        let mut found: Vec<Url> = Vec::new();
+        let mut found: Vec<(Url, Option<Timestamp>)> = Vec::new();
         for seed in origins {
             let (_, entry) = self.robots_of(seed).await;
             if let Some((_, Robots::Rules(robot))) = entry.cell.get() {
@@ -576,9 +644,9 @@ impl Engine {
                     if let Some(url) = Url::parse(line.trim())
                         .ok()
                         .and_then(|u| crate::urls::normalize(&u))
-                        && !found.contains(&url)
+                        && !found.iter().any(|(f, _)| *f == url)
                     {
-                        found.push(url);
+                        found.push((url, None));
                     }
                 }
             }
@@ -671,26 +739,7 @@ impl Engine {
     }
 
     async fn visit(&self, url: Url, depth: u32, rule: Option<usize>) -> Visit {
-        let mut attempt = Attempt {
-            final_url: url.clone(),
-            status: None,
-            started_at: None,
-            elapsed: Duration::ZERO,
-            requested: false,
-            content_type: None,
-            bytes: 0,
-            truncated: false,
-            page: Page::default(),
-            extraction: None,
-            attempts: 0,
-            last_error: None,
-            stored: None,
-            unchanged: None,
-            etag: None,
-            last_modified: None,
-            content_hash: None,
-            sitemap: Vec::new(),
-        };
+        let mut attempt = Attempt::new(&url);
         let result = self.fetch_page(&url, &mut attempt, rule).await;
         if let Err(err) = &result {
             debug!(task = %self.cfg.task, %url, kind = err.kind(), error = %error_chain(err), "page failed");
@@ -699,10 +748,15 @@ impl Engine {
         }
         let links: Vec<String> = attempt.page.links.iter().map(ToString::to_string).collect();
         let rules = &self.cfg.rules;
+        let bodiless = matches!(
+            attempt.unchanged,
+            Some(Unchanged::NotModified | Unchanged::Lastmod)
+        );
         // A page with a rule that was not parsed (an error, a 404, not HTML) has none of the
-        // rule's required fields.
+        // rule's required fields; one unchanged without a body keeps what its stored fetch
+        // extracted.
         let extraction = match (rule, attempt.extraction) {
-            (Some(index), None) => Some(rules.extract_html(index, "", &url)),
+            (Some(index), None) if !bodiless => Some(rules.extract_html(index, "", &url)),
             (_, extraction) => extraction,
         };
         let stored_links = match (attempt.unchanged, attempt.stored.take()) {
@@ -713,13 +767,10 @@ impl Engine {
         };
         let follow = if let Some(links) = &stored_links {
             // No body this time: the links the page led to when it was last read.
-            links
-                .iter()
-                .filter_map(|l| Url::parse(l).ok())
-                .map(|link| {
-                    let rule = rules.rule_for(link.as_str());
-                    (link, rule)
-                })
+            let parsed = links.iter().filter_map(|l| Url::parse(l).ok());
+            parsed
+                .map(|l| (rules.rule_for(l.as_str()), l))
+                .map(|(r, l)| (l, r))
                 .collect()
         } else if rules.is_empty() {
             attempt
@@ -734,23 +785,7 @@ impl Engine {
         let (fields, missing) = extraction
             .map(|e| (e.fields, e.missing))
             .unwrap_or_default();
-        let followed: Vec<String> = if self.keep {
-            let mut out: Vec<String> = follow
-                .iter()
-                .filter(|(link, _)| self.cfg.hosts.allows(link))
-                .map(|(link, _)| link.to_string())
-                .collect();
-            out.extend(
-                attempt
-                    .sitemap
-                    .iter()
-                    .filter(|(link, _)| self.cfg.hosts.allows(link))
-                    .map(|(link, _)| link.to_string()),
-            );
-            out
-        } else {
-            Vec::new()
-        };
+        let followed = self.followed(&follow, &attempt.sitemap);
         let links = stored_links.unwrap_or(links);
         let record = PageRecord {
             task: self.cfg.task.clone(),
@@ -802,26 +837,15 @@ impl Engine {
         rule: Option<usize>,
     ) -> Result<(), FetchError> {
         self.robots_allow(url).await?;
-        if let Some(previous) = &self.previous {
-            attempt.stored = previous.0.lookup(url.as_str()).await;
-            let lastmod = self.lastmods.lock().get(url).copied();
-            if let Some(stored) = &attempt.stored
-                && not_newer(lastmod, stored)
-            {
-                attempt.unchanged = Some(Unchanged::Lastmod);
-                return Ok(());
-            }
+        if self.look_up(url, attempt).await {
+            return Ok(());
         }
         let mut chain = vec![url.clone()];
         loop {
             let current = chain.last().expect("chain starts with the URL").clone();
             attempt.requested = true;
             let first = chain.len() == 1;
-            let conditional = attempt.stored.as_ref().filter(|s| {
-                first
-                    && !(self.cfg.sitemaps
-                        && s.content_type.as_deref().is_some_and(sitemap::is_xml))
-            });
+            let conditional = attempt.stored.as_ref().filter(|_| first);
             let result = self
                 .exchange_retrying(&current, attempt, first, conditional.cloned())
                 .await;
@@ -894,19 +918,7 @@ impl Engine {
                     let xml =
                         self.cfg.sitemaps && content_type.as_deref().is_some_and(sitemap::is_xml);
                     if xml {
-                        if let Some(map) = sitemap::parse(&body) {
-                            if map.cut {
-                                warn!(task = %self.cfg.task, url = %current, "sitemap lists more than {} URLs: the rest are not read", sitemap::MAX_ENTRIES);
-                            }
-                            attempt.sitemap = map
-                                .entries
-                                .into_iter()
-                                .filter_map(|e| {
-                                    let url = resolve(&current, &e.loc)?;
-                                    Some((url, e.lastmod))
-                                })
-                                .collect();
-                        }
+                        attempt.sitemap = self.sitemap_entries(&current, &body);
                     } else if !body.is_empty() {
                         let text = decode(&body, content_type.as_deref());
                         (attempt.page, attempt.extraction) =
@@ -917,6 +929,48 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Looks up what an earlier run stored of `url` (into `attempt.stored`); returns whether the
+    /// page is unchanged by its sitemap `lastmod` (then it is not requested).
+    async fn look_up(&self, url: &Url, attempt: &mut Attempt) -> bool {
+        let Some(previous) = &self.previous else {
+            return false;
+        };
+        // A stored sitemap is fetched in full, always: it is where this run's URLs (and their
+        // lastmod) come from.
+        let is_sitemap = |s: &Stored| {
+            self.cfg.sitemaps && s.content_type.as_deref().is_some_and(sitemap::is_xml)
+        };
+        attempt.stored = previous
+            .0
+            .lookup(url.as_str())
+            .await
+            .filter(|s| !is_sitemap(s));
+        let lastmod = self.lastmods.lock().get(url).copied();
+        let unchanged = attempt
+            .stored
+            .as_ref()
+            .is_some_and(|stored| not_newer(lastmod, stored));
+        if unchanged {
+            attempt.unchanged = Some(Unchanged::Lastmod);
+        }
+        unchanged
+    }
+
+    /// The URLs (resolved against `current`) and `lastmod`s a sitemap body lists; none when it
+    /// is not a sitemap.
+    fn sitemap_entries(&self, current: &Url, body: &[u8]) -> Vec<(Url, Option<Timestamp>)> {
+        let Some(map) = sitemap::parse(body) else {
+            return Vec::new();
+        };
+        if map.cut {
+            warn!(task = %self.cfg.task, url = %current, "sitemap lists more than {} URLs: the rest are not read", sitemap::MAX_ENTRIES);
+        }
+        map.entries
+            .into_iter()
+            .filter_map(|e| Some((resolve(current, &e.loc)?, e.lastmod)))
+            .collect()
     }
 
     /// [`Engine::exchange`], retried after a transient failure (a connect error, a timeout, a
@@ -1021,37 +1075,18 @@ impl Engine {
                 *self.backoff.lock() = Some(window);
             }
             if is_redirect(status) {
-                let location = response
-                    .headers()
-                    .get(LOCATION)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let location = header_text(&response, LOCATION);
                 return Ok(Exchange::Redirect {
                     status: status.as_u16(),
                     location,
                 });
             }
-            let content_type = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            let header = |name| {
-                response
-                    .headers()
-                    .get(name)
-                    .map(|v: &reqwest::header::HeaderValue| {
-                        String::from_utf8_lossy(v.as_bytes()).into_owned()
-                    })
-            };
-            let (etag, last_modified) = (header(ETAG), header(LAST_MODIFIED));
-            let sitemap = self.cfg.sitemaps && content_type.as_deref().is_some_and(sitemap::is_xml);
-            let (limit, wanted) = match purpose {
-                Purpose::Page if sitemap => (sitemap::MAX_SITEMAP_BYTES, status.is_success()),
-                Purpose::Page => (
-                    self.cfg.max_body_bytes,
-                    status.is_success() && content_type.as_deref().is_some_and(is_html),
-                ),
-                Purpose::Robots => (MAX_ROBOTS_BYTES, status.is_success()),
-            };
+            let content_type = header_text(&response, CONTENT_TYPE);
+            let (etag, last_modified) = (
+                header_text(&response, ETAG),
+                header_text(&response, LAST_MODIFIED),
+            );
+            let (limit, wanted) = self.body_wanted(purpose, status, content_type.as_deref());
             let (body, truncated) = if wanted {
                 read_limited(&mut response, limit)
                     .await
@@ -1088,6 +1123,25 @@ impl Engine {
             sent_at,
             elapsed: started.elapsed(),
             result,
+        }
+    }
+
+    /// How much of a response's body to read, and whether to read it at all: an HTML page, a
+    /// sitemap (with `sitemaps`, up to the protocol's 50 MB), a `robots.txt`; only on success.
+    fn body_wanted(
+        &self,
+        purpose: Purpose,
+        status: StatusCode,
+        content_type: Option<&str>,
+    ) -> (usize, bool) {
+        let sitemap = self.cfg.sitemaps && content_type.is_some_and(sitemap::is_xml);
+        match purpose {
+            Purpose::Page if sitemap => (sitemap::MAX_SITEMAP_BYTES, status.is_success()),
+            Purpose::Page => (
+                self.cfg.max_body_bytes,
+                status.is_success() && content_type.is_some_and(is_html),
+            ),
+            Purpose::Robots => (MAX_ROBOTS_BYTES, status.is_success()),
         }
     }
 
@@ -1251,6 +1305,14 @@ fn follow_with_rules(
     out
 }
 
+/// A response header's value as text (lossy).
+fn header_text(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
 /// The conditional request headers for what an earlier run stored: `If-None-Match` with its
 /// `ETag`, `If-Modified-Since` with its `Last-Modified` (RFC 9110: a server that knows the
 /// `ETag` ignores the date).
@@ -1294,7 +1356,7 @@ fn content_hash(body: &[u8]) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(body);
     let mut out = String::with_capacity(64);
-    for byte in digest.iter() {
+    for byte in &digest {
         use std::fmt::Write as _;
         let _ = write!(out, "{byte:02x}");
     }

@@ -174,8 +174,11 @@ pub fn is_xml(content_type: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
+    #[allow(clippy::unnecessary_wraps)] // compared with Option<Timestamp> fields
     fn ts(s: &str) -> Option<Timestamp> {
         Some(s.parse().unwrap())
     }
@@ -243,7 +246,7 @@ mod tests {
     fn entries_past_the_protocol_bound_are_cut() {
         let mut body = String::from("<urlset>");
         for i in 0..=MAX_ENTRIES {
-            body.push_str(&format!("<url><loc>https://e.com/{i}</loc></url>"));
+            let _ = write!(body, "<url><loc>https://e.com/{i}</loc></url>");
         }
         body.push_str("</urlset>");
         let map = parse(body.as_bytes()).unwrap();
