@@ -263,6 +263,16 @@ pub struct CrawlerResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 31_536_000))]
     pub starting_deadline_seconds: Option<i64>,
+
+    /// Use sitemaps to find pages (default false). The `Sitemap:` lines of the seed hosts'
+    /// robots.txt are queued with the seeds, and a seed (or any page) that is a sitemap or a
+    /// sitemap index (XML `<urlset>` / `<sitemapindex>`) queues the URLs it lists at its own
+    /// depth (0 for a seed: they count as seeds for maxDepth), within allowedHosts, at most
+    /// 50,000 per file and 50 MB read. With the postgres sink, a later run does not fetch again
+    /// a URL whose `<lastmod>` is not newer than its stored fetch (counted in
+    /// progress.pagesUnchanged). Compressed (.xml.gz) sitemaps are not read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sitemaps: bool,
 }
 
 /// What a firing of `spec.schedule` does while the previous run has not finished:
@@ -536,6 +546,12 @@ pub struct TaskProgress {
     /// Records whose extraction rule's required fields were missing.
     #[serde(default)]
     pub incomplete: i64,
+    /// Pages of this run found unchanged since an earlier run and left as stored: answered
+    /// `304 Not Modified` to the stored `ETag` / `Last-Modified`, fetched with the stored body's
+    /// hash, or skipped because their sitemap `lastmod` is not newer than the stored fetch.
+    /// Only with the postgres sink (the file sink keeps no validators: always 0).
+    #[serde(default)]
+    pub pages_unchanged: i64,
     /// When the task last fetched a page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activity: Option<Time>,

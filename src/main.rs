@@ -68,10 +68,16 @@ struct ResultsArgs {
     /// Output: one JSON object per line, or CSV with a header (RFC 4180).
     #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
     format: ExportFormat,
-    /// Only the pages last stored by this run. Runs are not numbered in the store yet: N is the
-    /// assignment (status.assignments when the run started), which the store keeps per page.
+    /// Only the pages last fetched by crawl run N (status.run: 1 for the first crawl, one more
+    /// for each new crawl from the seeds). A page the run found unchanged is in it too
+    /// (unchanged: true, with the fields stored when it last changed); a page the run no longer
+    /// reached is not.
     #[arg(long, conflicts_with = "file")]
     run: Option<i64>,
+    /// Only the pages last stored by assignment N (status.assignments: one run may span several
+    /// assignments when the task moves).
+    #[arg(long, conflicts_with = "file")]
+    assignment: Option<i64>,
     /// Only the extracted fields (spec.rules): per line the fields object, or in CSV one column
     /// per field name; pages without fields are left out.
     #[arg(long)]
@@ -790,7 +796,8 @@ async fn run_results(args: ResultsArgs) -> anyhow::Result<()> {
     let selection = export::Selection {
         namespace: namespace.clone(),
         uid: uid.clone(),
-        assignment: args.run,
+        run: args.run,
+        assignment: args.assignment,
     };
     let names = match (args.fields_only, format) {
         (false, _) => None,
@@ -818,9 +825,15 @@ async fn run_results(args: ResultsArgs) -> anyhow::Result<()> {
              against this database (with the file sink, read the worker's output with --file)"
         ),
         Some(task) if args.run.is_some() => format!(
-            "no pages of {who} were last stored by run (assignment) {}; its latest assignment \
-             in the store is {}",
+            "no pages of {who} were last fetched by run {}; its latest run in the store is {} \
+             (leave out --run for every stored page)",
             args.run.unwrap_or_default(),
+            task.run
+        ),
+        Some(task) if args.assignment.is_some() => format!(
+            "no pages of {who} were last stored by assignment {}; its latest assignment in the \
+             store is {}",
+            args.assignment.unwrap_or_default(),
             task.assignment
         ),
         Some(_) if args.fields_only => format!(

@@ -91,14 +91,14 @@ fn insert_pages(db: &str, ns: &str, uid: &str, prefix: &str, n: u32, assignment:
         &format!(
             "INSERT INTO crawl_pages (namespace, resource_uid, url, state, depth, status, final_url,
                title, content_type, bytes, links_count, fetched_at, elapsed_ms, truncated, fields,
-               worker, assignment, stored_at)
+               worker, assignment, stored_at, run)
              SELECT '{ns}', '{uid}', 'http://a.example/{prefix}/' || i, 'visited', 1, 200,
                'http://a.example/{prefix}/' || i, 'Page ' || i || ', \"quoted\"' || chr(10) || 'end',
                'text/html', 1000 + i, 2, '2026-12-06T09:00:00Z'::timestamptz + i * interval '1 ms',
                5, false,
                CASE WHEN i % 3 = 0 THEN jsonb_build_object('author', 'Ann ' || i,
                     'tags', jsonb_build_array('a', 'b,c')) ELSE '{{}}' END,
-               'worker-1', {assignment}, now()
+               'worker-1', {assignment}, now(), {assignment}
                FROM generate_series(1, {n}) AS i"
         ),
     );
@@ -174,7 +174,8 @@ async fn results_streams_a_resources_pages_from_the_store_as_jsonl_and_csv() {
     assert_eq!(
         rows[0].join(","),
         "url,final_url,status,title,content_type,bytes,links_count,depth,fetched_at,elapsed_ms,\
-         truncated,error,error_kind,fields,worker,assignment"
+         truncated,error,error_kind,fields,worker,assignment,run,unchanged,etag,last_modified,\
+         content_hash"
     );
     let row = rows
         .iter()
@@ -187,14 +188,25 @@ async fn results_streams_a_resources_pages_from_the_store_as_jsonl_and_csv() {
         json!({"author": "Ann 3", "tags": ["a", "b,c"]})
     );
 
-    // --run N: the pages last stored by assignment N.
+    // --run N: the pages last fetched by run N (here run N was assignment N); --assignment N:
+    // the pages last stored by assignment N.
     let out = results(&story, &["shelf", "-n", &ns, &db_flag, "--run=2"]);
     let run: Vec<Value> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(run.len(), 10);
-    assert!(run.iter().all(|l| l["assignment"] == 2), "{run:?}");
+    assert!(run.iter().all(|l| l["run"] == 2), "{run:?}");
+    let out = results(&story, &["shelf", "-n", &ns, &db_flag, "--assignment=1"]);
+    let assigned: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(assigned.len(), 30);
+    assert!(
+        assigned.iter().all(|l| l["assignment"] == 1),
+        "{assigned:?}"
+    );
 
     // --fields-only: the fields object per line; in CSV a column per field name.
     let out = results(&story, &["shelf", "-n", &ns, &db_flag, "--fields-only"]);
@@ -262,7 +274,7 @@ async fn results_says_what_is_missing_and_reads_a_deleted_resource_by_uid() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         stderr(&out).contains("no pages of crawlerresource")
-            && stderr(&out).contains("its latest assignment in the store is"),
+            && stderr(&out).contains("its latest run in the store is"),
         "{}",
         stderr(&out)
     );

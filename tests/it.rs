@@ -32,6 +32,7 @@ mod jobfields;
 mod leader;
 mod pause;
 mod rebalance;
+mod recrawl;
 mod reliability;
 mod results;
 mod rules;

@@ -23,6 +23,7 @@ fn key(assignment: i64, worker: &str) -> TaskKey {
         name: "task".into(),
         worker: worker.into(),
         assignment,
+        run: 1,
     }
 }
 

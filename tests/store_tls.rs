@@ -263,6 +263,7 @@ fn key() -> TaskKey {
         name: "task".into(),
         worker: "worker-1".into(),
         assignment: 1,
+        run: 1,
     }
 }
 
@@ -322,7 +323,7 @@ async fn crawler_operator_migrate_connects_with_verify_full_and_refuses_a_wrong_
     let out = migrate(ca_file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("applied migrations [1]"),
+        out.status.success() && stdout.contains("applied migrations [1, 2]"),
         "{out:?}"
     );
 

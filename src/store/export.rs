@@ -54,6 +54,11 @@ pub const STORE_COLUMNS: &[&str] = &[
     "fields",
     "worker",
     "assignment",
+    "run",
+    "unchanged",
+    "etag",
+    "last_modified",
+    "content_hash",
 ];
 
 /// The columns of a record from a file sink (the worker's JSON lines, `crawl::PageRecord`).
@@ -77,6 +82,8 @@ pub const FILE_COLUMNS: &[&str] = &[
     "fields",
     "missing",
     "incomplete",
+    "run",
+    "unchanged",
 ];
 
 /// Why an export ended early.
@@ -290,12 +297,15 @@ pub fn csv_row<'a>(out: &mut Vec<u8>, cells: impl Iterator<Item = &'a str>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Which stored pages: a task (namespace and resource uid), and optionally one assignment.
-#[derive(Clone, Debug)]
+/// Which stored pages: a task (namespace and resource uid), and optionally one run or one
+/// assignment.
+#[derive(Clone, Debug, Default)]
 pub struct Selection {
     pub namespace: String,
     pub uid: String,
-    /// `--run N`: only the pages last stored by assignment N.
+    /// `--run N`: only the pages last fetched by crawl run N (`status.run`).
+    pub run: Option<i64>,
+    /// `--assignment N`: only the pages last stored by assignment N (`status.assignments`).
     pub assignment: Option<i64>,
 }
 
@@ -308,10 +318,11 @@ SELECT json_build_object(
          'content_type', content_type, 'bytes', bytes, 'links_count', links_count,
          'depth', depth, 'fetched_at', fetched_at, 'elapsed_ms', elapsed_ms,
          'truncated', truncated, 'error', error, 'error_kind', error_kind, 'fields', fields,
-         'worker', worker, 'assignment', assignment)::text
+         'worker', worker, 'assignment', assignment, 'run', run, 'unchanged', unchanged,
+         'etag', etag, 'last_modified', last_modified, 'content_hash', content_hash)::text
   FROM crawl_pages
  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'
-   AND ($3::bigint IS NULL OR assignment = $3)
+   AND ($3::bigint IS NULL OR run = $3) AND ($4::bigint IS NULL OR assignment = $4)
  ORDER BY url";
 
 /// [`RECORDS`] as text cells for CSV, in [`STORE_COLUMNS`] order (the server formats every
@@ -319,17 +330,18 @@ SELECT json_build_object(
 const CELLS: &str = "
 SELECT url, final_url, status::text, title, content_type, bytes::text, links_count::text,
        depth::text, to_json(fetched_at)#>>'{}', elapsed_ms::text, truncated::text, error,
-       error_kind, fields::text, worker, assignment::text
+       error_kind, fields::text, worker, assignment::text, run::text, unchanged::text, etag,
+       last_modified, content_hash
   FROM crawl_pages
  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'
-   AND ($3::bigint IS NULL OR assignment = $3)
+   AND ($3::bigint IS NULL OR run = $3) AND ($4::bigint IS NULL OR assignment = $4)
  ORDER BY url";
 
 const FIELD_NAMES: &str = "
 SELECT DISTINCT k
   FROM crawl_pages, jsonb_object_keys(fields) AS k
  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'
-   AND ($3::bigint IS NULL OR assignment = $3)
+   AND ($3::bigint IS NULL OR run = $3) AND ($4::bigint IS NULL OR assignment = $4)
  ORDER BY k";
 
 /// Prepares a session for a long read: no statement timeout (the export runs as long as the
@@ -344,7 +356,10 @@ pub async fn prepare_session(client: &Client) -> Result<(), ExportError> {
 /// The field names of the selected pages, sorted (CSV's header with `--fields-only`).
 pub async fn field_names(client: &Client, sel: &Selection) -> Result<Vec<String>, ExportError> {
     let rows = client
-        .query(FIELD_NAMES, &[&sel.namespace, &sel.uid, &sel.assignment])
+        .query(
+            FIELD_NAMES,
+            &[&sel.namespace, &sel.uid, &sel.run, &sel.assignment],
+        )
         .await
         .map_err(ExportError::Query)?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -356,8 +371,8 @@ pub async fn from_store<W: Write>(
     sel: &Selection,
     writer: &mut Writer<W>,
 ) -> Result<u64, ExportError> {
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&sel.namespace, &sel.uid, &sel.assignment];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&sel.namespace, &sel.uid, &sel.run, &sel.assignment];
     let cells = writer.wants_cells();
     let rows = client
         .query_raw(if cells { CELLS } else { RECORDS }, params)
@@ -384,6 +399,8 @@ pub async fn from_store<W: Write>(
 pub struct TaskSummary {
     pub name: String,
     pub assignment: i64,
+    /// The task's current run.
+    pub run: i64,
 }
 
 /// The task's row in `crawl_tasks`, if the store knows it (to say why an export was empty).
@@ -394,7 +411,8 @@ pub async fn task_summary(
 ) -> Result<Option<TaskSummary>, ExportError> {
     let row = client
         .query_opt(
-            "SELECT name, assignment FROM crawl_tasks WHERE namespace = $1 AND resource_uid = $2",
+            "SELECT name, assignment, run FROM crawl_tasks
+              WHERE namespace = $1 AND resource_uid = $2",
             &[&namespace, &uid],
         )
         .await
@@ -402,6 +420,7 @@ pub async fn task_summary(
     Ok(row.map(|r| TaskSummary {
         name: r.get(0),
         assignment: r.get(1),
+        run: r.get(2),
     }))
 }
 

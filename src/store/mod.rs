@@ -41,10 +41,11 @@ pub use tls::{SslMode, TlsOptions};
 
 /// The schema, one entry per version, applied in order, each in its own transaction. Never
 /// edit an entry that has shipped: add one.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "crawl_tasks and crawl_pages",
-    r"
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "crawl_tasks and crawl_pages",
+        r"
 CREATE TABLE crawl_tasks (
     namespace     text        NOT NULL,
     resource_uid  text        NOT NULL,
@@ -86,7 +87,33 @@ CREATE TABLE crawl_pages (
 CREATE INDEX crawl_pages_queued ON crawl_pages (namespace, resource_uid, depth)
     WHERE state = 'queued';
 ",
-)];
+    ),
+    (
+        2,
+        "crawl runs and validators for incremental recrawls",
+        r"
+-- The task's current run (status.run): a higher one starts a new crawl from the seeds.
+ALTER TABLE crawl_tasks ADD COLUMN run bigint NOT NULL DEFAULT 1;
+-- queued_run: the run whose frontier holds the URL (queued or visited in it): the seen set of
+-- run R is its rows with queued_run = R, its queue those not visited in R (run < R or NULL).
+-- run: the run that last fetched the page (NULL while never visited).
+-- etag, last_modified: the validators of that fetch; content_hash: SHA-256 of its body (hex);
+-- unchanged: that fetch found the page as stored (304, same hash, or a sitemap lastmod not
+-- newer) and left the other columns as they were; followed: the links the crawl followed from
+-- the page (a JSON array), queued again when it is unchanged.
+ALTER TABLE crawl_pages
+    ADD COLUMN queued_run    bigint  NOT NULL DEFAULT 1,
+    ADD COLUMN run           bigint,
+    ADD COLUMN etag          text,
+    ADD COLUMN last_modified text,
+    ADD COLUMN content_hash  text,
+    ADD COLUMN unchanged     boolean NOT NULL DEFAULT false,
+    ADD COLUMN followed      jsonb;
+-- Pages stored before runs were numbered were fetched by run 1.
+UPDATE crawl_pages SET run = 1 WHERE state = 'visited';
+",
+    ),
+];
 
 /// Errors of the store outside a crawl (migrations, connecting), with the setting involved.
 #[derive(Debug, Error)]

@@ -14,7 +14,10 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use crawler_crawl::{Discovered, Frontier, PageRecord, Progress, Sink, SinkError};
+use crawler_crawl::{
+    Discovered, Frontier, PageRecord, Previous, PreviousFetches, Progress, Sink, SinkError, Stored,
+};
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::{
     sync::{OnceCell, mpsc, oneshot, watch},
@@ -43,6 +46,10 @@ pub struct TaskKey {
     pub worker: String,
     /// `status.assignments`: the fencing token.
     pub assignment: i64,
+    /// `status.run` (1 when unset): the crawl run this assignment belongs to. A higher run than
+    /// the stored one starts from the seeds, with the earlier runs' pages as validators only; a
+    /// run changes only with a new assignment, so the fence still decides who writes.
+    pub run: i64,
 }
 
 /// A database shared by every task of a worker: its connection string and whether the
@@ -178,10 +185,11 @@ struct Writer {
 }
 
 const FENCE: &str = "
-INSERT INTO crawl_tasks AS t (namespace, resource_uid, name, assignment, worker, claimed_at, updated_at)
-VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp())
+INSERT INTO crawl_tasks AS t (namespace, resource_uid, name, assignment, worker, claimed_at, updated_at, run)
+VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp(), $6)
 ON CONFLICT (namespace, resource_uid) DO UPDATE
    SET name = EXCLUDED.name, worker = EXCLUDED.worker, assignment = EXCLUDED.assignment,
+       run = EXCLUDED.run,
        -- Read here, once the row's lock is held (an older writer's transaction has committed),
        -- not in VALUES, which is evaluated before waiting for it.
        claimed_at = CASE WHEN t.assignment = EXCLUDED.assignment THEN t.claimed_at
@@ -190,30 +198,63 @@ ON CONFLICT (namespace, resource_uid) DO UPDATE
  WHERE t.assignment <= EXCLUDED.assignment
 RETURNING t.assignment";
 
+/// Queues URLs in run $6: new ones as `queued` rows; one an earlier run knows joins this run's
+/// frontier (its stored fetch stays, for validators); one this run knows already is left alone.
 const QUEUE: &str = "
-INSERT INTO crawl_pages (namespace, resource_uid, url, state, depth, worker, assignment, stored_at)
-SELECT $1, $2, r.url, 'queued', r.depth, $3, $4, clock_timestamp()
+INSERT INTO crawl_pages AS p (namespace, resource_uid, url, state, depth, worker, assignment,
+    stored_at, queued_run)
+SELECT $1, $2, r.url, 'queued', r.depth, $3, $4, clock_timestamp(), $6
   FROM jsonb_to_recordset($5::jsonb) AS r(url text, depth integer)
-ON CONFLICT (namespace, resource_uid, url) DO NOTHING";
+ON CONFLICT (namespace, resource_uid, url) DO UPDATE
+   SET queued_run = EXCLUDED.queued_run, depth = EXCLUDED.depth
+ WHERE p.queued_run < EXCLUDED.queued_run";
 
+/// Stores visited pages of run $6. An unchanged page (`unchanged`: 304, same body, or a sitemap
+/// `lastmod` not newer) keeps what its earlier fetch stored: only the run, the fetch time, the
+/// flag (and the writer's bookkeeping) change, and validators the server sent anew.
 const PAGES: &str = "
 INSERT INTO crawl_pages AS p (namespace, resource_uid, url, state, depth, status, final_url, title,
     content_type, bytes, links_count, fetched_at, elapsed_ms, truncated, error, error_kind, fields,
-    worker, assignment, stored_at)
+    worker, assignment, stored_at, queued_run, run, etag, last_modified, content_hash, unchanged,
+    followed)
 SELECT $1, $2, r.url, 'visited', r.depth, r.status, r.final_url, r.title, r.content_type, r.bytes,
        r.links_count, r.fetched_at, r.elapsed_ms, r.truncated, r.error, r.error_kind,
-       COALESCE(r.fields, '{}'::jsonb), $3, $4, clock_timestamp()
+       COALESCE(r.fields, '{}'::jsonb), $3, $4, clock_timestamp(), $6, $6, r.etag,
+       r.last_modified, r.content_hash, COALESCE(r.unchanged, false), r.followed
   FROM jsonb_to_recordset($5::jsonb) AS r(url text, depth integer, status integer,
        final_url text, title text, content_type text, bytes bigint, links_count integer,
        fetched_at timestamptz, elapsed_ms bigint, truncated boolean, error text,
-       error_kind text, fields jsonb)
+       error_kind text, fields jsonb, etag text, last_modified text, content_hash text,
+       unchanged boolean, followed jsonb)
 ON CONFLICT (namespace, resource_uid, url) DO UPDATE SET
-    state = 'visited', depth = LEAST(p.depth, EXCLUDED.depth), status = EXCLUDED.status,
-    final_url = EXCLUDED.final_url, title = EXCLUDED.title, content_type = EXCLUDED.content_type,
-    bytes = EXCLUDED.bytes, links_count = EXCLUDED.links_count, fetched_at = EXCLUDED.fetched_at,
-    elapsed_ms = EXCLUDED.elapsed_ms, truncated = EXCLUDED.truncated, error = EXCLUDED.error,
-    error_kind = EXCLUDED.error_kind, fields = EXCLUDED.fields, worker = EXCLUDED.worker,
-    assignment = EXCLUDED.assignment, stored_at = EXCLUDED.stored_at";
+    state = 'visited', fetched_at = EXCLUDED.fetched_at, unchanged = EXCLUDED.unchanged,
+    run = EXCLUDED.run, worker = EXCLUDED.worker, assignment = EXCLUDED.assignment,
+    stored_at = EXCLUDED.stored_at,
+    depth = CASE WHEN p.queued_run = EXCLUDED.queued_run THEN LEAST(p.depth, EXCLUDED.depth)
+                 ELSE EXCLUDED.depth END,
+    queued_run = EXCLUDED.queued_run,
+    etag = CASE WHEN EXCLUDED.unchanged THEN COALESCE(EXCLUDED.etag, p.etag) ELSE EXCLUDED.etag END,
+    last_modified = CASE WHEN EXCLUDED.unchanged THEN COALESCE(EXCLUDED.last_modified, p.last_modified)
+                         ELSE EXCLUDED.last_modified END,
+    status = CASE WHEN EXCLUDED.unchanged THEN p.status ELSE EXCLUDED.status END,
+    final_url = CASE WHEN EXCLUDED.unchanged THEN p.final_url ELSE EXCLUDED.final_url END,
+    title = CASE WHEN EXCLUDED.unchanged THEN p.title ELSE EXCLUDED.title END,
+    content_type = CASE WHEN EXCLUDED.unchanged THEN p.content_type ELSE EXCLUDED.content_type END,
+    bytes = CASE WHEN EXCLUDED.unchanged THEN p.bytes ELSE EXCLUDED.bytes END,
+    links_count = CASE WHEN EXCLUDED.unchanged THEN p.links_count ELSE EXCLUDED.links_count END,
+    elapsed_ms = CASE WHEN EXCLUDED.unchanged THEN p.elapsed_ms ELSE EXCLUDED.elapsed_ms END,
+    truncated = CASE WHEN EXCLUDED.unchanged THEN p.truncated ELSE EXCLUDED.truncated END,
+    error = CASE WHEN EXCLUDED.unchanged THEN p.error ELSE EXCLUDED.error END,
+    error_kind = CASE WHEN EXCLUDED.unchanged THEN p.error_kind ELSE EXCLUDED.error_kind END,
+    fields = CASE WHEN EXCLUDED.unchanged THEN p.fields ELSE EXCLUDED.fields END,
+    content_hash = CASE WHEN EXCLUDED.unchanged THEN p.content_hash ELSE EXCLUDED.content_hash END,
+    followed = CASE WHEN EXCLUDED.unchanged THEN p.followed ELSE EXCLUDED.followed END";
+
+/// An earlier run's fetch of one URL, for [`PgPrevious`].
+const PREVIOUS: &str = "
+SELECT etag, last_modified, content_hash, content_type, fetched_at, followed
+  FROM crawl_pages
+ WHERE namespace = $1 AND resource_uid = $2 AND url = $3 AND state = 'visited' AND run < $4";
 
 impl PgSink {
     /// Claims the task for `key.assignment` (raising its fence: from here on no older
@@ -402,24 +443,35 @@ impl Writer {
         let tx = client.transaction().await?;
         fence(&tx, &key).await?;
         write_rows(&tx, QUEUE, &key, &queued).await?;
+        // This run's rows: the seen set; those it has not visited yet: the queue. A new run has
+        // only its seeds here (queued above); the earlier runs' rows serve as validators.
         let rows = tx
             .query(
-                "SELECT url, depth, state = 'queued' FROM crawl_pages
-                  WHERE namespace = $1 AND resource_uid = $2",
-                &[&key.namespace, &key.uid],
+                "SELECT url, depth, run IS DISTINCT FROM $3 FROM crawl_pages
+                  WHERE namespace = $1 AND resource_uid = $2 AND queued_run = $3",
+                &[&key.namespace, &key.uid, &key.run],
             )
             .await?;
         let counts = tx
             .query_one(
                 "SELECT count(*) FILTER (WHERE status IS NOT NULL),
                         count(*) FILTER (WHERE error IS NOT NULL),
-                        COALESCE(sum(bytes), 0)::bigint,
-                        count(*) FILTER (WHERE error_kind IS NULL OR error_kind NOT LIKE 'robots%')
+                        COALESCE(sum(bytes) FILTER (WHERE NOT unchanged), 0)::bigint,
+                        count(*) FILTER (WHERE error_kind IS NULL OR error_kind NOT LIKE 'robots%'),
+                        count(*) FILTER (WHERE unchanged)
                    FROM crawl_pages
-                  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'",
-                &[&key.namespace, &key.uid],
+                  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited' AND run = $3",
+                &[&key.namespace, &key.uid, &key.run],
             )
             .await?;
+        let earlier = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM crawl_pages
+                                 WHERE namespace = $1 AND resource_uid = $2 AND run < $3)",
+                &[&key.namespace, &key.uid, &key.run],
+            )
+            .await?
+            .get::<_, bool>(0);
         tx.commit().await?;
         let mut frontier = Frontier::default();
         for row in rows {
@@ -437,9 +489,18 @@ impl Writer {
             pages_fetched: count(0),
             errors: count(1),
             bytes: count(2),
+            pages_unchanged: count(4),
             ..Progress::default()
         };
         frontier.requested = count(3);
+        if earlier {
+            frontier.previous = Some(PreviousFetches(Arc::new(PgPrevious {
+                store: self.store.clone(),
+                key: key.clone(),
+                client: tokio::sync::Mutex::new(None),
+                down_until: parking_lot::Mutex::new(None),
+            })));
+        }
         Ok(frontier)
     }
 
@@ -481,6 +542,7 @@ async fn fence(tx: &impl GenericClient, key: &TaskKey) -> Result<(), Failure> {
                 &key.name,
                 &key.assignment,
                 &key.worker,
+                &key.run,
             ],
         )
         .await?;
@@ -497,8 +559,8 @@ async fn fence(tx: &impl GenericClient, key: &TaskKey) -> Result<(), Failure> {
     Err(Failure::Fenced(current))
 }
 
-/// Runs [`QUEUE`] or [`PAGES`]: both take the task's key and assignment and one JSON array
-/// of rows, so each batch statement is called the same way.
+/// Runs [`QUEUE`] or [`PAGES`]: both take the task's key, assignment and run and one JSON
+/// array of rows, so each batch statement is called the same way.
 async fn write_rows(
     tx: &impl GenericClient,
     statement: &str,
@@ -507,7 +569,14 @@ async fn write_rows(
 ) -> Result<(), Failure> {
     tx.execute(
         statement,
-        &[&key.namespace, &key.uid, &key.worker, &key.assignment, rows],
+        &[
+            &key.namespace,
+            &key.uid,
+            &key.worker,
+            &key.assignment,
+            rows,
+            &key.run,
+        ],
     )
     .await?;
     Ok(())
@@ -536,7 +605,87 @@ fn page_row(record: &PageRecord) -> Value {
         "error": record.error,
         "error_kind": record.error_kind,
         "fields": fields,
+        "etag": record.etag,
+        "last_modified": record.last_modified,
+        "content_hash": record.content_hash,
+        "unchanged": record.unchanged,
+        "followed": record.followed,
     })
+}
+
+/// The earlier runs' fetches of a task, looked up per URL on a connection of their own
+/// (queries from concurrent visits are pipelined on it). A failed lookup is not an error: the
+/// page is fetched in full, and lookups pause for [`LOOKUP_PAUSE`] so a database that is away
+/// is not asked once per page (the writer reports and waits it out).
+struct PgPrevious {
+    store: Store,
+    key: TaskKey,
+    client: tokio::sync::Mutex<Option<(Arc<Client>, tokio_postgres::Statement)>>,
+    down_until: parking_lot::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long lookups pause after one failed.
+const LOOKUP_PAUSE: Duration = Duration::from_secs(5);
+
+impl PgPrevious {
+    async fn client(&self) -> Option<(Arc<Client>, tokio_postgres::Statement)> {
+        let mut guard = self.client.lock().await;
+        if let Some((client, statement)) = guard.as_ref()
+            && !client.is_closed()
+        {
+            return Some((Arc::clone(client), statement.clone()));
+        }
+        let client = self.store.connect().await.ok()?;
+        let statement = client.prepare(PREVIOUS).await.ok()?;
+        let client = Arc::new(client);
+        *guard = Some((Arc::clone(&client), statement.clone()));
+        Some((client, statement))
+    }
+
+    async fn try_lookup(&self, url: &str) -> Result<Option<Stored>, ()> {
+        let (client, statement) = self.client().await.ok_or(())?;
+        let row = client
+            .query_opt(
+                &statement,
+                &[&self.key.namespace, &self.key.uid, &url, &self.key.run],
+            )
+            .await
+            .map_err(|e| {
+                tracing::debug!(task = %self.key.name, error = %describe(&e), "validator lookup failed");
+            })?;
+        Ok(row.map(|row| Stored {
+            etag: row.get(0),
+            last_modified: row.get(1),
+            content_hash: row.get(2),
+            content_type: row.get(3),
+            fetched_at: row.get(4),
+            followed: row
+                .get::<_, Option<Value>>(5)
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default(),
+        }))
+    }
+}
+
+impl Previous for PgPrevious {
+    fn lookup<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Option<Stored>> {
+        Box::pin(async move {
+            if self
+                .down_until
+                .lock()
+                .is_some_and(|until| std::time::Instant::now() < until)
+            {
+                return None;
+            }
+            if let Ok(Ok(found)) = tokio::time::timeout(CONNECT_TIMEOUT, self.try_lookup(url)).await
+            {
+                found
+            } else {
+                *self.down_until.lock() = Some(std::time::Instant::now() + LOOKUP_PAUSE);
+                None
+            }
+        })
+    }
 }
 
 impl Sink for PgSink {
@@ -563,6 +712,10 @@ impl Sink for PgSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         self.hand_over(true).await
+    }
+
+    fn stores_validators(&self) -> bool {
+        true
     }
 }
 

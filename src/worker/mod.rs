@@ -114,6 +114,9 @@ struct Run {
     /// `status.assignments` when assigned to us.
     assignment: i64,
     generation: i64,
+    /// `status.run`: the crawl run this assignment belongs to (1 when unset). It changes only
+    /// with a new assignment; the store starts a higher one from the seeds.
+    crawl: i64,
 }
 
 struct Task {
@@ -533,6 +536,7 @@ fn run_of(r: &CrawlerResource) -> Run {
         uid: r.uid().unwrap_or_default(),
         assignment: r.status.as_ref().and_then(|s| s.assignments).unwrap_or(0),
         generation: r.metadata.generation.unwrap_or(0),
+        crawl: r.status.as_ref().and_then(|s| s.run).unwrap_or(1).max(1),
     }
 }
 
@@ -622,6 +626,7 @@ async fn run_crawl(
     let config = match crawl_config(&client, &settings, &resource, run.assignment).await {
         Ok(config) => crawl::CrawlConfig {
             send_deadline,
+            run: u64::try_from(run.crawl).unwrap_or(1),
             ..config
         },
         Err(message) => return cannot_start(message).await,
@@ -651,6 +656,7 @@ async fn run_crawl(
         name: name.clone(),
         worker: settings.pod_name.clone(),
         assignment: run.assignment,
+        run: run.crawl,
     };
     let (sink, frontier) = match results.open(key, &config, health_tx, cancel.clone()).await {
         Ok(opened) => opened,
@@ -896,6 +902,7 @@ pub fn config_from_spec(
         config.max_pages = u64::try_from(max).unwrap_or(1).max(1);
     }
     config.rules = crate::rules::crawl_rules(spec);
+    config.sitemaps = spec.sitemaps;
     config.user_agent = worker_user_agent(crawl::DEFAULT_USER_AGENT, worker, assignment);
     config
 }
@@ -1023,6 +1030,7 @@ impl Reporter {
             pages_fetched: i64::try_from(progress.pages_fetched).unwrap_or(i64::MAX),
             errors: i64::try_from(progress.errors).unwrap_or(i64::MAX),
             incomplete: i64::try_from(progress.incomplete).unwrap_or(i64::MAX),
+            pages_unchanged: i64::try_from(progress.pages_unchanged).unwrap_or(i64::MAX),
             last_activity: progress.last_activity.map(Time),
             message,
             reason: (state == TaskState::Failed).then(|| verdict.reason.to_owned()),

@@ -141,6 +141,10 @@ impl Sink for TaskSink {
             TaskSink::Postgres { sink, .. } => sink.flush().await,
         }
     }
+
+    fn stores_validators(&self) -> bool {
+        matches!(self, TaskSink::Postgres { .. })
+    }
 }
 
 /// What the conditions say about a task: from its state, why it is in it, and a message.

@@ -1,7 +1,10 @@
 //! A local web site for crawl tests: an endless binary tree of pages per task
 //! (`/t/<task>/<n>` links to `2n` and `2n+1`), `/slow/<task>/<n>` pages that answer after a
-//! delay, and a log of every request with the worker and assignment that sent it (parsed from
-//! the User-Agent `crawler-operator/<v> (worker <pod>; assignment <n>)`).
+//! delay, a finite tree of [`VERSIONED_PAGES`] pages per task that can change
+//! (`/v/<task>/<n>`: `ETag` and `Last-Modified`, `304` to a matching `If-None-Match` /
+//! `If-Modified-Since`, a sitemap at `/v/<task>/sitemap.xml`), and a log of every request with the
+//! worker and assignment that sent it (parsed from the User-Agent
+//! `crawler-operator/<v> (worker <pod>; assignment <n>)`), its status and the body bytes sent.
 
 use std::{
     fmt::Write as _,
@@ -35,12 +38,18 @@ pub struct Hit {
     pub cookie: Option<String>,
     /// The number `n` of the path (`/t/<task>/<n>`, `/shelf/<task>/list/<n>`, ...).
     pub page: u64,
+    /// The status sent (200 unless the page says otherwise: 304 for a versioned page whose
+    /// validators matched).
+    pub status: u16,
+    /// Body bytes sent (counted for the versioned pages; 0 elsewhere).
+    pub bytes: u64,
 }
 
 /// An endless binary tree of pages per task: /t/<task>/<n> links to 2n and 2n+1.
 pub struct Site {
     pub addr: SocketAddr,
     hits: Arc<Mutex<Vec<Hit>>>,
+    versioned: Arc<Versioned>,
 }
 
 impl Site {
@@ -51,18 +60,49 @@ impl Site {
     /// The site on loopback address `ip` (every 127.x.y.z is a host of its own on Linux): a
     /// second host for a crawl, with a request log of its own.
     pub async fn start_on(ip: &str) -> Self {
+        Self::serve(ip, false).await
+    }
+
+    /// The site on 127.0.0.1 with a robots.txt that names the sitemap of task
+    /// [`ROBOTS_SITEMAP_TASK`] (a `Sitemap:` line).
+    pub async fn start_with_robots_sitemap() -> Self {
+        Self::serve("127.0.0.1", true).await
+    }
+
+    async fn serve(ip: &str, robots_sitemap: bool) -> Self {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut robots = "User-agent: *\nAllow: /\n".to_owned();
+        if robots_sitemap {
+            let _ = writeln!(
+                robots,
+                "Sitemap: http://{addr}/v/{ROBOTS_SITEMAP_TASK}/sitemap.xml"
+            );
+        }
+        let versioned = Arc::new(Versioned {
+            hits: Arc::clone(&hits),
+            pages: Mutex::default(),
+        });
         let app = Router::new()
-            .route("/robots.txt", get(|| async { "User-agent: *\nAllow: /\n" }))
+            .route("/robots.txt", get(move || async move { robots }))
             .route("/t/{task}/{n}", get(page))
             .route("/slow/{task}/{n}", get(slow_page))
             .route("/shelf/{task}/list/{n}", get(shelf_list))
             .route("/shelf/{task}/book/{n}", get(shelf_book))
-            .with_state(Arc::clone(&hits));
-        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+            .with_state(Arc::clone(&hits))
+            .merge(
+                Router::new()
+                    .route("/v/{task}/sitemap.xml", get(versioned_sitemap))
+                    .route("/v/{task}/{n}", get(versioned_page))
+                    .with_state(Arc::clone(&versioned)),
+            );
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, hits }
+        Self {
+            addr,
+            hits,
+            versioned,
+        }
     }
 
     pub fn seed(&self, task: &str) -> String {
@@ -268,6 +308,17 @@ async fn shelf_book(
 }
 
 fn record_hit(hits: &Mutex<Vec<Hit>>, task: &str, n: u64, headers: &HeaderMap) {
+    record_response(hits, task, n, headers, 200, 0);
+}
+
+fn record_response(
+    hits: &Mutex<Vec<Hit>>,
+    task: &str,
+    n: u64,
+    headers: &HeaderMap,
+    status: u16,
+    bytes: u64,
+) {
     let ua = headers
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
@@ -295,7 +346,190 @@ fn record_hit(hits: &Mutex<Vec<Hit>>, task: &str, n: u64, headers: &HeaderMap) {
         assignment,
         cookie,
         page: n,
+        status,
+        bytes,
     });
+}
+
+/// Pages of a versioned site (`/v/<task>/<n>`, n = 1..=63): a binary tree five links deep.
+pub const VERSIONED_PAGES: u64 = 63;
+/// The task whose sitemap the site's robots.txt names.
+pub const ROBOTS_SITEMAP_TASK: &str = "robots-sitemap";
+/// When an unchanged versioned page was last modified (before any test ran).
+const ORIGINAL_DATE: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
+
+/// The changes made to versioned pages, per task.
+struct Versioned {
+    hits: Arc<Mutex<Vec<Hit>>>,
+    pages: Mutex<std::collections::HashMap<(String, u64), Change>>,
+}
+
+/// What changed on one versioned page: its version (0: the original), when, and the links it
+/// no longer has.
+#[derive(Clone, Default)]
+struct Change {
+    version: u32,
+    at: Option<jiff::Timestamp>,
+    removed: Vec<u64>,
+}
+
+impl Versioned {
+    fn change(&self, task: &str, n: u64) -> Change {
+        self.pages
+            .lock()
+            .unwrap()
+            .get(&(task.to_owned(), n))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The links of page `n` as it is now.
+    fn links(&self, task: &str, n: u64) -> Vec<u64> {
+        let removed = self.change(task, n).removed;
+        [2 * n, 2 * n + 1]
+            .into_iter()
+            .filter(|c| *c <= VERSIONED_PAGES && !removed.contains(c))
+            .collect()
+    }
+}
+
+/// Whether a versioned page sends validators: all but every sixteenth (16, 32, 48), which a
+/// recrawl can only find unchanged by its body's hash.
+pub fn sends_validators(n: u64) -> bool {
+    !n.is_multiple_of(16)
+}
+
+impl Site {
+    /// The first page of task `task`'s versioned site.
+    pub fn versioned_seed(&self, task: &str) -> String {
+        format!("http://{}/v/{task}/1", self.addr)
+    }
+
+    /// The sitemap of task `task`'s versioned site: every page, with its `lastmod`.
+    pub fn sitemap_url(&self, task: &str) -> String {
+        format!("http://{}/v/{task}/sitemap.xml", self.addr)
+    }
+
+    /// Changes page `n`'s content (its title says the new version; its `ETag`, `Last-Modified` and
+    /// sitemap lastmod move on).
+    pub fn change_page(&self, task: &str, n: u64) {
+        let mut pages = self.versioned.pages.lock().unwrap();
+        let change = pages.entry((task.to_owned(), n)).or_default();
+        change.version += 1;
+        change.at = Some(jiff::Timestamp::now());
+    }
+
+    /// Takes the link to page `child` off page `parent` (a change of `parent`).
+    pub fn remove_link(&self, task: &str, parent: u64, child: u64) {
+        self.change_page(task, parent);
+        let mut pages = self.versioned.pages.lock().unwrap();
+        let change = pages.entry((task.to_owned(), parent)).or_default();
+        change.removed.push(child);
+    }
+
+    /// The versioned pages of `task` reachable from page 1 now.
+    pub fn reachable(&self, task: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut todo = vec![1];
+        while let Some(n) = todo.pop() {
+            out.push(n);
+            todo.extend(self.versioned.links(task, n));
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+async fn versioned_page(
+    State(site): State<Arc<Versioned>>,
+    Path((task, n)): Path<(String, u64)>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use axum::{
+        http::{StatusCode, header},
+        response::IntoResponse,
+    };
+    if n == 0 || n > VERSIONED_PAGES {
+        record_response(&site.hits, &task, n, &headers, 404, 0);
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let change = site.change(&task, n);
+    let etag = format!("\"{task}-{n}-v{}\"", change.version);
+    let date = change.at.map_or_else(
+        || ORIGINAL_DATE.to_owned(),
+        |at| {
+            jiff::fmt::rfc2822::DateTimePrinter::new()
+                .timestamp_to_rfc9110_string(&at)
+                .unwrap()
+        },
+    );
+    let validators = sends_validators(n);
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it.
+    let not_modified = validators
+        && match header("if-none-match") {
+            Some(tags) => tags.split(',').any(|t| t.trim() == etag),
+            None => header("if-modified-since").is_some_and(|since| since == date),
+        };
+    let mut response = if not_modified {
+        record_response(&site.hits, &task, n, &headers, 304, 0);
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut links = String::new();
+        for c in site.links(&task, n) {
+            let _ = write!(links, "<a href=\"/v/{task}/{c}\">page {c}</a> ");
+        }
+        let mut body = format!(
+            "<html><head><title>{task} page {n} version {}</title></head><body>{links}",
+            change.version
+        );
+        // Pages of a realistic size (2 KiB), so the bytes a recrawl saves show.
+        while body.len() < 2048 {
+            body.push_str("<p>lorem ipsum dolor sit amet, consectetur adipiscing elit</p>");
+        }
+        body.push_str("</body></html>");
+        record_response(&site.hits, &task, n, &headers, 200, body.len() as u64);
+        ([(header::CONTENT_TYPE, "text/html")], body).into_response()
+    };
+    if validators {
+        let h = response.headers_mut();
+        h.insert(header::ETAG, etag.parse().unwrap());
+        h.insert(header::LAST_MODIFIED, date.parse().unwrap());
+    }
+    response
+}
+
+async fn versioned_sitemap(
+    State(site): State<Arc<Versioned>>,
+    Path(task): Path<String>,
+    headers: HeaderMap,
+) -> impl axum::response::IntoResponse {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let mut body = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <urlset xmlns=\"http://www.sitemaps.org/schemas/sitemap/0.9\">\n",
+    );
+    for n in 1..=VERSIONED_PAGES {
+        let lastmod = site
+            .change(&task, n)
+            .at
+            .map_or_else(|| "2026-01-01".to_owned(), |at| at.to_string());
+        let _ = writeln!(
+            body,
+            "<url><loc>http://{host}/v/{task}/{n}</loc><lastmod>{lastmod}</lastmod></url>"
+        );
+    }
+    // An entry off the site's host: never queued (outside the allowed hosts).
+    body.push_str("<url><loc>http://elsewhere.invalid/page</loc></url>\n</urlset>\n");
+    record_response(&site.hits, &task, 0, &headers, 200, body.len() as u64);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/xml")],
+        body,
+    )
 }
 
 async fn page(

@@ -81,6 +81,14 @@ pub struct CrawlConfig {
     /// Until when requests may be sent (the worker's heartbeat; see [`crate::gate`]). None by
     /// default.
     pub send_deadline: SendDeadline,
+    /// The crawl run (`status.run`), copied into every record; 1 for the first crawl.
+    pub run: u64,
+    /// Use sitemaps as a discovery source: the `Sitemap:` lines of the seed hosts'
+    /// `robots.txt` are queued with the seeds, and an XML response that is a sitemap or a
+    /// sitemap index (a seed, say) queues the URLs it lists, at the sitemap's own depth (0 for a
+    /// seed or a `robots.txt` line), within the allowed hosts. With a store of an earlier run, a
+    /// URL whose `lastmod` is not newer than its stored fetch is not fetched again.
+    pub sitemaps: bool,
 }
 
 /// Retries of one URL after a connect error, a timeout, a reset or a 5xx (and 429) answer.
@@ -188,6 +196,8 @@ impl CrawlConfig {
             politeness: Politeness::default(),
             retries: Retries::default(),
             send_deadline: SendDeadline::default(),
+            run: 1,
+            sitemaps: false,
         }
     }
 
@@ -253,6 +263,8 @@ impl CrawlConfig {
             politeness: self.politeness.clone(),
             retries: self.retries,
             send_deadline: self.send_deadline.clone(),
+            run: self.run,
+            sitemaps: self.sitemaps,
         })
     }
 
@@ -355,6 +367,8 @@ pub(crate) struct Validated {
     pub politeness: Politeness,
     pub retries: Retries,
     pub send_deadline: SendDeadline,
+    pub run: u64,
+    pub sitemaps: bool,
 }
 
 #[cfg(test)]

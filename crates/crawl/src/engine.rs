@@ -11,7 +11,7 @@
 //! loop, so dropping them (on cancel) drops their connections too.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -26,7 +26,9 @@ use jiff::Timestamp;
 use parking_lot::Mutex;
 use reqwest::{
     Client, StatusCode,
-    header::{CONTENT_TYPE, LOCATION, RETRY_AFTER},
+    header::{
+        CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER,
+    },
     redirect,
 };
 use serde::Serialize;
@@ -42,7 +44,8 @@ use super::{
     html::{self, Page},
     polite::HostBackoff,
     robots::{Denied, MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, Robots, RobotsResponse},
-    sink::{Discovered, PageRecord, Sink},
+    sink::{Discovered, PageRecord, Previous, Sink, Stored},
+    sitemap,
     urls::{origin_key, resolve},
 };
 
@@ -58,6 +61,8 @@ pub struct Progress {
     pub bytes: u64,
     /// Records whose rule's required fields were missing (see `PageRecord::incomplete`).
     pub incomplete: u64,
+    /// Pages found unchanged since an earlier run (see `PageRecord::unchanged`).
+    pub pages_unchanged: u64,
     /// URLs waiting to be visited.
     pub queued: usize,
     /// Visits under way.
@@ -76,6 +81,7 @@ impl Progress {
         self.errors += u64::from(record.error.is_some());
         self.bytes += record.bytes;
         self.incomplete += u64::from(record.incomplete);
+        self.pages_unchanged += u64::from(record.unchanged);
         self.last_activity = Some(Timestamp::now());
     }
 }
@@ -141,7 +147,36 @@ pub struct Frontier {
     pub progress: Progress,
     /// Requests made so far, counted against `max_pages`.
     pub requested: u64,
+    /// What earlier runs stored, looked up per URL for conditional requests (`None`: the first
+    /// run, or a sink without validators).
+    pub previous: Option<PreviousFetches>,
 }
+
+impl Frontier {
+    /// Nothing of this run fetched yet: a new run (or one that stopped before its first page).
+    fn is_fresh(&self) -> bool {
+        self.requested == 0 && self.progress.pages_fetched == 0
+    }
+}
+
+/// A handle on a store's [`Previous`] fetches. Two handles are equal when they are the same
+/// store's.
+#[derive(Clone)]
+pub struct PreviousFetches(pub Arc<dyn Previous>);
+
+impl std::fmt::Debug for PreviousFetches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreviousFetches")
+    }
+}
+
+impl PartialEq for PreviousFetches {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PreviousFetches {}
 
 /// [`run`], resuming from `frontier` when given (`None`: start from the seeds). The frontier is
 /// checked against `config` first: queued URLs it no longer allows (their host, their depth)
@@ -163,7 +198,8 @@ where
         task: config.task.clone(),
         source,
     })?;
-    let engine = Engine::new(cfg, cancel.clone())?;
+    let engine = Engine::new(cfg, cancel.clone())?.with_store(&sink, frontier.as_ref());
+    let fresh = frontier.as_ref().is_none_or(Frontier::is_fresh);
     let cfg = &engine.cfg;
     info!(
         task = %cfg.task,
@@ -193,6 +229,12 @@ where
     // Links left out because the queue already held all that `max_pages` allows.
     let mut left_out = false;
     let mut discovered: Vec<Discovered> = Vec::new();
+    if cfg.sitemaps && fresh {
+        // Stored with the first record, so a move keeps them queued.
+        left_out = engine
+            .queue_robots_sitemaps(requested, &mut queue, &mut discovered)
+            .await;
+    }
 
     let stop = loop {
         if cancel.is_cancelled() {
@@ -221,7 +263,7 @@ where
             };
         }
 
-        let visit = tokio::select! {
+        let mut visit = tokio::select! {
             biased;
             () = cancel.cancelled() => break StopReason::Cancelled,
             _ = checkpoint.tick() => {
@@ -237,14 +279,8 @@ where
         state.tally(&visit.record);
         state.host_backoff = engine.current_backoff();
         state.in_flight = in_flight.len();
-        if visit.record.depth < cfg.max_depth {
-            let room = cfg
-                .max_pages
-                .saturating_sub(requested)
-                .saturating_sub(in_flight.len() as u64);
-            let depth = visit.record.depth + 1;
-            left_out |= engine.follow(visit.follow, depth, room, &mut queue, &mut discovered);
-        }
+        let room = requested + in_flight.len() as u64;
+        left_out |= engine.queue_links(&mut visit, room, &mut queue, &mut discovered);
         state.queued = queue.len();
         sink.write_visit(&visit.record, &discovered)
             .await
@@ -347,6 +383,12 @@ struct Engine {
     /// The latest 429/503 window one of this crawl's requests opened.
     backoff: Mutex<Option<HostBackoff>>,
     cancel: CancellationToken,
+    /// The sink stores validators: compute each page's hash and followed links.
+    keep: bool,
+    /// Earlier runs' fetches, looked up per URL.
+    previous: Option<PreviousFetches>,
+    /// The `lastmod` sitemaps gave for URLs (kept only with `previous`, the one use of it).
+    lastmods: Mutex<HashMap<Url, Timestamp>>,
 }
 
 /// One finished visit.
@@ -356,6 +398,19 @@ struct Visit {
     follow: Vec<(Url, Option<usize>)>,
     /// A request was sent for the page.
     requested: bool,
+    /// The URLs a sitemap lists (the page was one), with their `lastmod`.
+    sitemap: Vec<(Url, Option<Timestamp>)>,
+}
+
+/// Why a page counts as unchanged since an earlier run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unchanged {
+    /// 304 to the stored validators.
+    NotModified,
+    /// 200 with the stored body hash.
+    SameBody,
+    /// A sitemap `lastmod` not newer than the stored fetch: not requested.
+    Lastmod,
 }
 
 /// What a visit has learned so far; kept when it ends in an error.
@@ -375,6 +430,40 @@ struct Attempt {
     attempts: u32,
     /// The last failure that was retried.
     last_error: Option<String>,
+    /// What an earlier run stored of the URL.
+    stored: Option<Stored>,
+    unchanged: Option<Unchanged>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    content_hash: Option<String>,
+    /// The URLs the page lists, when it is a sitemap.
+    sitemap: Vec<(Url, Option<Timestamp>)>,
+}
+
+impl Attempt {
+    /// Nothing learned yet about `url`.
+    fn new(url: &Url) -> Self {
+        Self {
+            final_url: url.clone(),
+            status: None,
+            started_at: None,
+            elapsed: Duration::ZERO,
+            requested: false,
+            content_type: None,
+            bytes: 0,
+            truncated: false,
+            page: Page::default(),
+            extraction: None,
+            attempts: 0,
+            last_error: None,
+            stored: None,
+            unchanged: None,
+            etag: None,
+            last_modified: None,
+            content_hash: None,
+            sitemap: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -401,6 +490,8 @@ enum Exchange {
         content_type: Option<String>,
         body: Vec<u8>,
         truncated: bool,
+        etag: Option<String>,
+        last_modified: Option<String>,
     },
 }
 
@@ -433,6 +524,134 @@ impl Engine {
             queue.push_back((link, depth, rule));
         }
         false
+    }
+
+    /// Queues the URLs a sitemap lists (or `robots.txt` names) at `depth`, the sitemap's own, in
+    /// front of the queue (whose entries are all at least that deep), like [`Engine::follow`]
+    /// otherwise; keeps their `lastmod` when an earlier run's fetches can be compared with it.
+    fn follow_sitemap(
+        &self,
+        entries: Vec<(Url, Option<Timestamp>)>,
+        depth: u32,
+        room: u64,
+        queue: &mut VecDeque<Queued>,
+        discovered: &mut Vec<Discovered>,
+    ) -> bool {
+        let mut seen = self.seen.lock();
+        let mut lastmods = self.lastmods.lock();
+        let mut front = Vec::new();
+        let mut left_out = false;
+        for (link, lastmod) in entries {
+            if !self.cfg.hosts.allows(&link) || seen.contains(&link) {
+                continue;
+            }
+            if (queue.len() + front.len()) as u64 >= room {
+                left_out = true;
+                break;
+            }
+            seen.insert(link.clone());
+            if let Some(lastmod) = lastmod.filter(|_| self.previous.is_some()) {
+                lastmods.insert(link.clone(), lastmod);
+            }
+            discovered.push(Discovered {
+                url: link.to_string(),
+                depth,
+            });
+            let rule = self.cfg.rules.rule_for(link.as_str());
+            front.push((link, depth, rule));
+        }
+        for entry in front.into_iter().rev() {
+            queue.push_front(entry);
+        }
+        left_out
+    }
+
+    /// What a sink that stores validators keeps of a page's links: those followed (or listed,
+    /// for a sitemap) within the allowed hosts.
+    fn followed(
+        &self,
+        follow: &[(Url, Option<usize>)],
+        sitemap: &[(Url, Option<Timestamp>)],
+    ) -> Vec<String> {
+        if !self.keep {
+            return Vec::new();
+        }
+        follow
+            .iter()
+            .map(|(link, _)| link)
+            .chain(sitemap.iter().map(|(link, _)| link))
+            .filter(|link| self.cfg.hosts.allows(link))
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Queues what a finished visit leads to: the URLs it lists if it is a sitemap (at its
+    /// depth), its links (one deeper, within `max_depth`). `used`: the requests made or in
+    /// flight, which the queue's room is `max_pages` less. Returns whether some were left out.
+    fn queue_links(
+        &self,
+        visit: &mut Visit,
+        used: u64,
+        queue: &mut VecDeque<Queued>,
+        discovered: &mut Vec<Discovered>,
+    ) -> bool {
+        let room = self.cfg.max_pages.saturating_sub(used);
+        let depth = visit.record.depth;
+        let sitemap = std::mem::take(&mut visit.sitemap);
+        let mut left_out = self.follow_sitemap(sitemap, depth, room, queue, discovered);
+        if depth < self.cfg.max_depth {
+            let follow = std::mem::take(&mut visit.follow);
+            left_out |= self.follow(follow, depth + 1, room, queue, discovered);
+        }
+        left_out
+    }
+
+    /// Whether `sink` keeps validators (then pages are hashed and their followed links kept),
+    /// and what earlier runs stored, from the frontier.
+    fn with_store<S: Sink>(mut self, sink: &S, frontier: Option<&Frontier>) -> Self {
+        self.keep = sink.stores_validators();
+        self.previous = frontier.and_then(|f| f.previous.clone());
+        self
+    }
+
+    /// Queues the sitemaps the seed hosts' `robots.txt` name with the seeds (at depth 0);
+    /// returns whether some were left out (`max_pages`).
+    async fn queue_robots_sitemaps(
+        &self,
+        requested: u64,
+        queue: &mut VecDeque<Queued>,
+        discovered: &mut Vec<Discovered>,
+    ) -> bool {
+        let found = self.robots_sitemaps().await;
+        let room = self.cfg.max_pages.saturating_sub(requested);
+        self.follow_sitemap(found, 0, room, queue, discovered)
+    }
+
+    /// The `Sitemap:` URLs of the seed hosts' `robots.txt` (fetched once, through the cache
+    /// the robots rules use), each once.
+    async fn robots_sitemaps(&self) -> Vec<(Url, Option<Timestamp>)> {
+        let mut origins: Vec<&Url> = Vec::new();
+        for seed in &self.cfg.seeds {
+            if !origins.iter().any(|o| origin_key(o) == origin_key(seed)) {
+                origins.push(seed);
+            }
+        }
+        let mut found: Vec<(Url, Option<Timestamp>)> = Vec::new();
+        for seed in origins {
+            let (_, entry) = self.robots_of(seed).await;
+            if let Some((_, Robots::Rules(robot))) = entry.cell.get() {
+                for line in &robot.sitemaps {
+                    if let Some(url) = Url::parse(line.trim())
+                        .ok()
+                        .and_then(|u| crate::urls::normalize(&u))
+                        && !found.iter().any(|(f, _)| *f == url)
+                    {
+                        found.push((url, None));
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// The queue, counts and requests to start from: the seeds, or a stored frontier (whose
@@ -513,24 +732,14 @@ impl Engine {
             backoff: Mutex::new(None),
             cancel,
             cfg,
+            keep: false,
+            previous: None,
+            lastmods: Mutex::new(HashMap::new()),
         })
     }
 
     async fn visit(&self, url: Url, depth: u32, rule: Option<usize>) -> Visit {
-        let mut attempt = Attempt {
-            final_url: url.clone(),
-            status: None,
-            started_at: None,
-            elapsed: Duration::ZERO,
-            requested: false,
-            content_type: None,
-            bytes: 0,
-            truncated: false,
-            page: Page::default(),
-            extraction: None,
-            attempts: 0,
-            last_error: None,
-        };
+        let mut attempt = Attempt::new(&url);
         let result = self.fetch_page(&url, &mut attempt, rule).await;
         if let Err(err) = &result {
             debug!(task = %self.cfg.task, %url, kind = err.kind(), error = %error_chain(err), "page failed");
@@ -539,13 +748,31 @@ impl Engine {
         }
         let links: Vec<String> = attempt.page.links.iter().map(ToString::to_string).collect();
         let rules = &self.cfg.rules;
+        let bodiless = matches!(
+            attempt.unchanged,
+            Some(Unchanged::NotModified | Unchanged::Lastmod)
+        );
         // A page with a rule that was not parsed (an error, a 404, not HTML) has none of the
-        // rule's required fields.
+        // rule's required fields; one unchanged without a body keeps what its stored fetch
+        // extracted.
         let extraction = match (rule, attempt.extraction) {
-            (Some(index), None) => Some(rules.extract_html(index, "", &url)),
+            (Some(index), None) if !bodiless => Some(rules.extract_html(index, "", &url)),
             (_, extraction) => extraction,
         };
-        let follow = if rules.is_empty() {
+        let stored_links = match (attempt.unchanged, attempt.stored.take()) {
+            (Some(Unchanged::NotModified | Unchanged::Lastmod), Some(stored)) => {
+                Some(stored.followed)
+            }
+            _ => None,
+        };
+        let follow = if let Some(links) = &stored_links {
+            // No body this time: the links the page led to when it was last read.
+            let parsed = links.iter().filter_map(|l| Url::parse(l).ok());
+            parsed
+                .map(|l| (rules.rule_for(l.as_str()), l))
+                .map(|(r, l)| (l, r))
+                .collect()
+        } else if rules.is_empty() {
             attempt
                 .page
                 .links
@@ -558,6 +785,8 @@ impl Engine {
         let (fields, missing) = extraction
             .map(|e| (e.fields, e.missing))
             .unwrap_or_default();
+        let followed = self.followed(&follow, &attempt.sitemap);
+        let links = stored_links.unwrap_or(links);
         let record = PageRecord {
             task: self.cfg.task.clone(),
             url: url.to_string(),
@@ -580,11 +809,23 @@ impl Engine {
             missing,
             attempts: attempt.attempts,
             last_error: attempt.last_error,
+            run: self.cfg.run,
+            unchanged: attempt.unchanged.is_some(),
+            etag: attempt.etag,
+            last_modified: attempt.last_modified,
+            content_hash: attempt.content_hash,
+            followed,
         };
         Visit {
             record,
-            follow,
+            // A sitemap's URLs are queued as entry points of their own (`sitemap`).
+            follow: if attempt.sitemap.is_empty() {
+                follow
+            } else {
+                Vec::new()
+            },
             requested: attempt.requested,
+            sitemap: attempt.sitemap,
         }
     }
 
@@ -596,12 +837,18 @@ impl Engine {
         rule: Option<usize>,
     ) -> Result<(), FetchError> {
         self.robots_allow(url).await?;
+        if self.look_up(url, attempt).await {
+            return Ok(());
+        }
         let mut chain = vec![url.clone()];
         loop {
             let current = chain.last().expect("chain starts with the URL").clone();
             attempt.requested = true;
             let first = chain.len() == 1;
-            let result = self.exchange_retrying(&current, attempt, first).await;
+            let conditional = attempt.stored.as_ref().filter(|_| first);
+            let result = self
+                .exchange_retrying(&current, attempt, first, conditional.cloned())
+                .await;
             match result? {
                 Exchange::Redirect { status, location } => {
                     attempt.status = Some(status);
@@ -646,11 +893,33 @@ impl Engine {
                     content_type,
                     body,
                     truncated,
+                    etag,
+                    last_modified,
                 } => {
                     attempt.status = Some(status);
                     attempt.bytes = body.len() as u64;
                     attempt.truncated = truncated;
-                    if !body.is_empty() {
+                    if first && self.keep {
+                        attempt.etag = etag;
+                        attempt.last_modified = last_modified;
+                    }
+                    if status == 304 && conditional_sent(first, attempt.stored.as_ref()) {
+                        attempt.unchanged = Some(Unchanged::NotModified);
+                        attempt.content_type = content_type;
+                        return Ok(());
+                    }
+                    if self.keep && !body.is_empty() {
+                        let hash = content_hash(&body);
+                        if first && same_body(attempt.stored.as_ref(), &hash) {
+                            attempt.unchanged = Some(Unchanged::SameBody);
+                        }
+                        attempt.content_hash = Some(hash);
+                    }
+                    let xml =
+                        self.cfg.sitemaps && content_type.as_deref().is_some_and(sitemap::is_xml);
+                    if xml {
+                        attempt.sitemap = self.sitemap_entries(&current, &body);
+                    } else if !body.is_empty() {
                         let text = decode(&body, content_type.as_deref());
                         (attempt.page, attempt.extraction) =
                             html::parse_with_rule(&text, &current, &self.cfg.rules, rule);
@@ -662,6 +931,48 @@ impl Engine {
         }
     }
 
+    /// Looks up what an earlier run stored of `url` (into `attempt.stored`); returns whether the
+    /// page is unchanged by its sitemap `lastmod` (then it is not requested).
+    async fn look_up(&self, url: &Url, attempt: &mut Attempt) -> bool {
+        let Some(previous) = &self.previous else {
+            return false;
+        };
+        // A stored sitemap is fetched in full, always: it is where this run's URLs (and their
+        // lastmod) come from.
+        let is_sitemap = |s: &Stored| {
+            self.cfg.sitemaps && s.content_type.as_deref().is_some_and(sitemap::is_xml)
+        };
+        attempt.stored = previous
+            .0
+            .lookup(url.as_str())
+            .await
+            .filter(|s| !is_sitemap(s));
+        let lastmod = self.lastmods.lock().get(url).copied();
+        let unchanged = attempt
+            .stored
+            .as_ref()
+            .is_some_and(|stored| not_newer(lastmod, stored));
+        if unchanged {
+            attempt.unchanged = Some(Unchanged::Lastmod);
+        }
+        unchanged
+    }
+
+    /// The URLs (resolved against `current`) and `lastmod`s a sitemap body lists; none when it
+    /// is not a sitemap.
+    fn sitemap_entries(&self, current: &Url, body: &[u8]) -> Vec<(Url, Option<Timestamp>)> {
+        let Some(map) = sitemap::parse(body) else {
+            return Vec::new();
+        };
+        if map.cut {
+            warn!(task = %self.cfg.task, url = %current, "sitemap lists more than {} URLs: the rest are not read", sitemap::MAX_ENTRIES);
+        }
+        map.entries
+            .into_iter()
+            .filter_map(|e| Some((resolve(current, &e.loc)?, e.lastmod)))
+            .collect()
+    }
+
     /// [`Engine::exchange`], retried after a transient failure (a connect error, a timeout, a
     /// reset, a 429 or a 5xx) up to the task's budget, waiting the retry schedule (and the
     /// per-host gate, which keeps a 429/503 window). `count`: the requests count as attempts of
@@ -671,11 +982,14 @@ impl Engine {
         url: &Url,
         attempt: &mut Attempt,
         count: bool,
+        conditional: Option<Stored>,
     ) -> Result<Exchange, FetchError> {
         let retries = self.cfg.retries;
         let mut retry = 0_u32;
         loop {
-            let timed = self.exchange(url, Purpose::Page).await;
+            let timed = self
+                .exchange(url, Purpose::Page, conditional.as_ref())
+                .await;
             attempt.started_at.get_or_insert(timed.sent_at);
             attempt.elapsed += timed.elapsed;
             if count {
@@ -716,7 +1030,7 @@ impl Engine {
     /// Waits for the rate limiter, then makes one request and reads what the
     /// purpose needs of the body, all within the request timeout. The timing
     /// returned leaves the wait out.
-    async fn exchange(&self, url: &Url, purpose: Purpose) -> Timed {
+    async fn exchange(&self, url: &Url, purpose: Purpose, conditional: Option<&Stored>) -> Timed {
         if let Err(blocked) = self.check_literal(url) {
             return Timed {
                 sent_at: Timestamp::now(),
@@ -742,6 +1056,9 @@ impl Engine {
         let mut request = self.client.get(url.clone());
         if purpose == Purpose::Page {
             request = request.headers(self.cfg.headers.clone());
+            for (name, value) in conditional_headers(conditional) {
+                request = request.header(name, value);
+            }
         }
         let timeout = self.cfg.request_timeout;
         let exchange = async {
@@ -761,26 +1078,18 @@ impl Engine {
                 *self.backoff.lock() = Some(window);
             }
             if is_redirect(status) {
-                let location = response
-                    .headers()
-                    .get(LOCATION)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let location = header_text(&response, LOCATION);
                 return Ok(Exchange::Redirect {
                     status: status.as_u16(),
                     location,
                 });
             }
-            let content_type = response
-                .headers()
-                .get(CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            let (limit, wanted) = match purpose {
-                Purpose::Page => (
-                    self.cfg.max_body_bytes,
-                    status.is_success() && content_type.as_deref().is_some_and(is_html),
-                ),
-                Purpose::Robots => (MAX_ROBOTS_BYTES, status.is_success()),
-            };
+            let content_type = header_text(&response, CONTENT_TYPE);
+            let (etag, last_modified) = (
+                header_text(&response, ETAG),
+                header_text(&response, LAST_MODIFIED),
+            );
+            let (limit, wanted) = self.body_wanted(purpose, status, content_type.as_deref());
             let (body, truncated) = if wanted {
                 read_limited(&mut response, limit)
                     .await
@@ -796,6 +1105,8 @@ impl Engine {
                 content_type,
                 body,
                 truncated,
+                etag,
+                last_modified,
             })
         };
         let result = tokio::time::timeout(timeout, exchange)
@@ -815,6 +1126,25 @@ impl Engine {
             sent_at,
             elapsed: started.elapsed(),
             result,
+        }
+    }
+
+    /// How much of a response's body to read, and whether to read it at all: an HTML page, a
+    /// sitemap (with `sitemaps`, up to the protocol's 50 MB), a `robots.txt`; only on success.
+    fn body_wanted(
+        &self,
+        purpose: Purpose,
+        status: StatusCode,
+        content_type: Option<&str>,
+    ) -> (usize, bool) {
+        let sitemap = self.cfg.sitemaps && content_type.is_some_and(sitemap::is_xml);
+        match purpose {
+            Purpose::Page if sitemap => (sitemap::MAX_SITEMAP_BYTES, status.is_success()),
+            Purpose::Page => (
+                self.cfg.max_body_bytes,
+                status.is_success() && content_type.is_some_and(is_html),
+            ),
+            Purpose::Robots => (MAX_ROBOTS_BYTES, status.is_success()),
         }
     }
 
@@ -842,10 +1172,9 @@ impl Engine {
         }
     }
 
-    async fn robots_allow(&self, url: &Url) -> Result<(), FetchError> {
-        if !self.cfg.respect_robots {
-            return Ok(());
-        }
+    /// The `robots.txt` of `url`'s origin, from the worker's cache (fetched by whichever task
+    /// asks first); returns the origin and the filled cache entry.
+    async fn robots_of(&self, url: &Url) -> (String, Arc<crate::polite::RobotsEntry>) {
         let origin = origin_key(url);
         // Shared by the worker's crawls: the rules depend on the agent, so it is in the key.
         let key = format!("{origin} {}", self.cfg.robots_agent);
@@ -865,6 +1194,15 @@ impl Engine {
             // Another task may allow that address: the refusal is this task's own.
             politeness.forget_robots(&key, &entry);
         }
+        (origin, entry)
+    }
+
+    async fn robots_allow(&self, url: &Url) -> Result<(), FetchError> {
+        if !self.cfg.respect_robots {
+            return Ok(());
+        }
+        let (origin, entry) = self.robots_of(url).await;
+        let (_, robots) = entry.cell.get().expect("filled by robots_of");
         let robots_url = format!("{origin}/robots.txt");
         robots.check(url).map_err(|denied| match denied {
             Denied::Disallowed => FetchError::RobotsDisallowed {
@@ -899,7 +1237,7 @@ impl Engine {
         };
         let mut response = RobotsResponse::RedirectsUnresolved;
         for _ in 0..=MAX_ROBOTS_REDIRECTS {
-            match self.exchange(&current, Purpose::Robots).await.result {
+            match self.exchange(&current, Purpose::Robots, None).await.result {
                 Ok(Exchange::Redirect { location, .. }) => {
                     match location.and_then(|loc| resolve(&current, &loc)) {
                         Some(next) => current = next,
@@ -966,6 +1304,64 @@ fn follow_with_rules(
         {
             out.push((link, Some(index)));
         }
+    }
+    out
+}
+
+/// A response header's value as text (lossy).
+fn header_text(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// The conditional request headers for what an earlier run stored: `If-None-Match` with its
+/// `ETag`, `If-Modified-Since` with its `Last-Modified` (RFC 9110: a server that knows the
+/// `ETag` ignores the date).
+fn conditional_headers(stored: Option<&Stored>) -> Vec<(reqwest::header::HeaderName, String)> {
+    let Some(stored) = stored else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(etag) = stored.etag.as_deref().filter(|e| !e.is_empty()) {
+        out.push((IF_NONE_MATCH, etag.to_owned()));
+    }
+    if let Some(date) = stored.last_modified.as_deref().filter(|d| !d.is_empty()) {
+        out.push((IF_MODIFIED_SINCE, date.to_owned()));
+    }
+    out
+}
+
+/// Whether a 304 answers our conditional request: it is for the URL itself (not a redirect
+/// hop) and we sent a validator.
+fn conditional_sent(first: bool, stored: Option<&Stored>) -> bool {
+    first && !conditional_headers(stored).is_empty()
+}
+
+/// Whether a body with hash `hash` is the one an earlier run stored.
+fn same_body(stored: Option<&Stored>, hash: &str) -> bool {
+    stored
+        .and_then(|s| s.content_hash.as_deref())
+        .is_some_and(|h| h == hash)
+}
+
+/// Whether a sitemap's `lastmod` says the page has not changed since its stored fetch.
+fn not_newer(lastmod: Option<Timestamp>, stored: &Stored) -> bool {
+    match (lastmod, stored.fetched_at) {
+        (Some(lastmod), Some(fetched)) => lastmod <= fetched,
+        _ => false,
+    }
+}
+
+/// SHA-256 of a body, hex.
+fn content_hash(body: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(body);
+    let mut out = String::with_capacity(64);
+    for byte in &digest {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{byte:02x}");
     }
     out
 }
@@ -1105,6 +1501,65 @@ mod tests {
             "café"
         );
         assert_eq!(decode(b"\xff", None), "\u{fffd}");
+    }
+
+    fn stored(etag: Option<&str>, date: Option<&str>) -> Stored {
+        Stored {
+            etag: etag.map(str::to_owned),
+            last_modified: date.map(str::to_owned),
+            content_hash: Some(content_hash(b"body")),
+            content_type: None,
+            fetched_at: Some("2026-12-01T00:00:00Z".parse().unwrap()),
+            followed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn conditional_requests_send_the_stored_validators() {
+        let names = |s: Option<&Stored>| -> Vec<(String, String)> {
+            conditional_headers(s)
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect()
+        };
+        assert!(names(None).is_empty());
+        assert!(names(Some(&stored(None, None))).is_empty());
+        assert!(names(Some(&stored(Some(""), None))).is_empty());
+        let date = "Tue, 01 Dec 2026 00:00:00 GMT";
+        assert_eq!(
+            names(Some(&stored(Some("\"v1\""), Some(date)))),
+            [
+                ("if-none-match".to_owned(), "\"v1\"".to_owned()),
+                ("if-modified-since".to_owned(), date.to_owned())
+            ]
+        );
+        // A 304 counts only for a request that carried a validator, for the URL itself.
+        assert!(conditional_sent(true, Some(&stored(None, Some(date)))));
+        assert!(!conditional_sent(false, Some(&stored(None, Some(date)))));
+        assert!(!conditional_sent(true, Some(&stored(None, None))));
+        assert!(!conditional_sent(true, None));
+    }
+
+    #[test]
+    fn unchanged_bodies_and_lastmods() {
+        let s = stored(None, None);
+        assert!(same_body(Some(&s), &content_hash(b"body")));
+        assert!(!same_body(Some(&s), &content_hash(b"body!")));
+        assert!(!same_body(None, &content_hash(b"body")));
+        assert_eq!(
+            content_hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let at = |t: &str| Some(t.parse::<Timestamp>().unwrap());
+        assert!(not_newer(at("2026-11-30T00:00:00Z"), &s));
+        assert!(not_newer(at("2026-12-01T00:00:00Z"), &s));
+        assert!(!not_newer(at("2026-12-01T00:00:01Z"), &s));
+        assert!(!not_newer(None, &s));
+        let never = Stored {
+            fetched_at: None,
+            ..s
+        };
+        assert!(!not_newer(at("2020-01-01T00:00:00Z"), &never));
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   a worker's crawls share.
 //! - [`html`], [`urls`]: pure parsing and URL rules (unit and property tested).
 //! - `robots`: how a `robots.txt` response is read (internal).
-//! - [`sink`]: the record and its JSON-lines writers.
+//! - [`sink`]: the record and its JSON-lines writers; what a store kept of an earlier run.
+//! - [`sitemap`]: sitemap and sitemap-index parsing (pure).
 //! - [`error`]: errors with the URL and host involved.
 
 pub mod address;
@@ -26,13 +27,16 @@ pub mod html;
 pub mod polite;
 pub(crate) mod robots;
 pub mod sink;
+pub mod sitemap;
 pub mod urls;
 
 pub use address::{AddressPolicy, Blocked, Resolver};
 pub use config::{CrawlConfig, DEFAULT_USER_AGENT, RateLimit, Retries, SecretHeaders};
-pub use engine::{CrawlOutcome, Frontier, Progress, StopReason, run, run_from, watch_progress};
+pub use engine::{
+    CrawlOutcome, Frontier, PreviousFetches, Progress, StopReason, run, run_from, watch_progress,
+};
 pub use error::{ConfigError, CrawlError, FetchError, SinkError};
 pub use extract::{Field, FieldValue, Follow, Rule, RuleProblem, Rules, RulesError};
 pub use gate::SendDeadline;
 pub use polite::{Backoff, FetchObserver, HostBackoff, HostPolicy, Politeness};
-pub use sink::{Discovered, JsonLinesSink, PageRecord, Sink};
+pub use sink::{Discovered, JsonLinesSink, PageRecord, Previous, Sink, Stored};

@@ -64,6 +64,55 @@ pub struct PageRecord {
     /// retry then succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The crawl run that produced the record (`status.run` of the resource: 1 for the first
+    /// crawl, one more for each new crawl from the seeds).
+    #[serde(default)]
+    pub run: u64,
+    /// The page is as an earlier run stored it, and a store keeps that record rather than
+    /// rewriting it: the server answered `304 Not Modified` to the stored validators, the body's
+    /// hash equals the stored one, or its sitemap `lastmod` is not newer than the stored fetch
+    /// (then no request was made). Only a sink that stores validators ([`Sink::stores_validators`],
+    /// the PostgreSQL store) makes this possible.
+    #[serde(default)]
+    pub unchanged: bool,
+    /// The response's `ETag` (of the URL itself: none when it redirected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// The response's `Last-Modified` (of the URL itself: none when it redirected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    /// SHA-256 of the body read, hex (a successful response with a body, for a sink that
+    /// stores validators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
+    /// The links the crawl follows from this page (within the allowed hosts, rules applied),
+    /// each once: what a later run queues again when the page is unchanged. Filled for a sink
+    /// that stores validators; not serialised.
+    #[serde(skip)]
+    pub followed: Vec<String>,
+}
+
+/// What a store kept of a URL's last fetch by an earlier run: the validators a conditional
+/// request sends, the body's hash, and the links to queue again when the page is unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub content_hash: Option<String>,
+    /// Its `Content-Type` (a sitemap is always fetched in full: it is where URLs are found).
+    pub content_type: Option<String>,
+    /// When it was fetched (a sitemap `lastmod` not newer than this skips the fetch).
+    pub fetched_at: Option<jiff::Timestamp>,
+    /// The links the crawl followed from it ([`PageRecord::followed`]).
+    pub followed: Vec<String>,
+}
+
+/// Where the engine looks up a URL's [`Stored`] fetch: the PostgreSQL store in a run after the
+/// first. Looked up per URL when it is visited (one indexed read), so nothing of the earlier
+/// runs is held in memory.
+pub trait Previous: Send + Sync {
+    /// `None`: nothing stored, or the lookup failed (the page is then fetched as a new one).
+    fn lookup<'a>(&'a self, url: &'a str) -> futures::future::BoxFuture<'a, Option<Stored>>;
 }
 
 /// A link the crawl queued because of a page: the URL (normalised) and its depth.
@@ -98,6 +147,13 @@ pub trait Sink: Send {
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
         std::future::ready(Ok(()))
     }
+
+    /// Whether the sink keeps validators for a later run (`etag`, `last_modified`,
+    /// `content_hash`, `followed`): only then does the engine compute the hash and the followed
+    /// links of each page.
+    fn stores_validators(&self) -> bool {
+        false
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for &mut S {
@@ -115,6 +171,10 @@ impl<S: Sink + ?Sized> Sink for &mut S {
 
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
         (**self).flush()
+    }
+
+    fn stores_validators(&self) -> bool {
+        (**self).stores_validators()
     }
 }
 
@@ -207,6 +267,12 @@ mod tests {
             incomplete: false,
             attempts: 1,
             last_error: None,
+            run: 1,
+            unchanged: false,
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+            content_hash: None,
+            followed: Vec::new(),
         }
     }
 

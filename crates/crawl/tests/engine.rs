@@ -1212,6 +1212,7 @@ async fn a_resumed_frontier_is_checked_against_the_current_spec() {
             ..crawl::Progress::default()
         },
         requested: 1,
+        previous: None,
     };
     // The new spec: only `kept`'s host, depth 1, and a second seed.
     let mut config = config(&[kept.url("/"), kept.url("/new-seed")]);
