@@ -29,6 +29,7 @@ mod handoff;
 mod heartbeat;
 mod jobfields;
 mod leader;
+mod politeness;
 mod rebalance;
 mod reliability;
 mod results;
