@@ -465,34 +465,17 @@ async fn placed(story: &Story, names: &[String]) -> BTreeMap<String, String> {
     story.assert_all_assigned(&names).await
 }
 
-/// The crawl the judge judges; returns the violations it counted. With `affinity` false the
-/// controller places by load alone, so tasks sharing a host run on several workers.
-async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -> usize {
-    let plain = [
-        start_host(ips[0], Kind::Plain).await,
-        start_host(ips[1], Kind::Plain).await,
-    ];
-    let too_many = start_host(ips[2], Kind::TooMany { retry_after: 10 }).await;
-    let crawl_delay = start_host(ips[3], Kind::CrawlDelay { seconds: 3 }).await;
-    let silent = start_silent_host(ips[4]).await;
-    let joined_host = start_host(ips[5], Kind::Plain).await;
-
-    let mut story = Story::new(prefix).await;
-    for w in ["worker-1", "worker-2", "worker-3", "worker-4"] {
-        story.ready_worker(w).await;
-        story.start_worker_with(w, None, &budget_flags());
-    }
-    story.start_controller_with(
-        "controller-a",
-        None,
-        &[&format!("--host-affinity={affinity}")],
-    );
-
-    // 20 tasks on 5 hosts, in four groups (connected components of the host-sharing graph):
-    // A = {h1, h2} with a partial overlap (tasks on h1, on h2, on both), B = {429 host},
-    // C = {Crawl-delay host}, D = {silent host}. Each group's first task comes first, so the
-    // four groups start on four workers.
-    let [h1, h2] = &plain;
+/// The judge's 20 tasks on 5 hosts, in four groups (connected components of the host-sharing
+/// graph): A = {h1, h2} with a partial overlap (tasks on h1, on h2, on both), B = {429 host},
+/// C = {Crawl-delay host}, D = {silent host}. Each group's first task comes first, so the four
+/// groups start on four workers.
+fn twenty_tasks(
+    plain: &[Host; 2],
+    too_many: &Host,
+    crawl_delay: &Host,
+    silent: &Host,
+) -> Vec<(String, serde_json::Value)> {
+    let [h1, h2] = plain;
     let both = |t: &str| vec![h1.seed(t), h2.seed(t)];
     let mut tasks: Vec<(String, serde_json::Value)> = vec![
         ("a-0".into(), task_spec(&both("a-0"), 12)),
@@ -528,6 +511,33 @@ async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -
         ));
     }
     tasks.push(("d-1".into(), task_spec(&[silent.seed("d-1")], 1)));
+    tasks
+}
+
+/// The crawl the judge judges; returns the violations it counted. With `affinity` false the
+/// controller places by load alone, so tasks sharing a host run on several workers.
+async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -> usize {
+    let plain = [
+        start_host(ips[0], Kind::Plain).await,
+        start_host(ips[1], Kind::Plain).await,
+    ];
+    let too_many = start_host(ips[2], Kind::TooMany { retry_after: 10 }).await;
+    let crawl_delay = start_host(ips[3], Kind::CrawlDelay { seconds: 3 }).await;
+    let silent = start_silent_host(ips[4]).await;
+    let joined_host = start_host(ips[5], Kind::Plain).await;
+
+    let mut story = Story::new(prefix).await;
+    for w in ["worker-1", "worker-2", "worker-3", "worker-4"] {
+        story.ready_worker(w).await;
+        story.start_worker_with(w, None, &budget_flags());
+    }
+    story.start_controller_with(
+        "controller-a",
+        None,
+        &[&format!("--host-affinity={affinity}")],
+    );
+
+    let tasks = twenty_tasks(&plain, &too_many, &crawl_delay, &silent);
     assert_eq!(tasks.len(), 20);
     let started = Instant::now();
     for (name, spec) in &tasks {
@@ -554,7 +564,7 @@ async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -
         Duration::from_secs(60),
         POLL,
         || async {
-            let n = h1.log.seen.lock().len();
+            let n = plain[0].log.seen.lock().len();
             if n >= 6 {
                 Ok(())
             } else {
@@ -747,10 +757,142 @@ async fn a_task_whose_hosts_are_held_on_a_full_worker_waits_and_says_why() {
     );
 
     // a ends: books.example.org is free on worker-1, and b, waiting for it, goes at once.
-    story.api().delete("a", &Default::default()).await.unwrap();
+    story
+        .api()
+        .delete("a", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
     story.assert_assigned("b", "worker-1").await;
     // d still waits: b now holds books.example.org on worker-1, c films.example.org on worker-2.
     let (message, r) = condition(&story, "d", "HostAffinity", "(by task b)").await;
     println!("d: {message}");
     assert_eq!(phase(&r), Some(Phase::Unschedulable));
+}
+
+// === the aggregate rate: 1,000 hosts, 10 workers ===
+
+/// Hosts for the rate benchmark: 127.0.30.1 onwards.
+fn bench_ip(i: usize) -> &'static str {
+    Box::leak(format!("127.0.{}.{}", 30 + i / 250, i % 250 + 1).into_boxed_str())
+}
+
+/// Requests all `hosts` received between `from` and `to`.
+fn requests_between(hosts: &[Host], from: Instant, to: Instant) -> usize {
+    hosts
+        .iter()
+        .map(|h| {
+            h.log
+                .seen
+                .lock()
+                .iter()
+                .filter(|s| s.arrived >= from && s.arrived < to)
+                .count()
+        })
+        .sum()
+}
+
+/// One run of the rate benchmark: 10 worker processes (`worker_flags`), one endless task per
+/// host, placed with host affinity; returns the aggregate rate (requests/s) the hosts saw over
+/// `window`, once every task was placed and had `warmup` to start.
+async fn aggregate_rate(
+    prefix: &str,
+    hosts: &[Host],
+    worker_flags: &[String],
+    window: Duration,
+) -> f64 {
+    let mut story = Story::new(prefix).await;
+    for i in 0..10 {
+        let w = format!("worker-{i}");
+        story.ready_worker(&w).await;
+        story.start_worker_with(&w, None, worker_flags);
+    }
+    story.start_controller_with("controller-a", None, &["--host-affinity=true"]);
+    story.wait_for_leader("controller-a").await;
+    let names: Vec<String> = (0..hosts.len()).map(|i| format!("{prefix}-{i}")).collect();
+    for (name, host) in names.iter().zip(hosts) {
+        story
+            .apply_resource(
+                name,
+                json!({
+                    "seeds": [host.seed(name)],
+                    "maxDepth": 10,
+                    "maxPages": 1_000_000,
+                    "rateLimit": { "requestsPerSecond": 1000, "burst": 1 },
+                }),
+            )
+            .await;
+    }
+    let api = story.api();
+    let want = names.len();
+    wait_for(
+        "every task placed",
+        Duration::from_secs(120),
+        POLL * 10,
+        || {
+            let api = api.clone();
+            async move {
+                let list = api
+                    .list(&kube::api::ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let placed = list
+                    .items
+                    .iter()
+                    .filter(|r| assigned_worker(r).is_some())
+                    .count();
+                if placed == want {
+                    Ok(())
+                } else {
+                    Err(format!("{placed} placed"))
+                }
+            }
+        },
+    )
+    .await;
+    // Every task has started (its first request came) before the window opens.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let from = Instant::now();
+    tokio::time::sleep(window).await;
+    let to = Instant::now();
+    let requests = u32::try_from(requests_between(hosts, from, to)).unwrap_or(u32::MAX);
+    let rate = f64::from(requests) / window.as_secs_f64();
+    for w in &story.workers {
+        w.stop().await;
+    }
+    rate
+}
+
+/// The aggregate rate when 1,000 hosts are crawled by 10 worker processes, against the sum of
+/// the hosts' budgets (1,000 x 2/s) and the machine's limit (the same crawl with the budget
+/// lifted). `make bench-hosts` runs it in release and prints the `BENCH hosts` line that
+/// BENCHMARKS.md quotes. Also judged: no host got more than its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark (2-3 minutes): make bench-hosts"]
+async fn thousand_hosts_by_ten_workers() {
+    let count: usize = std::env::var("BENCH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let window = Duration::from_secs(20);
+    let mut hosts = Vec::with_capacity(count);
+    for i in 0..count {
+        hosts.push(start_host(bench_ip(i), Kind::Plain).await);
+    }
+    let budget = Box::pin(aggregate_rate("rate", &hosts, &budget_flags(), window)).await;
+    let started = Instant::now();
+    let violations: usize = hosts.iter().map(|h| judge(h, started).violations()).sum();
+    let lifted = [
+        "--host-requests-per-second=1000".to_owned(),
+        "--host-max-in-flight=64".to_owned(),
+    ];
+    let machine = Box::pin(aggregate_rate("machine", &hosts, &lifted, window)).await;
+    let budgets = f64::from(u32::try_from(count).unwrap_or(u32::MAX)) * 2.0;
+    let goal = budgets.min(machine);
+    println!(
+        "BENCH hosts={count} workers=10 budget_per_host=2/s sum_of_budgets={budgets:.0}/s \
+         rate={budget:.0}/s machine_limit={machine:.0}/s goal={goal:.0}/s \
+         ratio={:.2} violations={violations}",
+        budget / goal
+    );
+    assert_eq!(violations, 0, "a host got more than its budget");
 }

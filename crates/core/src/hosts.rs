@@ -1,5 +1,5 @@
 //! Host affinity: tasks that crawl a common host run on one worker, so that worker's per-host
-//! gate (one queue per host, as StormCrawler, Nutch and Heritrix partition by host) keeps the
+//! gate (one queue per host, as Nutch and Heritrix partition by host) keeps the
 //! installation's budget for that host: only one worker process ever sends to it.
 //!
 //! A task's hosts are static (`spec.allowedHosts`, else its seeds' hosts). [`HostHolders`] keeps,
@@ -309,7 +309,7 @@ mod tests {
         let mut holders = HostHolders::default();
         holders.hold(&w("worker-1"), "a", &hosts(&["x"]));
         holders.hold(&w("worker-1"), "b", &hosts(&["x", "y"]));
-        assert!(holders.release(&w("worker-1"), "a", &hosts(&["x"])) == false);
+        assert!(!holders.release(&w("worker-1"), "a", &hosts(&["x"])));
         assert!(holders.release(&w("worker-1"), "b", &hosts(&["x", "y"])));
         assert!(holders.is_empty());
         // Releasing what was never held changes nothing.

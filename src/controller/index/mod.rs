@@ -289,7 +289,17 @@ pub struct Index {
     retry_backoff: RetryBackoff,
     /// Host affinity (`--host-affinity`): a task goes only where the tasks sharing a host
     /// with it run ([`crawler_core::HostHolders::affinity`]).
-    host_affinity: bool,
+    host_affinity: HostAffinity,
+}
+
+/// Whether placement partitions by host (see [`Index::with_host_affinity`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum HostAffinity {
+    /// By load alone: the per-host budget holds per worker.
+    #[default]
+    Off,
+    /// Tasks that share a host run on one worker: the budget holds for the installation.
+    On,
 }
 
 /// How long a crawl whose run failed waits before it is placed again: `base` after the first
@@ -445,7 +455,11 @@ impl Index {
     /// Host affinity on or off (default off; the controller's `--host-affinity`, default on).
     #[must_use]
     pub fn with_host_affinity(mut self, on: bool) -> Self {
-        self.host_affinity = on;
+        self.host_affinity = if on {
+            HostAffinity::On
+        } else {
+            HostAffinity::Off
+        };
         self
     }
 
@@ -684,7 +698,7 @@ impl Index {
         for ns in self.namespaces.values_mut() {
             hosts_freed |= std::mem::take(&mut ns.hosts_freed);
         }
-        let hosts_freed = hosts_freed && self.host_affinity;
+        let hosts_freed = hosts_freed && self.host_affinity == HostAffinity::On;
         for (ns_name, ns) in &mut self.namespaces {
             if std::mem::take(&mut ns.room_freed) || hosts_freed {
                 keys.extend(ns.waiting(ns_name));
@@ -1044,8 +1058,7 @@ impl Index {
                 entry.weight,
                 request,
                 current,
-                (handed_off, asked),
-                (&affinity, host_conflict.as_ref()),
+                (handed_off, asked, &affinity, host_conflict.as_ref()),
                 &mut desired,
                 ctx,
             );
@@ -1099,7 +1112,7 @@ impl Index {
             .namespaces
             .get(&key.namespace)
             .and_then(|ns| ns.resources.get(&key.name))
-            .filter(|e| self.host_affinity && !e.hosts.is_empty())
+            .filter(|e| self.host_affinity == HostAffinity::On && !e.hosts.is_empty())
         else {
             return (Affinity::Free, None);
         };
@@ -1216,8 +1229,12 @@ impl Namespace {
         weight: Load,
         request: &Request,
         current: &CrawlerResourceStatus,
-        (handed_off, asked): (Option<HandedOff>, Option<&MoveRequest>),
-        (affinity, host_conflict): (&Affinity, Option<&Hold>),
+        (handed_off, asked, affinity, host_conflict): (
+            Option<HandedOff>,
+            Option<&MoveRequest>,
+            &Affinity,
+            Option<&Hold>,
+        ),
         desired: &mut CrawlerResourceStatus,
         ctx: &PlanContext<'_>,
     ) -> (Option<PlanEvent>, Option<String>) {
