@@ -2517,3 +2517,38 @@ fn a_task_s_hosts_are_its_allowed_hosts_else_its_seeds_hosts() {
     r.spec.allowed_hosts = Some(vec!["c.example:81".into(), "127.0.0.1".into()]);
     assert_eq!(hosts_of(&r.spec), ["127.0.0.1", "c.example"]);
 }
+
+#[test]
+fn with_host_affinity_the_rebalance_moves_only_tasks_that_share_no_host() {
+    let mut index = Index::default().with_host_affinity(true);
+    index.reset_pods(&[pod("worker-1", true, &[])]);
+    index.finish_heartbeat_list(&HashSet::new(), Instant::now());
+    // Six tasks on one site, three on sites of their own, all on worker-1.
+    let mut resources: Vec<CrawlerResource> = (0..9)
+        .map(|i| {
+            let host = if i < 6 {
+                "shared.example".to_owned()
+            } else {
+                format!("own-{i}.example")
+            };
+            crawling(NS, &format!("task-{i}"), &[&host])
+        })
+        .collect();
+    index.reset_resources(&resources);
+    for r in &mut resources {
+        plan_in(&mut index, r);
+    }
+    index.apply_pod(&pod("worker-2", true, &[]));
+    index.apply_pod(&pod("worker-3", true, &[]));
+    let mut keys = index.rebalance(&later(60), EVEN_OUT, 100);
+    keys.sort();
+    // Moving a task of the shared site would bind it back to worker-1 (a restart for nothing).
+    assert_eq!(
+        keys,
+        [
+            Key::new(NS, "task-6"),
+            Key::new(NS, "task-7"),
+            Key::new(NS, "task-8")
+        ]
+    );
+}
