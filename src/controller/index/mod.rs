@@ -1162,7 +1162,8 @@ impl Index {
     /// workers (tests only).
     #[cfg(test)]
     pub fn check_hosts(&self) {
-        for ns in self.namespaces.values() {
+        for (ns_name, ns) in &self.namespaces {
+            assert_eq!(&ns.name, ns_name, "a namespace knows its name");
             let mut expected = HostHolders::default();
             for (name, r) in &ns.resources {
                 if let Some(w) = r.effective_worker() {

@@ -2552,3 +2552,19 @@ fn with_host_affinity_the_rebalance_moves_only_tasks_that_share_no_host() {
         ]
     );
 }
+
+#[test]
+fn a_namespace_first_seen_through_a_heartbeat_still_names_its_holds() {
+    let mut index = Index::default().with_host_affinity(true);
+    let lease = heartbeat("worker-1", Some("worker-1"), 100);
+    index.apply_heartbeat(&lease, Instant::now());
+    index.finish_heartbeat_list(&listed(std::slice::from_ref(&lease)), Instant::now());
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let mut a = crawling(NS, "a", &["x.example"]);
+    let mut b = crawling(NS, "b", &["x.example"]);
+    index.apply_resource(&a);
+    index.apply_resource(&b);
+    plan_in(&mut index, &mut a);
+    plan_in(&mut index, &mut b);
+    assert_eq!(worker_of(&a), worker_of(&b), "{}", assigned_message(&b));
+}
