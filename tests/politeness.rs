@@ -804,6 +804,9 @@ async fn aggregate_rate(
     // The production heartbeat (the harness's 2 s lapses on a loaded machine, stopping tasks).
     let mut flags = worker_flags.to_vec();
     flags.push("--heartbeat-duration=10s".to_owned());
+    // Progress every 5 s, not the harness's 300 ms: 1,000 tasks reporting 3 times a second
+    // swamp the test API server, and the workers' assignment views go stale.
+    flags.push("--progress-interval=5s".to_owned());
     for i in 0..10 {
         let w = format!("worker-{i}");
         story.ready_worker(&w).await;
