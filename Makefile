@@ -112,6 +112,10 @@ bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; r
 bench-doc: ## Render BENCHMARKS.md's generated section from the last run (target/bench/results.md)
 	hack/bench-doc.py
 
+.PHONY: bench-hosts
+bench-hosts: tools ## Politeness at scale: the aggregate rate of 1,000 hosts crawled by 10 workers vs the sum of their budgets and the machine's limit (~3 min; BENCH_HOSTS=N for fewer)
+	$(CARGO) test --release --locked --test it -- --ignored --nocapture politeness::thousand_hosts_by_ten_workers
+
 .PHONY: bench-store
 bench-store: ## Result-store benchmarks: PostgreSQL vs file sink, checkpoint cost, resume after a move; rewrites its BENCHMARKS.md section (~1 min)
 	hack/install-tools.sh postgres

@@ -377,6 +377,13 @@ struct ControllerArgs {
     /// The longest wait between a failed run and the next (a Job's: 6 min).
     #[arg(long, default_value = "6m", value_parser = humantime::parse_duration)]
     backoff_max: Duration,
+    /// Host affinity: a task goes only to the worker that runs the tasks sharing a host with it
+    /// (its hosts: spec.allowedHosts, else its seeds' hosts), so each host is crawled by one
+    /// worker process and the workers' per-host budget (--host-requests-per-second,
+    /// --host-max-in-flight) holds for the whole installation. false: the budget holds per
+    /// worker only (N workers crawling a host may send it N times the budget).
+    #[arg(long, env = "CRAWLER_HOST_AFFINITY", default_value_t = true, action = clap::ArgAction::Set)]
+    host_affinity: bool,
 }
 
 /// Exit status of a configuration the process cannot run with: flags, environment, kubeconfig or
@@ -536,6 +543,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         instance: identity,
         rebalance,
         retry_backoff,
+        host_affinity: args.host_affinity,
     };
 
     let elector = LeaderElector::new(client.clone(), lease)

@@ -734,6 +734,9 @@ async fn the_controller_and_a_worker_run_as_the_charts_service_accounts() {
             &format!("worker.labels.crawler\\.dev/chart-test={ns}"),
             // The test site is on loopback: the chart's allow-list lets the worker crawl it.
             "worker.allowInternalCIDRs={127.0.0.0/8}",
+            // The test site is every task's host: host affinity would put the five tasks on one
+            // worker, and this test shows the least-loaded split (tests/politeness.rs judges it).
+            "controller.hostAffinity=false",
         ],
     )
     .await;

@@ -31,6 +31,7 @@ mod heartbeat;
 mod jobfields;
 mod leader;
 mod pause;
+mod politeness;
 mod rebalance;
 mod recrawl;
 mod reliability;

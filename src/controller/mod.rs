@@ -74,6 +74,9 @@ pub struct Settings {
     pub rebalance: Option<rebalance::RebalanceSettings>,
     /// The back-off between a failed run and the next (`--backoff-base`, `--backoff-max`).
     pub retry_backoff: index::RetryBackoff,
+    /// `--host-affinity`: tasks that share a host run on one worker (see
+    /// [`crawler_core::HostHolders`]).
+    pub host_affinity: bool,
 }
 
 /// Errors of one reconcile.
@@ -161,13 +164,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (events_tx, events_rx) = mpsc::channel(1024);
     let retry_backoff = settings.retry_backoff;
+    let host_affinity = settings.host_affinity;
     let ctx = Arc::new(Context {
         client: client.clone(),
         policy: settings.policy.build(),
         settings,
         index: Mutex::new(
             Index::with_unseen_heartbeat_wait(heartbeat::UNSEEN_WAIT)
-                .with_retry_backoff(retry_backoff),
+                .with_retry_backoff(retry_backoff)
+                .with_host_affinity(host_affinity),
         ),
         queue: WorkQueue::new(),
         leadership,

@@ -153,11 +153,13 @@ impl Config {
     }
 }
 
-/// The spec of benchmark resource `i`: a realistic one (seeds, depth, rate limit, weight 1).
+/// The spec of benchmark resource `i`: a realistic one (seeds, depth, rate limit, weight 1), on
+/// a site of its own (with host affinity, the default, tasks sharing a site would all go to one
+/// worker: that is not what these scenarios measure).
 pub fn resource_spec(i: usize) -> serde_json::Value {
     json!({
         "task": format!("books_{i}"),
-        "seeds": [format!("https://books.example.org/tag/{i}")],
+        "seeds": [format!("https://books-{i}.example.org/tag/{i}")],
         "maxDepth": 2,
         "rateLimit": { "requestsPerSecond": 1, "burst": 1 },
         "weight": 1,

@@ -181,8 +181,17 @@ impl Story {
             format!("--renew-deadline={}ms", self.election.renew.as_millis()),
             format!("--retry-period={}ms", self.election.retry.as_millis()),
             "--metrics-addr=127.0.0.1:0".to_owned(),
+            // The test site is one host for every task (as the workers' per-host budget is
+            // lifted, see `start_worker_process`): host affinity would put every task on one
+            // worker. tests/politeness.rs turns it on.
+            "--host-affinity=false".to_owned(),
         ];
-        let mut args = args.to_vec();
+        // A flag in `extra` replaces the default of the same name (clap refuses repeats).
+        let name = |a: &str| a.split('=').next().unwrap_or_default().to_owned();
+        let mut args: Vec<String> = args
+            .into_iter()
+            .filter(|a| !extra.iter().any(|e| name(e) == name(a)))
+            .collect();
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let server = Server::new("controller", PathBuf::from("/usr/bin/env"), args, log);
         server.start();

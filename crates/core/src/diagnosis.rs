@@ -13,6 +13,8 @@ use super::worker::Load;
 pub struct Diagnosis {
     weight: Load,
     counts: [usize; Unfit::ALL.len()],
+    /// A sentence appended after the counts (host affinity: which host binds it where).
+    note: Option<String>,
 }
 
 impl Diagnosis {
@@ -27,7 +29,20 @@ impl Diagnosis {
         Self {
             weight,
             counts: [0; Unfit::ALL.len()],
+            note: None,
         }
+    }
+
+    /// Appends `note` to the message ("...; host x is crawled on worker ...").
+    #[must_use]
+    pub fn with_note(mut self, note: String) -> Self {
+        self.note = Some(note);
+        self
+    }
+
+    /// Whether host affinity is part of the story (the condition's reason says so).
+    pub fn hosts_elsewhere(&self) -> bool {
+        self.note.is_some()
     }
 
     pub(super) fn record(&mut self, unfit: Unfit) {
@@ -84,6 +99,9 @@ impl fmt::Display for Diagnosis {
             if unfit == Unfit::InsufficientCapacity {
                 write!(f, " for weight {}", self.weight)?;
             }
+        }
+        if let Some(note) = &self.note {
+            write!(f, "; {note}")?;
         }
         Ok(())
     }

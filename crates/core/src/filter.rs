@@ -13,18 +13,22 @@ pub enum Unfit {
     NotReady(NotReady),
     /// The worker's labels do not satisfy the resource's `workerSelector`.
     SelectorMismatch,
+    /// Host affinity binds the resource to another worker: a task crawling one of its hosts
+    /// runs there ([`super::hosts`]).
+    HostsElsewhere,
     /// The worker's load plus the resource's weight would exceed the worker's capacity.
     InsufficientCapacity,
 }
 
 impl Unfit {
     /// Every reason, in filter order.
-    pub const ALL: [Unfit; 6] = [
+    pub const ALL: [Unfit; 7] = [
         Unfit::NotReady(NotReady::PodNotReady),
         Unfit::NotReady(NotReady::Terminating),
         Unfit::NotReady(NotReady::NoAddress),
         Unfit::NotReady(NotReady::HeartbeatExpired),
         Unfit::SelectorMismatch,
+        Unfit::HostsElsewhere,
         Unfit::InsufficientCapacity,
     ];
 
@@ -36,7 +40,8 @@ impl Unfit {
             Unfit::NotReady(NotReady::NoAddress) => 2,
             Unfit::NotReady(NotReady::HeartbeatExpired) => 3,
             Unfit::SelectorMismatch => 4,
-            Unfit::InsufficientCapacity => 5,
+            Unfit::HostsElsewhere => 5,
+            Unfit::InsufficientCapacity => 6,
         }
     }
 
@@ -51,6 +56,8 @@ impl Unfit {
             Unfit::NotReady(NotReady::HeartbeatExpired) => "heartbeat expired",
             Unfit::SelectorMismatch if one => "does not match workerSelector",
             Unfit::SelectorMismatch => "do not match workerSelector",
+            Unfit::HostsElsewhere if one => "does not crawl its hosts",
+            Unfit::HostsElsewhere => "do not crawl its hosts",
             Unfit::InsufficientCapacity if one => "has insufficient capacity",
             Unfit::InsufficientCapacity => "have insufficient capacity",
         }
@@ -68,6 +75,8 @@ impl fmt::Display for Unfit {
 /// does per node: each worker is counted once in a diagnosis, so the counts add up to the number
 /// of workers.
 ///
+/// Host affinity comes after the selector (a worker the selector rules out is reported as such)
+/// and before capacity.
 /// Readiness comes first because a worker that is going away is not worth reasoning about
 /// further; capacity comes last because it is the only reason that changes with every decision.
 /// The controller may also use this to ask whether an existing assignment is still acceptable
@@ -78,6 +87,13 @@ pub fn filter(worker: &Worker, request: &Request) -> Result<(), Unfit> {
     }
     if !request.selector.matches(&worker.labels) {
         return Err(Unfit::SelectorMismatch);
+    }
+    if request
+        .hosts_on
+        .as_deref()
+        .is_some_and(|bound| bound != worker.name)
+    {
+        return Err(Unfit::HostsElsewhere);
     }
     match worker.capacity {
         Some(capacity) if worker.load.saturating_add(request.weight.get()) > capacity => {
@@ -139,6 +155,18 @@ mod tests {
                 Worker::new("w").with_capacity(10).with_load(7),
                 &heavy,
                 Err(Unfit::InsufficientCapacity),
+            ),
+            (
+                "bound elsewhere by host affinity beats capacity",
+                Worker::new("w").with_capacity(0),
+                &Request::unit().with_hosts_on("v"),
+                Err(Unfit::HostsElsewhere),
+            ),
+            (
+                "bound here by host affinity",
+                Worker::new("v"),
+                &Request::unit().with_hosts_on("v"),
+                Ok(()),
             ),
             (
                 "unbounded always fits",

@@ -14,6 +14,9 @@
 //!    [`PolicyKind`] from a flag, so the algorithm changes without touching the controller.
 //! 3. ties go to the smallest worker name, so the answer never depends on listing order.
 //!
+//! Host affinity ([`HostHolders`], [`place_with_hosts`]): tasks that share a host run on one
+//! worker, so that worker's per-host gate keeps the installation's budget for the host.
+//!
 //! [`plan_rebalance`] chooses moves that even out load after workers join (opt-in, budgeted by a
 //! [`TokenBucket`], with [`Hysteresis`]); its targets are the ones placement would choose.
 //!
@@ -26,6 +29,7 @@
 mod cron;
 mod diagnosis;
 mod filter;
+mod hosts;
 #[cfg(any(test, feature = "bench"))]
 mod original;
 mod placement;
@@ -42,9 +46,10 @@ mod properties;
 pub use cron::{Cron, CronError, Firings, MIN_EVERY};
 pub use diagnosis::Diagnosis;
 pub use filter::{Unfit, filter};
+pub use hosts::{Affinity, Hold, Holder, HostHolders, keeps_place};
 #[cfg(any(test, feature = "bench"))]
 pub use original::original_algorithm;
-pub use placement::{Placement, Request, place};
+pub use placement::{Placement, Request, place, place_with_hosts};
 pub use policy::{BinPack, LeastLoaded, Policy, PolicyKind, UnknownPolicy};
 pub use rebalance::{Hysteresis, Move, Task, TokenBucket, plan as plan_rebalance};
 #[cfg(any(test, feature = "bench"))]

@@ -4,7 +4,8 @@
 use std::num::NonZeroU64;
 
 use super::diagnosis::Diagnosis;
-use super::filter::filter;
+use super::filter::{Unfit, filter};
+use super::hosts::Affinity;
 use super::policy::Policy;
 use super::selector::WorkerSelector;
 use super::worker::Worker;
@@ -16,6 +17,9 @@ pub struct Request {
     pub weight: NonZeroU64,
     /// `spec.workerSelector`; empty when the resource may run anywhere.
     pub selector: WorkerSelector,
+    /// The worker host affinity binds the resource to ([`super::hosts::Affinity::Bound`]);
+    /// `None`: any worker.
+    pub hosts_on: Option<String>,
 }
 
 impl Request {
@@ -23,6 +27,7 @@ impl Request {
         Self {
             weight,
             selector: WorkerSelector::everything(),
+            hosts_on: None,
         }
     }
 
@@ -34,6 +39,13 @@ impl Request {
     #[must_use]
     pub fn with_selector(mut self, selector: WorkerSelector) -> Self {
         self.selector = selector;
+        self
+    }
+
+    /// Only worker `worker` may take it (host affinity).
+    #[must_use]
+    pub fn with_hosts_on(mut self, worker: impl Into<String>) -> Self {
+        self.hosts_on = Some(worker.into());
         self
     }
 }
@@ -70,6 +82,41 @@ pub fn place<'w>(
     })
 }
 
+/// [`place`] under host affinity: a resource bound to a worker may go only there, one whose hosts
+/// are split between workers (or crawled in another namespace) nowhere; a failure's diagnosis
+/// ends with the host, the worker crawling it and what to do ([`Affinity::explain`]).
+pub fn place_with_hosts<'w>(
+    policy: &dyn Policy,
+    workers: impl IntoIterator<Item = &'w Worker>,
+    request: &Request,
+    affinity: &Affinity,
+) -> Result<Placement<'w>, Diagnosis> {
+    let placed = match affinity {
+        Affinity::Free => place(policy, workers, request),
+        Affinity::Bound(hold) => {
+            let bound = request.clone().with_hosts_on(hold.holder.worker.clone());
+            place(policy, workers, &bound)
+        }
+        Affinity::Split(..) | Affinity::OtherNamespace(_) => {
+            let mut diagnosis = Diagnosis::new(request.weight.get());
+            for worker in workers {
+                diagnosis.record(filter(worker, request).err().map_or(
+                    Unfit::HostsElsewhere,
+                    |unfit| match unfit {
+                        Unfit::InsufficientCapacity => Unfit::HostsElsewhere,
+                        other => other,
+                    },
+                ));
+            }
+            Err(diagnosis)
+        }
+    };
+    placed.map_err(|d| match affinity.explain() {
+        Some(note) => d.with_note(note),
+        None => d,
+    })
+}
+
 /// [`place`], also returning the chosen worker's position in `workers` so that an owner of the
 /// table can assume the decision without a lookup.
 pub(super) fn choose<'w>(
@@ -99,7 +146,6 @@ pub(super) fn choose<'w>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::filter::Unfit;
     use super::super::policy::{BinPack, LeastLoaded};
     use super::super::worker::{NotReady, Readiness};
     use super::*;
@@ -192,6 +238,56 @@ mod tests {
                 .name,
             "worker-2"
         );
+    }
+
+    #[test]
+    fn host_affinity_binds_to_the_worker_crawling_the_hosts() {
+        use super::super::hosts::{Hold, Holder};
+        let workers = [
+            Worker::new("worker-1").with_capacity(2).with_load(2),
+            Worker::new("worker-2"),
+        ];
+        let hold = |worker: &str| Hold {
+            host: "books.example.org".into(),
+            holder: Holder::new("ns", worker),
+            task: "a".into(),
+        };
+        let free = place_with_hosts(&LeastLoaded, &workers, &Request::unit(), &Affinity::Free);
+        assert_eq!(free.unwrap().worker.name, "worker-2");
+        let bound = place_with_hosts(
+            &LeastLoaded,
+            &workers,
+            &Request::unit(),
+            &Affinity::Bound(hold("worker-2")),
+        );
+        assert_eq!(bound.unwrap().worker.name, "worker-2");
+        let full = place_with_hosts(
+            &LeastLoaded,
+            &workers,
+            &Request::unit(),
+            &Affinity::Bound(hold("worker-1")),
+        )
+        .unwrap_err();
+        assert_eq!(
+            full.to_string(),
+            "0/2 workers eligible: 1 does not crawl its hosts, 1 has insufficient capacity for \
+             weight 1; host books.example.org is crawled on worker worker-1 (by task a) and tasks \
+             that share a host run on one worker, so that the host's politeness budget holds for \
+             the whole installation: make room on worker-1 (raise its capacity or stop a task \
+             there) or make it ready, or crawl other hosts (spec.allowedHosts); the task waits \
+             until then"
+        );
+        let split = place_with_hosts(
+            &LeastLoaded,
+            &workers,
+            &Request::unit(),
+            &Affinity::Split(hold("worker-1"), hold("worker-2")),
+        )
+        .unwrap_err();
+        assert_eq!(split.count(Unfit::HostsElsewhere), 2);
+        assert!(split.to_string().starts_with(
+            "0/2 workers eligible: 2 do not crawl its hosts; host books.example.org is crawled"
+        ));
     }
 
     #[test]

@@ -28,8 +28,8 @@ use k8s_openapi::{
 use kube::ResourceExt;
 
 use crawler_core::{
-    self as scheduler, InvalidSelector, Load, Policy, Readiness, Request, Requirement,
-    WorkerSelector,
+    self as scheduler, Affinity, Hold, Holder, HostHolders, InvalidSelector, Load, Policy,
+    Readiness, Request, Requirement, WorkerSelector,
 };
 
 use crate::crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceStatus, Phase};
@@ -97,6 +97,10 @@ struct ResourceEntry {
     weight: Load,
     /// What placement needs; an error message when `spec.workerSelector` cannot be parsed.
     request: Result<Request, String>,
+    /// The hosts the task crawls (`spec.allowedHosts`, else its seeds' hosts), as the worker's
+    /// per-host gate keys them: lower case, no port, sorted, each once. Held on its effective
+    /// worker in [`Namespace::hosts`].
+    hosts: Vec<String>,
     suspend: bool,
     /// `spec.rules` compiled (once per generation).
     rules: RulesCheck,
@@ -242,6 +246,8 @@ pub const SUCCESSOR_HOLD: Duration = Duration::from_secs(crate::watch::STALE_AFT
 
 #[derive(Default, Debug)]
 struct Namespace {
+    /// Its name (holds name their namespace: a host's budget is the installation's).
+    name: String,
     workers: BTreeMap<String, WorkerEntry>,
     /// Heartbeats by worker Pod name (a worker without one is judged by its Pod alone), ghosts
     /// included (see [`workers::LeaseSeen`]).
@@ -260,6 +266,16 @@ struct Namespace {
     /// waiting for room may fit now. Set where loads change, so no path that frees room can
     /// forget to offer it.
     room_freed: bool,
+    /// For every host, the workers of this namespace whose tasks crawl it (a task holds its
+    /// hosts on its effective worker, so also while it is being placed or released there).
+    /// Maintained with the loads, by `take_resource` / `insert_resource`.
+    hosts: HostHolders,
+    /// (host, worker) no longer held since `take_resource`, unless `insert_resource` holds it
+    /// again (a status update of a task that stays where it is frees nothing).
+    unheld: Vec<(String, String)>,
+    /// Some host stopped being crawled on some worker since [`Index::room_freed`] last looked:
+    /// with host affinity, a task waiting because of it (in any namespace) may go now.
+    hosts_freed: bool,
 }
 
 /// Everything the controller knows; see the module documentation.
@@ -283,6 +299,19 @@ pub struct Index {
     longest_heartbeat: Duration,
     /// The back-off between a failed run and the next (see [`RetryBackoff`]).
     retry_backoff: RetryBackoff,
+    /// Host affinity (`--host-affinity`): a task goes only where the tasks sharing a host
+    /// with it run ([`crawler_core::HostHolders::affinity`]).
+    host_affinity: HostAffinity,
+}
+
+/// Whether placement partitions by host (see [`Index::with_host_affinity`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum HostAffinity {
+    /// By load alone: the per-host budget holds per worker.
+    #[default]
+    Off,
+    /// Tasks that share a host run on one worker: the budget holds for the installation.
+    On,
 }
 
 /// How long a crawl whose run failed waits before it is placed again: `base` after the first
@@ -435,6 +464,17 @@ impl Index {
         self
     }
 
+    /// Host affinity on or off (default off; the controller's `--host-affinity`, default on).
+    #[must_use]
+    pub fn with_host_affinity(mut self, on: bool) -> Self {
+        self.host_affinity = if on {
+            HostAffinity::On
+        } else {
+            HostAffinity::Off
+        };
+        self
+    }
+
     // === Pods ===
 
     /// A worker Pod was added or changed. Returns the resources to reconcile.
@@ -444,7 +484,10 @@ impl Index {
         };
         let ghost = self.unseen_ghost();
         let mut entry = worker_from_pod(pod);
-        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let ns = self
+            .namespaces
+            .entry(ns_name.clone())
+            .or_insert_with(|| Namespace::named(&ns_name));
         if let Some(ghost) = ghost
             && !ns.heartbeats.contains_key(&entry.worker.name)
             && !ns.no_lease.contains(&entry.worker.name)
@@ -518,7 +561,10 @@ impl Index {
             return Vec::new();
         };
         let name = resource.name_any();
-        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let ns = self
+            .namespaces
+            .entry(ns_name.clone())
+            .or_insert_with(|| Namespace::named(&ns_name));
         // Another object under the same name (a relist after a delete and a create): the old
         // one is gone, whether or not its deletion was seen; nothing of it carries over.
         let replaced = ns
@@ -589,6 +635,7 @@ impl Index {
             generation: resource.metadata.generation,
             weight: Load::from(resource.spec.load_units()),
             request: request_for(resource),
+            hosts: hosts_of(&resource.spec),
             suspend: resource.spec.suspend,
             rules: rules::check(resource, previous.map(|p| (p.generation, &p.rules))),
             status,
@@ -659,8 +706,14 @@ impl Index {
     /// offered at once to what waits for it.
     pub fn room_freed(&mut self) -> Vec<Key> {
         let mut keys = Vec::new();
+        // A host freed in one namespace may let a task of any namespace go.
+        let mut hosts_freed = false;
+        for ns in self.namespaces.values_mut() {
+            hosts_freed |= std::mem::take(&mut ns.hosts_freed);
+        }
+        let hosts_freed = hosts_freed && self.host_affinity == HostAffinity::On;
         for (ns_name, ns) in &mut self.namespaces {
-            if std::mem::take(&mut ns.room_freed) {
+            if std::mem::take(&mut ns.room_freed) || hosts_freed {
                 keys.extend(ns.waiting(ns_name));
             }
         }
@@ -849,6 +902,7 @@ impl Index {
     /// its weight on the chosen worker) before returning, all under the caller's lock.
     #[allow(clippy::too_many_lines)] // one decision read top to bottom, a branch per case
     pub fn plan(&mut self, key: &Key, ctx: &PlanContext<'_>) -> Plan {
+        let (affinity, host_conflict) = self.host_affinity(key);
         let Some(ns) = self.namespaces.get_mut(&key.namespace) else {
             return Plan::Wait;
         };
@@ -955,6 +1009,10 @@ impl Index {
             .and_then(|w| ns.workers.get(w))
             .filter(|w| w.worker.readiness == Readiness::Ready)
             .filter(|w| matches!(&entry.request, Ok(r) if r.selector.matches(&w.worker.labels)));
+        // Host affinity: of two groups that met (a spec change, affinity turned on, a worker
+        // back from a lapse), the one on the worker whose name sorts first stays.
+        let host_conflict = host_conflict.filter(|_| keep.is_some());
+        let keep = keep.filter(|_| host_conflict.is_none());
         // Leaving a worker whose heartbeat is alive: release it there first (phase one).
         let leaves = keep.is_none()
             || entry.suspend
@@ -1016,10 +1074,13 @@ impl Index {
                 note,
             });
         } else if let Some(worker) = release_from {
+            let why = match &host_conflict {
+                Some(hold) => shared_host(hold),
+                None => ns.leave_reason(entry, worker),
+            };
             let note = format!(
-                "moving off worker {worker} ({}): waiting for it to confirm the stop or for its \
-                 heartbeat to lapse",
-                ns.leave_reason(entry, worker)
+                "moving off worker {worker} ({why}): waiting for it to confirm the stop or for its \
+                 heartbeat to lapse"
             );
             desired.phase = Some(Phase::Releasing);
             set_assigned_condition(
@@ -1111,7 +1172,7 @@ impl Index {
                 entry.weight,
                 request,
                 current,
-                (handed_off, asked),
+                (handed_off, asked, &affinity, host_conflict.as_ref()),
                 &mut desired,
                 ctx,
             );
@@ -1172,11 +1233,75 @@ impl Index {
         }
     }
 
+    /// Where host affinity lets `key` go (every namespace's holds count: a host's budget is the
+    /// installation's), and, if it runs somewhere, a task on another worker that shares a host
+    /// with it and stays there while this one moves ([`crawler_core::keeps_place`]). Free and
+    /// none when host affinity is off.
+    fn host_affinity(&self, key: &Key) -> (Affinity, Option<Hold>) {
+        let Some(entry) = self
+            .namespaces
+            .get(&key.namespace)
+            .and_then(|ns| ns.resources.get(&key.name))
+            .filter(|e| self.host_affinity == HostAffinity::On && !e.hosts.is_empty())
+        else {
+            return (Affinity::Free, None);
+        };
+        let mut affinity = Affinity::Free;
+        for ns in self.namespaces.values() {
+            if ns.hosts.is_empty() {
+                continue;
+            }
+            let here = ns
+                .hosts
+                .affinity(&key.namespace, &key.name, &entry.hosts, |h| {
+                    ns.stopped(&h.worker)
+                });
+            affinity = match (affinity, here) {
+                (a @ (Affinity::Split(..) | Affinity::OtherNamespace(_)), _)
+                | (a, Affinity::Free) => a,
+                (_, Affinity::Bound(h) | Affinity::Split(h, _)) if ns.name != key.namespace => {
+                    Affinity::OtherNamespace(h)
+                }
+                (_, here) => here,
+            };
+        }
+        let conflict = entry
+            .status
+            .assigned_worker
+            .as_ref()
+            .map(|w| Holder::new(key.namespace.clone(), w.clone()))
+            .and_then(|own| {
+                self.namespaces.values().find_map(|ns| {
+                    scheduler::keeps_place(&ns.hosts, &own, &key.name, &entry.hosts, |h| {
+                        ns.stopped(&h.worker)
+                    })
+                    .err()
+                })
+            });
+        (affinity, conflict)
+    }
+
     fn entry_mut(&mut self, key: &Key) -> Option<&mut ResourceEntry> {
         self.namespaces
             .get_mut(&key.namespace)?
             .resources
             .get_mut(&key.name)
+    }
+
+    /// Panics if a namespace's host holds differ from its resources' hosts on their effective
+    /// workers (tests only).
+    #[cfg(test)]
+    pub fn check_hosts(&self) {
+        for (ns_name, ns) in &self.namespaces {
+            assert_eq!(&ns.name, ns_name, "a namespace knows its name");
+            let mut expected = HostHolders::default();
+            for (name, r) in &ns.resources {
+                if let Some(w) = r.effective_worker() {
+                    expected.hold(&Holder::new(ns.name.clone(), w), name, &r.hosts);
+                }
+            }
+            assert_eq!(ns.hosts, expected, "host holds of namespace {}", ns.name);
+        }
     }
 
     /// Panics if a load differs from the sum of the weights it is derived from (tests only).
@@ -1210,6 +1335,24 @@ impl Index {
 // === impl Namespace ===
 
 impl Namespace {
+    fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether `worker` has stopped every task, so the hosts its tasks hold no longer count:
+    /// its heartbeat is not alive and it is not ready (the cases where a task leaves it without
+    /// a handoff; while a handoff waits, its releasing tasks still hold their hosts).
+    fn stopped(&self, worker: &str) -> bool {
+        !self.heartbeat_alive(worker)
+            && self
+                .workers
+                .get(worker)
+                .is_none_or(|w| w.worker.readiness != Readiness::Ready)
+    }
+
     /// Chooses a worker for a resource that has none (or lost it), and fills `desired` with the
     /// decision or with why there is none. Returns the Event to publish and the worker to assume.
     fn place(
@@ -1217,7 +1360,12 @@ impl Namespace {
         weight: Load,
         request: &Request,
         current: &CrawlerResourceStatus,
-        (handed_off, asked): (Option<HandedOff>, Option<&MoveRequest>),
+        (handed_off, asked, affinity, host_conflict): (
+            Option<HandedOff>,
+            Option<&MoveRequest>,
+            &Affinity,
+            Option<&Hold>,
+        ),
         desired: &mut CrawlerResourceStatus,
         ctx: &PlanContext<'_>,
     ) -> (Option<PlanEvent>, Option<String>) {
@@ -1242,12 +1390,13 @@ impl Namespace {
                     worker
                 })
                 .collect();
-            scheduler::place(ctx.policy, &adjusted, request)
+            scheduler::place_with_hosts(ctx.policy, &adjusted, request, affinity)
         } else {
-            scheduler::place(
+            scheduler::place_with_hosts(
                 ctx.policy,
                 self.workers.values().map(|w| &w.worker),
                 request,
+                affinity,
             )
         };
         match placed {
@@ -1274,10 +1423,17 @@ impl Namespace {
                 );
                 let (reason, note) = match &current.assigned_worker {
                     Some(old) => {
+                        let shared;
                         let why = match (handed_off.and_then(HandedOff::describe), asked) {
                             (Some(how), _) => how,
                             (None, Some(asked)) => &asked.why,
-                            (None, None) => lost_reason(self.workers.get(old), request),
+                            (None, None) => match host_conflict {
+                                Some(hold) => {
+                                    shared = shared_host(hold);
+                                    &shared
+                                }
+                                None => lost_reason(self.workers.get(old), request),
+                            },
                         };
                         (
                             asked.map_or(Reason::Reassigned, |m| m.reason),
@@ -1338,6 +1494,13 @@ impl Namespace {
     /// then) and its weight to its worker's load; notes the room freed if it counted for less,
     /// or elsewhere.
     fn insert_resource(&mut self, name: String, entry: ResourceEntry, before: Option<Counted>) {
+        if let Some(w) = entry.effective_worker()
+            && !entry.hosts.is_empty()
+        {
+            self.hosts
+                .hold(&Holder::new(self.name.clone(), w), &name, &entry.hosts);
+        }
+        self.settle_unheld();
         if let Some(w) = entry.effective_worker() {
             let load = self.loads.entry(w.to_owned()).or_default();
             *load += entry.weight;
@@ -1359,6 +1522,7 @@ impl Namespace {
     /// Removes a resource and its weight from its worker's load: room freed there.
     fn remove_resource(&mut self, name: &str) -> Option<ResourceEntry> {
         let entry = self.take_resource(name)?;
+        self.settle_unheld();
         if entry.effective_worker().is_some() {
             self.room_freed = true;
         }
@@ -1369,6 +1533,18 @@ impl Namespace {
     /// ([`Namespace::put_resource`] then tells whether room was freed).
     fn take_resource(&mut self, name: &str) -> Option<ResourceEntry> {
         let entry = self.resources.remove(name)?;
+        if let Some(w) = entry.effective_worker()
+            && !entry.hosts.is_empty()
+        {
+            let holder = Holder::new(self.name.clone(), w);
+            if self.hosts.release(&holder, name, &entry.hosts) {
+                self.unheld.extend(
+                    (entry.hosts.iter())
+                        .filter(|h| self.hosts.holders(h).all(|(other, _)| *other != holder))
+                        .map(|h| (h.clone(), w.to_owned())),
+                );
+            }
+        }
         if let Some(w) = entry.effective_worker()
             && let Some(load) = self.loads.get_mut(w)
         {
@@ -1382,6 +1558,15 @@ impl Namespace {
             }
         }
         Some(entry)
+    }
+
+    /// Hosts that `take_resource` stopped holding and nothing held again since: freed.
+    fn settle_unheld(&mut self) {
+        for (host, worker) in std::mem::take(&mut self.unheld) {
+            if self.hosts.holders(&host).all(|(h, _)| h.worker != worker) {
+                self.hosts_freed = true;
+            }
+        }
     }
 
     fn assume(&mut self, name: &str, worker: String) {
@@ -1632,6 +1817,36 @@ fn fail(
         reason,
         note,
     }
+}
+
+/// Why a task leaves its worker under host affinity: another task crawls one of its hosts on a
+/// worker whose name sorts first.
+fn shared_host(hold: &Hold) -> String {
+    format!(
+        "host {} is crawled on worker {} by task {} as well, and tasks that share a host run on \
+         one worker",
+        hold.host, hold.holder.worker, hold.task
+    )
+}
+
+/// The hosts a task crawls, as the worker's per-host gate keys them (a URL's host, lower case,
+/// without the port): `spec.allowedHosts`, else the seeds' hosts. Sorted, each once.
+pub fn hosts_of(spec: &crate::crd::CrawlerResourceSpec) -> Vec<String> {
+    let host = |url: &str| {
+        url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+    };
+    let mut hosts: Vec<String> = match &spec.allowed_hosts {
+        Some(allowed) => allowed
+            .iter()
+            .filter_map(|h| host(&format!("http://{h}/")))
+            .collect(),
+        None => spec.seeds.iter().filter_map(|s| host(s)).collect(),
+    };
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
 }
 
 /// The placement request of a resource, or why its selector cannot be used.

@@ -46,7 +46,7 @@ impl Index {
                 continue;
             }
             let workers: Vec<_> = ns.workers.values().map(|w| w.worker.clone()).collect();
-            let tasks = ns.movable(ctx);
+            let tasks = ns.movable(ctx, self.host_affinity == super::HostAffinity::On);
             let moves =
                 crawler_core::plan_rebalance(ctx.policy, &workers, &tasks, hysteresis, left);
             for m in moves {
@@ -97,9 +97,13 @@ impl Namespace {
 
     /// The resources the rebalance may move: assigned to a ready worker that may keep them, with
     /// nothing pending.
-    fn movable(&self, ctx: &PlanContext<'_>) -> Vec<Task<String>> {
+    /// With host affinity, a task that shares a host with another stays: placement would bind
+    /// it back to its group's worker (a restart for nothing); a group moves only as a whole,
+    /// when its worker goes away.
+    fn movable(&self, ctx: &PlanContext<'_>, host_affinity: bool) -> Vec<Task<String>> {
         self.resources
             .iter()
+            .filter(|(name, entry)| !(host_affinity && self.shares_a_host(name, entry)))
             .filter_map(|(name, entry)| {
                 let worker = self.keeps(entry)?;
                 let request = entry.request.as_ref().ok()?.clone();
@@ -115,6 +119,15 @@ impl Namespace {
                 })
             })
             .collect()
+    }
+
+    /// Whether another task of this namespace crawls one of `entry`'s hosts.
+    fn shares_a_host(&self, name: &str, entry: &ResourceEntry) -> bool {
+        entry.hosts.iter().any(|host| {
+            self.hosts
+                .holders(host)
+                .any(|(_, tasks)| tasks.iter().any(|t| t != name))
+        })
     }
 
     /// The worker `entry` is assigned to, if the rebalance may move it from there: placed (phase

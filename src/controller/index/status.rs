@@ -34,6 +34,10 @@ pub enum Reason {
     NoWorkers,
     /// Condition: there are workers, but none may take the resource (the message says why).
     NoEligibleWorker,
+    /// Condition: host affinity (`--host-affinity`) keeps the resource off every worker that
+    /// could take it: the worker crawling one of its hosts cannot, or its hosts are crawled on
+    /// two workers (the message names the host, the worker and what to do).
+    HostAffinity,
     /// Event (Warning) for `NoWorkers` and `NoEligibleWorker`.
     Unschedulable,
     /// Condition and Event (Warning): `spec.workerSelector` cannot be used.
@@ -80,6 +84,7 @@ impl Reason {
             Self::Rebalanced => "Rebalanced",
             Self::NoWorkers => "NoWorkers",
             Self::NoEligibleWorker => "NoEligibleWorker",
+            Self::HostAffinity => "HostAffinity",
             Self::Unschedulable => "Unschedulable",
             Self::InvalidWorkerSelector => "InvalidWorkerSelector",
             Self::Suspended => "Suspended",
@@ -100,6 +105,8 @@ impl Reason {
     pub fn unschedulable(diagnosis: &Diagnosis) -> Self {
         if diagnosis.workers() == 0 {
             Self::NoWorkers
+        } else if diagnosis.hosts_elsewhere() {
+            Self::HostAffinity
         } else {
             Self::NoEligibleWorker
         }

@@ -93,6 +93,7 @@ fn place_at(index: &mut Index, r: &mut CrawlerResource, at: &PlanContext<'_>) ->
         index.apply_resource(r);
     }
     index.check_loads();
+    index.check_hosts();
     plan
 }
 
@@ -2604,4 +2605,242 @@ fn an_invalid_schedule_is_reported_and_not_run() {
             "{message}"
         );
     }
+}
+
+// === host affinity ===
+
+/// Resource `name` of namespace `ns` crawling `hosts` (its seeds).
+fn crawling(ns: &str, name: &str, hosts: &[&str]) -> CrawlerResource {
+    let mut r = resource(name, 1);
+    r.metadata.namespace = Some(ns.into());
+    r.spec.seeds = hosts.iter().map(|h| format!("https://{h}/")).collect();
+    r
+}
+
+/// Plans `r` (of any namespace) as [`place_at`] does.
+fn plan_in(index: &mut Index, r: &mut CrawlerResource) -> Plan {
+    let key = Key::new(r.namespace().unwrap(), r.name_any());
+    let plan = index.plan(&key, &ctx(&LeastLoaded));
+    if let Plan::Write(w) = &plan {
+        bump_resource_version(r);
+        r.status = Some(w.status.clone());
+        index.written(&key, r.metadata.resource_version.clone());
+        index.apply_resource(r);
+    }
+    index.check_loads();
+    index.check_hosts();
+    plan
+}
+
+fn assigned_message(r: &CrawlerResource) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.condition(CONDITION_ASSIGNED))
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_default()
+}
+
+fn host_affinity_index(workers: &[&str]) -> Index {
+    let mut index = Index::default().with_host_affinity(true);
+    let pods: Vec<Pod> = workers.iter().map(|w| pod(w, true, &[])).collect();
+    index.reset_pods(&pods);
+    index.finish_heartbeat_list(&HashSet::new(), Instant::now());
+    index
+}
+
+#[test]
+fn host_affinity_puts_tasks_sharing_a_host_on_one_worker_and_a_freed_host_lets_a_waiter_go() {
+    let mut index = host_affinity_index(&["worker-1", "worker-2"]);
+    let mut a = crawling(NS, "a", &["x.example"]);
+    let mut b = crawling(NS, "b", &["X.example:8080"]);
+    let mut c = crawling(NS, "c", &["y.example"]);
+    let mut d = crawling(NS, "d", &["x.example", "y.example"]);
+    for r in [&a, &b, &c, &d] {
+        index.apply_resource(r);
+    }
+    plan_in(&mut index, &mut a);
+    assert_eq!(worker_of(&a), Some("worker-1"));
+    // b shares the host (the same host for the per-host gate: case and port do not count):
+    // worker-1, though least-loaded alone would choose worker-2.
+    plan_in(&mut index, &mut b);
+    assert_eq!(worker_of(&b), Some("worker-1"));
+    plan_in(&mut index, &mut c);
+    assert_eq!(worker_of(&c), Some("worker-2"));
+    // d would join both groups: it waits, and says why.
+    plan_in(&mut index, &mut d);
+    assert_eq!(phase_of(&d), Some(Phase::Unschedulable));
+    let message = assigned_message(&d);
+    assert!(
+        message.starts_with("HostAffinity: 0/2 workers eligible: 2 do not crawl its hosts; host x.example is crawled on worker worker-1 (by task a) and host y.example on worker worker-2 (by task c)"),
+        "{message}"
+    );
+    assert!(index.room_freed().is_empty());
+    // a and b end: x.example is free; d is offered the room at once, and goes where y is.
+    index.delete_resource(NS, "a");
+    index.delete_resource(NS, "b");
+    assert_eq!(index.room_freed(), vec![Key::new(NS, "d")]);
+    plan_in(&mut index, &mut d);
+    assert_eq!(worker_of(&d), Some("worker-2"));
+    // A status update of a task that stays frees nothing.
+    bump_resource_version(&mut c);
+    index.apply_resource(&c);
+    index.check_hosts();
+    assert!(index.room_freed().is_empty());
+}
+
+#[test]
+fn host_affinity_off_places_by_load_alone() {
+    let mut index = Index::default();
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let mut a = crawling(NS, "a", &["x.example"]);
+    let mut b = crawling(NS, "b", &["x.example"]);
+    index.apply_resource(&a);
+    index.apply_resource(&b);
+    plan_in(&mut index, &mut a);
+    plan_in(&mut index, &mut b);
+    assert_eq!(worker_of(&a), Some("worker-1"));
+    assert_eq!(worker_of(&b), Some("worker-2"));
+}
+
+#[test]
+fn a_lost_workers_group_follows_its_first_moved_task() {
+    let mut index = host_affinity_index(&["worker-1", "worker-2", "worker-3"]);
+    let mut rs = [
+        crawling(NS, "a", &["x.example"]),
+        crawling(NS, "c", &["y.example"]),
+        crawling(NS, "b", &["x.example"]),
+    ];
+    for r in &rs {
+        index.apply_resource(r);
+    }
+    for r in &mut rs {
+        plan_in(&mut index, r);
+    }
+    let [a, c, b] = &mut rs;
+    assert_eq!(
+        [worker_of(a), worker_of(b), worker_of(c)],
+        [Some("worker-1"), Some("worker-1"), Some("worker-2")]
+    );
+    // worker-1 is gone (no heartbeat: it runs nothing): a is placed first, least loaded
+    // (worker-3); b follows it, though by load alone the tie would go to worker-2.
+    index.delete_pod(NS, "worker-1");
+    plan_in(&mut index, a);
+    assert_eq!(worker_of(a), Some("worker-3"));
+    plan_in(&mut index, b);
+    assert_eq!(worker_of(b), Some("worker-3"), "{}", assigned_message(b));
+}
+
+#[test]
+fn of_two_groups_that_meet_after_a_spec_change_the_later_worker_s_task_moves() {
+    let mut index = host_affinity_index(&["worker-1", "worker-2"]);
+    let mut a = crawling(NS, "a", &["x.example"]);
+    let mut b = crawling(NS, "b", &["y.example"]);
+    index.apply_resource(&a);
+    index.apply_resource(&b);
+    plan_in(&mut index, &mut a);
+    plan_in(&mut index, &mut b);
+    assert_eq!(worker_of(&b), Some("worker-2"));
+    // b now crawls x.example too: it moves to worker-1 (no heartbeat: at once); a stays.
+    b.spec.allowed_hosts = Some(vec!["x.example".into(), "y.example".into()]);
+    b.spec.seeds = vec!["https://x.example/".into()];
+    b.metadata.generation = Some(2);
+    bump_resource_version(&mut b);
+    index.apply_resource(&b);
+    let Plan::Write(w) = plan_in(&mut index, &mut b) else {
+        panic!("b moves")
+    };
+    assert_eq!(worker_of(&b), Some("worker-1"));
+    let note = w.event.unwrap().note;
+    assert!(
+        note.contains("host x.example is crawled on worker worker-1 by task a as well"),
+        "{note}"
+    );
+    assert_eq!(plan_in(&mut index, &mut a), Plan::Nothing);
+}
+
+#[test]
+fn a_host_crawled_in_another_namespace_holds_a_task_back_until_it_is_free() {
+    let mut index = host_affinity_index(&["worker-1"]);
+    let mut other = pod("worker-9", true, &[]);
+    other.metadata.namespace = Some("other".into());
+    index.apply_pod(&other);
+    let mut a = crawling(NS, "a", &["x.example"]);
+    let mut b = crawling("other", "b", &["x.example"]);
+    index.apply_resource(&a);
+    index.apply_resource(&b);
+    plan_in(&mut index, &mut a);
+    plan_in(&mut index, &mut b);
+    assert_eq!(phase_of(&b), Some(Phase::Unschedulable));
+    let message = assigned_message(&b);
+    assert!(
+        message.contains(
+            "host x.example is crawled on worker worker-1 of namespace crawl (by task crawl/a)"
+        ),
+        "{message}"
+    );
+    index.room_freed();
+    // a ends in its namespace: b, in another, is offered the host.
+    index.delete_resource(NS, "a");
+    assert_eq!(index.room_freed(), vec![Key::new("other", "b")]);
+    plan_in(&mut index, &mut b);
+    assert_eq!(worker_of(&b), Some("worker-9"));
+}
+
+#[test]
+fn a_task_s_hosts_are_its_allowed_hosts_else_its_seeds_hosts() {
+    let mut r = crawling(NS, "a", &["B.example", "a.example:8443", "b.example"]);
+    assert_eq!(hosts_of(&r.spec), ["a.example", "b.example"]);
+    r.spec.allowed_hosts = Some(vec!["c.example:81".into(), "127.0.0.1".into()]);
+    assert_eq!(hosts_of(&r.spec), ["127.0.0.1", "c.example"]);
+}
+
+#[test]
+fn with_host_affinity_the_rebalance_moves_only_tasks_that_share_no_host() {
+    let mut index = Index::default().with_host_affinity(true);
+    index.reset_pods(&[pod("worker-1", true, &[])]);
+    index.finish_heartbeat_list(&HashSet::new(), Instant::now());
+    // Six tasks on one site, three on sites of their own, all on worker-1.
+    let mut resources: Vec<CrawlerResource> = (0..9)
+        .map(|i| {
+            let host = if i < 6 {
+                "shared.example".to_owned()
+            } else {
+                format!("own-{i}.example")
+            };
+            crawling(NS, &format!("task-{i}"), &[&host])
+        })
+        .collect();
+    index.reset_resources(&resources);
+    for r in &mut resources {
+        plan_in(&mut index, r);
+    }
+    index.apply_pod(&pod("worker-2", true, &[]));
+    index.apply_pod(&pod("worker-3", true, &[]));
+    let mut keys = index.rebalance(&later(60), EVEN_OUT, 100);
+    keys.sort();
+    // Moving a task of the shared site would bind it back to worker-1 (a restart for nothing).
+    assert_eq!(
+        keys,
+        [
+            Key::new(NS, "task-6"),
+            Key::new(NS, "task-7"),
+            Key::new(NS, "task-8")
+        ]
+    );
+}
+
+#[test]
+fn a_namespace_first_seen_through_a_heartbeat_still_names_its_holds() {
+    let mut index = Index::default().with_host_affinity(true);
+    let lease = heartbeat("worker-1", Some("worker-1"), 100);
+    index.apply_heartbeat(&lease, Instant::now());
+    index.finish_heartbeat_list(&listed(std::slice::from_ref(&lease)), Instant::now());
+    index.reset_pods(&[pod("worker-1", true, &[]), pod("worker-2", true, &[])]);
+    let mut a = crawling(NS, "a", &["x.example"]);
+    let mut b = crawling(NS, "b", &["x.example"]);
+    index.apply_resource(&a);
+    index.apply_resource(&b);
+    plan_in(&mut index, &mut a);
+    plan_in(&mut index, &mut b);
+    assert_eq!(worker_of(&a), worker_of(&b), "{}", assigned_message(&b));
 }

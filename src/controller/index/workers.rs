@@ -139,7 +139,10 @@ impl Index {
             .unwrap_or(0);
         let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0).max(1));
         self.longest_heartbeat = self.longest_heartbeat.max(duration);
-        let ns = self.namespaces.entry(ns_name.clone()).or_default();
+        let ns = self
+            .namespaces
+            .entry(ns_name.clone())
+            .or_insert_with(|| Namespace::named(&ns_name));
         ns.no_lease.remove(&pod);
         let was_alive = ns.heartbeat_alive(&pod);
         // A ghost replaced by its Lease counts as a renewal observed now (a re-created Lease

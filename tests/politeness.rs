@@ -1,0 +1,907 @@
+//! Politeness per host across the whole installation, judged from what the hosts saw.
+//!
+//! The controller places tasks with host affinity (`--host-affinity=true`): tasks that share a
+//! host run on one worker, so that worker's per-host gate keeps the host's budget for every task
+//! of every worker. Real API server, real controller, real worker processes with the real budget
+//! (2 requests/s and 2 in flight per host; the harness lifts it for other suites). Each host is
+//! a loopback address of its own (every 127.x.y.z is one on Linux) that logs when each request
+//! arrived and ended, and which worker sent it; the judge prints per host the requests that came
+//! from a worker after another had taken the host over (two workers at once), the smallest gap
+//! between two arrivals, the most requests in flight at once and the requests inside a
+//! `Retry-After` window, and passes at zero violations. With host affinity off (the ignored test)
+//! the same crawl broke the budget 190 times (2026-12-06).
+
+use crate::support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use crawler_operator::crd::{CONDITION_ASSIGNED, CrawlerResource, Phase};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{
+    story::{POLL, Story, assigned_worker, phase},
+    wait_for,
+};
+
+// === the hosts ===
+
+/// One request as a host saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    /// The worker that sent it (from the User-Agent).
+    worker: String,
+    arrived: Instant,
+    ended: Option<Instant>,
+    /// Ended when the client closed the connection (no response): seen a moment late.
+    closed_by_client: bool,
+}
+
+/// A host's request log, and the Retry-After windows it opened (start, length).
+#[derive(Default)]
+struct Log {
+    seen: Mutex<Vec<Seen>>,
+    windows: Mutex<Vec<(Instant, Duration)>>,
+}
+
+impl Log {
+    fn arrive(self: &Arc<Self>, path: &str, worker: String) -> Ended {
+        let mut seen = self.seen.lock();
+        seen.push(Seen {
+            path: path.to_owned(),
+            worker,
+            arrived: Instant::now(),
+            ended: None,
+            closed_by_client: false,
+        });
+        Ended {
+            log: self.clone(),
+            index: seen.len() - 1,
+        }
+    }
+}
+
+/// Marks the request ended when dropped (also when the client goes away mid-response).
+struct Ended {
+    log: Arc<Log>,
+    index: usize,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.log.seen.lock()[self.index].ended = Some(Instant::now());
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `/<task>/<n>` links to `/<task>/<2n>` and `/<task>/<2n+1>`; robots.txt is a 404.
+    Plain,
+    /// Like `Plain`, and the tenth page request gets a 429 with `Retry-After: <seconds>`.
+    TooMany { retry_after: u64 },
+    /// Like `Plain`, with `Crawl-delay: <seconds>` in robots.txt.
+    CrawlDelay { seconds: u64 },
+}
+
+struct HostSite {
+    kind: Kind,
+    log: Arc<Log>,
+    pages: Mutex<usize>,
+}
+
+struct Host {
+    ip: &'static str,
+    origin: String,
+    log: Arc<Log>,
+    /// The smallest gap the budget allows between two requests.
+    delay: Duration,
+}
+
+impl Host {
+    fn seed(&self, task: &str) -> String {
+        format!("{}/{task}/1", self.origin)
+    }
+}
+
+/// Which worker sent a request: "crawler-operator/0.1.0 (worker worker-1; assignment 2)".
+fn worker_of(user_agent: &str) -> String {
+    user_agent
+        .split("(worker ")
+        .nth(1)
+        .and_then(|w| w.split([';', ')']).next())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+async fn start_host(ip: &'static str, kind: Kind) -> Host {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Log::default());
+    let site = Arc::new(HostSite {
+        kind,
+        log: log.clone(),
+        pages: Mutex::new(0),
+    });
+    let app = Router::new().fallback(serve).with_state(site);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let delay = match kind {
+        Kind::CrawlDelay { seconds } => Duration::from_secs(seconds),
+        _ => BUDGET_DELAY,
+    };
+    Host {
+        ip,
+        origin: format!("http://{addr}"),
+        log,
+        delay,
+    }
+}
+
+async fn serve(
+    State(site): State<Arc<HostSite>>,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let path = uri.path().to_owned();
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let _ended = site.log.arrive(&path, worker_of(agent));
+    // Long enough for requests to overlap when a client lets them.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    if path == "/robots.txt" {
+        return match site.kind {
+            Kind::CrawlDelay { seconds } => {
+                format!("User-agent: *\nCrawl-delay: {seconds}\n").into_response()
+            }
+            _ => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
+    let page = {
+        let mut pages = site.pages.lock();
+        *pages += 1;
+        *pages
+    };
+    if let Kind::TooMany { retry_after } = site.kind
+        && page == 10
+    {
+        site.log
+            .windows
+            .lock()
+            .push((Instant::now(), Duration::from_secs(retry_after)));
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+        )
+            .into_response();
+    }
+    // /<task>/<n>
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let task = parts.next().unwrap_or_default();
+    let n: u64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    (
+        [(header::CONTENT_TYPE, "text/html")],
+        format!(
+            "<html><head><title>{task} {n}</title></head><body>\
+             <a href=\"/{task}/{}\">l</a> <a href=\"/{task}/{}\">r</a></body></html>",
+            2 * n,
+            2 * n + 1
+        ),
+    )
+        .into_response()
+}
+
+/// A host whose pages never answer: robots.txt gets a 404, any other request is held open until
+/// the client gives up (its timeout), which is when it ends in the log.
+async fn start_silent_host(ip: &'static str) -> Host {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Log::default());
+    let accept_log = log.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let log = accept_log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0_u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .unwrap_or("/")
+                    .to_owned();
+                let agent = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("user-agent:")
+                            .then(|| l["user-agent:".len()..].trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let ended = log.arrive(&path, worker_of(&agent));
+                if path == "/robots.txt" {
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                // Held until the client closes the connection.
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                log.seen.lock()[ended.index].closed_by_client = true;
+            });
+        }
+    });
+    Host {
+        ip,
+        origin: format!("http://{addr}"),
+        log,
+        delay: BUDGET_DELAY,
+    }
+}
+
+// === the judge ===
+
+/// The installation's budget: 2 requests/s per host (one every 500 ms), 2 in flight.
+const BUDGET: &str = "2";
+const BUDGET_DELAY: Duration = Duration::from_millis(500);
+const BUDGET_IN_FLIGHT: usize = 2;
+/// Arrivals closer than the delay less this break it: a host stamps an arrival when its handler
+/// runs, which on 2 loaded cores (five worker processes, the API server, etcd) can be late.
+const SLACK: Duration = Duration::from_millis(50);
+/// A request may arrive this long after a 429 left the host and not break its window: it was
+/// sent before the 429 reached the client.
+const IN_TRANSIT: Duration = Duration::from_millis(50);
+/// A host sees a connection closed this long after the client let it go.
+const CLOSE_SEEN: Duration = Duration::from_millis(25);
+
+/// What one host saw, and how many times the budget was broken there.
+#[derive(Debug, Default)]
+struct HostVerdict {
+    requests: usize,
+    workers: BTreeSet<String>,
+    smallest_gap: Option<Duration>,
+    most_in_flight: usize,
+    inside_window: usize,
+    short_gaps: Vec<String>,
+    /// Requests from a worker after another worker had taken over the host: two workers
+    /// crawling it at once (a move hands a host over once; the old worker never comes back).
+    interleaved: Vec<String>,
+}
+
+impl HostVerdict {
+    fn violations(&self) -> usize {
+        self.short_gaps.len()
+            + self.interleaved.len()
+            + usize::from(self.most_in_flight > BUDGET_IN_FLIGHT)
+            + self.inside_window
+    }
+}
+
+fn judge(host: &Host, started: Instant) -> HostVerdict {
+    let mut seen = host.log.seen.lock().clone();
+    seen.sort_by_key(|s| s.arrived);
+    let mut verdict = HostVerdict {
+        requests: seen.len(),
+        workers: seen.iter().map(|s| s.worker.clone()).collect(),
+        ..HostVerdict::default()
+    };
+    for pair in seen.windows(2) {
+        let gap = pair[1].arrived - pair[0].arrived;
+        verdict.smallest_gap = Some(verdict.smallest_gap.map_or(gap, |g| g.min(gap)));
+        if gap + SLACK < host.delay {
+            verdict.short_gaps.push(format!(
+                "{} from {} at {:?}, {gap:?} after {} from {}",
+                pair[1].path,
+                pair[1].worker,
+                pair[1].arrived - started,
+                pair[0].path,
+                pair[0].worker
+            ));
+        }
+    }
+    let mut replaced: BTreeSet<&str> = BTreeSet::new();
+    for pair in seen.windows(2) {
+        if pair[1].worker != pair[0].worker {
+            replaced.insert(&pair[0].worker);
+            if replaced.contains(pair[1].worker.as_str()) {
+                verdict.interleaved.push(format!(
+                    "{} from {} at {:?}, after {} took over",
+                    pair[1].path,
+                    pair[1].worker,
+                    pair[1].arrived - started,
+                    pair[0].worker
+                ));
+            }
+        }
+    }
+    let far = Instant::now() + Duration::from_secs(3600);
+    let mut events: Vec<(Instant, i32)> = seen
+        .iter()
+        .flat_map(|s| {
+            let ended = s.ended.unwrap_or(far);
+            let ended = if s.closed_by_client {
+                ended.checked_sub(CLOSE_SEEN).unwrap_or(ended)
+            } else {
+                ended
+            };
+            [(s.arrived, 1), (ended, -1)]
+        })
+        .collect();
+    // Ends before starts at the same instant.
+    events.sort_by_key(|(at, d)| (*at, *d));
+    let (mut now, mut most) = (0_i32, 0_i32);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    verdict.most_in_flight = usize::try_from(most).unwrap_or(0);
+    let windows = host.log.windows.lock().clone();
+    verdict.inside_window = seen
+        .iter()
+        .filter(|s| {
+            windows
+                .iter()
+                .any(|(at, len)| s.arrived > *at + IN_TRANSIT && s.arrived < *at + *len)
+        })
+        .count();
+    verdict
+}
+
+/// Prints the judge's table (and every violation); returns the violations on all `hosts`.
+fn judge_all(hosts: &[&Host], started: Instant) -> usize {
+    let mut total = 0;
+    let mut table = String::from(
+        "host          delay  requests  workers  interleaved  smallest gap  most in flight  inside Retry-After  violations\n",
+    );
+    for host in hosts {
+        let v = judge(host, started);
+        let _ = writeln!(
+            table,
+            "{:<13} {:>5?}  {:>8}  {:>7}  {:>11}  {:>12}  {:>14}  {:>18}  {:>10}",
+            host.ip,
+            host.delay,
+            v.requests,
+            v.workers.len(),
+            v.interleaved.len(),
+            v.smallest_gap
+                .map_or("-".to_owned(), |g| format!("{}ms", g.as_millis())),
+            v.most_in_flight,
+            v.inside_window,
+            v.violations()
+        );
+        for short in v.short_gaps.iter().take(10) {
+            let _ = writeln!(table, "  short gap: {short}");
+        }
+        for two in v.interleaved.iter().take(10) {
+            let _ = writeln!(table, "  two workers: {two}");
+        }
+        total += v.violations();
+    }
+    println!("{table}JUDGE politeness violations={total}");
+    total
+}
+
+// === the story ===
+
+/// The workers' flags: the installation's budget, one retry, a 1 s back-off start.
+fn budget_flags() -> Vec<String> {
+    vec![
+        format!("--host-requests-per-second={BUDGET}"),
+        format!("--host-max-in-flight={BUDGET_IN_FLIGHT}"),
+        "--max-retries=1".to_owned(),
+        "--retry-delay=1s".to_owned(),
+    ]
+}
+
+/// A task of the judge's crawl: `seeds` (one per host it crawls), at most `pages` pages, fast
+/// enough on its own (20/s) that only the host's budget holds it back.
+fn task_spec(seeds: &[String], pages: u32) -> serde_json::Value {
+    json!({
+        "seeds": seeds,
+        "maxDepth": 10,
+        "maxPages": pages,
+        "rateLimit": { "requestsPerSecond": 20, "burst": 1 },
+        "backoffLimit": 0,
+    })
+}
+
+/// Waits until every named resource has finished (`Succeeded` or `Failed`), up to `bound`.
+async fn wait_until_finished(story: &Story, names: &[String], bound: Duration) {
+    let api = story.api();
+    wait_for("every crawl finished", bound, POLL * 10, || {
+        let api = api.clone();
+        async move {
+            let mut running = Vec::new();
+            for name in names {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                if !matches!(phase(&r), Some(Phase::Succeeded | Phase::Failed)) {
+                    running.push(format!(
+                        "{name} {:?} on {:?}",
+                        phase(&r),
+                        assigned_worker(&r)
+                    ));
+                }
+            }
+            if running.is_empty() {
+                Ok(())
+            } else {
+                Err(running.join(", "))
+            }
+        }
+    })
+    .await;
+}
+
+/// Waits until every named resource has been assigned once; returns where each runs.
+async fn placed(story: &Story, names: &[String]) -> BTreeMap<String, String> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    story.assert_all_assigned(&names).await
+}
+
+/// The judge's 20 tasks on 5 hosts, in four groups (connected components of the host-sharing
+/// graph): A = {h1, h2} with a partial overlap (tasks on h1, on h2, on both), B = {429 host},
+/// C = {Crawl-delay host}, D = {silent host}. Each group's first task comes first, so the four
+/// groups start on four workers.
+fn twenty_tasks(
+    plain: &[Host; 2],
+    too_many: &Host,
+    crawl_delay: &Host,
+    silent: &Host,
+) -> Vec<(String, serde_json::Value)> {
+    let [h1, h2] = plain;
+    let both = |t: &str| vec![h1.seed(t), h2.seed(t)];
+    let mut tasks: Vec<(String, serde_json::Value)> = vec![
+        ("a-0".into(), task_spec(&both("a-0"), 12)),
+        ("b-0".into(), task_spec(&[too_many.seed("b-0")], 6)),
+        ("c-0".into(), task_spec(&[crawl_delay.seed("c-0")], 2)),
+        ("d-0".into(), task_spec(&[silent.seed("d-0")], 1)),
+    ];
+    for i in 1..=3 {
+        tasks.push((
+            format!("a-{i}"),
+            task_spec(&[h1.seed(&format!("a-{i}"))], 8),
+        ));
+    }
+    for i in 4..=6 {
+        tasks.push((
+            format!("a-{i}"),
+            task_spec(&[h2.seed(&format!("a-{i}"))], 8),
+        ));
+    }
+    for i in 7..=8 {
+        tasks.push((format!("a-{i}"), task_spec(&both(&format!("a-{i}")), 8)));
+    }
+    for i in 1..=4 {
+        tasks.push((
+            format!("b-{i}"),
+            task_spec(&[too_many.seed(&format!("b-{i}"))], 6),
+        ));
+    }
+    for i in 1..=3 {
+        tasks.push((
+            format!("c-{i}"),
+            task_spec(&[crawl_delay.seed(&format!("c-{i}"))], 2),
+        ));
+    }
+    tasks.push(("d-1".into(), task_spec(&[silent.seed("d-1")], 1)));
+    tasks
+}
+
+/// The crawl the judge judges; returns the violations it counted. With `affinity` false the
+/// controller places by load alone, so tasks sharing a host run on several workers.
+async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -> usize {
+    let plain = [
+        start_host(ips[0], Kind::Plain).await,
+        start_host(ips[1], Kind::Plain).await,
+    ];
+    let too_many = start_host(ips[2], Kind::TooMany { retry_after: 10 }).await;
+    let crawl_delay = start_host(ips[3], Kind::CrawlDelay { seconds: 3 }).await;
+    let silent = start_silent_host(ips[4]).await;
+    let joined_host = start_host(ips[5], Kind::Plain).await;
+
+    let mut story = Story::new(prefix).await;
+    for w in ["worker-1", "worker-2", "worker-3", "worker-4"] {
+        story.ready_worker(w).await;
+        story.start_worker_with(w, None, &budget_flags());
+    }
+    story.start_controller_with(
+        "controller-a",
+        None,
+        &[&format!("--host-affinity={affinity}")],
+    );
+
+    let tasks = twenty_tasks(&plain, &too_many, &crawl_delay, &silent);
+    assert_eq!(tasks.len(), 20);
+    let started = Instant::now();
+    for (name, spec) in &tasks {
+        story.apply_resource(name, spec.clone()).await;
+    }
+    let names: Vec<String> = tasks.iter().map(|(n, _)| n.clone()).collect();
+    let first = placed(&story, &names).await;
+    println!("placed: {first:?}");
+    if affinity {
+        for group in ["a-", "b-", "c-", "d-"] {
+            let on: BTreeSet<&String> = first
+                .iter()
+                .filter(|(t, _)| t.starts_with(group))
+                .map(|(_, w)| w)
+                .collect();
+            assert_eq!(on.len(), 1, "group {group} runs on one worker: {first:?}");
+        }
+    }
+
+    // Group A's worker leaves mid-crawl (killed: its heartbeat lapses, the group follows its
+    // first moved task), once h1 has seen some of it.
+    wait_for(
+        "h1 crawled a while",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let n = plain[0].log.seen.lock().len();
+            if n >= 6 {
+                Ok(())
+            } else {
+                Err(format!("{n} requests"))
+            }
+        },
+    )
+    .await;
+    let leaving = first["a-0"].clone();
+    let index: usize = leaving["worker-".len()..].parse().unwrap();
+    story.workers[index - 1].stop().await;
+    println!("killed {leaving} at {:?}", started.elapsed());
+
+    // A worker joins; a new group (two tasks on a sixth host) goes to it, the least loaded
+    // (its name sorts first, so it wins ties with workers whose tasks finished).
+    story.ready_worker("worker-0").await;
+    story.start_worker_with("worker-0", None, &budget_flags());
+    let joined: Vec<String> = vec!["e-0".into(), "e-1".into()];
+    for name in &joined {
+        story
+            .apply_resource(name, task_spec(&[joined_host.seed(name)], 6))
+            .await;
+    }
+    let on_joined = placed(&story, &joined).await;
+    println!("joined: {on_joined:?}");
+
+    let mut all = names.clone();
+    all.extend(joined.iter().cloned());
+    wait_until_finished(&story, &all, Duration::from_secs(240)).await;
+    println!("finished after {:?}", started.elapsed());
+
+    let hosts: Vec<&Host> = plain
+        .iter()
+        .chain([&too_many, &crawl_delay, &silent, &joined_host])
+        .collect();
+    let violations = judge_all(&hosts, started);
+
+    // The judge had something to judge.
+    for host in &hosts {
+        assert!(
+            host.log.seen.lock().len() >= 2,
+            "{} saw no crawl: {}",
+            host.ip,
+            story.logs()
+        );
+    }
+    if affinity {
+        assert_eq!(
+            too_many.log.windows.lock().len(),
+            1,
+            "the 429 host answered one 429"
+        );
+        assert!(
+            on_joined.values().all(|w| w == "worker-0"),
+            "the new group went to the worker that joined: {on_joined:?}"
+        );
+    }
+    violations
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tasks_on_four_workers_keep_every_host_budget() {
+    let ips = [
+        "127.0.24.1",
+        "127.0.24.2",
+        "127.0.24.3",
+        "127.0.24.4",
+        "127.0.24.5",
+        "127.0.24.6",
+    ];
+    let violations = Box::pin(crawl_and_judge("polite", true, ips)).await;
+    assert_eq!(violations, 0, "requests that broke a host's budget");
+}
+
+/// The same crawl with host affinity off: each worker keeps the budget for its own tasks only,
+/// so a host crawled from several workers gets several times its budget, and the judge sees it.
+/// Ignored (it only shows that the judge can fail; 2 minutes): run it with `-- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "shows the judge failing without host affinity; run by hand"]
+async fn without_host_affinity_the_judge_counts_violations() {
+    let ips = [
+        "127.0.25.1",
+        "127.0.25.2",
+        "127.0.25.3",
+        "127.0.25.4",
+        "127.0.25.5",
+        "127.0.25.6",
+    ];
+    let violations = Box::pin(crawl_and_judge("impolite", false, ips)).await;
+    assert!(
+        violations > 0,
+        "the judge saw no violation without host affinity"
+    );
+}
+
+// === the waiting case ===
+
+/// The `Assigned` condition's message of `name` once its reason is `reason` and its message
+/// contains `part`.
+async fn condition(
+    story: &Story,
+    name: &str,
+    reason: &str,
+    part: &str,
+) -> (String, CrawlerResource) {
+    let r = story
+        .wait_for_resource(
+            name,
+            &format!("condition reason {reason} saying {part}"),
+            |r| {
+                r.status
+                    .as_ref()
+                    .and_then(|s| s.condition(CONDITION_ASSIGNED))
+                    .is_some_and(|c| c.reason == reason && c.message.contains(part))
+            },
+        )
+        .await;
+    let message = r
+        .status
+        .as_ref()
+        .and_then(|s| s.condition(CONDITION_ASSIGNED))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    (message, r)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_hosts_are_held_on_a_full_worker_waits_and_says_why() {
+    let mut story = Story::new("hostwait").await;
+    story.ready_worker("worker-1").await;
+    story.ready_worker("worker-2").await;
+    for worker in ["worker-1", "worker-2"] {
+        kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(story.client.clone(), story.ns())
+            .patch(
+                worker,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({ "metadata": { "annotations": { "crawler.dev/capacity": "1" } } }),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    story.start_controller_with("controller-a", None, &["--host-affinity=true"]);
+    story.wait_for_leader("controller-a").await;
+    let spec = |hosts: &[&str]| {
+        json!({
+            "seeds": hosts.iter().map(|h| format!("https://{h}/")).collect::<Vec<_>>(),
+        })
+    };
+
+    // a crawls books.example.org on worker-1 (ties go to the smallest name), which is then full.
+    story
+        .apply_resource("a", spec(&["books.example.org"]))
+        .await;
+    story.assert_assigned("a", "worker-1").await;
+    // b shares the host: only worker-1 may take it, and it is full.
+    story
+        .apply_resource("b", spec(&["books.example.org"]))
+        .await;
+    let (message, r) = condition(&story, "b", "HostAffinity", "(by task a)").await;
+    println!("b: {message}");
+    assert_eq!(phase(&r), Some(Phase::Unschedulable));
+    assert_eq!(
+        message,
+        "0/2 workers eligible: 1 does not crawl its hosts, 1 has insufficient capacity for \
+         weight 1; host books.example.org is crawled on worker worker-1 (by task a) and tasks \
+         that share a host run on one worker, so that the host's politeness budget holds for the \
+         whole installation: make room on worker-1 (raise its capacity or stop a task there) or \
+         make it ready, or crawl other hosts (spec.allowedHosts); the task waits until then"
+    );
+
+    // c crawls another host: worker-2 (full then). d crawls both hosts: they are crawled on
+    // two workers.
+    story
+        .apply_resource("c", spec(&["films.example.org"]))
+        .await;
+    story.assert_assigned("c", "worker-2").await;
+    story
+        .apply_resource("d", spec(&["films.example.org", "books.example.org"]))
+        .await;
+    let (message, _) = condition(&story, "d", "HostAffinity", "(by task c)").await;
+    println!("d: {message}");
+    assert!(
+        message.starts_with("0/2 workers eligible: 2 do not crawl its hosts; host ")
+            && message.contains("books.example.org is crawled on worker worker-1 (by task a)")
+            && message.contains("films.example.org on worker worker-2 (by task c)")
+            && message.contains("the task waits until one of them finishes or moves"),
+        "{message}"
+    );
+
+    // a ends: books.example.org is free on worker-1, and b, waiting for it, goes at once.
+    story
+        .api()
+        .delete("a", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    story.assert_assigned("b", "worker-1").await;
+    // d still waits: b now holds books.example.org on worker-1, c films.example.org on worker-2.
+    let (message, r) = condition(&story, "d", "HostAffinity", "(by task b)").await;
+    println!("d: {message}");
+    assert_eq!(phase(&r), Some(Phase::Unschedulable));
+}
+
+// === the aggregate rate: 1,000 hosts, 10 workers ===
+
+/// Hosts for the rate benchmark: 127.0.30.1 onwards.
+fn bench_ip(i: usize) -> &'static str {
+    Box::leak(format!("127.0.{}.{}", 30 + i / 250, i % 250 + 1).into_boxed_str())
+}
+
+/// Requests all `hosts` received between `from` and `to`.
+fn requests_between(hosts: &[Host], from: Instant, to: Instant) -> usize {
+    hosts
+        .iter()
+        .map(|h| {
+            h.log
+                .seen
+                .lock()
+                .iter()
+                .filter(|s| s.arrived >= from && s.arrived < to)
+                .count()
+        })
+        .sum()
+}
+
+/// One run of the rate benchmark: 10 worker processes (`worker_flags`), one endless task per
+/// host, placed with host affinity; returns the aggregate rate (requests/s) the hosts saw over
+/// `window`, once every task was placed and had `warmup` to start.
+async fn aggregate_rate(
+    prefix: &str,
+    hosts: &[Host],
+    worker_flags: &[String],
+    window: Duration,
+) -> f64 {
+    let mut story = Story::new(prefix).await;
+    // The production heartbeat (the harness's 2 s lapses on a loaded machine, stopping tasks).
+    let mut flags = worker_flags.to_vec();
+    flags.push("--heartbeat-duration=10s".to_owned());
+    // Progress every 5 s, not the harness's 300 ms: 1,000 tasks reporting 3 times a second
+    // swamp the test API server, and the workers' assignment views go stale.
+    flags.push("--progress-interval=5s".to_owned());
+    for i in 0..10 {
+        let w = format!("worker-{i}");
+        story.ready_worker(&w).await;
+        story.start_worker_with(&w, None, &flags);
+    }
+    story.start_controller_with("controller-a", None, &["--host-affinity=true"]);
+    story.wait_for_leader("controller-a").await;
+    let names: Vec<String> = (0..hosts.len()).map(|i| format!("{prefix}-{i}")).collect();
+    for (name, host) in names.iter().zip(hosts) {
+        story
+            .apply_resource(
+                name,
+                json!({
+                    "seeds": [host.seed(name)],
+                    "maxDepth": 10,
+                    "maxPages": 1_000_000,
+                    "rateLimit": { "requestsPerSecond": 100, "burst": 1 },
+                }),
+            )
+            .await;
+    }
+    let api = story.api();
+    let want = names.len();
+    wait_for(
+        "every task placed",
+        Duration::from_secs(120),
+        POLL * 10,
+        || {
+            let api = api.clone();
+            async move {
+                let list = api
+                    .list(&kube::api::ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let placed = list
+                    .items
+                    .iter()
+                    .filter(|r| assigned_worker(r).is_some())
+                    .count();
+                if placed == want {
+                    Ok(())
+                } else {
+                    Err(format!("{placed} placed"))
+                }
+            }
+        },
+    )
+    .await;
+    // Every task has started (its first request came) before the window opens.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let from = Instant::now();
+    tokio::time::sleep(window).await;
+    let to = Instant::now();
+    let requests = u32::try_from(requests_between(hosts, from, to)).unwrap_or(u32::MAX);
+    let rate = f64::from(requests) / window.as_secs_f64();
+    if std::env::var("BENCH_DEBUG").is_ok() {
+        println!("{}", story.workers[0].log_tail(40));
+    }
+    for w in &story.workers {
+        w.stop().await;
+    }
+    rate
+}
+
+/// The aggregate rate when 1,000 hosts are crawled by 10 worker processes, against the sum of
+/// the hosts' budgets (1,000 x 2/s) and the machine's limit (the same crawl with the budget
+/// lifted). `make bench-hosts` runs it in release and prints the `BENCH hosts` line that
+/// BENCHMARKS.md quotes. Also judged: no host got more than its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark (2-3 minutes): make bench-hosts"]
+async fn thousand_hosts_by_ten_workers() {
+    let count: usize = std::env::var("BENCH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let window = Duration::from_secs(20);
+    let mut hosts = Vec::with_capacity(count);
+    for i in 0..count {
+        hosts.push(start_host(bench_ip(i), Kind::Plain).await);
+    }
+    let budget = Box::pin(aggregate_rate("rate", &hosts, &budget_flags(), window)).await;
+    let started = Instant::now();
+    let violations: usize = hosts.iter().map(|h| judge(h, started).violations()).sum();
+    let lifted = [
+        "--host-requests-per-second=1000".to_owned(),
+        "--host-max-in-flight=64".to_owned(),
+    ];
+    let machine = Box::pin(aggregate_rate("machine", &hosts, &lifted, window)).await;
+    let budgets = f64::from(u32::try_from(count).unwrap_or(u32::MAX)) * 2.0;
+    let goal = budgets.min(machine);
+    println!(
+        "BENCH hosts={count} workers=10 budget_per_host=2/s sum_of_budgets={budgets:.0}/s \
+         rate={budget:.0}/s machine_limit={machine:.0}/s goal={goal:.0}/s \
+         ratio={:.2} violations={violations}",
+        budget / goal
+    );
+    assert_eq!(violations, 0, "a host got more than its budget");
+}
