@@ -154,8 +154,10 @@ start_controller() { # N
   running "controller-$n" && die "controller-$n already runs (pid $(pid_of "controller-$n"))"
   port_in_use $((PORT_CONTROLLER0 + n)) && die "port $((PORT_CONTROLLER0 + n)) is in use"
   # The chart's controller flags, plus the Pod's identity that the downward API would give it.
+  # Host affinity off: every sample crawls the one demo site, so with it (the chart's default)
+  # they would all share one worker and the walk-through's moves would show nothing.
   start_proc "controller-$n" env KUBECONFIG="$DEMO_DIR/kubeconfigs/controller.kubeconfig" RUST_LOG=info \
-    "$(bin)" controller --worker-selector="$WORKER_SELECTOR" --worker-port=9090 \
+    "$(bin)" controller --worker-selector="$WORKER_SELECTOR" --worker-port=9090 --host-affinity=false \
     --lease-name="$LEASE" --lease-namespace="$NS" --identity="controller-$n" \
     --metrics-addr="127.0.0.1:$((PORT_CONTROLLER0 + n))"
 }
