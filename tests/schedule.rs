@@ -538,3 +538,114 @@ async fn the_schedule_fields_are_validated_at_apply_and_explained() {
         story.wait_for_explain(path, expected).await;
     }
 }
+
+/// The whole product path of an incremental recrawl: a scheduled crawl with the postgres sink,
+/// real controller and worker processes. The controller numbers the runs (`status.run`), the
+/// worker gives the run to the store, and run 2 of the unchanged versioned site sends
+/// conditional requests: at least 90 % of its pages are answered 304 or found unchanged, at most
+/// 10 % of run 1's bytes are downloaded again, and `progress.pagesUnchanged` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_crawl_with_the_store_recrawls_only_what_changed() {
+    use support::{postgres, site::VERSIONED_PAGES};
+    let site = Site::start().await;
+    let url = postgres::shared().database("sched_recrawl");
+    let db = postgres::Postgres::db_of(&url).to_owned();
+    let mut story = Story::new("schedule-recrawl").await;
+    story.ready_worker("worker-1").await;
+    story.start_controller("controller-a");
+    story.start_worker_with(
+        "worker-1",
+        None,
+        &[
+            "--sink=postgres".to_owned(),
+            format!("--database-url={url}"),
+            "--checkpoint-interval=200ms".to_owned(),
+        ],
+    );
+    let spec = json!({
+        "seeds": [site.versioned_seed("weekly")],
+        "maxDepth": 10,
+        "rateLimit": { "requestsPerSecond": 100, "burst": 10 },
+        "schedule": EVERY,
+    });
+    story.apply_resource("weekly", spec).await;
+    let mut timeline = Timeline::default();
+    timeline
+        .until(&story, "weekly", "run 2 succeeded", BOUND * 3, |t| {
+            t.last().is_some_and(|s| succeeded_run(s, 2))
+        })
+        .await;
+    // No run 3 while the test reads the figures.
+    story
+        .api()
+        .patch(
+            "weekly",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "spec": { "suspend": true } })),
+        )
+        .await
+        .unwrap();
+
+    let mut verdict = Verdict::new("schedule-recrawl");
+    let runs = timeline.runs();
+    let assignment_of = |run: i64| runs.get(&run).map(|(a, _)| *a);
+    let (Some(first), Some(second)) = (assignment_of(1), assignment_of(2)) else {
+        panic!("runs 1 and 2 not both seen assigned: {runs:?}");
+    };
+    // Run 1 is every assignment before run 2's first (a lapse may have moved it), run 2 is
+    // run 2's assignment.
+    let hits = site.hits("weekly");
+    let (first_run, later): (Vec<_>, Vec<_>) = hits
+        .iter()
+        .filter(|h| h.page != 0 && h.assignment >= first)
+        .partition(|h| h.assignment < second);
+    let second_run: Vec<_> = later
+        .into_iter()
+        .filter(|h| h.assignment == second)
+        .collect();
+    let bytes = |hits: &[&support::site::Hit]| hits.iter().map(|h| h.bytes).sum::<u64>();
+    let answered_304 = second_run.iter().filter(|h| h.status == 304).count();
+    let stored = postgres::shared()
+        .psql(
+            &db,
+            "SELECT count(*), count(*) FILTER (WHERE unchanged) FROM crawl_pages WHERE run = 2",
+        )
+        .unwrap();
+    let (fetched, unchanged) = stored
+        .split_once('|')
+        .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))
+        .unwrap();
+    let progress = timeline.last().and_then(|s| s.progress.clone());
+    verdict.judged += 1;
+    if fetched != VERSIONED_PAGES || unchanged * 10 < fetched * 9 {
+        verdict.violation(
+            "not-unchanged",
+            format!("run 2 stored {fetched} pages, {unchanged} unchanged (want {VERSIONED_PAGES}, >= 90 %)"),
+        );
+    }
+    verdict.judged += 1;
+    if bytes(&second_run) * 10 > bytes(&first_run) {
+        verdict.violation(
+            "re-downloaded",
+            format!(
+                "run 2 downloaded {} bytes, run 1 {}",
+                bytes(&second_run),
+                bytes(&first_run)
+            ),
+        );
+    }
+    verdict.judged += 1;
+    if progress.as_ref().map(|p| p.pages_unchanged) != Some(i64::try_from(unchanged).unwrap()) {
+        verdict.violation(
+            "progress",
+            format!("progress {progress:?}, store says {unchanged} unchanged"),
+        );
+    }
+    no_overlap(&mut verdict, &site);
+    verdict.figure("run2_requests", &second_run.len());
+    verdict.figure("run2_answered_304", &answered_304);
+    verdict.figure("run2_unchanged", &unchanged);
+    verdict.figure("bytes_run1", &bytes(&first_run));
+    verdict.figure("bytes_run2", &bytes(&second_run));
+    verdict.print_and_assert();
+}

@@ -1353,6 +1353,26 @@ impl Namespace {
                 .is_none_or(|w| w.worker.readiness != Readiness::Ready)
     }
 
+    /// Why a resource leaves worker `old`, for the Reassigned event: the handoff, the move
+    /// asked for, the host it shares with another worker's tasks, or what became of `old`.
+    fn move_reason(
+        &self,
+        old: &str,
+        request: &Request,
+        handed_off: Option<HandedOff>,
+        asked: Option<&MoveRequest>,
+        host_conflict: Option<&Hold>,
+    ) -> String {
+        match (handed_off.and_then(HandedOff::describe), asked) {
+            (Some(how), _) => how.to_owned(),
+            (None, Some(asked)) => asked.why.clone(),
+            (None, None) => host_conflict.map_or_else(
+                || lost_reason(self.workers.get(old), request).to_owned(),
+                shared_host,
+            ),
+        }
+    }
+
     /// Chooses a worker for a resource that has none (or lost it), and fills `desired` with the
     /// decision or with why there is none. Returns the Event to publish and the worker to assume.
     fn place(
@@ -1423,18 +1443,7 @@ impl Namespace {
                 );
                 let (reason, note) = match &current.assigned_worker {
                     Some(old) => {
-                        let shared;
-                        let why = match (handed_off.and_then(HandedOff::describe), asked) {
-                            (Some(how), _) => how,
-                            (None, Some(asked)) => &asked.why,
-                            (None, None) => match host_conflict {
-                                Some(hold) => {
-                                    shared = shared_host(hold);
-                                    &shared
-                                }
-                                None => lost_reason(self.workers.get(old), request),
-                            },
-                        };
+                        let why = self.move_reason(old, request, handed_off, asked, host_conflict);
                         (
                             asked.map_or(Reason::Reassigned, |m| m.reason),
                             format!("moved from worker {old} ({why}) to {chosen} {how}"),
