@@ -1041,16 +1041,24 @@ impl Engine {
         self.wait_turn().await;
         let host = url.host_str().unwrap_or_default();
         let politeness = &self.cfg.politeness;
-        // Held until the body is read: it counts the request in flight to the host.
-        let _permit = politeness.acquire(host).await;
+        // Held until the body is read: it counts the request in flight to the host. Past the
+        // owner's deadline (its heartbeat), e.g. right after a process pause, the request waits
+        // until a renewal moves it on or the lapse stops the crawl (see `crate::gate`). That wait
+        // comes before the host's gate, and a deadline that passed while the request waited at
+        // the gate gives its slot up and queues again: requests held by the deadline never leave
+        // together, closer than the host's delay.
+        let _permit = loop {
+            self.cfg.send_deadline.open().await;
+            let permit = politeness.acquire(host).await;
+            if self.cfg.send_deadline.allows(tokio::time::Instant::now()) {
+                break permit;
+            }
+        };
         if self.cancel.is_cancelled() {
             // The crawl loop drops this future as soon as it sees the token;
             // never send a request in the meantime.
             return std::future::pending().await;
         }
-        // Past the owner's deadline (its heartbeat), e.g. right after a process pause: held
-        // until a renewal moves it on or the lapse stops the crawl (see `crate::gate`).
-        self.cfg.send_deadline.open().await;
         let sent_at = Timestamp::now();
         let started = Instant::now();
         let mut request = self.client.get(url.clone());
