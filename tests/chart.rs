@@ -1883,7 +1883,7 @@ async fn the_chart_runs_the_worker_with_the_postgres_sink_from_a_secret() {
         let applied = support::postgres::shared()
             .psql(&db, "SELECT max(version) FROM crawler_schema_migrations");
         match applied {
-            Ok(v) if v == "1" => Ok(()),
+            Ok(v) if v == latest_migration() => Ok(()),
             other => Err(format!("{other:?}\n{}", worker.log_tail(20))),
         }
     })
@@ -1983,10 +1983,19 @@ async fn the_chart_mounts_the_database_ca_from_a_secret_and_the_worker_connects_
         POLL,
         || async {
             match pg.psql(&db, "SELECT max(version) FROM crawler_schema_migrations") {
-                Ok(v) if v == "1" => Ok(()),
+                Ok(v) if v == latest_migration() => Ok(()),
                 other => Err(format!("{other:?}\n{}", worker.log_tail(20))),
             }
         },
     )
     .await;
+}
+
+/// The number of the newest schema migration, as `crawler_schema_migrations` stores it once the
+/// worker applied them all.
+fn latest_migration() -> String {
+    crawler_operator::store::MIGRATIONS
+        .last()
+        .map(|m| m.0.to_string())
+        .unwrap_or_default()
 }
