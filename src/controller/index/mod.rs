@@ -1059,20 +1059,7 @@ impl Index {
                  its heartbeat to lapse",
                 current.run.unwrap_or(1)
             );
-            desired.phase = Some(Phase::Releasing);
-            set_assigned_condition(
-                &mut desired,
-                current,
-                true,
-                Reason::Releasing,
-                &note,
-                ctx.now,
-            );
-            event = Some(PlanEvent {
-                warning: false,
-                reason: Reason::Releasing,
-                note,
-            });
+            event = Some(releasing(&mut desired, current, note, ctx.now));
         } else if let Some(worker) = release_from {
             let why = match &host_conflict {
                 Some(hold) => shared_host(hold),
@@ -1082,20 +1069,7 @@ impl Index {
                 "moving off worker {worker} ({why}): waiting for it to confirm the stop or for its \
                  heartbeat to lapse"
             );
-            desired.phase = Some(Phase::Releasing);
-            set_assigned_condition(
-                &mut desired,
-                current,
-                true,
-                Reason::Releasing,
-                &note,
-                ctx.now,
-            );
-            event = Some(PlanEvent {
-                warning: false,
-                reason: Reason::Releasing,
-                note,
-            });
+            event = Some(releasing(&mut desired, current, note, ctx.now));
         } else if entry.suspend {
             set_unassigned(&mut desired, Phase::Suspended);
             set_assigned_condition(
@@ -1830,6 +1804,23 @@ fn fail(
 
 /// Why a task leaves its worker under host affinity: another task crawls one of its hosts on a
 /// worker whose name sorts first.
+/// The first phase of a move (or of a `Replace`): the resource stays on its worker, phase
+/// `Releasing`, until that worker confirms the stop or its heartbeat lapses; `note` says why.
+fn releasing(
+    desired: &mut CrawlerResourceStatus,
+    current: &CrawlerResourceStatus,
+    note: String,
+    now: Timestamp,
+) -> PlanEvent {
+    desired.phase = Some(Phase::Releasing);
+    set_assigned_condition(desired, current, true, Reason::Releasing, &note, now);
+    PlanEvent {
+        warning: false,
+        reason: Reason::Releasing,
+        note,
+    }
+}
+
 fn shared_host(hold: &Hold) -> String {
     format!(
         "host {} is crawled on worker {} by task {} as well, and tasks that share a host run on \
