@@ -36,6 +36,11 @@ ALLOW_INTERNAL=127.0.0.1/32
 BIN_FILE=$DEMO_DIR/bin # which crawler-operator binary this demo runs
 
 bin() { cat "$BIN_FILE"; }
+# A walk-through's pace: the workers' heartbeat is 10 s (a killed worker's tasks move 10 s
+# later) and page counts reach status every 2 s. An installation's defaults are 50 s and 60 s,
+# chosen for what a fleet costs the API server (docs/architecture.md#what-a-worker-costs).
+DEMO_HEARTBEAT=10s
+DEMO_PROGRESS=2s
 
 # --- up -----------------------------------------------------------------------------------------
 
@@ -69,6 +74,7 @@ install_chart() {
   note "worker.sink=postgres: pages go to the PostgreSQL result store; its URL is in Secret crawler-db"
   "$TOOLS/helm" install "$RELEASE" "$demo_repo/charts/$RELEASE" --namespace "$NS" --create-namespace \
     --set controller.replicas=0 --set worker.replicas=2 \
+    --set worker.heartbeatDuration="$DEMO_HEARTBEAT" --set worker.progressInterval="$DEMO_PROGRESS" \
     --set worker.sink=postgres --set worker.postgres.secretName=crawler-db \
     --set 'worker.networkPolicy.database.to[0].ipBlock.cidr=127.0.0.1/32' \
     --wait --timeout 2m >"$LOGS/helm-install.log" 2>&1 \
@@ -158,7 +164,7 @@ start_controller() { # N
   # they would all share one worker and the walk-through's moves would show nothing.
   start_proc "controller-$n" env KUBECONFIG="$DEMO_DIR/kubeconfigs/controller.kubeconfig" RUST_LOG=info \
     "$(bin)" controller --worker-selector="$WORKER_SELECTOR" --worker-port=9090 --host-affinity=false \
-    --lease-name="$LEASE" --lease-namespace="$NS" --identity="controller-$n" \
+    --worker-heartbeat-duration="$DEMO_HEARTBEAT" --lease-name="$LEASE" --lease-namespace="$NS" --identity="controller-$n" \
     --metrics-addr="127.0.0.1:$((PORT_CONTROLLER0 + n))"
 }
 
@@ -363,6 +369,7 @@ start_worker_process() { # POD
   start_proc "worker-$pod" env KUBECONFIG="$DEMO_DIR/kubeconfigs/worker.kubeconfig" RUST_LOG=info \
     CRAWLER_DATABASE_URL="$url" \
     "$(bin)" worker --pod-name="$pod" --namespace="$NS" --sink=postgres \
+    --heartbeat-duration="$DEMO_HEARTBEAT" --progress-interval="$DEMO_PROGRESS" \
     --metrics-addr="127.0.0.1:$port" --allow-internal-cidrs="$ALLOW_INTERNAL"
   STARTED[$pod]=$SECONDS
   log_sup "started the worker process for Pod $pod (pid $(cat "$PIDS/worker-$pod.pid"), metrics 127.0.0.1:$port)"
@@ -470,6 +477,7 @@ run_worker() { # POD: the worker process for POD in the foreground of this termi
   env "$DEMO_TAG" KUBECONFIG="$DEMO_DIR/kubeconfigs/worker.kubeconfig" RUST_LOG="${RUST_LOG:-info}" \
     CRAWLER_DATABASE_URL="$(kc -n "$NS" get secret crawler-db -o jsonpath='{.data.url}' | base64 -d)" \
     "$(bin)" worker --pod-name="$pod" --namespace="$NS" --sink=postgres \
+    --heartbeat-duration="$DEMO_HEARTBEAT" --progress-interval="$DEMO_PROGRESS" \
     --metrics-addr="127.0.0.1:$port" --allow-internal-cidrs="$ALLOW_INTERNAL" || true
 }
 

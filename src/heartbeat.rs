@@ -27,16 +27,20 @@ pub const PREFIX: &str = "crawler-worker-";
 /// Field manager of the worker's writes (heartbeat and progress).
 pub const FIELD_MANAGER: &str = "crawler-worker";
 
-/// The worker's default heartbeat duration (`--heartbeat-duration`).
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// The worker's default heartbeat duration (`--heartbeat-duration`): renewed every 10 s, as a
+/// kubelet renews its node Lease, so that an idle worker costs the API server 0.1 writes/s.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(50);
 
-/// How long the controller waits, from its first list of heartbeat Leases, before it takes a
-/// worker Pod without a Lease for one without a heartbeat (and then only once a read finds none).
-/// A live worker whose Lease was deleted before the controller started re-creates it at its next
-/// renewal (a fifth of its duration later) and runs no task half a duration past its last
-/// successful renewal, so this covers every heartbeat duration up to twice the default; the
-/// controller also never waits less than the longest duration it has seen on a Lease.
-pub const UNSEEN_WAIT: Duration = DEFAULT_DURATION;
+/// How long a controller waits, from its first list of heartbeat Leases, before it takes a
+/// worker Pod without a Lease for one without a heartbeat (and then only once a read finds none),
+/// when the installation's workers renew heartbeats of at most `worker_duration`
+/// (`--worker-heartbeat-duration`). A live worker whose Lease was deleted before the controller
+/// started re-creates it at its next renewal (a fifth of its duration later) and runs no task
+/// half a duration past its last successful renewal, so half the longest duration covers every
+/// worker; the controller also never waits less than the longest duration it has seen on a Lease.
+pub fn unseen_wait(worker_duration: Duration) -> Duration {
+    worker_duration / 2
+}
 
 /// Name of the heartbeat Lease of worker Pod `pod`.
 pub fn lease_name(pod: &str) -> String {
@@ -76,6 +80,29 @@ pub fn owner_references(pod: &str, pod_uid: Option<&str>) -> serde_json::Value {
 /// How often a worker renews a heartbeat of `duration`.
 pub fn renew_interval(duration: Duration) -> Duration {
     duration / 5
+}
+
+/// The cycle of a worker's checked watch of its assignments (see [`crate::watch`]), for a
+/// heartbeat of `duration`: three tenths of it in whole seconds, between 2 s and 15 s (15 s at
+/// the default 50 s; 2 s, the shortest, up to 9 s). One knob, the heartbeat duration, scales
+/// everything a worker does periodically: a longer heartbeat means fewer renewals, LISTs and
+/// watches, and slower detection, in proportion.
+///
+/// The controller derives from it how long a worker may run a deleted task
+/// ([`successor_hold`]), so both sides must use this function.
+pub fn watch_cycle(duration: Duration) -> crate::watch::Cycle {
+    let tenths = duration.as_secs().saturating_mul(3) / 10;
+    crate::watch::Cycle::of_secs(u32::try_from(tenths.min(15)).unwrap_or(15))
+}
+
+/// How long after a deletion was seen an object created again under the same name waits before
+/// it is placed, when the deleted one was assigned to a worker of heartbeat `duration` that may
+/// still run it: that worker stops the task when a LIST sent after the deletion answers, or,
+/// when none does, when its view goes stale ([`crate::watch::Cycle::stale_after`] of its
+/// [`watch_cycle`]) after the last LIST sent before the deletion; plus a second for the stop
+/// itself and the tick that ends the hold. 6 s for a 2 s heartbeat, 19 s at the default.
+pub fn successor_hold(duration: Duration) -> Duration {
+    watch_cycle(duration).stale_after() + Duration::from_secs(1)
 }
 
 /// How long a worker keeps running tasks after the send time of its last successful renewal.
@@ -136,6 +163,34 @@ mod tests {
         assert_eq!(pod_of(&lease_name("worker-1")), Some("worker-1"));
         assert_eq!(pod_of("crawler-operator-leader"), None);
         assert_eq!(pod_of(PREFIX), None);
+    }
+
+    #[test]
+    fn the_watch_cycle_grows_with_the_heartbeat_between_bounds() {
+        let secs = |d: u64| watch_cycle(Duration::from_secs(d)).length().as_secs();
+        assert_eq!(secs(1), 2);
+        assert_eq!(secs(2), 2);
+        assert_eq!(secs(10), 3);
+        assert_eq!(secs(50), 15);
+        assert_eq!(secs(3600), 15);
+        assert_eq!(watch_cycle(Duration::MAX).length(), Duration::from_secs(15));
+        // The harness's 2 s heartbeat keeps the 2 s cycle and the 6 s successor hold.
+        assert_eq!(
+            successor_hold(Duration::from_secs(2)),
+            Duration::from_secs(6)
+        );
+        assert_eq!(successor_hold(DEFAULT_DURATION), Duration::from_secs(19));
+    }
+
+    #[test]
+    fn an_idle_worker_at_the_defaults_costs_what_a_kubelet_does() {
+        // A kubelet renews its node Lease every 10 s: 0.1 writes/s. The worker's renewals are
+        // its only writes while idle; its checked watch adds a LIST and a watch per cycle.
+        let d = DEFAULT_DURATION;
+        let writes = 1.0 / renew_interval(d).as_secs_f64();
+        let reads = 2.0 / watch_cycle(d).length().as_secs_f64();
+        assert!(writes <= 0.10 + f64::EPSILON, "{writes}");
+        assert!(writes + reads <= 0.3, "{}", writes + reads);
     }
 
     #[test]

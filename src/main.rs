@@ -182,7 +182,7 @@ struct WorkerArgs {
     checkpoint_interval: Duration,
     /// Heartbeat Lease duration: the controller treats the worker as gone this long after its last
     /// renewal; the worker stops its tasks after half of it without a renewal.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "50s", value_parser = humantime::parse_duration)]
     heartbeat_duration: Duration,
     /// Address of the HTTP server for /metrics (and /healthz, /readyz unless --probe-addr is set).
     #[arg(long, default_value = "0.0.0.0:9090")]
@@ -190,8 +190,10 @@ struct WorkerArgs {
     /// A separate address for /healthz and /readyz (default: served with /metrics).
     #[arg(long, env = "CRAWLER_PROBE_ADDR")]
     probe_addr: Option<SocketAddr>,
-    /// How often a running task's progress is written into its status.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// How often a running task's page counts are written into its status. A change of state
+    /// (started, waiting for the database, a host backing off, stopped, finished) is written at
+    /// once, whatever this says; the live counts are in the worker's metrics.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     progress_interval: Duration,
     /// Use only cookie Secrets labelled crawler.dev/cookie=true: a task whose
     /// spec.cookieSecretRef names another Secret fails, saying so (false: any Secret this worker
@@ -384,6 +386,12 @@ struct ControllerArgs {
     /// worker only (N workers crawling a host may send it N times the budget).
     #[arg(long, env = "CRAWLER_HOST_AFFINITY", default_value_t = true, action = clap::ArgAction::Set)]
     host_affinity: bool,
+    /// The longest --heartbeat-duration of this installation's workers. A controller that
+    /// starts waits half of it before it takes a worker Pod whose heartbeat Lease it never saw for
+    /// one without a heartbeat (a live worker re-creates a deleted Lease within a fifth of it);
+    /// too short a value could move a task off a worker that still runs it.
+    #[arg(long, default_value = "50s", value_parser = humantime::parse_duration)]
+    worker_heartbeat_duration: Duration,
 }
 
 /// Exit status of a configuration the process cannot run with: flags, environment, kubeconfig or
@@ -544,6 +552,9 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         rebalance,
         retry_backoff,
         host_affinity: args.host_affinity,
+        unseen_heartbeat_wait: crawler_operator::heartbeat::unseen_wait(
+            args.worker_heartbeat_duration,
+        ),
     };
 
     let elector = LeaderElector::new(client.clone(), lease)

@@ -11,18 +11,24 @@
 //!
 //! So a checked watch works in cycles: a consistent LIST (a quorum read, complete as of the moment
 //! it was *sent*), then a watch from that list's version that the server ends after
-//! [`SERVER_TIMEOUT_SECS`], then the next LIST. The watch carries the changes at once; the LISTs
+//! one [`Cycle`], then the next LIST. The watch carries the changes at once; the LISTs
 //! prove the view complete as of their send times ([`Update::Listed`]'s `as_of`), the same
 //! conservative anchoring as the heartbeat, which counts from the send time of a renewal. A watch
 //! the server has not ended [`IDLE`] after its deadline went silent: it is dropped (which closes
 //! its connection: kube's client speaks HTTP/1.1, one request per connection at a time) and the
 //! next LIST goes out on a new connection. A LIST is bounded by [`LIST_TIMEOUT`] the same way.
 //!
-//! **Freshness.** Anchors come one cycle apart (about [`SERVER_TIMEOUT_SECS`]), so a view whose
-//! latest anchor is older than [`STALE_AFTER`] is not known fresh: at least one whole cycle failed.
-//! Each consumer decides what that means: a worker stops its tasks and withholds its heartbeat.
-//! The cost is one small LIST and one watch request per cycle per checked watch (a worker's
-//! assignments are field-selected, so its LIST is small and served from the watch cache).
+//! **Freshness.** Anchors come one cycle apart, so a view whose latest anchor is older than
+//! [`Cycle::stale_after`] is not known fresh: at least one whole cycle failed. Each consumer
+//! decides what that means: a worker stops its tasks and withholds its heartbeat.
+//!
+//! **Cost and cycle length.** One small LIST and one watch request per cycle per checked watch (a
+//! worker's assignments are field-selected, so its LIST is small and served from the watch cache).
+//! The cycle is the trade between that cost and how soon a silent connection is noticed: the
+//! controller's watch of the heartbeats uses [`Cycle::SHORT`] (one process); a worker's watch of
+//! its assignments uses a cycle that grows with its heartbeat duration
+//! ([`crate::heartbeat::watch_cycle`]: 15 s at the default 50 s), so that an idle worker costs
+//! the API server about what a kubelet does.
 
 use std::{fmt::Debug, time::Duration};
 
@@ -34,21 +40,48 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, timeout};
 
-/// The server-side timeout of every checked watch (whole seconds, as the API takes it), and so
-/// the length of one cycle: how often a view's freshness is proven.
-pub const SERVER_TIMEOUT_SECS: u32 = 2;
-
 /// A watch the server has not ended this long after its deadline went silent.
 pub const IDLE: Duration = Duration::from_secs(2);
 
 /// Bound on each LIST (a consistent read from the watch cache: milliseconds when all is well).
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A view whose latest anchor is older than this is not known fresh. A live view is about one
-/// cycle (2 s plus a round trip) old when the next anchor lands; this bound also lets one LIST
-/// time out (e.g. sent on a pooled connection that went silent) and the next one succeed on a new
-/// connection.
-pub const STALE_AFTER: Duration = Duration::from_secs(5);
+/// The length of a checked watch's cycle: the server-side timeout of each watch (whole seconds,
+/// as the API takes it), and so how often the view's freshness is proven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cycle {
+    secs: u32,
+}
+
+impl Cycle {
+    /// The shortest cycle (and the controller's): the view is proven every 2 s.
+    pub const SHORT: Self = Self { secs: 2 };
+
+    /// A cycle of `secs` seconds, at least [`Cycle::SHORT`].
+    pub fn of_secs(secs: u32) -> Self {
+        Self {
+            secs: secs.max(Self::SHORT.secs),
+        }
+    }
+
+    /// The cycle's length.
+    pub fn length(self) -> Duration {
+        Duration::from_secs(u64::from(self.secs))
+    }
+
+    /// A view whose latest anchor is older than this is not known fresh: a live view is about
+    /// one cycle (plus a round trip) old when the next anchor lands, and this also lets one LIST
+    /// time out (e.g. sent on a pooled connection that went silent) and the next one succeed on
+    /// a new connection. 5 s for [`Cycle::SHORT`].
+    pub fn stale_after(self) -> Duration {
+        self.length() + LIST_TIMEOUT + Duration::from_secs(1)
+    }
+
+    /// Whether a view whose latest anchor is `anchor` is known fresh at `now`.
+    pub fn is_fresh(self, anchor: Option<Instant>, now: Instant) -> bool {
+        anchor.is_some_and(|a| now.saturating_duration_since(a) < self.stale_after())
+    }
+}
 
 /// What a checked watch delivers.
 #[derive(Debug)]
@@ -79,20 +112,24 @@ impl Selector {
         lp
     }
 
-    fn watch_params(&self) -> WatchParams {
-        let mut wp = WatchParams::default().timeout(SERVER_TIMEOUT_SECS);
+    fn watch_params(&self, cycle: Cycle) -> WatchParams {
+        let mut wp = WatchParams::default().timeout(cycle.secs);
         wp.field_selector.clone_from(&self.fields);
         wp.label_selector.clone_from(&self.labels);
         wp
     }
 }
 
-/// Lists, then watches until the server ends the watch, forever (see the module doc). Failures
-/// are retried 100 ms, doubling, at most 1 s apart.
+/// Lists, then watches until the server ends the watch (after `cycle`), forever (see the module
+/// doc). Failures are retried 100 ms, doubling, at most 1 s apart.
 ///
 /// Lists are read whole: meant for small sets (a worker's assignments, the heartbeat Leases),
 /// not for every resource of a large cluster.
-pub fn checked<K>(api: Api<K>, selector: Selector) -> impl Stream<Item = Update<K>> + Send
+pub fn checked<K>(
+    api: Api<K>,
+    selector: Selector,
+    cycle: Cycle,
+) -> impl Stream<Item = Update<K>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
@@ -122,8 +159,8 @@ where
                     continue;
                 }
             };
-            let params = selector.watch_params();
-            let deadline = Instant::now() + Duration::from_secs(u64::from(SERVER_TIMEOUT_SECS)) + IDLE;
+            let params = selector.watch_params(cycle);
+            let deadline = Instant::now() + cycle.length() + IDLE;
             let stream = match tokio::time::timeout_at(deadline, api.watch(&params, &version)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -140,7 +177,8 @@ where
                 match tokio::time::timeout_at(deadline, stream.try_next()).await {
                     Err(_) => {
                         yield Update::Failed(format!(
-                            "the watch was not ended {IDLE:?} after its {SERVER_TIMEOUT_SECS} s timeout: the connection went silent; listing again on a new one"
+                            "the watch was not ended {IDLE:?} after its {:?} timeout: the connection went silent; listing again on a new one",
+                            cycle.length()
                         ));
                         break;
                     }
@@ -164,11 +202,6 @@ where
     }
 }
 
-/// Whether a view whose latest anchor is `anchor` is known fresh at `now`.
-pub fn is_fresh(anchor: Option<Instant>, now: Instant) -> bool {
-    anchor.is_some_and(|a| now.saturating_duration_since(a) < STALE_AFTER)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,15 +209,20 @@ mod tests {
     #[test]
     fn one_failed_list_does_not_make_a_live_view_stale() {
         // A cycle, then a LIST that times out, then one that succeeds at once.
-        let cycle = Duration::from_secs(u64::from(SERVER_TIMEOUT_SECS));
-        assert!(cycle + LIST_TIMEOUT < STALE_AFTER);
+        for cycle in [Cycle::SHORT, Cycle::of_secs(15), Cycle::of_secs(0)] {
+            assert!(cycle.length() + LIST_TIMEOUT < cycle.stale_after());
+        }
+        assert_eq!(Cycle::SHORT.stale_after(), Duration::from_secs(5));
+        assert_eq!(Cycle::of_secs(1), Cycle::SHORT);
     }
 
     #[test]
     fn freshness_needs_an_anchor_younger_than_the_bound() {
         let now = Instant::now() + Duration::from_secs(60);
-        assert!(!is_fresh(None, now));
-        assert!(is_fresh(Some(now - Duration::from_secs(1)), now));
-        assert!(!is_fresh(Some(now - STALE_AFTER), now));
+        let cycle = Cycle::SHORT;
+        assert!(!cycle.is_fresh(None, now));
+        assert!(cycle.is_fresh(Some(now - Duration::from_secs(1)), now));
+        assert!(!cycle.is_fresh(Some(now - cycle.stale_after()), now));
+        assert!(Cycle::of_secs(15).is_fresh(Some(now - cycle.stale_after()), now));
     }
 }

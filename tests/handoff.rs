@@ -9,10 +9,8 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use crawler_operator::{
-    controller::index::SUCCESSOR_HOLD,
     crd::{CONDITION_ASSIGNED, CrawlerResource, Phase, TaskProgress, TaskState},
     heartbeat,
-    watch::STALE_AFTER,
     worker::RELEASE_CONFIRM_BOUND,
 };
 use k8s_openapi::api::{
@@ -29,7 +27,7 @@ use support::{
     site::{Site, endless},
     story::{
         BOUND, HEARTBEAT, POLL, Story, assigned_worker, handoff_stage, handoff_stage_via_proxy,
-        phase, worker_1_running, worker_1_running_via_proxy,
+        phase, stale_after, successor_hold, worker_1_running, worker_1_running_via_proxy,
     },
     wait_for,
 };
@@ -203,7 +201,7 @@ async fn a_move_off_a_live_worker_whose_heartbeat_lease_was_deleted_is_still_a_h
     );
     let (r, moved) = placed_on_worker_2(&story, &site, "task-l").await;
     // Absence is observed over a window: wait past worker-1's freshness bound.
-    tokio::time::sleep((froze + STALE_AFTER + SLACK).saturating_duration_since(Instant::now()))
+    tokio::time::sleep((froze + stale_after() + SLACK).saturating_duration_since(Instant::now()))
         .await;
     let (last_old, first_new) = site.handover("task-l", "worker-1", "worker-2");
     println!(
@@ -257,15 +255,16 @@ async fn an_object_created_again_under_a_deleted_ones_name_starts_only_after_the
     assert_ne!(r.uid(), old_uid, "another object");
     assert_eq!(r.status.as_ref().unwrap().assignments, Some(1));
     site.wait_for_hits("task-a", "worker-2", None, 3).await;
-    tokio::time::sleep((froze + STALE_AFTER + SLACK).saturating_duration_since(Instant::now()))
+    tokio::time::sleep((froze + stale_after() + SLACK).saturating_duration_since(Instant::now()))
         .await;
     let (last_old, first_new) = site.handover("task-a", "worker-1", "worker-2");
     println!(
         "deleted and created again while worker-1's view was silent: worker-1's last request {:?} \
-         after the freeze; the new object placed {:?} after the deletion (hold {SUCCESSOR_HOLD:?}), \
+         after the freeze; the new object placed {:?} after the deletion (hold {:?}), \
          worker-2's first request {:?} after the freeze: gap {:?}",
         last_old.saturating_duration_since(froze),
         placed - deleted,
+        successor_hold(),
         first_new.saturating_duration_since(froze),
         first_new.saturating_duration_since(last_old)
     );
@@ -380,7 +379,7 @@ async fn a_handoff_whose_old_worker_cannot_write_its_confirmation_completes_on_t
     let (last_old, first_new) = site.handover("task-v", "worker-1", "worker-2");
     // The bound stated in docs/architecture.md for a worker that cannot confirm:
     // F + B + D + the expiry tick and the confirming read.
-    let bound = STALE_AFTER + RELEASE_CONFIRM_BOUND + HEARTBEAT + Duration::from_millis(2200);
+    let bound = stale_after() + RELEASE_CONFIRM_BOUND + HEARTBEAT + Duration::from_millis(2200);
     println!(
         "confirmations refused by an admission policy: placed on worker-2 {handoff:?} after the \
          Pod turned not ready (bound {bound:?}; {note}); worker-1's last request {:?} after the \

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crawler_operator::{crd::TaskState, heartbeat, watch::STALE_AFTER};
+use crawler_operator::{crd::TaskState, heartbeat};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, ResourceExt,
@@ -384,7 +384,8 @@ async fn freeze_cycles(mut story: Story, cycles: usize) -> FreezeShard {
         // The silence, not the thaw, must end the victim's tasks: it stays frozen until it has
         // had the whole stale bound to notice on its own.
         tokio::time::sleep(
-            (fault + STALE_AFTER + SILENCE_SLACK).saturating_duration_since(Instant::now()),
+            (fault + support::story::stale_after() + SILENCE_SLACK)
+                .saturating_duration_since(Instant::now()),
         )
         .await;
         shard.moves += moved.len();

@@ -423,6 +423,9 @@ async fn a_dead_owners_row_lock_shows_as_waiting_and_stalls_neither_a_suspend_no
     // task of the worker by the heartbeat's own timing argument, which is not this fault.
     let mut flags = pg_flags(&url);
     flags.push("--heartbeat-duration=6s".to_owned());
+    // Page counts only at the default cadence (a minute): the wait for the database is a change
+    // of state, written at once whatever the interval.
+    flags.push("--progress-interval=60s".to_owned());
     story.start_worker_with("worker-1", None, &flags);
     // The worker's other task, crawling all along.
     story

@@ -6,13 +6,15 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use crawler_operator::{crd::Phase, watch::STALE_AFTER};
+use crawler_operator::crd::Phase;
 use kube::api::DeleteParams;
 use support::{
     pods::delete_pod,
     proxy::Proxy,
     site::{Site, endless},
-    story::{HEARTBEAT, Story, handoff_stage_via_proxy, phase, worker_1_running_via_proxy},
+    story::{
+        HEARTBEAT, Story, handoff_stage_via_proxy, phase, stale_after, worker_1_running_via_proxy,
+    },
 };
 
 /// Slack for a loaded 2-core machine on top of a stated bound.
@@ -44,7 +46,7 @@ async fn a_worker_whose_connections_went_silent_stops_tasks_deleted_or_suspended
     story.set_suspend("paused", true).await;
     // Its watch saw nothing; a LIST on a new connection does (or the view goes stale): either
     // way the tasks stop within the stale bound of the freeze.
-    let last_gone = last_request_after(&site, "gone", froze, STALE_AFTER + SLACK).await;
+    let last_gone = last_request_after(&site, "gone", froze, stale_after() + SLACK).await;
     let last_paused = site.last_hit_after("paused", froze);
     // Suspended is written only once worker-1 confirmed the stop or its heartbeat lapsed.
     let r = story
@@ -66,11 +68,12 @@ async fn a_worker_whose_connections_went_silent_stops_tasks_deleted_or_suspended
             });
     println!(
         "{frozen} connections frozen: last request of the deleted task {last_gone:?}, of the \
-         suspended one {last_paused:?} after the freeze (bound {STALE_AFTER:?}); Suspended seen \
-         {suspended:?} after it ({how})"
+         suspended one {last_paused:?} after the freeze (bound {:?}); Suspended seen \
+         {suspended:?} after it ({how})",
+        stale_after()
     );
-    assert!(last_gone < STALE_AFTER + SLACK, "{last_gone:?}");
-    assert!(last_paused < STALE_AFTER + SLACK, "{last_paused:?}");
+    assert!(last_gone < stale_after() + SLACK, "{last_gone:?}");
+    assert!(last_paused < stale_after() + SLACK, "{last_paused:?}");
     assert!(
         last_paused < suspended,
         "the suspended task was crawled {:?} after Suspended was seen",
@@ -94,7 +97,7 @@ async fn a_task_moved_off_a_worker_whose_connections_went_silent_starts_elsewher
     let moved = froze.elapsed();
     site.wait_for_hits("task-s", "worker-2", None, 3).await;
     // Absence is observed over a window: wait past the bound, then look at worker-1's requests.
-    last_request_after(&site, "task-s", froze, STALE_AFTER + SLACK).await;
+    last_request_after(&site, "task-s", froze, stale_after() + SLACK).await;
     let (last_old_at, first_new) = site.handover("task-s", "worker-1", "worker-2");
     let last_old = last_old_at.saturating_duration_since(froze);
     let r = story.api().get("task-s").await.unwrap();
@@ -117,8 +120,9 @@ async fn a_task_moved_off_a_worker_whose_connections_went_silent_starts_elsewher
         last_old_at - first_new
     );
     assert!(
-        last_old < STALE_AFTER + SLACK,
-        "worker-1 kept the task {last_old:?} after the freeze (bound {STALE_AFTER:?})"
+        last_old < stale_after() + SLACK,
+        "worker-1 kept the task {last_old:?} after the freeze (bound {:?})",
+        stale_after()
     );
     site.overlap_verdict().print_and_assert();
 }

@@ -6,7 +6,10 @@ use crate::support;
 
 use std::time::Duration;
 
-use crawler_operator::watch::{self, IDLE, STALE_AFTER, Selector, Update};
+use crawler_operator::watch::{self, Cycle, IDLE, Selector, Update};
+
+/// The controller's cycle, and the harness workers': 2 s, stale after 5 s.
+const CYCLE: Cycle = Cycle::SHORT;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -35,7 +38,7 @@ async fn a_silent_watch_is_noticed_within_the_idle_bound_and_freshness_resumes()
         labels: Some("watched=yes".to_owned()),
         ..Selector::default()
     };
-    let mut updates = std::pin::pin!(watch::checked(watched, selector));
+    let mut updates = std::pin::pin!(watch::checked(watched, selector, CYCLE));
 
     // Live: lists one cycle apart, so the view never goes stale.
     let started = Instant::now();
@@ -43,7 +46,7 @@ async fn a_silent_watch_is_noticed_within_the_idle_bound_and_freshness_resumes()
     let mut widest = Duration::ZERO;
     let mut anchors = 0;
     while started.elapsed() < Duration::from_secs(8) {
-        let update = tokio::time::timeout(STALE_AFTER, updates.next())
+        let update = tokio::time::timeout(CYCLE.stale_after(), updates.next())
             .await
             .expect("something within the stale bound")
             .expect("the stream never ends");
@@ -61,12 +64,13 @@ async fn a_silent_watch_is_noticed_within_the_idle_bound_and_freshness_resumes()
             Update::Apply(_) | Update::Delete(_) => {}
         }
         assert!(
-            watch::is_fresh(anchor, now),
+            CYCLE.is_fresh(anchor, now),
             "the view went stale while the watch was live"
         );
     }
     println!(
-        "live: {anchors} lists in 8 s; widest age of the view when a new anchor landed {widest:?} (stale after {STALE_AFTER:?})"
+        "live: {anchors} lists in 8 s; widest age of the view when a new anchor landed {widest:?} (stale after {:?})",
+        CYCLE.stale_after()
     );
     assert!(anchors >= 3, "a list every cycle");
 
@@ -79,7 +83,7 @@ async fn a_silent_watch_is_noticed_within_the_idle_bound_and_freshness_resumes()
     let mut noticed = None;
     let mut seen_during = None;
     while seen_during.is_none() {
-        let update = tokio::time::timeout(IDLE + STALE_AFTER, updates.next())
+        let update = tokio::time::timeout(IDLE + CYCLE.stale_after(), updates.next())
             .await
             .expect("the stream recovers on a new connection")
             .unwrap();
@@ -104,7 +108,7 @@ async fn a_silent_watch_is_noticed_within_the_idle_bound_and_freshness_resumes()
     println!(
         "frozen ({frozen} connections): stall noticed after {noticed:?} ({why}); the change made meanwhile arrived {seen_during:?} after the freeze"
     );
-    let bound = Duration::from_secs(u64::from(watch::SERVER_TIMEOUT_SECS)) + IDLE;
+    let bound = CYCLE.length() + IDLE;
     assert!(
         noticed <= bound + Duration::from_millis(500),
         "noticed after {noticed:?}, bound {bound:?}"

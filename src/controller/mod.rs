@@ -77,6 +77,10 @@ pub struct Settings {
     /// `--host-affinity`: tasks that share a host run on one worker (see
     /// [`crawler_core::HostHolders`]).
     pub host_affinity: bool,
+    /// How long after its first list of heartbeats a worker Pod without a Lease is taken for one
+    /// without a heartbeat (`--worker-heartbeat-duration` / 2; see
+    /// [`Index::with_unseen_heartbeat_wait`]).
+    pub unseen_heartbeat_wait: Duration,
 }
 
 /// Errors of one reconcile.
@@ -165,12 +169,13 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::channel(1024);
     let retry_backoff = settings.retry_backoff;
     let host_affinity = settings.host_affinity;
+    let unseen_heartbeat_wait = settings.unseen_heartbeat_wait;
     let ctx = Arc::new(Context {
         client: client.clone(),
         policy: settings.policy.build(),
         settings,
         index: Mutex::new(
-            Index::with_unseen_heartbeat_wait(heartbeat::UNSEEN_WAIT)
+            Index::with_unseen_heartbeat_wait(unseen_heartbeat_wait)
                 .with_retry_backoff(retry_backoff)
                 .with_host_affinity(host_affinity),
         ),
@@ -367,7 +372,11 @@ async fn watch_heartbeats(ctx: Arc<Context>) {
         labels: Some(format!("{}={}", heartbeat::LABEL, heartbeat::LABEL_VALUE)),
         fields: None,
     };
-    let mut stream = std::pin::pin!(crate::watch::checked(api, selector));
+    let mut stream = std::pin::pin!(crate::watch::checked(
+        api,
+        selector,
+        crate::watch::Cycle::SHORT
+    ));
     let mut failing = false;
     while let Some(update) = futures::StreamExt::next(&mut stream).await {
         let now = Instant::now();

@@ -31,6 +31,8 @@ pub struct Params {
 pub struct Holds {
     /// The send time of the LIST that last proved the view of the assignments complete.
     pub fresh: watch::Receiver<Option<Instant>>,
+    /// The assignment watch's cycle: the view is not known fresh past its `stale_after`.
+    pub cycle: crate::watch::Cycle,
     /// Since when the oldest release seen is unconfirmed (see [`super::release`]).
     pub unconfirmed: watch::Receiver<Option<Instant>>,
 }
@@ -57,7 +59,11 @@ pub async fn run(
     }: Params,
     alive: watch::Sender<bool>,
     send_deadline: watch::Sender<Option<Instant>>,
-    Holds { fresh, unconfirmed }: Holds,
+    Holds {
+        fresh,
+        cycle,
+        unconfirmed,
+    }: Holds,
     mut stop: watch::Receiver<bool>,
     metrics: Metrics,
 ) {
@@ -107,7 +113,7 @@ pub async fn run(
             next = now + interval / 4;
             continue;
         }
-        let reason = withheld_because(view, *unconfirmed.borrow(), now);
+        let reason = withheld_because(cycle, view, *unconfirmed.borrow(), now);
         if let Some(why) = reason {
             metrics.heartbeat_renew_failed();
             if withheld != Some(why) {
@@ -166,11 +172,12 @@ pub async fn run(
 /// Why a renewal must not be sent now (`None`: it may): the view of the assignments is not
 /// known fresh, or a release seen stayed unconfirmed past its bound.
 fn withheld_because(
+    cycle: crate::watch::Cycle,
     view: Option<Instant>,
     unconfirmed_since: Option<Instant>,
     now: Instant,
 ) -> Option<&'static str> {
-    if !crate::watch::is_fresh(view, now) {
+    if !cycle.is_fresh(view, now) {
         Some("the view of this worker's assignments is not known fresh")
     } else if super::release::withhold_heartbeat(unconfirmed_since, now) {
         Some(

@@ -166,6 +166,8 @@ pub async fn run(
     // withheld so the controller completes the handoff on the lapse.
     let (holding_tx, holding_rx) = watch::channel(None::<tokio::time::Instant>);
     let (confirmed_tx, mut confirmed_rx) = mpsc::unbounded_channel();
+    // The assignment watch's cycle grows with the heartbeat (see `heartbeat::watch_cycle`).
+    let cycle = heartbeat::watch_cycle(settings.heartbeat_duration);
     let beat = tokio::spawn(beat::run(
         client.clone(),
         beat::Params {
@@ -178,6 +180,7 @@ pub async fn run(
         deadline_tx,
         beat::Holds {
             fresh: fresh_rx,
+            cycle,
             unconfirmed: holding_rx,
         },
         stop_rx,
@@ -191,7 +194,7 @@ pub async fn run(
     };
     // A checked watch (see `crate::watch`): its LISTs prove the view fresh every cycle, and a
     // connection that goes silent is replaced within a cycle plus its idle bound.
-    let mut stream = std::pin::pin!(crate::watch::checked(api, selector));
+    let mut stream = std::pin::pin!(crate::watch::checked(api, selector, cycle));
     tracing::info!(pod = %settings.pod_name, namespace = %settings.namespace, "worker starting; waiting for the first heartbeat");
     tracing::info!(allowed = %settings.address_policy, "crawls connect to public addresses and these internal ranges only (--allow-internal-cidrs)");
 
@@ -208,21 +211,21 @@ pub async fn run(
         releases: release::Releases::default(),
         confirmed_tx,
     };
-    let mut gate = Gate::default();
+    let mut gate = Gate::new(cycle);
     let mut shutdown = std::pin::pin!(shutdown);
     // A run that waits for its previous run to end (a spec change) starts on a timer, not only
     // on a change.
     let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let stale_at = gate.fresh_as_of.map(|f| f + crate::watch::STALE_AFTER);
+        let stale_at = gate.fresh_as_of.map(|f| f + cycle.stale_after());
         tokio::select! {
             () = &mut shutdown => break,
             _ = retry_tick.tick() => {
                 if worker.stopping.is_empty() { continue; }
             }
             () = async { match stale_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
-                tracing::warn!("the view of this worker's assignments is not known fresh (no LIST succeeded for {:?}): stopping every task, withholding the heartbeat", crate::watch::STALE_AFTER);
+                tracing::warn!("the view of this worker's assignments is not known fresh (no LIST succeeded for {:?}): stopping every task, withholding the heartbeat", cycle.stale_after());
             }
             changed = alive.changed() => {
                 if changed.is_err() { anyhow::bail!("the heartbeat task stopped"); }
@@ -279,19 +282,20 @@ struct Gate {
     /// and a move it decided before it saw the renewal lands before that LIST is read.
     start_after: Option<tokio::time::Instant>,
     was_alive: bool,
+    /// The assignment watch's cycle: the view is not known fresh past its `stale_after`.
+    cycle: crate::watch::Cycle,
 }
 
-impl Default for Gate {
-    fn default() -> Self {
+impl Gate {
+    fn new(cycle: crate::watch::Cycle) -> Self {
         Self {
             fresh_as_of: None,
             start_after: Some(tokio::time::Instant::now()),
             was_alive: false,
+            cycle,
         }
     }
-}
 
-impl Gate {
     /// Why no task may run now (`None`: they may), and whether tasks may start.
     fn update(
         &mut self,
@@ -313,7 +317,7 @@ impl Gate {
                 TaskStopReason::Heartbeat,
                 "the heartbeat is not renewed, or is resuming after a lapse: no task may run",
             ))
-        } else if !crate::watch::is_fresh(self.fresh_as_of, now) {
+        } else if !self.cycle.is_fresh(self.fresh_as_of, now) {
             Some((
                 TaskStopReason::Stale,
                 "the view of this worker's assignments is not known fresh: no task may run",
@@ -751,7 +755,15 @@ async fn report_final(reporter: &Reporter, verdict: Verdict, progress: &crawl::P
     }
 }
 
-/// Writes the progress (and the store's wait, if any) every `interval` while it changes.
+/// How often a running task looks for a change of state to write at once (the store's wait
+/// beginning or ending, a host's back-off window opening or closing): at most one such write per
+/// task this often.
+const STATE_CHECK: Duration = Duration::from_secs(2);
+
+/// Writes the run's state into status as soon as it changes (within [`STATE_CHECK`]: waiting for
+/// the database or not, a host backing off or not), and its page counts every `interval` while
+/// they change. Counts are what costs writes at scale (a write per running task per interval),
+/// so `--progress-interval` is a minute by default; the live counts are in the metrics.
 async fn report_periodically(
     reporter: Arc<Reporter>,
     mut progress_rx: watch::Receiver<crawl::Progress>,
@@ -766,7 +778,11 @@ async fn report_periodically(
         .report(running(None), &crawl::Progress::default())
         .await;
     let _ = started.send(written);
-    let mut tick = tokio::time::interval(interval);
+    let backoff_of =
+        |p: &crawl::Progress| p.host_backoff.as_ref().map(|b| (b.host.clone(), b.until));
+    let mut written_backoff = None;
+    let mut counts_written = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(interval.min(STATE_CHECK));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -774,25 +790,32 @@ async fn report_periodically(
             _ = tick.tick() => {}
         }
         let health_changed = health.has_changed().unwrap_or(false);
-        if progress_rx.has_changed().unwrap_or(false) || health_changed {
-            let progress = progress_rx.borrow_and_update().clone();
-            let waiting = health.borrow_and_update().clone();
-            if health_changed && let Some(why) = &waiting {
-                alerts.warn(&resource, "WaitingForDatabase", why).await;
-            }
-            let verdict = running(waiting);
-            let verdict = match &progress.host_backoff {
-                Some(b) if verdict.reason == "Crawling" => Verdict {
-                    message: format!(
-                        "the task is running; host {} answered {}: no request goes to it before {}",
-                        b.host, b.status, b.until
-                    ),
-                    ..verdict
-                },
-                _ => verdict,
-            };
-            reporter.report(verdict, &progress).await;
+        let backoff = backoff_of(&progress_rx.borrow());
+        let state_changed = health_changed || backoff != written_backoff;
+        let counts_due =
+            progress_rx.has_changed().unwrap_or(false) && counts_written.elapsed() >= interval;
+        if !state_changed && !counts_due {
+            continue;
         }
+        let progress = progress_rx.borrow_and_update().clone();
+        let waiting = health.borrow_and_update().clone();
+        written_backoff = backoff_of(&progress);
+        counts_written = tokio::time::Instant::now();
+        if health_changed && let Some(why) = &waiting {
+            alerts.warn(&resource, "WaitingForDatabase", why).await;
+        }
+        let verdict = running(waiting);
+        let verdict = match &progress.host_backoff {
+            Some(b) if verdict.reason == "Crawling" => Verdict {
+                message: format!(
+                    "the task is running; host {} answered {}: no request goes to it before {}",
+                    b.host, b.status, b.until
+                ),
+                ..verdict
+            },
+            _ => verdict,
+        };
+        reporter.report(verdict, &progress).await;
     }
 }
 

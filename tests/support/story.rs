@@ -29,6 +29,17 @@ pub const LEASE: &str = "crawler-operator-leader";
 /// Short election timings so failover tests take seconds.
 /// Worker heartbeat in tests: workers stop after 1 s without renewal, expire after 2 s.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// When a harness worker's view of its assignments stops being known fresh (its watch cycle,
+/// derived from [`HEARTBEAT`], is 2 s: 5 s).
+pub fn stale_after() -> Duration {
+    crawler_operator::heartbeat::watch_cycle(HEARTBEAT).stale_after()
+}
+
+/// How long the controller holds a successor of an object deleted on a harness worker (6 s).
+pub fn successor_hold() -> Duration {
+    crawler_operator::heartbeat::successor_hold(HEARTBEAT)
+}
 pub const LEASE_DURATION: Duration = Duration::from_secs(3);
 pub const BOUND: Duration = Duration::from_secs(30);
 
@@ -185,6 +196,10 @@ impl Story {
             // lifted, see `start_worker_process`): host affinity would put every task on one
             // worker. tests/politeness.rs turns it on.
             "--host-affinity=false".to_owned(),
+            // The harness's workers renew 2 s heartbeats (a few tests 10 s): 20 s keeps the
+            // controller's wait for a Pod whose Lease it never saw at 10 s, as it was before the
+            // default grew to 50 s.
+            "--worker-heartbeat-duration=20s".to_owned(),
         ];
         // A flag in `extra` replaces the default of the same name (clap refuses repeats).
         let name = |a: &str| a.split('=').next().unwrap_or_default().to_owned();

@@ -224,9 +224,9 @@ impl ResourceEntry {
 }
 
 /// A deleted resource whose task its worker may still be running (its view of its assignments
-/// can lag the deletion by up to [`crate::watch::STALE_AFTER`]): an object created again under
-/// the same name is not placed until [`SUCCESSOR_HOLD`] after the deletion was seen, or until
-/// that worker's heartbeat stops being alive.
+/// can lag the deletion by up to its watch's `stale_after`): an object created again under the
+/// same name is not placed until `hold` after the deletion was seen, or until that worker's
+/// heartbeat stops being alive.
 #[derive(Clone, Debug)]
 struct Tombstone {
     /// The deleted object's uid: only another object is held back.
@@ -235,14 +235,17 @@ struct Tombstone {
     /// When the deletion was seen, stamped by the next [`Index::successors_due`] (a tick: later
     /// than the event by at most one tick, which only lengthens the hold).
     seen: Option<Instant>,
+    /// [`successor_hold`] for that worker.
+    hold: Duration,
 }
 
 /// How long after a deletion was seen an object created again under the same name waits before
-/// it is placed, when the deleted one was assigned to a worker that may still run it: that
-/// worker stops the task when a LIST sent after the deletion answers, or, when none does, when
-/// its view goes stale ([`crate::watch::STALE_AFTER`], 5 s, after the last LIST sent before the
-/// deletion); plus a second for the stop itself and the tick that ends the hold.
-pub const SUCCESSOR_HOLD: Duration = Duration::from_secs(crate::watch::STALE_AFTER.as_secs() + 1);
+/// it is placed, when the deleted one was assigned to a worker that may still run it
+/// ([`crate::heartbeat::successor_hold`] of the worker's heartbeat duration, as its Lease says;
+/// for a worker whose Lease is not known, the longest any worker needs: 19 s).
+fn successor_hold(heartbeat: Option<&workers::Heartbeat>) -> Duration {
+    crate::heartbeat::successor_hold(heartbeat.map_or(Duration::MAX, |h| h.duration))
+}
 
 #[derive(Default, Debug)]
 struct Namespace {
@@ -684,7 +687,7 @@ impl Index {
             let mut ended = Vec::new();
             ns.tombstones.retain(|name, t| {
                 let seen = *t.seen.get_or_insert(now);
-                let due = now >= seen + SUCCESSOR_HOLD;
+                let due = now >= seen + t.hold;
                 if due {
                     ended.push(name.clone());
                 }
@@ -920,7 +923,7 @@ impl Index {
             .is_some_and(|t| t.uid != entry.uid)
         {
             // An object deleted under this name may still run on its worker: this one waits
-            // ([`SUCCESSOR_HOLD`]); `successors_due` queues it when the hold ends.
+            // ([`successor_hold`]); `successors_due` queues it when the hold ends.
             return Plan::Wait;
         }
         let Some(resource_version) = entry.resource_version.clone() else {
@@ -1613,12 +1616,13 @@ impl Namespace {
         if released || stopped {
             return;
         }
+        let hold = successor_hold(self.heartbeats.get(&worker));
         tracing::info!(
             namespace,
             resource = name,
             %worker,
             "deleted while its worker may still run it: an object created again under this name \
-             is placed no earlier than {SUCCESSOR_HOLD:?} from now"
+             is placed no earlier than {hold:?} from now"
         );
         self.tombstones.insert(
             name.to_owned(),
@@ -1626,6 +1630,7 @@ impl Namespace {
                 uid: gone.uid.clone(),
                 worker,
                 seen: None,
+                hold,
             },
         );
     }

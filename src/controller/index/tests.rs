@@ -1281,16 +1281,16 @@ fn an_object_created_again_under_a_deleted_ones_name_is_placed_only_after_the_ho
     assert_eq!(place(&mut index, &mut next), Plan::Wait);
     let t0 = Instant::now();
     assert!(index.successors_due(t0).is_empty(), "the hold starts here");
+    // worker-1's Lease says 10 s: a 3 s watch cycle, stale after 6 s, plus a second.
+    let hold = heartbeat::successor_hold(Duration::from_secs(10));
+    assert_eq!(hold, Duration::from_secs(7));
     assert!(
         index
-            .successors_due(t0 + SUCCESSOR_HOLD.saturating_sub(Duration::from_millis(1)))
+            .successors_due(t0 + hold.saturating_sub(Duration::from_millis(1)))
             .is_empty()
     );
     assert_eq!(place(&mut index, &mut next), Plan::Wait);
-    assert_eq!(
-        index.successors_due(t0 + SUCCESSOR_HOLD),
-        vec![Key::new(NS, "a")]
-    );
+    assert_eq!(index.successors_due(t0 + hold), vec![Key::new(NS, "a")]);
     let Plan::Write(w) = place(&mut index, &mut next) else {
         panic!("expected the placement")
     };
