@@ -778,8 +778,9 @@ async fn report_periodically(
         .report(running(None), &crawl::Progress::default())
         .await;
     let _ = started.send(written);
-    let backoff_of =
-        |p: &crawl::Progress| p.host_backoff.as_ref().map(|b| (b.host.clone(), b.until));
+    // Which host backs off is the state; a window of the same host that grows is not a change
+    // (a host answering 429 to every try would otherwise cost a write every check).
+    let backoff_of = |p: &crawl::Progress| p.host_backoff.as_ref().map(|b| b.host.clone());
     let mut written_backoff = None;
     let mut counts_written = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(interval.min(STATE_CHECK));
