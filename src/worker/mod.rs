@@ -778,9 +778,11 @@ async fn report_periodically(
         .report(running(None), &crawl::Progress::default())
         .await;
     let _ = started.send(written);
-    // Which host backs off is the state; a window of the same host that grows is not a change
-    // (a host answering 429 to every try would otherwise cost a write every check).
-    let backoff_of = |p: &crawl::Progress| p.host_backoff.as_ref().map(|b| b.host.clone());
+    // A host's window, opened or moved: written at once, so that the next owner of the task (it
+    // reads the last report) never sends inside a window this run knew of. A host gets no
+    // request inside its window, so a new window comes at most once per window.
+    let backoff_of =
+        |p: &crawl::Progress| p.host_backoff.as_ref().map(|b| (b.host.clone(), b.until));
     let mut written_backoff = None;
     let mut counts_written = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(interval.min(STATE_CHECK));
