@@ -4,16 +4,24 @@ use k8s_openapi::{
     api::core::v1::{PodCondition, PodStatus},
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time},
 };
-use kube::api::ObjectMeta;
+use kube::{ResourceExt, api::ObjectMeta};
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 
-use super::*;
-use crawler_core::LeastLoaded;
+use super::{apply::listed, *};
+use crawler_core::{LeastLoaded, Policy, WorkerSelector};
 
-use crate::{crd::CrawlerResourceSpec, heartbeat};
+use std::collections::HashSet;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::{
+    crd::{CONDITION_ASSIGNED, CrawlerResource, CrawlerResourceSpec, Phase},
+    heartbeat,
+};
 
 const NS: &str = "crawl";
 
