@@ -567,6 +567,23 @@ pub struct TaskProgress {
     /// again. The controller completes the handoff on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// A host of the task inside a 429/503 back-off window when this report was written: no
+    /// request goes to it before `until`. A worker that takes the task over (a move, a restart)
+    /// keeps the window too, for every task it runs on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_backoff: Option<HostBackoffReport>,
+}
+
+/// A host's back-off window, as `status.progress.hostBackoff` shows it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostBackoffReport {
+    /// The host (lower case, no port).
+    pub host: String,
+    /// The end of the window: its `Retry-After`, or the exponential back-off's.
+    pub until: Time,
+    /// The status that opened it: 429 or 503.
+    pub status: i32,
 }
 
 /// Lifecycle of a task on its worker.

@@ -137,7 +137,13 @@ async fn shelf_in_the_store(prefix: &str) -> (Story, String, String, String, Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_streams_a_resources_pages_from_the_store_as_jsonl_and_csv() {
-    let (story, ns, _uid, db_flag, _db) = shelf_in_the_store("results-cli").await;
+    let (story, ns, _uid, db_flag, db) = shelf_in_the_store("results-cli").await;
+    // One page needed retries: how many requests it took and the last error retried.
+    sql(
+        &db,
+        "UPDATE crawl_pages SET attempts = 3, last_error = 'HTTP 503 from http://a.example/one/3'
+          WHERE url = 'http://a.example/one/3'",
+    );
 
     // JSON lines: every visited page, one object each, ordered by URL.
     let out = results(&story, &["shelf", "-n", &ns, &db_flag]);
@@ -166,6 +172,8 @@ async fn results_streams_a_resources_pages_from_the_store_as_jsonl_and_csv() {
     );
     assert_eq!(page["fetched_at"], "2026-12-06T09:00:00.003+00:00");
     assert_eq!(page["assignment"], 1);
+    assert_eq!(page["attempts"], 3);
+    assert_eq!(page["last_error"], "HTTP 503 from http://a.example/one/3");
 
     // CSV: a header and one row per page, read back by an RFC 4180 reader.
     let out = results(&story, &["shelf", "-n", &ns, &db_flag, "--format=csv"]);
@@ -175,7 +183,7 @@ async fn results_streams_a_resources_pages_from_the_store_as_jsonl_and_csv() {
         rows[0].join(","),
         "url,final_url,status,title,content_type,bytes,links_count,depth,fetched_at,elapsed_ms,\
          truncated,error,error_kind,fields,worker,assignment,run,unchanged,etag,last_modified,\
-         content_hash"
+         content_hash,attempts,last_error"
     );
     let row = rows
         .iter()
@@ -183,6 +191,11 @@ async fn results_streams_a_resources_pages_from_the_store_as_jsonl_and_csv() {
         .unwrap();
     assert_eq!(row[3], "Page 3, \"quoted\"\nend");
     assert_eq!(row[11], "", "a null error is an empty cell");
+    assert_eq!(
+        row[21..],
+        ["3", "HTTP 503 from http://a.example/one/3"],
+        "attempts and last_error"
+    );
     assert_eq!(
         serde_json::from_str::<Value>(&row[13]).unwrap(),
         json!({"author": "Ann 3", "tags": ["a", "b,c"]})
@@ -412,6 +425,15 @@ async fn results_reads_one_tasks_records_from_a_worker_processs_file() {
         rows.len() as u64,
         1 + books + SHELF_PAGES,
         "books and list pages"
+    );
+    // The request count of each page (no retries on the local site) and the last error retried.
+    let width = rows[0].len();
+    assert_eq!(rows[0][width - 2..], ["attempts", "last_error"]);
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| r[width - 2] == "1" && r[width - 1].is_empty()),
+        "{rows:?}"
     );
 
     let out = results(&story, &["nosuch", "--file", file]);

@@ -8,7 +8,9 @@
 //! arrived and ended, and which worker sent it; the judge prints per host the requests that came
 //! from a worker after another had taken the host over (two workers at once), the smallest gap
 //! between two arrivals, the most requests in flight at once and the requests inside a
-//! `Retry-After` window, and passes at zero violations. With host affinity off (the ignored test)
+//! `Retry-After` window, and passes at zero violations. Two workers leave mid-crawl (group A's, and
+//! group B's inside the 429 host's window, which the tasks carry to their new worker) and one
+//! joins. With host affinity off (the ignored test)
 //! the same crawl broke the budget 190 times (2026-12-06).
 
 use crate::support;
@@ -289,6 +291,8 @@ struct HostVerdict {
     smallest_gap: Option<Duration>,
     most_in_flight: usize,
     inside_window: usize,
+    /// The requests inside a window: which, from whom, when.
+    in_windows: Vec<String>,
     short_gaps: Vec<String>,
     /// Requests from a worker after another worker had taken over the host: two workers
     /// crawling it at once (a move hands a host over once; the old worker never comes back).
@@ -363,14 +367,22 @@ fn judge(host: &Host, started: Instant) -> HostVerdict {
     }
     verdict.most_in_flight = usize::try_from(most).unwrap_or(0);
     let windows = host.log.windows.lock().clone();
-    verdict.inside_window = seen
+    verdict.in_windows = seen
         .iter()
-        .filter(|s| {
-            windows
+        .filter_map(|s| {
+            let (at, len) = windows
                 .iter()
-                .any(|(at, len)| s.arrived > *at + IN_TRANSIT && s.arrived < *at + *len)
+                .find(|(at, len)| s.arrived > *at + IN_TRANSIT && s.arrived < *at + *len)?;
+            Some(format!(
+                "{} from {} at {:?}, {:?} into a {len:?} window",
+                s.path,
+                s.worker,
+                s.arrived - started,
+                s.arrived - *at
+            ))
         })
-        .count();
+        .collect();
+    verdict.inside_window = verdict.in_windows.len();
     verdict
 }
 
@@ -401,6 +413,9 @@ fn judge_all(hosts: &[&Host], started: Instant) -> usize {
         }
         for two in v.interleaved.iter().take(10) {
             let _ = writeln!(table, "  two workers: {two}");
+        }
+        for inside in v.in_windows.iter().take(10) {
+            let _ = writeln!(table, "  inside Retry-After: {inside}");
         }
         total += v.violations();
     }
@@ -578,6 +593,58 @@ async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -
     story.workers[index - 1].stop().await;
     println!("killed {leaving} at {:?}", started.elapsed());
 
+    // Group B's worker leaves inside the 429 host's Retry-After window, once its tasks have
+    // reported the window (`status.progress.hostBackoff`; a worker that dies between a 429 and
+    // its next report cannot pass it on): group B moves while no request may go to the host,
+    // and the worker that takes it over must keep out of the window too.
+    wait_for(
+        "the 429 host answered its 429",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let n = too_many.log.windows.lock().len();
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} windows"))
+            }
+        },
+    )
+    .await;
+    wait_for(
+        "group B's running tasks reported the window",
+        Duration::from_secs(10),
+        POLL,
+        || async {
+            let mut silent = Vec::new();
+            for i in 0..=4 {
+                let name = format!("b-{i}");
+                let r = story.api().get(&name).await.map_err(|e| e.to_string())?;
+                let status = r.status.as_ref();
+                let reported = status
+                    .and_then(|s| s.progress.as_ref())
+                    .and_then(|p| p.host_backoff.as_ref())
+                    .is_some_and(|b| b.host == too_many.ip && b.status == 429);
+                if !reported && !matches!(phase(&r), Some(Phase::Succeeded | Phase::Failed)) {
+                    silent.push(name);
+                }
+            }
+            if silent.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not reported by {silent:?}"))
+            }
+        },
+    )
+    .await;
+    let leaving_b = first["b-0"].clone();
+    let index: usize = leaving_b["worker-".len()..].parse().unwrap();
+    story.workers[index - 1].stop().await;
+    println!(
+        "killed {leaving_b} at {:?}, inside the 429 host's window",
+        started.elapsed()
+    );
+
     // A worker joins; a new group (two tasks on a sixth host) goes to it, the least loaded
     // (its name sorts first, so it wins ties with workers whose tasks finished).
     story.ready_worker("worker-0").await;
@@ -620,6 +687,12 @@ async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -
         assert!(
             on_joined.values().all(|w| w == "worker-0"),
             "the new group went to the worker that joined: {on_joined:?}"
+        );
+        // The window was crossed by the move: the 429 host heard from group B's new worker.
+        let workers = judge(&too_many, started).workers;
+        assert!(
+            workers.len() >= 2 && workers.contains(&leaving_b),
+            "group B moved off {leaving_b} and went on elsewhere: {workers:?}"
         );
     }
     violations

@@ -617,3 +617,135 @@ async fn a_missing_table_names_the_command_that_creates_it() {
     .expect_err("refused");
     assert!(bad.to_string().contains("--database-url"), "{bad}");
 }
+
+/// A host for the retry test: `/` links to `/flaky` (a 500 to its first request, then a page)
+/// and `/down` (a 500 every time); robots.txt is a 404.
+async fn flaky_site() -> String {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    };
+    let flaky = Arc::new(AtomicU32::new(0));
+    let app = Router::new()
+        .route(
+            "/",
+            get(|| async {
+                axum::response::Html(
+                    "<html><title>root</title><a href=\"/flaky\">f</a> <a href=\"/down\">d</a></html>",
+                )
+            }),
+        )
+        .route(
+            "/flaky",
+            get(move || {
+                let flaky = flaky.clone();
+                async move {
+                    if flaky.fetch_add(1, Ordering::SeqCst) == 0 {
+                        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                    } else {
+                        axum::response::Html("<html><title>flaky</title></html>").into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/down",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// A page that needed retries is stored with how many requests it took and the last error that
+/// was retried, and `results` (the store's export) gives both out, as JSON and as CSV cells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_needed_retries_is_stored_with_its_attempts_and_last_error() {
+    use crawler_operator::store::export::{self, Format, Selection, Writer};
+    let pg = postgres::shared();
+    let url = pg.database("retries");
+    let db = postgres::Postgres::db_of(&url).to_owned();
+    let store = Store::new(&url, &TlsOptions::default(), true).unwrap();
+    let origin = flaky_site().await;
+
+    let mut config = CrawlConfig::new("task", [format!("{origin}/")]);
+    config.address_policy = "127.0.0.0/8".parse().unwrap();
+    config.max_depth = 1;
+    config.rate_limit.requests_per_second = 100.0;
+    config.retries.max_retries = 2;
+    config.retries.backoff.start = Duration::from_millis(50);
+    config.retries.backoff.jitter = 0.0;
+    let seeds = config.normalized_seeds().unwrap();
+    let (sink, frontier) = PgSink::open(
+        store.clone(),
+        key(1, "worker-1"),
+        &seeds,
+        health(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let outcome = crawl::run_from(config, Some(frontier), sink, CancellationToken::new(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.stop, crawl::StopReason::Finished);
+
+    let rows = pg
+        .psql(
+            &db,
+            "SELECT regexp_replace(url, '^http://[^/]+', '') || ' ' || COALESCE(status::text, '-')
+                    || ' ' || attempts || ' '
+                    || COALESCE(regexp_replace(last_error, 'http://[^/]+', 'ORIGIN'), '-')
+               FROM crawl_pages WHERE state = 'visited' ORDER BY url",
+        )
+        .unwrap();
+    println!("STORE retries:\n{rows}");
+    assert_eq!(
+        rows,
+        "/ 200 1 -\n\
+         /down 500 3 HTTP 500 from ORIGIN/down\n\
+         /flaky 200 2 HTTP 500 from ORIGIN/flaky"
+    );
+
+    // Out of the store again, as `crawler-operator results` reads it: JSON lines and CSV cells.
+    let client =
+        crawler_operator::store::connect(&url, &TlsOptions::default(), Duration::from_secs(5))
+            .await
+            .unwrap();
+    export::prepare_session(&client).await.unwrap();
+    let sel = Selection {
+        namespace: "ns".into(),
+        uid: "uid-1".into(),
+        ..Selection::default()
+    };
+    let mut jsonl = Writer::new(Vec::new(), Format::Jsonl, export::STORE_COLUMNS, None);
+    export::from_store(&client, &sel, &mut jsonl).await.unwrap();
+    let text = String::from_utf8(jsonl.finish().unwrap()).unwrap();
+    let flaky: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["url"].as_str().unwrap().ends_with("/flaky"))
+        .unwrap();
+    assert_eq!(flaky["attempts"], 2, "{flaky}");
+    assert_eq!(
+        flaky["last_error"],
+        format!("HTTP 500 from {origin}/flaky"),
+        "{flaky}"
+    );
+    let mut csv = Writer::new(Vec::new(), Format::Csv, export::STORE_COLUMNS, None);
+    export::from_store(&client, &sel, &mut csv).await.unwrap();
+    let text = String::from_utf8(csv.finish().unwrap()).unwrap();
+    // The two columns come last (added after the others, so a reader by position keeps working).
+    let mut lines = text.lines();
+    assert!(
+        lines.next().unwrap().ends_with(",content_hash,attempts,last_error"),
+        "{text}"
+    );
+    let down = lines.find(|l| l.starts_with(&format!("{origin}/down,"))).unwrap();
+    assert!(
+        down.ends_with(&format!(",3,HTTP 500 from {origin}/down")),
+        "{down}"
+    );
+}

@@ -59,6 +59,8 @@ pub const STORE_COLUMNS: &[&str] = &[
     "etag",
     "last_modified",
     "content_hash",
+    "attempts",
+    "last_error",
 ];
 
 /// The columns of a record from a file sink (the worker's JSON lines, `crawl::PageRecord`).
@@ -84,6 +86,8 @@ pub const FILE_COLUMNS: &[&str] = &[
     "incomplete",
     "run",
     "unchanged",
+    "attempts",
+    "last_error",
 ];
 
 /// Why an export ended early.
@@ -319,7 +323,8 @@ SELECT json_build_object(
          'depth', depth, 'fetched_at', fetched_at, 'elapsed_ms', elapsed_ms,
          'truncated', truncated, 'error', error, 'error_kind', error_kind, 'fields', fields,
          'worker', worker, 'assignment', assignment, 'run', run, 'unchanged', unchanged,
-         'etag', etag, 'last_modified', last_modified, 'content_hash', content_hash)::text
+         'etag', etag, 'last_modified', last_modified, 'content_hash', content_hash,
+         'attempts', attempts, 'last_error', last_error)::text
   FROM crawl_pages
  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'
    AND ($3::bigint IS NULL OR run = $3) AND ($4::bigint IS NULL OR assignment = $4)
@@ -331,7 +336,7 @@ const CELLS: &str = "
 SELECT url, final_url, status::text, title, content_type, bytes::text, links_count::text,
        depth::text, to_json(fetched_at)#>>'{}', elapsed_ms::text, truncated::text, error,
        error_kind, fields::text, worker, assignment::text, run::text, unchanged::text, etag,
-       last_modified, content_hash
+       last_modified, content_hash, attempts::text, last_error
   FROM crawl_pages
  WHERE namespace = $1 AND resource_uid = $2 AND state = 'visited'
    AND ($3::bigint IS NULL OR run = $3) AND ($4::bigint IS NULL OR assignment = $4)

@@ -113,6 +113,19 @@ ALTER TABLE crawl_pages
 UPDATE crawl_pages SET run = 1 WHERE state = 'visited';
 ",
     ),
+    (
+        3,
+        "attempts and the last retried error of a fetch",
+        r"
+-- attempts: the requests the last fetch made for the URL (1, plus the retries of transient
+-- failures; 0 when none was sent, e.g. refused by robots.txt); last_error: the last failure that
+-- was retried (a timeout, a reset, 'HTTP 503 from ...'), kept when a retry then succeeded.
+-- NULL on pages stored before this migration (not known) and on queued rows.
+ALTER TABLE crawl_pages
+    ADD COLUMN attempts   integer,
+    ADD COLUMN last_error text;
+",
+    ),
 ];
 
 /// Errors of the store outside a crawl (migrations, connecting), with the setting involved.

@@ -211,23 +211,26 @@ ON CONFLICT (namespace, resource_uid, url) DO UPDATE
 
 /// Stores visited pages of run $6. An unchanged page (`unchanged`: 304, same body, or a sitemap
 /// `lastmod` not newer) keeps what its earlier fetch stored: only the run, the fetch time, the
-/// flag (and the writer's bookkeeping) change, and validators the server sent anew.
+/// flag, that fetch's attempts and last retried error (and the writer's bookkeeping) change,
+/// and validators the server sent anew.
 const PAGES: &str = "
 INSERT INTO crawl_pages AS p (namespace, resource_uid, url, state, depth, status, final_url, title,
     content_type, bytes, links_count, fetched_at, elapsed_ms, truncated, error, error_kind, fields,
     worker, assignment, stored_at, queued_run, run, etag, last_modified, content_hash, unchanged,
-    followed)
+    followed, attempts, last_error)
 SELECT $1, $2, r.url, 'visited', r.depth, r.status, r.final_url, r.title, r.content_type, r.bytes,
        r.links_count, r.fetched_at, r.elapsed_ms, r.truncated, r.error, r.error_kind,
        COALESCE(r.fields, '{}'::jsonb), $3, $4, clock_timestamp(), $6, $6, r.etag,
-       r.last_modified, r.content_hash, COALESCE(r.unchanged, false), r.followed
+       r.last_modified, r.content_hash, COALESCE(r.unchanged, false), r.followed, r.attempts,
+       r.last_error
   FROM jsonb_to_recordset($5::jsonb) AS r(url text, depth integer, status integer,
        final_url text, title text, content_type text, bytes bigint, links_count integer,
        fetched_at timestamptz, elapsed_ms bigint, truncated boolean, error text,
        error_kind text, fields jsonb, etag text, last_modified text, content_hash text,
-       unchanged boolean, followed jsonb)
+       unchanged boolean, followed jsonb, attempts integer, last_error text)
 ON CONFLICT (namespace, resource_uid, url) DO UPDATE SET
     state = 'visited', fetched_at = EXCLUDED.fetched_at, unchanged = EXCLUDED.unchanged,
+    attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
     run = EXCLUDED.run, worker = EXCLUDED.worker, assignment = EXCLUDED.assignment,
     stored_at = EXCLUDED.stored_at,
     depth = CASE WHEN p.queued_run = EXCLUDED.queued_run THEN LEAST(p.depth, EXCLUDED.depth)
@@ -610,6 +613,8 @@ fn page_row(record: &PageRecord) -> Value {
         "content_hash": record.content_hash,
         "unchanged": record.unchanged,
         "followed": record.followed,
+        "attempts": record.attempts,
+        "last_error": record.last_error,
     })
 }
 

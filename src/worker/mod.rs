@@ -631,6 +631,7 @@ async fn run_crawl(
         Ok(config) => crawl::CrawlConfig {
             send_deadline,
             run: u64::try_from(run.crawl).unwrap_or(1),
+            carried_backoff: carried_backoff(&resource),
             ..config
         },
         Err(message) => return cannot_start(message).await,
@@ -909,6 +910,22 @@ async fn refused_as_stale(
     TaskStopReason::Fenced
 }
 
+/// The back-off window the task's last report shows (its previous owner's, read before this
+/// run's first report replaces it): the new run keeps it (`crawl::Politeness::hold`).
+fn carried_backoff(r: &CrawlerResource) -> Vec<crawl::HostBackoff> {
+    r.status
+        .as_ref()
+        .and_then(|s| s.progress.as_ref())
+        .and_then(|p| p.host_backoff.as_ref())
+        .map(|b| crawl::HostBackoff {
+            host: b.host.clone(),
+            until: b.until.0,
+            status: u16::try_from(b.status).unwrap_or(429),
+        })
+        .into_iter()
+        .collect()
+}
+
 /// The crawl configuration of a resource (without credentials): pure, so it can be fuzzed.
 /// The User-Agent names the worker and the assignment, so a site's log shows who crawled when.
 pub fn config_from_spec(
@@ -1061,6 +1078,24 @@ impl Reporter {
             message,
             reason: (state == TaskState::Failed).then(|| verdict.reason.to_owned()),
             released: false,
+            host_backoff: progress
+                .host_backoff
+                .as_ref()
+                .map(|b| crate::crd::HostBackoffReport {
+                    host: b.host.clone(),
+                    // A `Time` is written in whole seconds, cut down: rounded up here, so the
+                    // next owner's window never ends before this one's.
+                    until: Time(
+                        b.until
+                            .round(
+                                jiff::TimestampRound::new()
+                                    .smallest(jiff::Unit::Second)
+                                    .mode(jiff::RoundMode::Ceil),
+                            )
+                            .unwrap_or(b.until),
+                    ),
+                    status: i32::from(b.status),
+                }),
         };
         let conditions = {
             let mut last = self.conditions.lock();

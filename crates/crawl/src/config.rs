@@ -83,6 +83,10 @@ pub struct CrawlConfig {
     pub send_deadline: SendDeadline,
     /// The crawl run (`status.run`), copied into every record; 1 for the first crawl.
     pub run: u64,
+    /// Back-off windows of the task's hosts that its previous owner reported (a 429/503 with
+    /// its `Retry-After`): [`Politeness::hold`] keeps them before the first request, so a task
+    /// moved inside a window sends nothing into it. Empty by default.
+    pub carried_backoff: Vec<crate::polite::HostBackoff>,
     /// Use sitemaps as a discovery source: the `Sitemap:` lines of the seed hosts'
     /// `robots.txt` are queued with the seeds, and an XML response that is a sitemap or a
     /// sitemap index (a seed, say) queues the URLs it lists, at the sitemap's own depth (0 for a
@@ -197,6 +201,7 @@ impl CrawlConfig {
             retries: Retries::default(),
             send_deadline: SendDeadline::default(),
             run: 1,
+            carried_backoff: Vec::new(),
             sitemaps: false,
         }
     }

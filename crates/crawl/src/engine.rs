@@ -198,6 +198,11 @@ where
         task: config.task.clone(),
         source,
     })?;
+    // Windows the task's previous owner reported: kept before the first request (robots.txt
+    // included), for every task of this worker that crawls the host.
+    for window in &config.carried_backoff {
+        cfg.politeness.hold(window);
+    }
     let engine = Engine::new(cfg, cancel.clone())?.with_store(&sink, frontier.as_ref());
     let fresh = frontier.as_ref().is_none_or(Frontier::is_fresh);
     let cfg = &engine.cfg;
@@ -270,6 +275,8 @@ where
                 if !checkpoint_unless_stopped(&mut sink, &cancel, &cfg.task).await? {
                     break StopReason::Cancelled;
                 }
+                // Reported also while every visit waits out a window (no visit ends then).
+                state.host_backoff = engine.current_backoff();
                 continue;
             }
             Some(visit) = in_flight.next() => visit,
@@ -382,6 +389,9 @@ struct Engine {
     seen: Mutex<HashSet<Url>>,
     /// The latest 429/503 window one of this crawl's requests opened.
     backoff: Mutex<Option<HostBackoff>>,
+    /// The task's hosts as the gate keys them (its allowed hosts or its seeds' hosts): whose
+    /// windows its progress reports, whoever opened them.
+    hosts: Vec<String>,
     cancel: CancellationToken,
     /// The sink stores validators: compute each page's hash and followed links.
     keep: bool,
@@ -730,6 +740,7 @@ impl Engine {
             client,
             seen: Mutex::new(HashSet::new()),
             backoff: Mutex::new(None),
+            hosts: cfg.hosts.gate_keys(),
             cancel,
             cfg,
             keep: false,
@@ -1015,16 +1026,26 @@ impl Engine {
         }
     }
 
-    /// The latest 429/503 window of this crawl, while it is open.
+    /// The latest open 429/503 window of this crawl's hosts: one its own requests opened, or
+    /// one the worker's gate holds for a host of the task (opened by another task, or carried
+    /// over from the task's previous owner), so that every task of the host reports it and a
+    /// move of any of them carries it on.
     fn current_backoff(&self) -> Option<HostBackoff> {
-        let mut backoff = self.backoff.lock();
-        if backoff
-            .as_ref()
-            .is_some_and(|b| b.until <= Timestamp::now())
-        {
-            *backoff = None;
-        }
-        backoff.clone()
+        let own = {
+            let mut backoff = self.backoff.lock();
+            if backoff
+                .as_ref()
+                .is_some_and(|b| b.until <= Timestamp::now())
+            {
+                *backoff = None;
+            }
+            backoff.clone()
+        };
+        self.hosts
+            .iter()
+            .filter_map(|host| self.cfg.politeness.backoff(host))
+            .chain(own)
+            .max_by_key(|b| b.until)
     }
 
     /// Waits for the rate limiter, then makes one request and reads what the

@@ -158,6 +158,8 @@ pub struct HostState {
     pub backoff_until: Option<Instant>,
     /// 429/503 answers in a row (the back-off's exponent).
     pub streak: u32,
+    /// The status that opened the current window (429 or 503), for the task's report.
+    pub backoff_status: u16,
     /// The host's delay: [`host_delay`] of the policy and its `Crawl-delay`.
     pub delay: Duration,
 }
@@ -180,6 +182,7 @@ impl HostState {
             in_flight: 0,
             backoff_until: None,
             streak: 0,
+            backoff_status: 0,
             delay,
         }
     }
@@ -227,8 +230,7 @@ impl HostState {
                 |d| d.min(policy.max_retry_after),
             );
             self.streak = self.streak.saturating_add(1);
-            let until = now + wait;
-            self.backoff_until = Some(self.backoff_until.map_or(until, |b| b.max(until)));
+            self.hold(now + wait, status);
             self.backoff_until
         } else {
             self.streak = 0;
@@ -236,10 +238,26 @@ impl HostState {
         }
     }
 
+    /// Keeps every request out until `until` (a window opened here or carried over from the
+    /// task's previous owner); a shorter window never shortens an open one.
+    pub fn hold(&mut self, until: Instant, status: u16) {
+        if self.backoff_until.is_none_or(|b| b < until) {
+            self.backoff_until = Some(until);
+            self.backoff_status = status;
+        }
+    }
+
     /// Nothing to remember: nothing in flight, no slot or window ahead.
     fn idle(&self, now: Instant) -> bool {
         self.in_flight == 0 && self.next <= now && self.backoff_until.is_none_or(|b| b <= now)
     }
+}
+
+/// The wall-clock time `wait` from now.
+fn timestamp_after(wait: Duration) -> jiff::Timestamp {
+    jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default())
+        .unwrap_or_else(|_| jiff::Timestamp::now())
 }
 
 /// A host in a back-off window, as the task's progress shows it.
@@ -396,16 +414,51 @@ impl Politeness {
             let (state, _) = hosts.map.get_mut(host)?;
             state.answered(status, retry_after, &self.0.policy, now, jitter_unit())?
         };
-        let wait = until.saturating_duration_since(now);
-        let until = jiff::Timestamp::now()
-            .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or_default())
-            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let until = timestamp_after(until.saturating_duration_since(now));
         warn!(host, status, %until, "host answered {status}: no request to it before {until}");
         Some(HostBackoff {
             host: host.to_owned(),
             until,
             status,
         })
+    }
+
+    /// The window `host` is in now, if any (whoever opened it: a task of this worker, or a
+    /// window carried over by [`Politeness::hold`]).
+    pub fn backoff(&self, host: &str) -> Option<HostBackoff> {
+        let now = Instant::now();
+        let (until, status) = {
+            let hosts = self.0.hosts.lock();
+            let (state, _) = hosts.map.get(host)?;
+            (state.backoff_until.filter(|b| *b > now)?, state.backoff_status)
+        };
+        Some(HostBackoff {
+            host: host.to_owned(),
+            until: timestamp_after(until.saturating_duration_since(now)),
+            status,
+        })
+    }
+
+    /// Keeps every request to `window.host` out until `window.until`: a window the task's
+    /// previous owner reported (a moved task carries it, so the worker that takes it over sends
+    /// nothing inside it either). One already past is ignored.
+    pub fn hold(&self, window: &HostBackoff) {
+        let Ok(left) = Duration::try_from(window.until.duration_since(jiff::Timestamp::now()))
+        else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut hosts = self.0.hosts.lock();
+        let (state, _) = hosts.map.entry(window.host.clone()).or_insert_with(|| {
+            (
+                HostState::new(now, self.0.policy.min_delay),
+                Arc::new(Notify::new()),
+            )
+        });
+        state.hold(now + left.min(self.0.policy.max_retry_after), window.status);
     }
 
     /// Sets the host's delay from its `robots.txt` `Crawl-delay` (the larger of the two wins).
@@ -641,6 +694,51 @@ mod tests {
             s.answered(429, Some(Duration::from_secs(999_999)), &short, t0, 0.0),
             Some(t0 + Duration::from_secs(5))
         );
+    }
+
+    /// A window carried over from a task's previous owner closes the host on this worker for
+    /// every task, is reported like one opened here, never shortens an open one, and one already
+    /// past is ignored.
+    #[tokio::test]
+    async fn a_carried_window_is_kept_and_reported_for_every_task() {
+        let gate = Politeness::default();
+        assert_eq!(gate.backoff("a.example"), None);
+        let carried = HostBackoff {
+            host: "a.example".into(),
+            until: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(30),
+            status: 429,
+        };
+        gate.hold(&carried);
+        let now = Instant::now();
+        {
+            let hosts = gate.0.hosts.lock();
+            let (state, _) = &hosts.map["a.example"];
+            let Decision::Until(at) = state.decide(now, 2) else {
+                panic!("a request may start inside the carried window");
+            };
+            assert!(at >= now + Duration::from_secs(29), "{at:?}");
+            assert!(at <= now + Duration::from_secs(30));
+        }
+        let shown = gate.backoff("a.example").expect("reported");
+        assert_eq!((shown.host.as_str(), shown.status), ("a.example", 429));
+        assert!(shown.until.duration_since(carried.until).abs() < jiff::SignedDuration::from_secs(1));
+        assert_eq!(gate.hosts_in_backoff(), 1);
+
+        // A shorter one carried later keeps the longer window.
+        gate.hold(&HostBackoff {
+            until: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1),
+            status: 503,
+            ..carried.clone()
+        });
+        assert_eq!(gate.backoff("a.example").map(|b| b.status), Some(429));
+        // One already past: nothing to keep.
+        gate.hold(&HostBackoff {
+            host: "b.example".into(),
+            until: jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1),
+            status: 429,
+        });
+        assert_eq!(gate.backoff("b.example"), None);
+        assert_eq!(gate.hosts_in_backoff(), 1);
     }
 
     #[test]

@@ -83,6 +83,13 @@ impl HostFilter {
         }
     }
 
+    /// The hosts as the per-host gate keys them (`Url::host_str`: no port, IPv6 in brackets).
+    pub(crate) fn gate_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.entries.iter().map(|e| e.host.to_string()).collect();
+        keys.dedup();
+        keys
+    }
+
     pub fn allows(&self, url: &Url) -> bool {
         let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
             return false;
