@@ -54,19 +54,10 @@ impl Default for RetryBackoff {
 
 impl RetryBackoff {
     /// The wait after the `failures`-th failed run (1 for the first), from backon's exponential
-    /// schedule (no jitter: the time is written into `status.retryAt`, and a decision must be
-    /// the same whoever makes it).
+    /// schedule ([`crate::retry::doubling`]; no jitter: the time is written into
+    /// `status.retryAt`, and a decision must be the same whoever makes it).
     pub fn delay(self, failures: u32) -> Duration {
-        use backon::BackoffBuilder;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.base)
-            .with_max_delay(self.max)
-            .with_factor(2.0)
-            .without_max_times()
-            .build()
-            .nth(usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX))
-            .unwrap_or(self.max)
-            .min(self.max)
+        crate::retry::doubling_after(self.base, self.max, failures).min(self.max)
     }
 }
 
