@@ -223,14 +223,16 @@ pub(super) fn fail(
         (
             Reason::DeadlineExceeded,
             format!(
-                "{what}; spec.activeDeadlineSeconds was exceeded, so the crawl failed for good                  (not retried): {again}"
+                "{what}; spec.activeDeadlineSeconds was exceeded, so the crawl failed for good \
+                 (not retried): {again}"
             ),
         )
     } else if count > backoff_limit {
         (
             Reason::BackoffLimitExceeded,
             format!(
-                "{what}; {failures} runs failed, more than spec.backoffLimit ({backoff_limit}),                  so the crawl failed for good: fix the cause; {again}"
+                "{what}; {failures} runs failed, more than spec.backoffLimit ({backoff_limit}), \
+                 so the crawl failed for good: fix the cause; {again}"
             ),
         )
     } else {
@@ -238,7 +240,8 @@ pub(super) fn fail(
         set_unassigned(desired, Phase::BackOff);
         desired.retry_at = Some(Time(now + delay));
         let note = format!(
-            "{what}; failure {failures} of at most {} (spec.backoffLimit {backoff_limit}              retries): placed again in {}s",
+            "{what}; failure {failures} of at most {} (spec.backoffLimit {backoff_limit} \
+             retries): placed again in {}s",
             backoff_limit.saturating_add(1),
             delay.as_secs()
         );
