@@ -11,6 +11,7 @@
 //!  controller   watches -> index -> plan -> fenced status writes   (uses crawler-core, leader)
 //!  leader       Lease leader election with a local renew deadline
 //!  heartbeat    the worker heartbeat protocol (names, timing)
+//!  retry        the retry schedules (backon), one mechanism for every back-off
 //!  rules        spec.rules in the crawl engine's terms (worker config, controller check)
 //!  worker       assignment watch, task lifecycle, progress          (uses crawler-crawl, store)
 //!  watch        watches whose liveness is checked (bookmarks, idle deadline, freshness)
@@ -21,6 +22,7 @@ pub mod controller;
 pub mod crd;
 pub mod heartbeat;
 pub mod leader;
+pub mod retry;
 pub mod rules;
 pub mod store;
 pub mod telemetry;

@@ -98,7 +98,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     }
 
     /// Queue `key` again after an exponential backoff for its consecutive failures
-    /// (`base`, doubled per failure, at most `max`). Returns the delay chosen.
+    /// (`base`, doubled per failure, at most `max`: [`crate::retry::doubling`]). Returns the
+    /// delay chosen.
     pub fn retry(&self, key: K, base: Duration, max: Duration) -> Duration {
         let failures = {
             let mut s = self.shared.state.lock();
@@ -106,7 +107,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             *n = n.saturating_add(1);
             *n
         };
-        let delay = base.saturating_mul(1u32 << (failures - 1).min(16)).min(max);
+        let delay = crate::retry::doubling_after(base, max, failures);
         self.add_after(key, delay);
         delay
     }

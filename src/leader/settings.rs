@@ -139,11 +139,8 @@ impl LeaseSettings {
         if leading || failures <= 1 {
             return self.retry_period;
         }
-        let factor = 1u32
-            .checked_shl(failures - 1)
-            .unwrap_or(u32::MAX)
-            .min(MAX_BACKOFF_FACTOR);
-        self.retry_period.saturating_mul(factor)
+        let max = self.retry_period.saturating_mul(MAX_BACKOFF_FACTOR);
+        crate::retry::doubling_after(self.retry_period, max, failures)
     }
 
     /// `leaseDurationSeconds` as written to the Lease: rounded up, so that what others read is

@@ -283,7 +283,7 @@ impl PgSink {
             health,
             cancel,
         };
-        let mut delay = Backoff::default();
+        let mut delay = backoff();
         let stop = writer.cancel.clone();
         let frontier = loop {
             let attempt = tokio::select! {
@@ -377,7 +377,7 @@ impl Writer {
             if !batch.pages.is_empty() || !batch.queued.is_empty() {
                 self.pages = batch.pages;
                 self.queued = batch.queued;
-                let mut delay = Backoff::default();
+                let mut delay = backoff();
                 loop {
                     let result = self.try_flush().await;
                     if self.settle(result, &mut delay).await?.is_some() {
@@ -396,7 +396,7 @@ impl Writer {
     async fn settle<T>(
         &mut self,
         result: Result<T, Failure>,
-        delay: &mut Backoff,
+        delay: &mut impl Iterator<Item = Duration>,
     ) -> Result<Option<T>, SinkError> {
         match result {
             Ok(value) => {
@@ -414,7 +414,7 @@ impl Writer {
             Err(Failure::Fatal(why)) => Err(SinkError::Other(format!("the database: {why}"))),
             Err(Failure::Transient(why)) => {
                 self.client = None;
-                let wait = delay.next();
+                let wait = delay.next().unwrap_or(BACKOFF_MAX);
                 let message = format!(
                     "waiting for the database (--database-url): {why}; trying again in {}ms, \
                      nothing fetched is lost",
@@ -724,22 +724,13 @@ impl Sink for PgSink {
     }
 }
 
+/// The longest wait between two attempts of the writer.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
 /// 100 ms doubling to 5 s: a restarting database (a few seconds) is noticed within a second
 /// of coming back, an absent one costs a connection attempt every 5 s.
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff(Duration::from_millis(100))
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        now
-    }
+fn backoff() -> impl Iterator<Item = Duration> + Send {
+    crate::retry::doubling(Duration::from_millis(100), BACKOFF_MAX)
 }
 
 #[cfg(test)]
@@ -748,8 +739,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_five_seconds() {
-        let mut b = Backoff::default();
-        let ms: Vec<u128> = (0..8).map(|_| b.next().as_millis()).collect();
+        let ms: Vec<u128> = backoff().take(8).map(|d| d.as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
     }
 }

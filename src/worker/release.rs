@@ -206,7 +206,7 @@ pub(super) async fn confirm(
         () = cancel.cancelled() => return,
         _ = futures::future::join_all(stopping) => {}
     }
-    let mut delay = Duration::from_millis(100);
+    let mut delays = confirm_retry();
     let mut warned = false;
     loop {
         let attempt = confirm_once(&api, &name, &worker, &uid, assignment);
@@ -233,12 +233,20 @@ pub(super) async fn confirm(
                 }
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                    () = tokio::time::sleep(delays.next().unwrap_or(CONFIRM_RETRY_MAX)) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }
+}
+
+/// The longest wait between two attempts to confirm a release.
+const CONFIRM_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The waits between attempts to confirm a release: 100 ms, doubling, at most 1 s (well inside
+/// [`CONFIRM_BOUND`], so an API server back within it still sees several attempts).
+fn confirm_retry() -> impl Iterator<Item = Duration> + Send {
+    crate::retry::doubling(Duration::from_millis(100), CONFIRM_RETRY_MAX)
 }
 
 /// One read and one fenced write. `Ok(true)`: confirmed; `Ok(false)`: nothing to confirm any
@@ -288,6 +296,15 @@ async fn confirm_once(
 mod tests {
     use super::*;
     use crate::crd::{CrawlerResourceSpec, CrawlerResourceStatus};
+
+    #[test]
+    fn a_confirmation_is_retried_100_ms_doubling_to_1_s() {
+        let ms: Vec<u128> = confirm_retry().take(7).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
+        // Several attempts fit in the bound after which the heartbeat is withheld.
+        let within: Duration = confirm_retry().take(6).sum();
+        assert!(within < CONFIRM_BOUND, "{within:?}");
+    }
 
     fn releasing(worker: &str, assignment: i64, progress: Option<TaskProgress>) -> CrawlerResource {
         let spec: CrawlerResourceSpec =

@@ -54,19 +54,10 @@ impl Default for RetryBackoff {
 
 impl RetryBackoff {
     /// The wait after the `failures`-th failed run (1 for the first), from backon's exponential
-    /// schedule (no jitter: the time is written into `status.retryAt`, and a decision must be
-    /// the same whoever makes it).
+    /// schedule ([`crate::retry::doubling`]; no jitter: the time is written into
+    /// `status.retryAt`, and a decision must be the same whoever makes it).
     pub fn delay(self, failures: u32) -> Duration {
-        use backon::BackoffBuilder;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.base)
-            .with_max_delay(self.max)
-            .with_factor(2.0)
-            .without_max_times()
-            .build()
-            .nth(usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX))
-            .unwrap_or(self.max)
-            .min(self.max)
+        crate::retry::doubling_after(self.base, self.max, failures).min(self.max)
     }
 }
 
@@ -232,14 +223,16 @@ pub(super) fn fail(
         (
             Reason::DeadlineExceeded,
             format!(
-                "{what}; spec.activeDeadlineSeconds was exceeded, so the crawl failed for good                  (not retried): {again}"
+                "{what}; spec.activeDeadlineSeconds was exceeded, so the crawl failed for good \
+                 (not retried): {again}"
             ),
         )
     } else if count > backoff_limit {
         (
             Reason::BackoffLimitExceeded,
             format!(
-                "{what}; {failures} runs failed, more than spec.backoffLimit ({backoff_limit}),                  so the crawl failed for good: fix the cause; {again}"
+                "{what}; {failures} runs failed, more than spec.backoffLimit ({backoff_limit}), \
+                 so the crawl failed for good: fix the cause; {again}"
             ),
         )
     } else {
@@ -247,7 +240,8 @@ pub(super) fn fail(
         set_unassigned(desired, Phase::BackOff);
         desired.retry_at = Some(Time(now + delay));
         let note = format!(
-            "{what}; failure {failures} of at most {} (spec.backoffLimit {backoff_limit}              retries): placed again in {}s",
+            "{what}; failure {failures} of at most {} (spec.backoffLimit {backoff_limit} \
+             retries): placed again in {}s",
             backoff_limit.saturating_add(1),
             delay.as_secs()
         );

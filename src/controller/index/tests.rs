@@ -2234,6 +2234,12 @@ fn more_failed_runs_than_the_backoff_limit_fail_the_crawl_for_good_until_the_spe
     failed_run(&mut index, &mut a, "CrawlFailed");
     place(&mut index, &mut a);
     assert_eq!(phase_of(&a), Some(Phase::BackOff));
+    let backoff = a
+        .status
+        .as_ref()
+        .and_then(|s| s.condition(CONDITION_ASSIGNED));
+    let backoff = &backoff.unwrap().message;
+    assert!(!backoff.contains("  "), "one sentence: {backoff}");
     place_at(&mut index, &mut a, &later(10));
     assert_eq!(worker_of(&a), Some("worker-1"));
     failed_run(&mut index, &mut a, "CrawlFailed");
@@ -2250,6 +2256,11 @@ fn more_failed_runs_than_the_backoff_limit_fail_the_crawl_for_good_until_the_spe
     assert_eq!(st.last_worker.as_deref(), Some("worker-1"));
     let cond = st.condition(CONDITION_ASSIGNED).unwrap();
     assert_eq!(cond.reason, "BackoffLimitExceeded");
+    assert!(
+        !cond.message.contains("  "),
+        "one sentence: {}",
+        cond.message
+    );
     assert!(
         cond.message
             .contains("2 runs failed, more than spec.backoffLimit (1)"),
@@ -2291,6 +2302,11 @@ fn a_run_past_its_deadline_fails_the_crawl_for_good_at_once() {
     assert_eq!((st.phase, st.failures), (Some(Phase::Failed), Some(1)));
     let cond = st.condition(CONDITION_ASSIGNED).unwrap();
     assert_eq!(cond.reason, "DeadlineExceeded");
+    assert!(
+        !cond.message.contains("  "),
+        "one sentence: {}",
+        cond.message
+    );
     assert_eq!(worker_of(&a), None);
 }
 
