@@ -134,12 +134,15 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     async_stream::stream! {
-        let mut delay = Duration::ZERO;
+        // Cycles that ended otherwise than by the server's timeout, in a row.
+        let mut failures: u32 = 0;
         loop {
-            if !delay.is_zero() {
+            if failures > 0 {
+                let (first, max) = (Duration::from_millis(100), Duration::from_secs(1));
+                let delay = crate::retry::doubling_after(first, max, failures);
                 tokio::time::sleep(delay).await;
             }
-            delay = (delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(1));
+            failures = failures.saturating_add(1);
             let sent = Instant::now();
             let version = match timeout(LIST_TIMEOUT, api.list(&selector.list_params())).await {
                 Ok(Ok(list)) => {
@@ -183,7 +186,7 @@ where
                         break;
                     }
                     // The server ended the watch at its timeout: the next cycle starts at once.
-                    Ok(Ok(None)) => { delay = Duration::ZERO; break; }
+                    Ok(Ok(None)) => { failures = 0; break; }
                     Ok(Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj)))) => yield Update::Apply(obj),
                     Ok(Ok(Some(WatchEvent::Deleted(obj)))) => yield Update::Delete(obj),
                     Ok(Ok(Some(WatchEvent::Bookmark(_)))) => {}
