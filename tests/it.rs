@@ -32,6 +32,7 @@ mod jobfields;
 mod leader;
 mod pause;
 mod politeness;
+mod races;
 mod rebalance;
 mod recrawl;
 mod reliability;
