@@ -378,3 +378,79 @@ pub(crate) async fn move_held_past_resume(mut story: Story) -> Verdict {
     verdict.figure("move_held_ms", &ms(released - decided));
     verdict
 }
+
+/// The proxy itself, on requests of a kube client (as the processes under test send them): a
+/// dropped request fails at once (no retry, nothing forwarded), a `Fail(500)` is the client's
+/// error with the proxy's message, a held write reaches the API server only when released, and
+/// requests no rule matches pass untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_proxy_drops_fails_and_holds_requests_as_its_rules_say() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    let story = Story::new("api-proxy").await;
+    let proxy = ApiProxy::start(story.cp);
+    let mut config = story.cp.config();
+    config.cluster_url = format!("https://{}", proxy.addr())
+        .parse()
+        .expect("proxy URL");
+    let api: Api<ConfigMap> = Api::namespaced(
+        kube::Client::try_from(config).expect("a client"),
+        story.ns(),
+    );
+    let direct: Api<ConfigMap> = Api::namespaced(story.client.clone(), story.ns());
+    let map = |name: &str| -> ConfigMap {
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))
+            .expect("a ConfigMap")
+    };
+    let bounded = Duration::from_secs(5);
+
+    let dropped = proxy.rule("drop", |c| c.method == Method::POST, Action::Drop);
+    let created =
+        tokio::time::timeout(bounded, api.create(&PostParams::default(), &map("a"))).await;
+    assert!(matches!(created, Ok(Err(_))), "{created:?}");
+    proxy.remove(&dropped);
+    let failed = proxy.rule("fail", |c| c.method == Method::POST, Action::Fail(500));
+    let created =
+        tokio::time::timeout(bounded, api.create(&PostParams::default(), &map("a"))).await;
+    assert!(
+        matches!(&created, Ok(Err(kube::Error::Api(s))) if s.code == 500 && s.message.contains("'fail'")),
+        "{created:?}"
+    );
+    proxy.remove(&failed);
+    assert_eq!((dropped.matched(), failed.matched()), (1, 1));
+    assert_eq!(direct.get_opt("a").await.expect("a read").map(|_| ()), None);
+
+    let held = proxy.rule("hold", |c| c.method == Method::POST, Action::Hold);
+    let create = tokio::spawn({
+        let api = api.clone();
+        let cm = map("b");
+        async move { api.create(&PostParams::default(), &cm).await }
+    });
+    let call = held
+        .wait_for_call(
+            "the create, held",
+            |c| c.body_text().contains("\"b\""),
+            BOUND,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_release = direct.get_opt("b").await.expect("a read").is_some();
+    held.release();
+    let created = create.await.expect("the create task");
+    let after_release = direct.get_opt("b").await.expect("a read").is_some();
+    println!(
+        "api proxy: dropped {}, failed {}, held {} (then released; answered {:?}), forwarded {}",
+        dropped.matched(),
+        failed.matched(),
+        held.matched(),
+        held.statuses(),
+        proxy.forwarded()
+    );
+    assert!(call.path.ends_with("/configmaps"), "{}", call.path);
+    assert!(
+        !before_release,
+        "the held create reached the API server before its release"
+    );
+    assert!(created.is_ok() && after_release, "{created:?}");
+    assert_eq!(held.statuses(), vec![201]);
+}
