@@ -22,12 +22,14 @@
 //! Requests no rule matches pass untouched. A release lets through what the rule holds or stalls
 //! at that moment; what it matches later waits for the next release ([`ApiProxy::remove`] ends
 //! the rule, releasing what it held). A rule can also be opened ([`Rule::open`]: what it holds or
-//! stalls passes, as if it were not there) and closed again ([`Rule::close`]: a stream it let pass
-//! stops passing bytes from that moment, as a connection that goes silent mid-stream). A rule counts what it matched, what the API server answered
-//! and what clients gave up on, and remembers each call (when, and the request with its body), so
-//! a test can wait for a request to arrive, check it is the one it means, and report counts.
-//! [`Rule::release_on_answer`] couples two rules with no test in between: "when the API server has
-//! answered a request of this rule, release that one".
+//! stalls passes, as if it were not there) and closed again ([`Rule::close`]: a stream it let
+//! pass stops passing bytes from that moment, as a connection that goes silent mid-stream).
+//!
+//! A rule counts what it matched, what the API server answered (and with which status) and what
+//! clients gave up on, and remembers each call (when, and the request with its body), so a test
+//! can wait for a request to arrive, check it is the one it means, and report counts.
+//! [`Rule::release_on_answer`] couples two rules with no test in between: "when the API server
+//! has answered a request of this rule, release that one".
 //!
 //! ```ignore
 //! let proxy = ApiProxy::start(story.cp);
@@ -42,7 +44,8 @@
 //! token, e.g. a `ServiceAccount`'s) goes upstream on a connection without a client certificate, so
 //! the API server sees the token's user; a request without one goes with the admin's client pair
 //! (`system:masters`), the identity the harness's kubeconfig gives every process. So a process
-//! behind the proxy keeps its kubeconfig; only the server URL changes.
+//! behind the proxy keeps its kubeconfig; only the server URL changes. (No test sends a token
+//! through the proxy yet.)
 //!
 //! **TLS and HTTP.** Downstream the proxy serves the API server's own serving pair (the test CA
 //! signed it for 127.0.0.1, so the kubeconfig's CA verifies the proxy as it does the server);
@@ -134,7 +137,7 @@ struct RuleState {
     answered: AtomicU64,
     /// The status code of each answer, in the order they came.
     statuses: Mutex<Vec<u16>>,
-    /// Requests it matched whose client hung up before the proxy had sent the whole response.
+    /// Requests it matched whose client hung up while the proxy delayed, held or stalled them.
     abandoned: AtomicU64,
     /// Releases and openings: a request held or stalled when `releases` was `e` goes on once
     /// it is past `e`, or while the rule is open.
@@ -192,7 +195,8 @@ impl Rule {
         self.state.statuses.lock().unwrap().clone()
     }
 
-    /// How many of its requests were given up by their clients before the proxy was done.
+    /// How many of its requests their clients gave up on while the proxy delayed, held or
+    /// stalled them (none of those was forwarded if it was still held or delayed).
     pub fn abandoned(&self) -> u64 {
         self.state.abandoned.load(Ordering::SeqCst)
     }
