@@ -33,6 +33,7 @@ mod leader;
 mod pause;
 mod politeness;
 mod progress;
+mod races;
 mod rebalance;
 mod recrawl;
 mod reliability;

@@ -5,7 +5,7 @@
 //! CI runs the short versions; `make soak` sets `CRAWLER_SOAK=1` for many more cycles.
 //! The scenarios restart and pause the shared API server, so they run one at a time.
 
-use crate::support;
+use crate::{races, support};
 
 use std::{
     collections::BTreeSet,
@@ -601,6 +601,51 @@ async fn worker_churn_pods_readiness_and_heartbeats() {
         &recoveries,
         &[settler.finish()],
     );
+}
+
+/// Issue 21, item 1, in cycles: the controller's heartbeat watch stalled and its Lease reads
+/// answered late, each stall ended by a read's answer (see [`races::stalled_heartbeat_watch`]).
+/// CI runs 3 stalls; `make soak` `CRAWLER_SOAK_HEARTBEAT_STALL_CYCLES` (30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_watch_stalled_with_slow_lease_reads_in_cycles() {
+    let _turn = beside_others().await;
+    let started = Instant::now();
+    let cycles = if soak() {
+        soak_cycles("CRAWLER_SOAK_HEARTBEAT_STALL_CYCLES", 30)
+    } else {
+        3
+    };
+    let story = Story::new("stalled-heartbeats").await;
+    let (expiry, overlap) = races::stalled_heartbeat_watch(story, cycles).await;
+    report(
+        "heartbeat-watch-stall",
+        cycles,
+        6,
+        started,
+        &[],
+        &[expiry, overlap],
+    );
+}
+
+/// Issue 21, item 2, in cycles: a one-phase move decided during a worker's lapse, held by the
+/// proxy until that worker resumed and restarted the task, then landing (see
+/// [`races::move_held_past_resume`]); each cycle in a namespace of its own. CI runs 1;
+/// `make soak` `CRAWLER_SOAK_DELAYED_MOVE_CYCLES` (5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_delayed_past_a_workers_resume_in_cycles() {
+    let _turn = beside_others().await;
+    let started = Instant::now();
+    let cycles = if soak() {
+        soak_cycles("CRAWLER_SOAK_DELAYED_MOVE_CYCLES", 5)
+    } else {
+        1
+    };
+    let mut verdict = Verdict::new("resume-after-move");
+    for cycle in 0..cycles {
+        let story = Story::new(&format!("delayed-move-{cycle}")).await;
+        verdict.absorb(races::move_held_past_resume(story).await);
+    }
+    report("delayed-move", cycles, cycles, started, &[], &[verdict]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

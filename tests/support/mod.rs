@@ -16,6 +16,7 @@
 //! the benchmark uses only part of it.
 #![allow(dead_code)]
 
+pub mod api_proxy;
 pub mod certs;
 pub mod invariants;
 pub mod judge;

@@ -2,7 +2,7 @@
 //! plane: `Story::new("prefix")` gives a namespace with the CRD installed, and methods that read
 //! like the user's story (`ready_worker`, `apply_resource`, `assert_assigned`, ...).
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use crawler_operator::crd::{CrawlerResource, Phase};
 use k8s_openapi::{
@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::{
     ControlPlane, TestNamespace,
+    api_proxy::ApiProxy,
     pods::{create_worker_pod, set_pod_ready},
     process::Server,
     proxy::Proxy,
@@ -141,11 +142,16 @@ impl Story {
 
     /// `base`, or a copy of it that reaches the API server through `proxy`.
     fn kubeconfig_from(&self, base: &std::path::Path, who: &str, proxy: Option<&Proxy>) -> PathBuf {
-        match proxy {
+        self.kubeconfig_at(base, who, proxy.map(Proxy::addr))
+    }
+
+    /// `base`, or a copy of it that reaches the API server at `via` (a proxy's address).
+    fn kubeconfig_at(&self, base: &std::path::Path, who: &str, via: Option<SocketAddr>) -> PathBuf {
+        match via {
             None => base.to_path_buf(),
-            Some(proxy) => {
+            Some(addr) => {
                 let text = std::fs::read_to_string(base).expect("reading the kubeconfig");
-                let via = text.replace(&self.cp.server_url(), &format!("https://{}", proxy.addr()));
+                let via = text.replace(&self.cp.server_url(), &format!("https://{addr}"));
                 let path = self
                     .cp
                     .dir()
@@ -169,16 +175,36 @@ impl Story {
         proxy: Option<&Proxy>,
         extra: &[&str],
     ) -> usize {
+        self.start_controller_at(identity, proxy.map(Proxy::addr), extra)
+    }
+
+    /// [`Story::start_controller_with`] behind an [`ApiProxy`], so a test can slow, hold or
+    /// stall the controller's requests one by one.
+    pub fn start_controller_behind(
+        &mut self,
+        identity: &str,
+        proxy: &ApiProxy,
+        extra: &[&str],
+    ) -> usize {
+        self.start_controller_at(identity, Some(proxy.addr()), extra)
+    }
+
+    fn start_controller_at(
+        &mut self,
+        identity: &str,
+        via: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> usize {
         let log = self.cp.dir().join(format!("{}-{identity}.log", self.ns()));
         let args = [
             format!(
                 "KUBECONFIG={}",
-                self.kubeconfig_from(
+                self.kubeconfig_at(
                     self.controller_kubeconfig
                         .as_deref()
                         .unwrap_or(self.cp.kubeconfig_path()),
                     identity,
-                    proxy
+                    via
                 )
                 .display()
             ),
@@ -242,6 +268,13 @@ impl Story {
         self.start_worker_process(pod, proxy, None, extra)
     }
 
+    /// [`Story::start_worker_with`] behind an [`ApiProxy`], so a test can slow, hold or stall
+    /// the worker's requests one by one.
+    pub fn start_worker_behind(&mut self, pod: &str, proxy: &ApiProxy, extra: &[String]) -> usize {
+        let kubeconfig = self.kubeconfig_at(self.cp.kubeconfig_path(), pod, Some(proxy.addr()));
+        self.start_worker_process_with(pod, &kubeconfig, None, extra)
+    }
+
     fn start_worker_process(
         &mut self,
         pod: &str,
@@ -250,6 +283,16 @@ impl Story {
         extra: &[String],
     ) -> usize {
         let kubeconfig = self.kubeconfig_for(pod, proxy);
+        self.start_worker_process_with(pod, &kubeconfig, uid, extra)
+    }
+
+    fn start_worker_process_with(
+        &mut self,
+        pod: &str,
+        kubeconfig: &std::path::Path,
+        uid: Option<&str>,
+        extra: &[String],
+    ) -> usize {
         let log = self.cp.dir().join(format!("{}-{pod}.log", self.ns()));
         let args = [
             format!("POD_UID={}", uid.unwrap_or_default()),
