@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crawler_operator::{heartbeat, watch::STALE_AFTER};
+use crawler_operator::heartbeat;
 use http::Method;
 use support::{
     api_proxy::{Action, ApiProxy, Call},
@@ -343,7 +343,7 @@ pub(crate) async fn move_held_past_resume(mut story: Story) -> Verdict {
     story.assert_assigned(TASK, "worker-2").await;
     site.wait_for_hits(TASK, "worker-2", None, 3).await;
     // Absence is observed over a window: past worker-1's delayed report and its stale bound.
-    tokio::time::sleep(REPORT_DELAY + STALE_AFTER + SLACK).await;
+    tokio::time::sleep(REPORT_DELAY + support::story::stale_after() + SLACK).await;
     worker_proxy.remove(&view);
     worker_proxy.remove(&reports);
     controller_proxy.remove(&moves);
