@@ -687,9 +687,15 @@ async fn a_page_that_needed_retries_is_stored_with_its_attempts_and_last_error()
     )
     .await
     .unwrap();
-    let outcome = crawl::run_from(config, Some(frontier), sink, CancellationToken::new(), |_| {})
-        .await
-        .unwrap();
+    let outcome = crawl::run_from(
+        config,
+        Some(frontier),
+        sink,
+        CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome.stop, crawl::StopReason::Finished);
 
     let rows = pg
@@ -740,10 +746,15 @@ async fn a_page_that_needed_retries_is_stored_with_its_attempts_and_last_error()
     // The two columns come last (added after the others, so a reader by position keeps working).
     let mut lines = text.lines();
     assert!(
-        lines.next().unwrap().ends_with(",content_hash,attempts,last_error"),
+        lines
+            .next()
+            .unwrap()
+            .ends_with(",content_hash,attempts,last_error"),
         "{text}"
     );
-    let down = lines.find(|l| l.starts_with(&format!("{origin}/down,"))).unwrap();
+    let down = lines
+        .find(|l| l.starts_with(&format!("{origin}/down,")))
+        .unwrap();
     assert!(
         down.ends_with(&format!(",3,HTTP 500 from {origin}/down")),
         "{down}"

@@ -430,7 +430,10 @@ impl Politeness {
         let (until, status) = {
             let hosts = self.0.hosts.lock();
             let (state, _) = hosts.map.get(host)?;
-            (state.backoff_until.filter(|b| *b > now)?, state.backoff_status)
+            (
+                state.backoff_until.filter(|b| *b > now)?,
+                state.backoff_status,
+            )
         };
         Some(HostBackoff {
             host: host.to_owned(),
@@ -721,7 +724,9 @@ mod tests {
         }
         let shown = gate.backoff("a.example").expect("reported");
         assert_eq!((shown.host.as_str(), shown.status), ("a.example", 429));
-        assert!(shown.until.duration_since(carried.until).abs() < jiff::SignedDuration::from_secs(1));
+        assert!(
+            shown.until.duration_since(carried.until).abs() < jiff::SignedDuration::from_secs(1)
+        );
         assert_eq!(gate.hosts_in_backoff(), 1);
 
         // A shorter one carried later keeps the longer window.
