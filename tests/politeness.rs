@@ -544,12 +544,13 @@ async fn kill_worker_of(
 }
 
 /// Group B's worker leaves inside the 429 host's Retry-After window, once its tasks have
-/// reported the window; returns the worker killed.
+/// reported the window (with host affinity: without it, group B's tasks run on several workers,
+/// and those that met no 429 have nothing to report); returns the worker killed.
 async fn leave_inside_the_window(
     story: &Story,
     too_many: &Host,
     first: &BTreeMap<String, String>,
-    started: Instant,
+    (started, affinity): (Instant, bool),
 ) -> String {
     // Group B's worker leaves inside the 429 host's Retry-After window, once its tasks have
     // reported the window (`status.progress.hostBackoff`; a worker that dies between a 429 and
@@ -569,32 +570,34 @@ async fn leave_inside_the_window(
         },
     )
     .await;
-    wait_for(
-        "group B's running tasks reported the window",
-        Duration::from_secs(10),
-        POLL,
-        || async {
-            let mut silent = Vec::new();
-            for i in 0..=4 {
-                let name = format!("b-{i}");
-                let r = story.api().get(&name).await.map_err(|e| e.to_string())?;
-                let status = r.status.as_ref();
-                let reported = status
-                    .and_then(|s| s.progress.as_ref())
-                    .and_then(|p| p.host_backoff.as_ref())
-                    .is_some_and(|b| b.host == too_many.ip && b.status == 429);
-                if !reported && !matches!(phase(&r), Some(Phase::Succeeded | Phase::Failed)) {
-                    silent.push(name);
+    if affinity {
+        wait_for(
+            "group B's running tasks reported the window",
+            Duration::from_secs(10),
+            POLL,
+            || async {
+                let mut silent = Vec::new();
+                for i in 0..=4 {
+                    let name = format!("b-{i}");
+                    let r = story.api().get(&name).await.map_err(|e| e.to_string())?;
+                    let status = r.status.as_ref();
+                    let reported = status
+                        .and_then(|s| s.progress.as_ref())
+                        .and_then(|p| p.host_backoff.as_ref())
+                        .is_some_and(|b| b.host == too_many.ip && b.status == 429);
+                    if !reported && !matches!(phase(&r), Some(Phase::Succeeded | Phase::Failed)) {
+                        silent.push(name);
+                    }
                 }
-            }
-            if silent.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("not reported by {silent:?}"))
-            }
-        },
-    )
-    .await;
+                if silent.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not reported by {silent:?}"))
+                }
+            },
+        )
+        .await;
+    }
     kill_worker_of(story, first, "b-0", started).await
 }
 
@@ -659,7 +662,7 @@ async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -
     .await;
     kill_worker_of(&story, &first, "a-0", started).await;
 
-    let leaving_b = leave_inside_the_window(&story, &too_many, &first, started).await;
+    let leaving_b = leave_inside_the_window(&story, &too_many, &first, (started, affinity)).await;
 
     // A worker joins; a new group (two tasks on a sixth host) goes to it, the least loaded
     // (its name sorts first, so it wins ties with workers whose tasks finished).
