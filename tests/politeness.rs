@@ -529,6 +529,78 @@ fn twenty_tasks(
     tasks
 }
 
+/// Kills the worker process that `task` was first placed on; returns its name.
+async fn kill_worker_of(
+    story: &Story,
+    first: &BTreeMap<String, String>,
+    task: &str,
+    started: Instant,
+) -> String {
+    let leaving = first[task].clone();
+    let index: usize = leaving["worker-".len()..].parse().unwrap();
+    story.workers[index - 1].stop().await;
+    println!("killed {leaving} (of {task}) at {:?}", started.elapsed());
+    leaving
+}
+
+/// Group B's worker leaves inside the 429 host's Retry-After window, once its tasks have
+/// reported the window (with host affinity: without it, group B's tasks run on several workers,
+/// and those that met no 429 have nothing to report); returns the worker killed.
+async fn leave_inside_the_window(
+    story: &Story,
+    too_many: &Host,
+    first: &BTreeMap<String, String>,
+    (started, affinity): (Instant, bool),
+) -> String {
+    // Group B's worker leaves inside the 429 host's Retry-After window, once its tasks have
+    // reported the window (`status.progress.hostBackoff`; a worker that dies between a 429 and
+    // its next report cannot pass it on): group B moves while no request may go to the host,
+    // and the worker that takes it over must keep out of the window too.
+    wait_for(
+        "the 429 host answered its 429",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let n = too_many.log.windows.lock().len();
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} windows"))
+            }
+        },
+    )
+    .await;
+    if affinity {
+        wait_for(
+            "group B's running tasks reported the window",
+            Duration::from_secs(10),
+            POLL,
+            || async {
+                let mut silent = Vec::new();
+                for i in 0..=4 {
+                    let name = format!("b-{i}");
+                    let r = story.api().get(&name).await.map_err(|e| e.to_string())?;
+                    let status = r.status.as_ref();
+                    let reported = status
+                        .and_then(|s| s.progress.as_ref())
+                        .and_then(|p| p.host_backoff.as_ref())
+                        .is_some_and(|b| b.host == too_many.ip && b.status == 429);
+                    if !reported && !matches!(phase(&r), Some(Phase::Succeeded | Phase::Failed)) {
+                        silent.push(name);
+                    }
+                }
+                if silent.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not reported by {silent:?}"))
+                }
+            },
+        )
+        .await;
+    }
+    kill_worker_of(story, first, "b-0", started).await
+}
+
 /// The crawl the judge judges; returns the violations it counted. With `affinity` false the
 /// controller places by load alone, so tasks sharing a host run on several workers.
 async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -> usize {
@@ -588,62 +660,9 @@ async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -
         },
     )
     .await;
-    let leaving = first["a-0"].clone();
-    let index: usize = leaving["worker-".len()..].parse().unwrap();
-    story.workers[index - 1].stop().await;
-    println!("killed {leaving} at {:?}", started.elapsed());
+    kill_worker_of(&story, &first, "a-0", started).await;
 
-    // Group B's worker leaves inside the 429 host's Retry-After window, once its tasks have
-    // reported the window (`status.progress.hostBackoff`; a worker that dies between a 429 and
-    // its next report cannot pass it on): group B moves while no request may go to the host,
-    // and the worker that takes it over must keep out of the window too.
-    wait_for(
-        "the 429 host answered its 429",
-        Duration::from_secs(60),
-        POLL,
-        || async {
-            let n = too_many.log.windows.lock().len();
-            if n >= 1 {
-                Ok(())
-            } else {
-                Err(format!("{n} windows"))
-            }
-        },
-    )
-    .await;
-    wait_for(
-        "group B's running tasks reported the window",
-        Duration::from_secs(10),
-        POLL,
-        || async {
-            let mut silent = Vec::new();
-            for i in 0..=4 {
-                let name = format!("b-{i}");
-                let r = story.api().get(&name).await.map_err(|e| e.to_string())?;
-                let status = r.status.as_ref();
-                let reported = status
-                    .and_then(|s| s.progress.as_ref())
-                    .and_then(|p| p.host_backoff.as_ref())
-                    .is_some_and(|b| b.host == too_many.ip && b.status == 429);
-                if !reported && !matches!(phase(&r), Some(Phase::Succeeded | Phase::Failed)) {
-                    silent.push(name);
-                }
-            }
-            if silent.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("not reported by {silent:?}"))
-            }
-        },
-    )
-    .await;
-    let leaving_b = first["b-0"].clone();
-    let index: usize = leaving_b["worker-".len()..].parse().unwrap();
-    story.workers[index - 1].stop().await;
-    println!(
-        "killed {leaving_b} at {:?}, inside the 429 host's window",
-        started.elapsed()
-    );
+    let leaving_b = leave_inside_the_window(&story, &too_many, &first, (started, affinity)).await;
 
     // A worker joins; a new group (two tasks on a sixth host) goes to it, the least loaded
     // (its name sorts first, so it wins ties with workers whose tasks finished).

@@ -269,6 +269,7 @@ impl CrawlConfig {
             retries: self.retries,
             send_deadline: self.send_deadline.clone(),
             run: self.run,
+            carried_backoff: self.carried_backoff.clone(),
             sitemaps: self.sitemaps,
         })
     }
@@ -373,6 +374,7 @@ pub(crate) struct Validated {
     pub retries: Retries,
     pub send_deadline: SendDeadline,
     pub run: u64,
+    pub carried_backoff: Vec<crate::polite::HostBackoff>,
     pub sitemaps: bool,
 }
 

@@ -198,11 +198,6 @@ where
         task: config.task.clone(),
         source,
     })?;
-    // Windows the task's previous owner reported: kept before the first request (robots.txt
-    // included), for every task of this worker that crawls the host.
-    for window in &config.carried_backoff {
-        cfg.politeness.hold(window);
-    }
     let engine = Engine::new(cfg, cancel.clone())?.with_store(&sink, frontier.as_ref());
     let fresh = frontier.as_ref().is_none_or(Frontier::is_fresh);
     let cfg = &engine.cfg;
@@ -734,6 +729,11 @@ impl Engine {
             .expect("validated period is not zero")
             .allow_burst(cfg.burst);
         let clock = DefaultClock::default();
+        // Windows the task's previous owner reported: kept before the first request (robots.txt
+        // included), for every task of this worker that crawls the host.
+        for window in &cfg.carried_backoff {
+            cfg.politeness.hold(window);
+        }
         Ok(Self {
             limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
