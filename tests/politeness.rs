@@ -275,8 +275,12 @@ const BUDGET: &str = "2";
 const BUDGET_DELAY: Duration = Duration::from_millis(500);
 const BUDGET_IN_FLIGHT: usize = 2;
 /// Arrivals closer than the delay less this break it: a host stamps an arrival when its handler
-/// runs, which on 2 loaded cores (five worker processes, the API server, etcd) can be late.
-const SLACK: Duration = Duration::from_millis(50);
+/// runs, which on 2 loaded cores (five worker processes, the API server, etcd) can be late. 50 ms
+/// was not enough at load average 13-15: two runs in five saw one gap of 417-427 ms between the
+/// first requests of two tasks on one worker (a first connection's handler stamped late; the
+/// gate spaces the starts). What the judge exists to catch is far below this: two workers on a
+/// host at once give gaps of 0-250 ms, a Crawl-delay ignored 500 ms instead of 3 s.
+const SLACK: Duration = Duration::from_millis(100);
 /// A request may arrive this long after a 429 left the host and not break its window: it was
 /// sent before the 429 reached the client.
 const IN_TRANSIT: Duration = Duration::from_millis(50);
