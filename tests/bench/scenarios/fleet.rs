@@ -772,9 +772,22 @@ pub(crate) async fn run(
         pool(total, 32, move |i| {
             let (api, bodies) = (api.clone(), Arc::clone(&bodies));
             async move {
-                api.create(&PostParams::default(), &bodies[i])
-                    .await
-                    .unwrap_or_else(|e| panic!("creating {}: {e}", bodies[i].name_any()));
+                // The busy fleet's first progress writes load the API server while the rest are
+                // created: a connection error is retried (409: an earlier attempt landed).
+                for attempt in 1.. {
+                    match api.create(&PostParams::default(), &bodies[i]).await {
+                        Ok(_) => return,
+                        Err(kube::Error::Api(s)) if s.code == 409 => return,
+                        Err(e) if attempt < 10 => {
+                            eprintln!(
+                                "bench: fleet: creating {} (attempt {attempt}): {e}",
+                                bodies[i].name_any()
+                            );
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => panic!("creating {}: {e}", bodies[i].name_any()),
+                    }
+                }
             }
         })
         .await;
