@@ -116,6 +116,12 @@ bench-doc: ## Render BENCHMARKS.md's generated section from the last run (target
 bench-hosts: tools ## Politeness at scale: the aggregate rate of 1,000 hosts crawled by 10 workers vs the sum of their budgets and the machine's limit (~3 min; BENCH_HOSTS=N for fewer)
 	$(CARGO) test --release --locked --test it -- --ignored --nocapture politeness::thousand_hosts_by_ten_workers
 
+.PHONY: bench-fleet
+bench-fleet: tools ## Fleet cost alone (benchmark scenario 8): N worker processes idle and busy, counted by the API server's apiserver_request_total, and worker failover at the default timings (~20 min at BENCH_FLEET_WORKERS=100; results in target/bench/results.md, BENCHMARKS.md untouched)
+	mkdir -p target/bench/tmp
+	TMPDIR=$(CURDIR)/target/bench/tmp BENCH_SCENARIOS=fleet \
+	  $(CARGO) test --release --locked --features bench --test bench -- --ignored --nocapture --test-threads=1
+
 .PHONY: bench-store
 bench-store: ## Result-store benchmarks: PostgreSQL vs file sink, checkpoint cost, resume after a move; rewrites its BENCHMARKS.md section (~1 min)
 	hack/install-tools.sh postgres

@@ -14,6 +14,8 @@
 //!  6 footprint      RSS / CPU of the controller at N (and at BENCH_LARGE)
 //! 6c worker         RSS / CPU of one worker as its running tasks grow (BENCH_WORKER_TASKS)
 //! 7b kube-scheduler the same number of Pods on 100 Nodes, same API server, same run
+//!  8 fleet          N real worker processes idle, then busy: what they cost the API server
+//!                   (its apiserver_request_total), failover of a worker at the default timings
 //! ```
 //!
 //! Sizes and scenario selection come from the environment (see [`Config::from_env`]); develop
@@ -104,8 +106,10 @@ pub struct Config {
     pub worker_tasks: Vec<usize>,
     /// `BENCH_SCENARIOS` (all): comma-separated subset of
     /// micro,extract,ceiling,bulk,orphans,coldstart,failover,bulk-noevents,bulk-fence,large,kube-scheduler,
-    /// worker.
+    /// worker,fleet.
     pub scenarios: Option<HashSet<String>>,
+    /// The fleet scenario's knobs (`BENCH_FLEET_*`).
+    pub fleet: scenarios::fleet::FleetConfig,
     /// `BENCH_FSYNC` (1): etcd fsync on.
     pub fsync: bool,
 }
@@ -145,6 +149,7 @@ impl Config {
                 .ok()
                 .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect()),
             fsync: std::env::var("BENCH_FSYNC").map_or(true, |v| v != "0"),
+            fleet: scenarios::fleet::FleetConfig::from_env(),
         }
     }
 
@@ -410,9 +415,16 @@ async fn controller_benchmarks() {
         scenarios::extract::run(cfg.micro_reps, &mut report).await;
     }
 
-    let needs_cp = ["ceiling", "bulk", "large", "kube-scheduler", "worker"]
-        .iter()
-        .any(|s| cfg.enabled(s));
+    let needs_cp = [
+        "ceiling",
+        "bulk",
+        "large",
+        "kube-scheduler",
+        "worker",
+        "fleet",
+    ]
+    .iter()
+    .any(|s| cfg.enabled(s));
     if needs_cp {
         // Never dropped: its servers go when this process exits (the harness's guardians).
         let cp: &'static ControlPlane =
@@ -547,6 +559,9 @@ async fn controller_benchmarks() {
         }
         if cfg.enabled("worker") {
             worker::run(cp, &cfg, &mut report).await;
+        }
+        if cfg.enabled("fleet") {
+            scenarios::fleet::run(cp, &cfg, pids, c_raw, &mut report).await;
         }
         if !cpu_rows.is_empty() {
             report.section(

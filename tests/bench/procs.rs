@@ -99,9 +99,21 @@ impl Controller {
     /// A `crawler-operator worker` process playing Pod `pod`, its page records in `output`.
     /// The same handle as a controller's: usage, metrics, log, signals.
     pub fn start_worker(cp: &ControlPlane, namespace: &str, pod: &str, output: &Path) -> Self {
+        Self::start_worker_via(cp, namespace, pod, output, cp.kubeconfig_path())
+    }
+
+    /// [`Controller::start_worker`] reaching the API server as `kubeconfig` says (e.g. through a
+    /// proxy that can freeze its connections). No timing flag: the worker's defaults.
+    pub fn start_worker_via(
+        cp: &ControlPlane,
+        namespace: &str,
+        pod: &str,
+        output: &Path,
+        kubeconfig: &Path,
+    ) -> Self {
         let log = cp.dir().join(format!("worker-{namespace}-{pod}.log"));
         let args = vec![
-            format!("KUBECONFIG={}", cp.kubeconfig_path().display()),
+            format!("KUBECONFIG={}", kubeconfig.display()),
             "RUST_LOG=info".to_owned(),
             controller_binary().to_owned(),
             "worker".to_owned(),
@@ -166,22 +178,19 @@ impl Controller {
 
     /// The controller's own `/metrics` text (its address is in its log).
     pub fn metrics(&self) -> Option<String> {
-        use std::io::{Read, Write};
-        let addr = self
-            .log_lines()
-            .iter()
-            .find(|l| l.message.starts_with("serving /metrics"))?
-            .fields["addr"]
-            .as_str()?
-            .to_owned();
-        let mut stream = std::net::TcpStream::connect(addr).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
+        metrics_at(&self.metrics_addr()?)
+    }
+
+    /// Where the process serves `/metrics` (from its log; `None` until it says).
+    pub fn metrics_addr(&self) -> Option<String> {
+        Some(
+            self.log_lines()
+                .iter()
+                .find(|l| l.message.starts_with("serving /metrics"))?
+                .fields["addr"]
+                .as_str()?
+                .to_owned(),
+        )
     }
 
     /// Sum of the samples of `metric` whose labels contain `label` (e.g. `result="conflict"`).
@@ -193,6 +202,19 @@ impl Controller {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// GET `/metrics` from `addr` (plain HTTP/1.0, blocking, 5 s read timeout).
+pub fn metrics_at(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// One line of `--log-format json` output.

@@ -5,6 +5,7 @@ pub(crate) mod ceiling;
 pub(crate) mod cold_start;
 pub(crate) mod extract;
 pub(crate) mod failover;
+pub(crate) mod fleet;
 pub(crate) mod footprint;
 pub(crate) mod micro_scenario;
 pub(crate) mod orphans;
