@@ -803,8 +803,13 @@ pub(crate) async fn run(
         per_worker.iter().flatten().min().copied().unwrap_or(0),
         per_worker.iter().flatten().max().copied().unwrap_or(0),
     );
-    // Every task past its start (robots.txt, the first progress report).
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Every task past its start (robots.txt, the first progress report), and past its first
+    // write of page counts, which comes one --progress-interval after the start: the window then
+    // sees the steady cadence (a window of whole intervals sees each task's counts equally often).
+    let help = command_line(controller_binary(), &["worker", "--help"]);
+    let interval = humantime::parse_duration(&worker_default(&help, "--progress-interval"))
+        .unwrap_or(Duration::from_secs(2));
+    tokio::time::sleep(interval.max(Duration::from_secs(10)) + Duration::from_secs(2)).await;
     let at_start: usize = workers.running().iter().flatten().sum();
     let mut busy = measure(
         &format!(
