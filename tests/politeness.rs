@@ -18,20 +18,23 @@ use crate::support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
+    io::IoSliceMut,
+    os::fd::AsRawFd,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, Uri, header},
-    response::{IntoResponse, Response},
-};
 use crawler_operator::crd::{CONDITION_ASSIGNED, CrawlerResource, Phase};
+use nix::sys::{
+    socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt},
+    time::TimeSpec,
+};
 use parking_lot::Mutex;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::{
+    io::{AsyncWriteExt, Interest},
+    net::TcpStream,
+};
 
 use support::{
     story::{POLL, Story, assigned_worker, phase},
@@ -60,12 +63,12 @@ struct Log {
 }
 
 impl Log {
-    fn arrive(self: &Arc<Self>, path: &str, worker: String) -> Ended {
+    fn arrive(self: &Arc<Self>, path: &str, worker: String, arrived: Instant) -> Ended {
         let mut seen = self.seen.lock();
         seen.push(Seen {
             path: path.to_owned(),
             worker,
-            arrived: Instant::now(),
+            arrived,
             ended: None,
             closed_by_client: false,
         });
@@ -96,6 +99,9 @@ enum Kind {
     TooMany { retry_after: u64 },
     /// Like `Plain`, with `Crawl-delay: <seconds>` in robots.txt.
     CrawlDelay { seconds: u64 },
+    /// Pages never answer: robots.txt gets a 404, any other request is held open until the
+    /// client gives up (its timeout), which is when it ends in the log.
+    Silent,
 }
 
 struct HostSite {
@@ -128,8 +134,14 @@ fn worker_of(user_agent: &str) -> String {
         .to_owned()
 }
 
+/// A host of `kind` on `ip`: a small HTTP/1.1 server (keep-alive, GET only) whose log stamps
+/// each request with the time the kernel received it (`SO_TIMESTAMPNS`), not the time its
+/// handler ran: on 2 loaded cores a handler can run hundreds of milliseconds late, and a late
+/// stamp moves two arrivals closer than they were.
 async fn start_host(ip: &'static str, kind: Kind) -> Host {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    // Accepted sockets inherit it; set here, every segment they receive is stamped.
+    setsockopt(&listener, sockopt::ReceiveTimestampns, &true).unwrap();
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(Log::default());
     let site = Arc::new(HostSite {
@@ -137,8 +149,11 @@ async fn start_host(ip: &'static str, kind: Kind) -> Host {
         log: log.clone(),
         pages: Mutex::new(0),
     });
-    let app = Router::new().fallback(serve).with_state(site);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve_connection(conn, site.clone()));
+        }
+    });
     let delay = match kind {
         Kind::CrawlDelay { seconds } => Duration::from_secs(seconds),
         _ => BUDGET_DELAY,
@@ -151,25 +166,121 @@ async fn start_host(ip: &'static str, kind: Kind) -> Host {
     }
 }
 
-async fn serve(
-    State(site): State<Arc<HostSite>>,
-    uri: Uri,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    let path = uri.path().to_owned();
-    let agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let _ended = site.log.arrive(&path, worker_of(agent));
-    // Long enough for requests to overlap when a client lets them.
-    tokio::time::sleep(Duration::from_millis(30)).await;
+/// Reads what `conn` has into `buf`, with the time the kernel received it (the last segment
+/// read), or now when the kernel gave no stamp.
+async fn read_stamped(conn: &TcpStream, buf: &mut [u8]) -> std::io::Result<(usize, Instant)> {
+    loop {
+        conn.readable().await?;
+        let read = conn.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut *buf)];
+            let mut space = nix::cmsg_space!(TimeSpec);
+            let msg = recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT,
+            )?;
+            let stamp = msg.cmsgs()?.find_map(|c| match c {
+                ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+                _ => None,
+            });
+            Ok((msg.bytes, stamp))
+        });
+        match read {
+            Ok((n, stamp)) => {
+                let (now, wall) = (Instant::now(), SystemTime::now());
+                let at = stamp
+                    .and_then(|ts| {
+                        let ts = UNIX_EPOCH
+                            + Duration::new(
+                                u64::try_from(ts.tv_sec()).ok()?,
+                                u32::try_from(ts.tv_nsec()).ok()?,
+                            );
+                        now.checked_sub(wall.duration_since(ts).unwrap_or_default())
+                    })
+                    .unwrap_or(now);
+                return Ok((n, at));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Serves the requests of one connection until the client closes it.
+async fn serve_connection(mut conn: TcpStream, site: Arc<HostSite>) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0_u8; 4096];
+    loop {
+        // One request head (GET: no body), arrived when its first byte did.
+        let mut arrived = Instant::now();
+        let end = loop {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match read_stamped(&conn, &mut buf).await {
+                Ok((0, _)) | Err(_) => return,
+                Ok((n, at)) => {
+                    if pending.is_empty() {
+                        arrived = at;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                }
+            }
+        };
+        let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+        pending.drain(..end);
+        let path = head
+            .lines()
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or("/")
+            .to_owned();
+        let agent = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("user-agent:")
+                    .then(|| l["user-agent:".len()..].trim().to_owned())
+            })
+            .unwrap_or_default();
+        let ended = site.log.arrive(&path, worker_of(&agent), arrived);
+        if site.kind == Kind::Silent && path != "/robots.txt" {
+            // Held until the client closes the connection.
+            while let Ok((n, _)) = read_stamped(&conn, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            site.log.seen.lock()[ended.index].closed_by_client = true;
+            return;
+        }
+        // Long enough for requests to overlap when a client lets them.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let response = respond(&site, &path);
+        if conn.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        drop(ended);
+    }
+}
+
+/// The whole response to a GET of `path`.
+fn respond(site: &HostSite, path: &str) -> String {
+    let message = |status: &str, headers: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+            body.len()
+        )
+    };
     if path == "/robots.txt" {
         return match site.kind {
-            Kind::CrawlDelay { seconds } => {
-                format!("User-agent: *\nCrawl-delay: {seconds}\n").into_response()
-            }
-            _ => StatusCode::NOT_FOUND.into_response(),
+            Kind::CrawlDelay { seconds } => message(
+                "200 OK",
+                "content-type: text/plain\r\n",
+                &format!("User-agent: *\nCrawl-delay: {seconds}\n"),
+            ),
+            _ => message("404 Not Found", "", ""),
         };
     }
     let page = {
@@ -184,88 +295,26 @@ async fn serve(
             .windows
             .lock()
             .push((Instant::now(), Duration::from_secs(retry_after)));
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, retry_after.to_string())],
-        )
-            .into_response();
+        return message(
+            "429 Too Many Requests",
+            &format!("retry-after: {retry_after}\r\n"),
+            "",
+        );
     }
     // /<task>/<n>
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let task = parts.next().unwrap_or_default();
     let n: u64 = parts.next().and_then(|n| n.parse().ok()).unwrap_or(1);
-    (
-        [(header::CONTENT_TYPE, "text/html")],
-        format!(
+    message(
+        "200 OK",
+        "content-type: text/html\r\n",
+        &format!(
             "<html><head><title>{task} {n}</title></head><body>\
              <a href=\"/{task}/{}\">l</a> <a href=\"/{task}/{}\">r</a></body></html>",
             2 * n,
             2 * n + 1
         ),
     )
-        .into_response()
-}
-
-/// A host whose pages never answer: robots.txt gets a 404, any other request is held open until
-/// the client gives up (its timeout), which is when it ends in the log.
-async fn start_silent_host(ip: &'static str) -> Host {
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let log = Arc::new(Log::default());
-    let accept_log = log.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let log = accept_log.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0_u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let path = text
-                    .lines()
-                    .next()
-                    .and_then(|l| l.split(' ').nth(1))
-                    .unwrap_or("/")
-                    .to_owned();
-                let agent = text
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .starts_with("user-agent:")
-                            .then(|| l["user-agent:".len()..].trim().to_owned())
-                    })
-                    .unwrap_or_default();
-                let ended = log.arrive(&path, worker_of(&agent));
-                if path == "/robots.txt" {
-                    let _ = conn
-                        .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .await;
-                    return;
-                }
-                // Held until the client closes the connection.
-                while let Ok(n) = conn.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                log.seen.lock()[ended.index].closed_by_client = true;
-            });
-        }
-    });
-    Host {
-        ip,
-        origin: format!("http://{addr}"),
-        log,
-        delay: BUDGET_DELAY,
-    }
 }
 
 // === the judge ===
@@ -274,12 +323,13 @@ async fn start_silent_host(ip: &'static str) -> Host {
 const BUDGET: &str = "2";
 const BUDGET_DELAY: Duration = Duration::from_millis(500);
 const BUDGET_IN_FLIGHT: usize = 2;
-/// Arrivals closer than the delay less this break it: a host stamps an arrival when its handler
-/// runs, which on 2 loaded cores (five worker processes, the API server, etcd) can be late. 50 ms
-/// was not enough at load average 13-15: two runs in five saw one gap of 417-427 ms between the
-/// first requests of two tasks on one worker (a first connection's handler stamped late; the
-/// gate spaces the starts). What the judge exists to catch is far below this: two workers on a
-/// host at once give gaps of 0-250 ms, a Crawl-delay ignored 500 ms instead of 3 s.
+/// Arrivals closer than the delay less this break it. A host stamps an arrival with the time the
+/// kernel received it, so a host's handler running late no longer moves it (it did: at load
+/// 13-15 a first connection's handler ran 75-280 ms late and two requests the gate had spaced
+/// 500 ms apart were stamped 222 ms apart, a CI failure on 2026-12-06). What is left is the
+/// worker's own delay between its gate and its write, on the same loaded cores. What the judge
+/// exists to catch is far below this: two workers on a host at once give gaps of 0-250 ms, a
+/// Crawl-delay ignored 500 ms instead of 3 s.
 const SLACK: Duration = Duration::from_millis(100);
 /// A request may arrive this long after a 429 left the host and not break its window: it was
 /// sent before the 429 reached the client.
@@ -614,7 +664,7 @@ async fn crawl_and_judge(prefix: &str, affinity: bool, ips: [&'static str; 6]) -
     ];
     let too_many = start_host(ips[2], Kind::TooMany { retry_after: 10 }).await;
     let crawl_delay = start_host(ips[3], Kind::CrawlDelay { seconds: 3 }).await;
-    let silent = start_silent_host(ips[4]).await;
+    let silent = start_host(ips[4], Kind::Silent).await;
     let joined_host = start_host(ips[5], Kind::Plain).await;
 
     let mut story = Story::new(prefix).await;
