@@ -2,7 +2,7 @@
 //! taken from a [`backon`] schedule. Built here: the controller's work queue, a failed run's
 //! back-off (`RetryBackoff`), the standby's rounds, the release's confirmation, the result
 //! store's writer, a checked watch's failed cycles (`watch::checked`). The heartbeat watches (`heartbeat::watch_retry`) and a final report
-//! (`worker::final_report_retry`), both with jitter, build theirs with backon where they live.
+//! (`worker::report::final_report_retry`), both with jitter, build theirs with backon where they live.
 //! One crate, so a bound is read the same way everywhere and tested as a plain sequence of
 //! delays.
 

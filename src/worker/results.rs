@@ -19,10 +19,10 @@ use std::sync::Arc;
 use tokio::{io::AsyncWrite, sync::Mutex};
 
 use crawler_crawl::{
-    CrawlConfig, Discovered, Frontier, JsonLinesSink, PageRecord, Sink, SinkError,
+    self as crawl, CrawlConfig, Discovered, Frontier, JsonLinesSink, PageRecord, Sink, SinkError,
 };
 
-use super::{Output, SharedSink};
+use super::Output;
 use crate::{
     crd::{CrawlerResource, TaskState},
     store::{PgSink, Store, StoreHealth, TaskKey},
@@ -32,6 +32,31 @@ use crate::{
 /// Condition types the worker owns (the controller owns `Assigned`).
 pub const CONDITION_COMPLETE: &str = "Complete";
 pub const CONDITION_FAILED: &str = "Failed";
+
+/// One sink shared by all tasks, so records of different tasks never interleave mid-line.
+#[derive(Clone)]
+pub(super) struct SharedSink {
+    out: Arc<Mutex<JsonLinesSink<Box<dyn AsyncWrite + Unpin + Send>>>>,
+    metrics: Metrics,
+}
+
+impl Sink for SharedSink {
+    async fn write(&mut self, record: &PageRecord) -> Result<(), SinkError> {
+        if record.status.is_some() {
+            self.metrics.pages_fetched(1);
+        }
+        if let Some(kind) = &record.error_kind {
+            self.metrics.fetch_error(crawl::error::kind_label(kind));
+            if kind == crawl::error::BLOCKED_ADDRESS {
+                self.metrics.request_blocked();
+            }
+        }
+        if record.incomplete {
+            self.metrics.record_incomplete();
+        }
+        self.out.lock().await.write(record).await
+    }
+}
 
 /// The worker's destination for every task's records.
 #[derive(Clone)]
