@@ -2,7 +2,7 @@
 //! and the local site: a stale owner is refused by the store and stops; a moved task resumes
 //! on its new worker and completes (`Complete` condition), with its pages stored exactly once.
 
-use crate::support;
+use crate::{reliability, support};
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +12,7 @@ use std::{
 use crawler_operator::crd::{Phase, TaskState};
 use kube::{
     ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
 use support::{
@@ -272,15 +272,16 @@ where
     }
 }
 
-/// (a) of the row-lock scenario: `WaitingForDatabase` on `task-l` within 10 s, `Running` with 0
+/// (a) of the row-lock scenario: `WaitingForDatabase` on the task `name` within 20 s, `Running` with 0
 /// pages, and a message about the lock. Returns the message and status seen.
 async fn judge_waiting(
     story: &Story,
+    name: &str,
     verdict: &mut Verdict,
 ) -> Result<(String, crawler_operator::crd::CrawlerResourceStatus), String> {
     let api = story.api();
     let waiting = within(Duration::from_secs(20), || async {
-        let r = api.get("task-l").await.map_err(|e| e.to_string())?;
+        let r = api.get(name).await.map_err(|e| e.to_string())?;
         let status = r.status.unwrap_or_default();
         match status.condition("Complete") {
             Some(c) if c.reason == "WaitingForDatabase" => Ok((c.message.clone(), status)),
@@ -301,13 +302,13 @@ async fn judge_waiting(
             {
                 verdict.violation(
                     "waiting_unexplained",
-                    format!("{progress:?}, message {message:?}"),
+                    format!("{name}: {progress:?}, message {message:?}"),
                 );
             }
         }
         Err(last) => verdict.violation(
             "waiting_not_shown",
-            format!("no WaitingForDatabase within 10 s of the lock; last seen: {last}"),
+            format!("{name}: no WaitingForDatabase within 20 s of the lock; last seen: {last}"),
         ),
     }
     waiting
@@ -378,13 +379,19 @@ async fn judge_other_task(
     longest
 }
 
-/// A session of the test that inserted `uid`'s fence row in a transaction it never ends (what a
+/// A session of the test that holds `uid`'s fence row in a transaction it never ends (what a
 /// worker that died between its fence upsert and COMMIT leaves), with PostgreSQL's defaults: no
-/// timeout ends it. Returns its client and its connection's task.
+/// timeout ends it. The held statement is the worker's own upsert. With `earlier_claim`, an
+/// earlier owner's claim of the task is committed first, so the held upsert updates a row that
+/// exists (a later owner died: the next one waits on that tuple's lock); without it the held
+/// upsert inserts the row (the first owner died: the next one waits on the uncommitted insert,
+/// through the unique index). Returns its client and its connection's task.
 async fn hold_task_row(
     url: &str,
     ns: &str,
     uid: &str,
+    name: &str,
+    earlier_claim: bool,
 ) -> (
     tokio_postgres::Client,
     tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
@@ -393,14 +400,134 @@ async fn hold_task_row(
         .await
         .unwrap();
     let holder_connection = tokio::spawn(connection);
+    let upsert = |worker: &str| {
+        format!(
+            "INSERT INTO crawl_tasks (namespace, resource_uid, name, assignment, worker, \
+             claimed_at, updated_at) VALUES ('{ns}', '{uid}', '{name}', 0, '{worker}', now(), \
+             now()) ON CONFLICT (namespace, resource_uid) DO UPDATE SET worker = \
+             EXCLUDED.worker, updated_at = EXCLUDED.updated_at"
+        )
+    };
+    if earlier_claim {
+        holder.batch_execute(&upsert("worker-00")).await.unwrap();
+    }
     holder
-        .batch_execute(&format!(
-            "BEGIN; INSERT INTO crawl_tasks (namespace, resource_uid, name, assignment, worker, \
-             claimed_at, updated_at) VALUES ('{ns}', '{uid}', 'task-l', 0, 'worker-0', now(), now())"
-        ))
+        .batch_execute(&format!("BEGIN; {}", upsert("worker-0")))
         .await
         .unwrap();
     (holder, holder_connection)
+}
+
+/// What one cycle of the row-lock scenario measured.
+struct RowlockCycle {
+    seen_waiting: Duration,
+    suspended: Duration,
+    first: Duration,
+    message: Option<String>,
+}
+
+/// One cycle of the row-lock scenario on a task of its own, `name`: its row held locked by
+/// another session (see [`hold_task_row`]), the task placed, suspended while blocked, placed
+/// again, the lock released, the task completed. Adds what it judged to `verdict`.
+async fn rowlock_cycle(
+    story: &Story,
+    site: &Site,
+    url: &str,
+    db: &str,
+    name: &str,
+    earlier_claim: bool,
+    verdict: &mut Verdict,
+) -> RowlockCycle {
+    let api = story.api();
+    // The task whose previous owner died, created suspended so its uid is known before a worker
+    // claims it: 63 pages.
+    let mut spec = tree(site, name);
+    spec["maxDepth"] = json!(5);
+    spec["suspend"] = json!(true);
+    story.apply_resource(name, spec).await;
+    let uid = api.get(name).await.unwrap().uid().unwrap();
+    let (holder, holder_connection) =
+        hold_task_row(url, story.ns(), &uid, name, earlier_claim).await;
+    let held = Instant::now();
+
+    // (a) The new owner's claim waits on the lock: the task says so within a bound.
+    story.set_suspend(name, false).await;
+    story.assert_assigned(name, "worker-1").await;
+    let waiting = judge_waiting(story, name, verdict).await;
+    let seen_waiting = held.elapsed();
+
+    // (b) A suspend of the blocked task completes at once: the run stops without waiting for
+    // its claim, and the worker confirms the release (a lapse of its heartbeat would take
+    // B + D = 11 s here).
+    let suspend = Instant::now();
+    story.set_suspend(name, true).await;
+    story
+        .wait_for_resource(name, "phase Suspended", |r| {
+            phase(r) == Some(Phase::Suspended)
+        })
+        .await;
+    let suspended = suspend.elapsed();
+    verdict.judged += 1;
+    if suspended >= Duration::from_secs(3) {
+        verdict.violation(
+            "slow_suspend",
+            format!("{name}: Suspended {suspended:?} after the suspend"),
+        );
+    }
+
+    // (c) Placed again, it waits on the lock again; the holder's transaction ends (its process
+    // is gone, its connection closes) and the task proceeds and completes.
+    story.set_suspend(name, false).await;
+    story.assert_assigned(name, "worker-1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early = site.hits(name).len();
+    verdict.judged += 1;
+    if early > 0 {
+        verdict.violation(
+            "fetched_while_blocked",
+            format!("{early} requests of {name} before the lock was released"),
+        );
+    }
+    drop(holder);
+    holder_connection.abort();
+    let released = Instant::now();
+    let complete = wait_for(
+        &format!("{name}: condition Complete=True"),
+        BOUND,
+        POLL,
+        || async {
+            let r = api.get(name).await.map_err(|e| e.to_string())?;
+            let status = r.status.unwrap_or_default();
+            match status.condition("Complete") {
+                Some(c) if c.status == "True" => Ok(status),
+                other => Err(format!("{other:?} {:?}", status.progress)),
+            }
+        },
+    )
+    .await;
+    assert_eq!(complete.progress.unwrap().pages_fetched, 63, "{name}");
+    let first = site
+        .hits(name)
+        .iter()
+        .map(|h| h.at)
+        .min()
+        .unwrap()
+        .saturating_duration_since(released);
+    let rows = sql(
+        db,
+        &format!(
+            "SELECT count(*), count(DISTINCT url), count(*) FILTER (WHERE state = 'queued') \
+               FROM crawl_pages WHERE resource_uid = '{uid}'"
+        ),
+    );
+    assert_eq!(rows, "63|63|0", "{name}");
+    verdict.count("cycles", 1);
+    RowlockCycle {
+        seen_waiting,
+        suspended,
+        first,
+        message: waiting.ok().map(|(message, _)| message),
+    }
 }
 
 /// Worker-1's node dies between its fence upsert and COMMIT: its session (here a connection of
@@ -410,8 +537,20 @@ async fn hold_task_row(
 /// worker's other task must go on (its heartbeat is not withheld), and once the holder's
 /// transaction ends the task proceeds and completes. Judged as one verdict, so a run of the code
 /// before the fix shows every way it fails.
+///
+/// CI runs the scenario once; `make soak` (`CRAWLER_SOAK=1`) `CRAWLER_SOAK_ROWLOCK_CYCLES` times
+/// (10), each cycle on a task of its own (created, judged, completed, deleted) beside the same
+/// other task on the same worker, whose requests are judged over all the cycles. Odd cycles
+/// hold the row of a task an earlier owner had claimed (the held upsert updates a committed row)
+/// rather than insert it. The `JUDGE rowlock` line sums the cycles (`cycles=N`); its figures are
+/// the largest over them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_owners_row_lock_shows_as_waiting_and_stalls_neither_a_suspend_nor_other_tasks() {
+    let cycles = if reliability::soak() {
+        reliability::soak_cycles("CRAWLER_SOAK_ROWLOCK_CYCLES", 10)
+    } else {
+        1
+    };
     let site = Site::start().await;
     let url = postgres::shared().database("rowlock_procs");
     let db = Postgres::db_of(&url).to_owned();
@@ -444,90 +583,43 @@ async fn a_dead_owners_row_lock_shows_as_waiting_and_stalls_neither_a_suspend_no
     let other_assignment = api.get("task-o").await.unwrap().status.unwrap().assignments;
     let mut verdict = Verdict::new("rowlock");
 
-    // The task whose previous owner died, created suspended so its uid is known before a worker
-    // claims it: 63 pages.
-    let mut spec = tree(&site, "task-l");
-    spec["maxDepth"] = json!(5);
-    spec["suspend"] = json!(true);
-    story.apply_resource("task-l", spec).await;
-    let uid = api.get("task-l").await.unwrap().uid().unwrap();
-    let (holder, holder_connection) = hold_task_row(&url, story.ns(), &uid).await;
-    let held = Instant::now();
-
-    // (a) The new owner's claim waits on the lock: the task says so within a bound.
-    story.set_suspend("task-l", false).await;
-    story.assert_assigned("task-l", "worker-1").await;
-    let waiting = judge_waiting(&story, &mut verdict).await;
-    let seen_waiting = held.elapsed();
-
-    // (b) A suspend of the blocked task completes at once: the run stops without waiting for
-    // its claim, and the worker confirms the release (a lapse of its heartbeat would take
-    // B + D = 11 s here).
-    let suspend = Instant::now();
-    story.set_suspend("task-l", true).await;
-    story
-        .wait_for_resource("task-l", "phase Suspended", |r| {
-            phase(r) == Some(Phase::Suspended)
-        })
+    let started = Instant::now();
+    let (mut seen_waiting, mut suspended, mut first) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut message = None;
+    for cycle in 0..cycles {
+        let name = if cycle == 0 {
+            "task-l".to_owned()
+        } else {
+            format!("task-l-{cycle}")
+        };
+        let run = rowlock_cycle(
+            &story,
+            &site,
+            &url,
+            &db,
+            &name,
+            cycle % 2 == 1,
+            &mut verdict,
+        )
         .await;
-    let suspended = suspend.elapsed();
-    verdict.judged += 1;
-    if suspended >= Duration::from_secs(3) {
-        verdict.violation(
-            "slow_suspend",
-            format!("Suspended {suspended:?} after the suspend"),
-        );
-    }
-
-    // (c) Placed again, it waits on the lock again; the holder's transaction ends (its process
-    // is gone, its connection closes) and the task proceeds and completes.
-    story.set_suspend("task-l", false).await;
-    story.assert_assigned("task-l", "worker-1").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let early = site.hits("task-l").len();
-    verdict.judged += 1;
-    if early > 0 {
-        verdict.violation(
-            "fetched_while_blocked",
-            format!("{early} requests of task-l before the lock was released"),
-        );
-    }
-    drop(holder);
-    holder_connection.abort();
-    let released = Instant::now();
-    let complete = wait_for("task-l: condition Complete=True", BOUND, POLL, || async {
-        let r = api.get("task-l").await.map_err(|e| e.to_string())?;
-        let status = r.status.unwrap_or_default();
-        match status.condition("Complete") {
-            Some(c) if c.status == "True" => Ok(status),
-            other => Err(format!("{other:?} {:?}", status.progress)),
+        seen_waiting = seen_waiting.max(run.seen_waiting);
+        suspended = suspended.max(run.suspended);
+        first = first.max(run.first);
+        message = message.or(run.message);
+        if cycle + 1 < cycles {
+            // Done with: the next cycle's task takes its place beside task-o.
+            api.delete(&name, &DeleteParams::default()).await.unwrap();
         }
-    })
-    .await;
-    assert_eq!(complete.progress.unwrap().pages_fetched, 63);
-    let first = site
-        .hits("task-l")
-        .iter()
-        .map(|h| h.at)
-        .min()
-        .unwrap()
-        .saturating_duration_since(released);
-    let rows = sql(
-        &db,
-        &format!(
-            "SELECT count(*), count(DISTINCT url), count(*) FILTER (WHERE state = 'queued') \
-               FROM crawl_pages WHERE resource_uid = '{uid}'"
-        ),
-    );
-    assert_eq!(rows, "63|63|0");
+    }
 
-    let longest = judge_other_task(&story, &site, held, other_assignment, &mut verdict).await;
+    let longest = judge_other_task(&story, &site, started, other_assignment, &mut verdict).await;
     let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
     verdict.figure("waiting_shown_s", &secs(seen_waiting));
     verdict.figure("suspended_s", &secs(suspended));
     verdict.figure("first_request_after_unlock_s", &secs(first));
     verdict.figure("longest_gap_other_ms", &longest.as_millis());
-    if let Ok((message, _)) = &waiting {
+    if let Some(message) = &message {
         println!("RESULTS rowlock: the WaitingForDatabase message: {message}");
     }
     verdict.print_and_assert();
