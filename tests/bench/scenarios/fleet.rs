@@ -769,8 +769,9 @@ pub(crate) async fn run(
     let api: Api<CrawlerResource> = Api::namespaced(client.clone(), ns.name());
     {
         let (api, bodies) = (api.clone(), Arc::clone(&bodies));
+        let logs: Arc<str> = cp.logs().into();
         pool(total, 32, move |i| {
-            let (api, bodies) = (api.clone(), Arc::clone(&bodies));
+            let (api, bodies, logs) = (api.clone(), Arc::clone(&bodies), Arc::clone(&logs));
             async move {
                 // The busy fleet's first progress writes load the API server while the rest are
                 // created: a connection error is retried (409: an earlier attempt landed).
@@ -787,10 +788,11 @@ pub(crate) async fn run(
                         }
                         // Given up, not a panic: the report says how many tasks ran (at 100
                         // workers x 10 tasks the bench's API server stopped answering twice,
-                        // from the 500th-770th creation on; BENCHMARKS.md section 10).
+                        // from the 500th-770th creation on, when the fleet shared it with the
+                        // earlier scenarios' 100,000 objects; BENCHMARKS.md section 8).
                         Err(e) => {
                             eprintln!(
-                                "bench: fleet: gave up creating {}: {e}",
+                                "bench: fleet: gave up creating {}: {e} (the servers' logs: {logs})",
                                 bodies[i].name_any()
                             );
                             return;
