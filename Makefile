@@ -100,7 +100,7 @@ container-test: tools chart-tools test-image ## The image's controller and worke
 # --- Benchmarks (issue 7) ---
 
 .PHONY: bench
-bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; rewrites BENCHMARKS.md (~14 min; ~18 from a clean clone)
+bench: tools ## Controller benchmarks on a real etcd (fsync) + kube-apiserver; rewrites BENCHMARKS.md (~40 min, scenario 8's 100 workers ~15 of them; plus the release build)
 	hack/install-tools.sh kube-scheduler
 	mkdir -p target/bench/tmp
 	# The control plane's temp dir lives under target/bench/tmp, out of reach of /tmp cleanups.
