@@ -606,13 +606,39 @@ fn block_on<F: Future<Output = ()> + Send>(future: F) {
     });
 }
 
-/// Distinct free loopback ports (all bound at once so they differ). Another process could take
-/// one before our server binds it; the server then fails to start, loudly.
+/// Distinct free loopback ports for servers this harness starts (all bound at once, so they
+/// differ), chosen below the kernel's ephemeral range: a port from that range (what binding
+/// port 0 gives) could be taken as the source port of any outgoing connection before our
+/// server binds it, and the test processes open hundreds (a CI run lost a control plane that
+/// way: "bind: address already in use"). Another process could still bind one of these first;
+/// the server then fails to start, loudly.
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000_u16, ephemeral_start.max(10_000 + 4 * 1024));
+    for _ in 0..1000 {
+        let ports: Vec<u16> = (0..N)
+            .map(|_| {
+                let random = std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish();
+                low + u16::try_from(random % u64::from(high - low)).unwrap_or(0)
+            })
+            .collect();
+        let listeners: Option<Vec<TcpListener>> = ports
+            .iter()
+            .map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
+            .collect();
+        if let Some(listeners) = listeners {
+            return std::array::from_fn(|i| {
+                listeners[i].local_addr().expect("local address").port()
+            });
+        }
+    }
+    panic!("no {N} free loopback ports between {low} and {high} in 1,000 tries");
 }
 
 /// `<prefix>-<n>-<8 random hex>`, lower-cased, invalid characters replaced, <= 63 characters.
