@@ -432,8 +432,6 @@ async fn controller_benchmarks() {
         let client = cp.client();
         support::story::install_crd(&client).await;
         let pids = ServerPids::find(cp);
-        // Other engineers' cleanups share this machine: say so at once if a server disappears,
-        // rather than leave only a timeout to explain it.
         let retired = watch_servers(pids);
         let version = client
             .apiserver_version()
