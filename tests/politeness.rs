@@ -324,13 +324,15 @@ const BUDGET: &str = "2";
 const BUDGET_DELAY: Duration = Duration::from_millis(500);
 const BUDGET_IN_FLIGHT: usize = 2;
 /// Arrivals closer than the delay less this break it. A host stamps an arrival with the time the
-/// kernel received it, so a host's handler running late no longer moves it (it did: at load
-/// 13-15 a first connection's handler ran 75-280 ms late and two requests the gate had spaced
-/// 500 ms apart were stamped 222 ms apart, a CI failure on 2026-12-06). What is left is the
-/// worker's own delay between its gate and its write, on the same loaded cores. What the judge
-/// exists to catch is far below this: two workers on a host at once give gaps of 0-250 ms, a
-/// Crawl-delay ignored 500 ms instead of 3 s.
-const SLACK: Duration = Duration::from_millis(100);
+/// kernel received it, so a host's handler running late does not move it. What is left is the
+/// worker's own delay between its gate and its write, on the same loaded cores: with kernel
+/// stamps a CI run (11 test processes on 2 cores, load 6) still saw two retries that the gate
+/// had started 500 ms apart arrive 335 ms apart (a retry's new connection written late), and an
+/// earlier run 222 ms. What the judge exists to catch is counted apart from this slack or far
+/// below it: two workers on a host at once (the interleaving count; their gaps are 0-250 ms), a
+/// Crawl-delay ignored (500 ms instead of 3 s), a request inside a Retry-After window, more than
+/// 2 in flight.
+const SLACK: Duration = Duration::from_millis(300);
 /// A request may arrive this long after a 429 left the host and not break its window: it was
 /// sent before the 429 reached the client.
 const IN_TRANSIT: Duration = Duration::from_millis(50);
