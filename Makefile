@@ -144,5 +144,5 @@ demo-test: ## The docs/demo.md walk-through as a test, on a demo of its own (~40
 # --- Reliability (issue 8) ---
 
 .PHONY: soak
-soak: tools ## The reliability scenarios at scale (1,000 leader cycles, 100 silent freezes, 5 held-write fences, 30 heartbeat-watch stalls with slow reads, 5 delayed moves, 10 database row-lock stalls; ~18.5 min); prints JUDGE and RELIABILITY lines
-	CRAWLER_SOAK=1 $(CARGO) test --locked --test it -- --nocapture --test-threads=1 reliability:: fence:: results::a_dead_owners_row_lock 2>&1 | tee target/soak.log | grep -oE '(JUDGE .*|RELIABILITY .*|leader cycles: .*|silent freezes: .*|[a-z0-9-]+: [0-9]+ of [0-9]+ (leader|freeze) cycles|test result.*)'
+soak: tools ## The reliability scenarios at scale (1,000 leader cycles, 100 silent freezes, 5 held-write fences, 30 heartbeat-watch stalls with slow reads, 5 delayed moves, 10 database row-lock stalls, 20 worker process pauses; ~20.5 min); prints JUDGE and RELIABILITY lines
+	CRAWLER_SOAK=1 $(CARGO) test --locked --test it -- --nocapture --test-threads=1 reliability:: fence:: results::a_dead_owners_row_lock pause:: 2>&1 | tee target/soak.log | grep -oE '(JUDGE .*|RELIABILITY .*|leader cycles: .*|silent freezes: .*|[a-z0-9-]+: [0-9]+ of [0-9]+ (leader|freeze) cycles|test result.*)'

@@ -8,7 +8,7 @@
 //! result store. The check is on the address actually connected to, never on the URL's text:
 //!
 //! ```text
-//!  URL host ─┬─ IP literal (hyper skips DNS) ──▶ AddressPolicy::check   (engine, every request)
+//!  URL host ─┬─ IP literal (no DNS asked)  ──▶ AddressPolicy::check   (engine, every request)
 //!            └─ name ──▶ Resolver ──▶ guard(): drop refused addresses ──▶ connect to the rest
 //! ```
 //!
@@ -20,14 +20,46 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
     str::FromStr,
     sync::Arc,
 };
 
 pub use ipnet::IpNet;
 use ipnet::{Ipv4Net, Ipv6Net};
-pub use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use thiserror::Error;
+
+/// A host name to resolve (a URL's host that is not an IP address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Name {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The addresses a name resolved to (their ports are ignored: the URL's is used).
+pub type Addrs = Box<dyn Iterator<Item = SocketAddr> + Send>;
+
+/// Why a name did not resolve (for the guard: a [`Blocked`], found with [`find_blocked`]).
+pub type ResolveError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A resolution under way.
+pub type Resolving = Pin<Box<dyn Future<Output = Result<Addrs, ResolveError>> + Send>>;
+
+/// Resolves host names for the engine's connections ([`Resolver::custom`] takes one).
+pub trait Resolve: Send + Sync {
+    fn resolve(&self, name: Name) -> Resolving;
+}
 
 /// Internal ranges a crawl may connect to anyway (none by default). Global addresses are always
 /// allowed; this only ever widens what the guard lets through.
@@ -305,7 +337,7 @@ pub fn internal_range(address: IpAddr) -> Option<Internal> {
 pub struct Resolver(Option<Arc<dyn Resolve>>);
 
 impl Resolver {
-    /// `getaddrinfo`, as reqwest does by default.
+    /// `getaddrinfo` (through tokio's blocking pool).
     pub fn system() -> Self {
         Self(None)
     }

@@ -7,7 +7,7 @@
 
 use std::{fmt, num::NonZeroU32, time::Duration};
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
 use super::{

@@ -22,15 +22,15 @@ use governor::{
     clock::{Clock, DefaultClock},
     state::{InMemoryState, NotKeyed},
 };
+use http::{
+    HeaderMap, HeaderValue, StatusCode,
+    header::{
+        ACCEPT, CONTENT_TYPE, ETAG, HeaderName, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+        LOCATION, RETRY_AFTER, USER_AGENT,
+    },
+};
 use jiff::Timestamp;
 use parking_lot::Mutex;
-use reqwest::{
-    Client, StatusCode,
-    header::{
-        CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RETRY_AFTER,
-    },
-    redirect,
-};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -38,6 +38,7 @@ use url::Url;
 
 use super::{
     address::{self, find_blocked},
+    client::{Client, HttpError},
     config::{CrawlConfig, Validated},
     error::{CrawlError, FetchError, error_chain},
     extract::{Extraction, Rules},
@@ -198,7 +199,7 @@ where
         task: config.task.clone(),
         source,
     })?;
-    let engine = Engine::new(cfg, cancel.clone())?.with_store(&sink, frontier.as_ref());
+    let engine = Engine::new(cfg, cancel.clone()).with_store(&sink, frontier.as_ref());
     let fresh = frontier.as_ref().is_none_or(Frontier::is_fresh);
     let cfg = &engine.cfg;
     info!(
@@ -705,26 +706,19 @@ impl Engine {
         (queue.into(), frontier.progress, frontier.requested)
     }
 
-    fn new(cfg: Validated, cancel: CancellationToken) -> Result<Self, CrawlError> {
-        let client = Client::builder()
-            .user_agent(cfg.user_agent.clone())
-            // Redirects are followed by hand, so that each hop is rate
-            // limited, checked against the hosts and robots.txt, and deduplicated.
-            .redirect(redirect::Policy::none())
-            // Names resolve through the address guard, which drops internal addresses the
-            // policy refuses (IP literals, which skip resolution, are checked in `exchange`).
-            // No proxy: one from the environment would connect on the crawl's behalf, past the
-            // guard.
-            .dns_resolver(address::guard(&cfg.resolver, &cfg.address_policy))
-            .no_proxy()
-            .connect_timeout(cfg.request_timeout)
-            .pool_max_idle_per_host(cfg.concurrency)
-            .tls_backend_preconfigured(tls_config())
-            .build()
-            .map_err(|source| CrawlError::Client {
-                task: cfg.task.clone(),
-                source,
-            })?;
+    fn new(cfg: Validated, cancel: CancellationToken) -> Self {
+        // Redirects are followed by the engine, so that each hop is rate limited, checked
+        // against the hosts and robots.txt, and deduplicated. Names resolve through the address
+        // guard, which drops internal addresses the policy refuses (IP literals, which skip
+        // resolution, are checked in `exchange`). No proxy: one from the environment would
+        // connect on the crawl's behalf, past the guard.
+        let client = Client::new(
+            address::guard(&cfg.resolver, &cfg.address_policy),
+            tls_config(),
+            cfg.request_timeout,
+            cfg.send_deadline.clone(),
+            cfg.concurrency,
+        );
         let quota = Quota::with_period(cfg.period)
             .expect("validated period is not zero")
             .allow_burst(cfg.burst);
@@ -734,7 +728,7 @@ impl Engine {
         for window in &cfg.carried_backoff {
             cfg.politeness.hold(window);
         }
-        Ok(Self {
+        Self {
             limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
             client,
@@ -746,7 +740,7 @@ impl Engine {
             keep: false,
             previous: None,
             lastmods: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     async fn visit(&self, url: Url, depth: u32, rule: Option<usize>) -> Visit {
@@ -1068,7 +1062,7 @@ impl Engine {
         // comes before the host's gate, and a deadline that passed while the request waited at
         // the gate gives its slot up and queues again: requests held by the deadline never leave
         // together, closer than the host's delay.
-        let _permit = loop {
+        let permit = loop {
             self.cfg.send_deadline.open().await;
             let permit = politeness.acquire(host).await;
             if self.cfg.send_deadline.allows(tokio::time::Instant::now()) {
@@ -1082,19 +1076,27 @@ impl Engine {
         }
         let sent_at = Timestamp::now();
         let started = Instant::now();
-        let mut request = self.client.get(url.clone());
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_AGENT, self.cfg.user_agent.clone());
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         if purpose == Purpose::Page {
-            request = request.headers(self.cfg.headers.clone());
+            for (name, value) in &self.cfg.headers {
+                headers.insert(name, value.clone());
+            }
             for (name, value) in conditional_headers(conditional) {
-                request = request.header(name, value);
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(name, value);
+                }
             }
         }
         let timeout = self.cfg.request_timeout;
         let exchange = async {
-            let mut response = request
-                .send()
+            let answer = self
+                .client
+                .get(url, headers, Some(permit.departure()))
                 .await
                 .map_err(|source| request_error(url, source))?;
+            let response = &answer.response;
             let status = response.status();
             if let Some(window) = politeness.answered(
                 host,
@@ -1107,20 +1109,21 @@ impl Engine {
                 *self.backoff.lock() = Some(window);
             }
             if is_redirect(status) {
-                let location = header_text(&response, LOCATION);
+                let location = header_text(response, LOCATION);
                 return Ok(Exchange::Redirect {
                     status: status.as_u16(),
                     location,
                 });
             }
-            let content_type = header_text(&response, CONTENT_TYPE);
+            let content_type = header_text(response, CONTENT_TYPE);
             let (etag, last_modified) = (
-                header_text(&response, ETAG),
-                header_text(&response, LAST_MODIFIED),
+                header_text(response, ETAG),
+                header_text(response, LAST_MODIFIED),
             );
             let (limit, wanted) = self.body_wanted(purpose, status, content_type.as_deref());
             let (body, truncated) = if wanted {
-                read_limited(&mut response, limit)
+                answer
+                    .read(limit)
                     .await
                     .map_err(|source| FetchError::Body {
                         url: url.to_string(),
@@ -1338,7 +1341,7 @@ fn follow_with_rules(
 }
 
 /// A response header's value as text (lossy).
-fn header_text(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+fn header_text<B>(response: &http::Response<B>, name: HeaderName) -> Option<String> {
     response
         .headers()
         .get(name)
@@ -1348,7 +1351,7 @@ fn header_text(response: &reqwest::Response, name: reqwest::header::HeaderName) 
 /// The conditional request headers for what an earlier run stored: `If-None-Match` with its
 /// `ETag`, `If-Modified-Since` with its `Last-Modified` (RFC 9110: a server that knows the
 /// `ETag` ignores the date).
-fn conditional_headers(stored: Option<&Stored>) -> Vec<(reqwest::header::HeaderName, String)> {
+fn conditional_headers(stored: Option<&Stored>) -> Vec<(HeaderName, String)> {
     let Some(stored) = stored else {
         return Vec::new();
     };
@@ -1398,7 +1401,7 @@ fn content_hash(body: &[u8]) -> String {
 /// TLS with the `ring` provider (the one kube uses here), Mozilla's roots
 /// built in so a bare container image works, plus the system's roots when it
 /// has any (a corporate CA, say).
-fn tls_config() -> rustls::ClientConfig {
+pub(crate) fn tls_config() -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
@@ -1456,26 +1459,6 @@ fn decode<'a>(body: &'a [u8], content_type: Option<&str>) -> std::borrow::Cow<'a
     encoding.decode(body).0
 }
 
-async fn read_limited(
-    response: &mut reqwest::Response,
-    limit: usize,
-) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let expected = response
-        .content_length()
-        .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(0);
-    let mut body = Vec::with_capacity(expected.min(limit));
-    while let Some(chunk) = response.chunk().await? {
-        let room = limit - body.len();
-        if chunk.len() > room {
-            body.extend_from_slice(&chunk[..room]);
-            return Ok((body, true));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, false))
-}
-
 fn host_port(url: &Url) -> String {
     match (url.host_str(), url.port_or_known_default()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
@@ -1484,7 +1467,7 @@ fn host_port(url: &Url) -> String {
     }
 }
 
-fn request_error(url: &Url, source: reqwest::Error) -> FetchError {
+fn request_error(url: &Url, source: HttpError) -> FetchError {
     if let Some(blocked) = find_blocked(&source) {
         return FetchError::BlockedAddress {
             url: url.to_string(),
@@ -1596,6 +1579,6 @@ mod tests {
         let cfg = CrawlConfig::new("t", ["https://example.com/"])
             .validated()
             .unwrap();
-        assert!(Engine::new(cfg, CancellationToken::new()).is_ok());
+        let _ = Engine::new(cfg, CancellationToken::new());
     }
 }

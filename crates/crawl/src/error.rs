@@ -16,12 +16,6 @@ pub enum CrawlError {
         #[source]
         source: ConfigError,
     },
-    #[error("could not build the HTTP client for task {task}")]
-    Client {
-        task: String,
-        #[source]
-        source: reqwest::Error,
-    },
     #[error("could not write the record for {url} (task {task})")]
     Sink {
         task: String,
@@ -36,7 +30,6 @@ impl CrawlError {
     pub fn category(&self) -> &'static str {
         match self {
             CrawlError::Config { .. } => "InvalidConfig",
-            CrawlError::Client { .. } => "HttpClient",
             CrawlError::Sink { .. } => "Sink",
         }
     }
@@ -89,19 +82,19 @@ pub enum FetchError {
         url: String,
         host: String,
         #[source]
-        source: reqwest::Error,
+        source: crate::client::HttpError,
     },
     #[error("request to {url} failed")]
     Request {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: crate::client::HttpError,
     },
     #[error("reading the body of {url} failed")]
     Body {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: crate::client::HttpError,
     },
     #[error("redirect loop: {url} redirected to {target}, which this chain already visited")]
     RedirectLoop { url: String, target: String },
@@ -220,7 +213,7 @@ impl CrawlError {
     pub fn sink_error(&self) -> Option<&SinkError> {
         match self {
             CrawlError::Sink { source, .. } => Some(source),
-            _ => None,
+            CrawlError::Config { .. } => None,
         }
     }
 }
@@ -231,7 +224,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut source = err.source();
     while let Some(cause) = source {
         let text = cause.to_string();
-        // reqwest repeats its inner error in its own message sometimes.
+        // A wrapper may repeat its inner error in its own message.
         if !out.ends_with(&text) {
             let _ = write!(out, ": {text}");
         }

@@ -7,6 +7,8 @@
 //!
 //! - [`config`]: what a task may do, validated before the first request.
 //! - [`address`]: which addresses a crawl may connect to (no internal ones unless allowed).
+//! - [`client`]: the HTTP/1.1 client: connections the engine owns, each write checked against
+//!   the owner's send deadline and stamped for the host's gate.
 //! - [`engine`]: the breadth-first loop, rate limit, robots, redirects, cancellation.
 //! - [`extract`]: declarative rules: which links to follow, which fields to take.
 //! - [`polite`]: the per-host gate (delay, in flight, 429/503 windows) and `robots.txt` cache
@@ -18,6 +20,7 @@
 //! - [`error`]: errors with the URL and host involved.
 
 pub mod address;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -21,7 +21,10 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -154,6 +157,8 @@ pub struct HostState {
     /// No request starts before this (the last start plus the host's delay).
     pub next: Instant,
     pub in_flight: usize,
+    /// Requests let through whose first byte has not left yet (see [`HostState::sent`]).
+    pub unsent: usize,
     /// No request starts before this either: the end of a 429/503 window.
     pub backoff_until: Option<Instant>,
     /// 429/503 answers in a row (the back-off's exponent).
@@ -180,6 +185,7 @@ impl HostState {
         Self {
             next: now,
             in_flight: 0,
+            unsent: 0,
             backoff_until: None,
             streak: 0,
             backoff_status: 0,
@@ -187,12 +193,16 @@ impl HostState {
         }
     }
 
-    /// Whether a request may start at `now` with at most `max_in_flight` in flight.
+    /// Whether a request may start at `now` with at most `max_in_flight` in flight. With a
+    /// delay, none starts while an earlier one has not left yet: its delay counts from when it
+    /// leaves.
     pub fn decide(&self, now: Instant, max_in_flight: usize) -> Decision {
         let ready = self.backoff_until.map_or(self.next, |b| b.max(self.next));
         if now < ready {
             Decision::Until(ready)
-        } else if self.in_flight >= max_in_flight.max(1) {
+        } else if self.in_flight >= max_in_flight.max(1)
+            || (self.unsent > 0 && !self.delay.is_zero())
+        {
             Decision::Slot
         } else {
             Decision::Go
@@ -202,7 +212,18 @@ impl HostState {
     /// Counts a request that starts at `now`.
     pub fn start(&mut self, now: Instant) {
         self.in_flight += 1;
+        self.unsent += 1;
         self.next = now + self.delay;
+    }
+
+    /// A request's first byte left at `now` (written to its connection): the delay counts from
+    /// then, so a request written late (a busy process, a slow connect) does not bring the next
+    /// one closer to it at the host. `left`: false for a request that ends without a byte sent.
+    pub fn sent(&mut self, now: Instant, left: bool) {
+        self.unsent = self.unsent.saturating_sub(1);
+        if left {
+            self.next = self.next.max(now + self.delay);
+        }
     }
 
     /// A request ended at `now`: the delay also counts from its end (as `StormCrawler`'s and
@@ -249,7 +270,10 @@ impl HostState {
 
     /// Nothing to remember: nothing in flight, no slot or window ahead.
     fn idle(&self, now: Instant) -> bool {
-        self.in_flight == 0 && self.next <= now && self.backoff_until.is_none_or(|b| b <= now)
+        self.in_flight == 0
+            && self.unsent == 0
+            && self.next <= now
+            && self.backoff_until.is_none_or(|b| b <= now)
     }
 }
 
@@ -377,6 +401,7 @@ impl Politeness {
                         return Permit {
                             politeness: self.clone(),
                             host: host.to_owned(),
+                            left: Arc::new(AtomicBool::new(false)),
                         };
                     }
                     Decision::Until(at) => {
@@ -531,6 +556,15 @@ impl Politeness {
         }
     }
 
+    /// The request of a permit left (`left`), or ended without leaving.
+    fn sent(&self, host: &str, left: bool) {
+        let mut hosts = self.0.hosts.lock();
+        if let Some((state, notify)) = hosts.map.get_mut(host) {
+            state.sent(Instant::now(), left);
+            notify.notify_waiters();
+        }
+    }
+
     fn release(&self, host: &str) {
         let mut hosts = self.0.hosts.lock();
         if let Some((state, notify)) = hosts.map.get_mut(host) {
@@ -544,11 +578,58 @@ impl Politeness {
 pub struct Permit {
     politeness: Politeness,
     host: String,
+    /// Set once the request's first byte left, or once it can no longer leave.
+    left: Arc<AtomicBool>,
+}
+
+impl Permit {
+    /// Whether the request's first byte left (or it can no longer leave).
+    #[cfg(test)]
+    pub(crate) fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
+    }
+
+    /// What the connection stamps when the request's first byte leaves.
+    pub fn departure(&self) -> Departure {
+        Departure {
+            politeness: self.politeness.clone(),
+            host: self.host.clone(),
+            left: self.left.clone(),
+        }
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        if !self.left.swap(true, Ordering::AcqRel) {
+            self.politeness.sent(&self.host, false);
+        }
         self.politeness.release(&self.host);
+    }
+}
+
+/// A request's departure, stamped by the connection that writes it ([`crate::http`]): the first
+/// call counts; one after the permit was dropped counts nothing.
+pub struct Departure {
+    politeness: Politeness,
+    host: String,
+    left: Arc<AtomicBool>,
+}
+
+impl Departure {
+    /// The request's first byte is being written now.
+    pub fn stamp(&self) {
+        if !self.left.swap(true, Ordering::AcqRel) {
+            self.politeness.sent(&self.host, true);
+        }
+    }
+}
+
+impl std::fmt::Debug for Departure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Departure")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -651,12 +732,14 @@ mod tests {
         let mut s = HostState::new(t0, policy.min_delay);
         assert_eq!(s.decide(t0, 2), Decision::Go);
         s.start(t0);
+        s.sent(t0, true);
         assert_eq!(
             s.decide(t0, 2),
             Decision::Until(t0 + Duration::from_millis(100))
         );
         let t1 = t0 + Duration::from_millis(100);
         s.start(t1);
+        s.sent(t1, true);
         let t2 = t1 + Duration::from_millis(100);
         assert_eq!(s.decide(t2, 2), Decision::Slot, "two in flight");
         let t3 = t2 + Duration::from_millis(30);
@@ -697,6 +780,37 @@ mod tests {
             s.answered(429, Some(Duration::from_secs(999_999)), &short, t0, 0.0),
             Some(t0 + Duration::from_secs(5))
         );
+    }
+
+    /// The delay counts from when a request's first byte left: one written late (a busy process,
+    /// a slow connect) holds the next one until it left and the delay after that; one that ends
+    /// without leaving holds nothing. Without a delay nothing waits for a departure.
+    #[test]
+    fn the_delay_counts_from_the_departure() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = HostState::new(t0, ms(500));
+        s.start(t0);
+        assert_eq!(s.decide(t0 + ms(600), 2), Decision::Slot, "not left yet");
+        s.sent(t0 + ms(300), true);
+        assert_eq!(
+            s.decide(t0 + ms(600), 2),
+            Decision::Until(t0 + ms(800)),
+            "500 ms after it left, not after it started"
+        );
+        assert_eq!(s.decide(t0 + ms(800), 2), Decision::Go);
+        s.start(t0 + ms(800));
+        s.sent(t0 + ms(900), false);
+        assert_eq!(
+            s.decide(t0 + ms(1300), 3),
+            Decision::Go,
+            "a request that never left counts from its start"
+        );
+        let mut s = HostState::new(t0, Duration::ZERO);
+        s.start(t0);
+        assert_eq!(s.decide(t0, 2), Decision::Go, "no delay: no wait for it");
+        s.start(t0);
+        assert_eq!(s.decide(t0, 2), Decision::Slot, "two in flight");
     }
 
     /// A window carried over from a task's previous owner closes the host on this worker for
