@@ -1080,8 +1080,12 @@ impl Engine {
         headers.insert(USER_AGENT, self.cfg.user_agent.clone());
         headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
         if purpose == Purpose::Page {
+            // The task's headers replace these defaults, every value of a repeated one kept.
+            for name in self.cfg.headers.keys() {
+                headers.remove(name);
+            }
             for (name, value) in &self.cfg.headers {
-                headers.insert(name, value.clone());
+                headers.append(name, value.clone());
             }
             for (name, value) in conditional_headers(conditional) {
                 if let Ok(value) = HeaderValue::from_str(&value) {
