@@ -679,6 +679,90 @@ mod tests {
         assert!(!refused.has_left(), "refused at the write: it never left");
     }
 
+    /// https: TLS to the URL's name (SNI, and the certificate checked against it) over the
+    /// same keep-alive connections; a certificate no root vouches for fails the handshake with
+    /// an error that says so.
+    #[tokio::test]
+    async fn https_checks_the_certificate_against_the_name() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, counted) = (acceptor.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0_u8; 4096];
+                    while let Ok(n) = tls.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntls";
+                        let _ = tls.write_all(answer.as_bytes()).await;
+                    }
+                });
+            }
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let trusting = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let policy: AddressPolicy = "127.0.0.0/8,::1/128".parse().unwrap();
+        let resolver = guard(&Resolver::system(), &policy);
+        let client = Client::new(
+            resolver.clone(),
+            trusting,
+            Duration::from_secs(5),
+            SendDeadline::default(),
+            2,
+        );
+        let url = format!("https://localhost:{port}/");
+        for _ in 0..2 {
+            assert_eq!(get(&client, &url).await.unwrap(), b"tls");
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+
+        let untrusting = Client::new(
+            resolver,
+            crate::engine::tls_config(),
+            Duration::from_secs(5),
+            SendDeadline::default(),
+            2,
+        );
+        let err = get(&untrusting, &url).await.unwrap_err();
+        let chain = crate::error::error_chain(&err);
+        assert!(err.is_connect(), "{chain}");
+        assert!(
+            chain.contains("TLS handshake with localhost failed"),
+            "{chain}"
+        );
+        assert!(chain.to_lowercase().contains("certificate"), "{chain}");
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "nothing sent without TLS"
+        );
+    }
+
     /// Keep-alive: one connection serves requests one after another; a connection the site
     /// closes is not reused; a gzip body arrives decoded.
     #[tokio::test]
