@@ -65,6 +65,23 @@ use crate::{
 )]
 pub struct PastDeadline;
 
+/// Whether `err` or one of its sources is a [`PastDeadline`] refusal (as the socket's I/O error
+/// carries it, inside hyper's).
+pub fn is_past_deadline(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let inner = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .is_some_and(<dyn std::error::Error + Send + Sync>::is::<PastDeadline>);
+        if inner || e.is::<PastDeadline>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// Why a request got no response, or its body could not be read.
 #[derive(Debug, Error)]
 pub enum HttpError {
@@ -636,6 +653,7 @@ mod tests {
             let err = get(&client, &site.url).await.unwrap_err();
             let chain = crate::error::error_chain(&err);
             assert!(chain.contains("past the worker's send deadline"), "{chain}");
+            assert!(is_past_deadline(&err), "found among the sources: {err:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(

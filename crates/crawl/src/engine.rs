@@ -38,7 +38,7 @@ use url::Url;
 
 use super::{
     address::{self, find_blocked},
-    client::{Client, HttpError},
+    client::{self, Client, HttpError},
     config::{CrawlConfig, Validated},
     error::{CrawlError, FetchError, error_chain},
     extract::{Extraction, Rules},
@@ -1054,6 +1054,24 @@ impl Engine {
             };
         }
         self.wait_turn().await;
+        loop {
+            if let Some(timed) = self.attempt(url, purpose, conditional).await {
+                return timed;
+            }
+        }
+    }
+
+    /// One try of [`Engine::exchange`] past its rate limit: the owner's deadline, the host's
+    /// gate, the request. `None`: the client refused to write it, the deadline having passed
+    /// since the check (nothing of it left); it waits for the deadline again, like one the
+    /// check held, instead of failing (a `robots.txt` failure would close the host for a
+    /// minute; a page would spend a retry).
+    async fn attempt(
+        &self,
+        url: &Url,
+        purpose: Purpose,
+        conditional: Option<&Stored>,
+    ) -> Option<Timed> {
         let host = url.host_str().unwrap_or_default();
         let politeness = &self.cfg.politeness;
         // Held until the body is read: it counts the request in flight to the host. Past the
@@ -1153,16 +1171,22 @@ impl Engine {
                     timeout,
                 })
             });
+        if let Err(err) = &result
+            && std::error::Error::source(err).is_some_and(client::is_past_deadline)
+        {
+            debug!(task = %self.cfg.task, %url, "not written: past the send deadline; waiting for it");
+            return None;
+        }
         let status = match &result {
             Ok(Exchange::Done { status, .. } | Exchange::Redirect { status, .. }) => Some(*status),
             Err(_) => None,
         };
         politeness.observe(status, started.elapsed());
-        Timed {
+        Some(Timed {
             sent_at,
             elapsed: started.elapsed(),
             result,
-        }
+        })
     }
 
     /// How much of a response's body to read, and whether to read it at all: an HTML page, a

@@ -871,6 +871,10 @@ async fn extra_headers_are_sent_but_never_logged_or_recorded() {
         .with_writer(logs.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first seen by another test's thread (no subscriber there) may have cached "not
+    // interested" while this one was being registered: a load-dependent miss of every line
+    // (seen in CI). Rebuilding the cache once this subscriber is in place settles it.
+    tracing::callsite::rebuild_interest_cache();
 
     let site = Site::start(vec![("/", html("<a href='/b'>b</a>")), ("/b", html("b"))]).await;
     let mut cfg = config(&[site.url("/")]);
@@ -1608,4 +1612,71 @@ async fn names_of_other_internal_addresses_are_refused_at_resolution() {
             "{name}"
         );
     }
+}
+
+/// A resolver that answers `ip` after `delay`, and says when it was asked.
+struct SlowResolver {
+    ip: std::net::IpAddr,
+    delay: Duration,
+    asked: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl crawl::address::Resolve for SlowResolver {
+    fn resolve(&self, _: crawl::address::Name) -> crawl::address::Resolving {
+        let (ip, delay) = (self.ip, self.delay);
+        let _ = self.asked.send(());
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(Box::new(std::iter::once(SocketAddr::new(ip, 0))) as crawl::address::Addrs)
+        })
+    }
+}
+
+/// Issue 21, item 7: the owner's deadline passes after the engine's check and before the
+/// request's bytes are written (here while its connection resolves the name; after a process
+/// pause, while the connection's task has not run yet). The client refuses the write, and the
+/// request is held like one the check stopped: once the deadline moves on it goes out, and the
+/// crawl ends as if nothing happened. Without the hold, `robots.txt` fails and the host is
+/// treated as disallowed for a minute.
+#[tokio::test]
+async fn a_request_refused_at_the_write_waits_for_the_deadline_and_goes_out() {
+    let site = Site::start(vec![
+        (
+            "/robots.txt",
+            Page::Typed("text/plain", "User-agent: *\nAllow: /\n".into()),
+        ),
+        ("/", html("<title>held</title>")),
+    ])
+    .await;
+    let seed = format!("http://held.test:{}/", site.addr.port());
+    let mut cfg = config(std::slice::from_ref(&seed));
+    let (asked, mut resolving) = tokio::sync::mpsc::unbounded_channel();
+    cfg.resolver = crawl::Resolver::custom(SlowResolver {
+        ip: "127.0.0.1".parse().unwrap(),
+        delay: Duration::from_millis(300),
+        asked,
+    });
+    let (deadline, valid_until) =
+        watch::channel(Some(tokio::time::Instant::now() + Duration::from_secs(60)));
+    cfg.send_deadline = crawl::SendDeadline::new(valid_until);
+    let owner = tokio::spawn(async move {
+        // The first connection is being made: the deadline passes before it can write.
+        resolving.recv().await.unwrap();
+        deadline.send_replace(Some(tokio::time::Instant::now()));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        deadline.send_replace(Some(tokio::time::Instant::now() + Duration::from_secs(60)));
+        resolving
+    });
+    let (outcome, records) = crawl(cfg).await;
+    let mut resolving = owner.await.unwrap();
+    assert_eq!(outcome.stop, StopReason::Finished);
+    let page = records.get(&seed);
+    assert_eq!(page.title.as_deref(), Some("held"), "{page:#?}");
+    assert_eq!(page.error, None);
+    assert_eq!(site.count("/robots.txt"), 1, "{:?}", site.hits());
+    assert_eq!(site.count("/"), 1, "{:?}", site.hits());
+    assert!(
+        resolving.try_recv().is_ok(),
+        "the held request connected again after the renewal"
+    );
 }
