@@ -197,8 +197,8 @@ impl Client {
 
     /// GETs `url` with `headers` (`Host` and `Accept-Encoding: gzip` added unless given) on an
     /// idle connection of its origin or a new one; `departure` is stamped when its first byte
-    /// leaves. A reused connection the server had closed before the request left is replaced
-    /// by a new one, once.
+    /// leaves. An idle connection the server closed before the request left is given up for
+    /// the next idle one, or a new one.
     pub(crate) async fn get(
         &self,
         url: &Url,
